@@ -1,0 +1,90 @@
+//! [`Device`]: what the attach step acquired, released exactly once.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use log::warn;
+
+use super::BackendKind;
+use crate::error::Result;
+
+/// What a backend holds while a device is attached; each backend releases
+/// its own.
+pub enum Held {
+    /// A loop device we configured: its number and the backing file (which
+    /// also carries our flock on the image).
+    Loop { nr: u32, backing: File },
+    /// A block device we only opened.
+    Block,
+}
+
+/// An attached block device. Dropping it detaches (errors are logged);
+/// [`Device::release`] detaches and reports.
+pub struct Device {
+    pub(crate) kind: BackendKind,
+    pub(crate) path: PathBuf,
+    pub(crate) image: PathBuf,
+    pub(crate) read_only: bool,
+    pub(crate) size: u64,
+    pub(crate) diskseq: Option<u64>,
+    /// The open device and what the backend holds; `None` once released.
+    held: Option<(File, Held)>,
+}
+
+impl Device {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        kind: BackendKind,
+        path: PathBuf,
+        image: PathBuf,
+        read_only: bool,
+        size: u64,
+        diskseq: Option<u64>,
+        file: File,
+        held: Held,
+    ) -> Device {
+        Device {
+            kind,
+            path,
+            image,
+            read_only,
+            size,
+            diskseq,
+            held: Some((file, held)),
+        }
+    }
+
+    /// The open device node. Only released devices have none, and those are
+    /// never reachable from a lifecycle value.
+    pub(crate) fn file(&self) -> &File {
+        &self
+            .held
+            .as_ref()
+            .expect("a device is only released when its owner is consumed")
+            .0
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Detaches: flushes what the device buffered into the image, then
+    /// releases what the backend holds. Runs at most once.
+    pub(crate) fn release(&mut self) -> Result<()> {
+        let Some((file, held)) = self.held.take() else {
+            return Ok(());
+        };
+        match held {
+            Held::Loop { nr, backing } => super::r#loop::detach(self, file, nr, backing),
+            Held::Block => super::block::detach(self, file),
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            warn!("teardown: {e}");
+        }
+    }
+}

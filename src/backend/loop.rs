@@ -1,0 +1,403 @@
+//! [`Loop`]: a raw image file behind a loop device, set up the way systemd's
+//! `loop-util.c` does it, directly through ioctls.
+//!
+//! Attach:
+//! 1. open the image once (`O_CLOEXEC`, `O_NOFOLLOW` if asked, read-only if
+//!    the image is) and take a `flock` on it, so that two diskmount users
+//!    cannot attach one image read-write at once;
+//! 2. refuse an image some other loop device already serves;
+//! 3. under an exclusive `flock` of `/dev/loop-control`: `LOOP_CTL_GET_FREE`,
+//!    open `/dev/loopN`, take its `flock` (udev's protocol), and bind the image
+//!    with one `LOOP_CONFIGURE` carrying `LO_FLAGS_AUTOCLEAR` and the
+//!    read-only flag (falling back to `LOOP_SET_FD` + `LOOP_SET_STATUS64` on
+//!    kernels older than 5.8);
+//! 4. on `EBUSY`/`EAGAIN`/`ENXIO`/`ENOENT` (another process won the race),
+//!    retry with randomized back-off within [`crate::RetryPolicy`].
+//!
+//! Because of autoclear, a process killed while attached leaves nothing: the
+//! kernel unbinds the device when the last descriptor closes. Killed while
+//! mounted, it leaves the mount, and the device goes with it.
+//!
+//! Detach: flush, `LOOP_CLR_FD`, close, and check that the device really is
+//! unbound.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use nix::errno::Errno;
+use nix::libc;
+
+use super::device::{Device, Held};
+use super::{Backend, BackendKind, sealed};
+use crate::error::{Error, Result, Step};
+use crate::image::{Image, ImageKind, describe};
+use crate::options::AttachOptions;
+use crate::retry::Backoff;
+use crate::sys::block as blk;
+use crate::sys::flock::{Lock, flock};
+use crate::sys::loop_dev;
+
+/// Raw image files, attached to a loop device.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Loop;
+
+impl Backend for Loop {
+    const NAME: &'static str = "loop";
+}
+
+impl sealed::Attach for Loop {
+    fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
+        attach(image, options)
+    }
+}
+
+const LOOP_CONTROL: &str = "/dev/loop-control";
+
+/// Set once `LOOP_CONFIGURE` turned out to be missing, so later attaches go
+/// straight to the two-ioctl fallback.
+static CONFIGURE_MISSING: AtomicBool = AtomicBool::new(false);
+
+/// Opens the image file for a loop device: once, close-on-exec, with the
+/// image's access mode, locked against a second read-write user.
+pub(crate) fn open_backing(image: &Image) -> Result<File> {
+    let path = image.path();
+    if image.kind() != ImageKind::File {
+        return Err(Error::invalid(
+            Step::Attach,
+            path,
+            "the loop backend serves image files; use the Block backend for block devices",
+        ));
+    }
+    let mut flags = libc::O_CLOEXEC;
+    if image.is_no_follow() {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let backing = OpenOptions::new()
+        .read(true)
+        .write(!image.is_read_only())
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| {
+            if image.is_no_follow() && e.raw_os_error() == Some(libc::ELOOP) {
+                Error::invalid(
+                    Step::Attach,
+                    path,
+                    "is a symbolic link, and the image was opened with no_follow",
+                )
+            } else {
+                Error::os(Step::Attach, path, "open image", e)
+            }
+        })?;
+    let meta = backing
+        .metadata()
+        .map_err(|e| Error::os(Step::Attach, path, "fstat image", e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::invalid(
+            Step::Attach,
+            path,
+            format!("is not a regular file (it is a {})", describe(meta.file_type())),
+        ));
+    }
+    if meta.len() == 0 {
+        return Err(Error::invalid(Step::Attach, path, "the image file is empty (0 bytes)"));
+    }
+    let lock = if image.is_read_only() { Lock::Shared } else { Lock::Exclusive };
+    match flock(&backing, lock, false) {
+        Ok(()) => {}
+        Err(Errno::EWOULDBLOCK) => {
+            return Err(Error::invalid(
+                Step::Attach,
+                path,
+                "the image is already in use: another diskmount user has it attached \
+                 (read-write, or read-only while this one asks for read-write)",
+            ));
+        }
+        Err(e) => return Err(Error::os(Step::Attach, path, "flock image", e)),
+    }
+    if let Some(other) = bound_elsewhere(&meta, image.is_read_only()) {
+        return Err(Error::invalid(
+            Step::Attach,
+            path,
+            format!(
+                "the image is already in use: {} serves it; detach that first (losetup -d {0})",
+                other.display()
+            ),
+        ));
+    }
+    Ok(backing)
+}
+
+/// A loop device that already serves the file `meta` describes, writable
+/// (or any, if we want to write). Read from sysfs, which lists every bound
+/// loop device's backing file.
+fn bound_elsewhere(meta: &std::fs::Metadata, read_only: bool) -> Option<PathBuf> {
+    let entries = std::fs::read_dir("/sys/block").ok()?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| n.starts_with("loop")) else {
+            continue;
+        };
+        let loop_dir = entry.path().join("loop");
+        let Ok(backing) = std::fs::read_to_string(loop_dir.join("backing_file")) else {
+            continue;
+        };
+        let backing = backing.trim_end_matches('\n');
+        let Ok(other) = std::fs::metadata(backing) else {
+            continue;
+        };
+        if other.dev() != meta.dev() || other.ino() != meta.ino() {
+            continue;
+        }
+        let other_ro = std::fs::read_to_string(entry.path().join("ro"))
+            .map(|s| s.trim() == "1")
+            .unwrap_or(false);
+        if !(read_only && other_ro) {
+            return Some(PathBuf::from(format!("/dev/{name}")));
+        }
+    }
+    None
+}
+
+/// Whether `/dev/loop<nr>` has a backing file bound.
+pub(crate) fn is_bound(nr: u32) -> bool {
+    Path::new(&format!("/sys/block/loop{nr}/loop/backing_file")).exists()
+}
+
+fn is_transient(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::EBUSY | Errno::EAGAIN | Errno::ENXIO | Errno::ENOENT | Errno::ENODEV
+    )
+}
+
+/// Attaches `image` to a free loop device.
+pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
+    let path = image.path();
+    debug!("attach: {} to a loop device", path.display());
+    let backing = open_backing(image)?;
+    let (nr, file) = attach_backing(&backing, image.is_read_only(), options, path, 0, 0)?;
+    device(image, nr, file, backing, BackendKind::Loop)
+}
+
+/// Wraps a configured loop device into a [`Device`].
+pub(crate) fn device(
+    image: &Image,
+    nr: u32,
+    file: File,
+    backing: File,
+    kind: BackendKind,
+) -> Result<Device> {
+    let node = PathBuf::from(format!("/dev/loop{nr}"));
+    let size = blk::getsize64(&file).map_err(|e| Error::os(Step::Attach, &node, "BLKGETSIZE64", e))?;
+    let diskseq = blk::getdiskseq(&file).ok();
+    info!(
+        "attached {} to {} ({} bytes{}{})",
+        image.path().display(),
+        node.display(),
+        size,
+        if image.is_read_only() { ", read-only" } else { "" },
+        diskseq.map(|s| format!(", diskseq {s}")).unwrap_or_default()
+    );
+    Ok(Device::new(
+        kind,
+        node,
+        image.path().to_path_buf(),
+        image.is_read_only(),
+        size,
+        diskseq,
+        file,
+        Held::Loop { nr, backing },
+    ))
+}
+
+/// Binds `backing` (bytes `offset..offset+size_limit`, 0 = to the end) to a
+/// free loop device, retrying races. Returns the device number and an open,
+/// shared-locked descriptor of it.
+pub(crate) fn attach_backing(
+    backing: &File,
+    read_only: bool,
+    options: &AttachOptions,
+    image: &Path,
+    offset: u64,
+    size_limit: u64,
+) -> Result<(u32, File)> {
+    let mut info = loop_dev::empty_info();
+    info.lo_offset = offset;
+    info.lo_sizelimit = size_limit;
+    info.lo_flags = loop_dev::LO_FLAGS_AUTOCLEAR;
+    if read_only {
+        info.lo_flags |= loop_dev::LO_FLAGS_READ_ONLY;
+    }
+    if options.direct_io {
+        info.lo_flags |= loop_dev::LO_FLAGS_DIRECT_IO;
+    }
+    let mut backoff = Backoff::new(options.retry);
+    loop {
+        backoff.attempt();
+        match try_attach(backing, &info) {
+            Ok(found) => return Ok(found),
+            Err((op, e)) if is_transient(e) => {
+                if !backoff.wait() {
+                    return Err(Error::Exhausted {
+                        step: Step::Attach,
+                        path: image.to_path_buf(),
+                        operation: op.into(),
+                        attempts: backoff.attempts(),
+                        elapsed: backoff.elapsed(),
+                        source: e.into(),
+                    });
+                }
+                warn!(
+                    "attach: {}: {op}: {e}; retrying (attempt {})",
+                    image.display(),
+                    backoff.attempts() + 1
+                );
+            }
+            Err((op, e)) => return Err(Error::os(Step::Attach, image, op, e)),
+        }
+    }
+}
+
+type Attempt<T> = std::result::Result<T, (String, Errno)>;
+
+/// One attempt: claim a free device under the control-device lock and bind
+/// the backing file to it.
+fn try_attach(backing: &File, info: &loop_dev::LoopInfo64) -> Attempt<(u32, File)> {
+    let control = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(LOOP_CONTROL)
+        .map_err(|e| (format!("open {LOOP_CONTROL}"), errno(&e)))?;
+    flock(&control, Lock::Exclusive, true).map_err(|e| (format!("flock {LOOP_CONTROL}"), e))?;
+    let nr = loop_dev::ctl_get_free(&control).map_err(|e| ("LOOP_CTL_GET_FREE".to_string(), e))?;
+    let node = format!("/dev/loop{nr}");
+    debug!("attach: {LOOP_CONTROL} offered {node}");
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&node)
+        .map_err(|e| (format!("open {node}"), errno(&e)))?;
+    // udev holds a shared lock while it probes a device; wait for nobody.
+    flock(&dev, Lock::Exclusive, false).map_err(|e| (format!("flock {node}"), e))?;
+    if !CONFIGURE_MISSING.load(Ordering::Relaxed) {
+        let config = loop_dev::config(backing.as_fd(), *info);
+        match loop_dev::configure(&dev, &config) {
+            Ok(()) => {}
+            Err(Errno::ENOTTY | Errno::EINVAL) => {
+                debug!("attach: LOOP_CONFIGURE unsupported, using LOOP_SET_FD + LOOP_SET_STATUS64");
+                CONFIGURE_MISSING.store(true, Ordering::Relaxed);
+                set_fd_and_status(&dev, backing, info, &node)?;
+            }
+            Err(e) => return Err((format!("LOOP_CONFIGURE {node}"), e)),
+        }
+    } else {
+        set_fd_and_status(&dev, backing, info, &node)?;
+    }
+    verify(&dev, info, &node)?;
+    // Set up: from now on, let udev (and others who follow the protocol)
+    // probe the device alongside us.
+    flock(&dev, Lock::Shared, true).map_err(|e| (format!("flock {node}"), e))?;
+    Ok((nr, dev))
+}
+
+/// The pre-5.8 sequence. The status ioctl races with udev's probing since
+/// Linux 5.0 and answers `EAGAIN`, so it is retried briefly.
+fn set_fd_and_status(
+    dev: &File,
+    backing: &File,
+    info: &loop_dev::LoopInfo64,
+    node: &str,
+) -> Attempt<()> {
+    loop_dev::set_fd(dev, backing.as_fd()).map_err(|e| (format!("LOOP_SET_FD {node}"), e))?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match loop_dev::set_status64(dev, info) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EAGAIN) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => {
+                if let Err(clr) = loop_dev::clr_fd(dev) {
+                    warn!("attach: {node}: LOOP_CLR_FD after a failed LOOP_SET_STATUS64: {clr}");
+                }
+                return Err((format!("LOOP_SET_STATUS64 {node}"), e));
+            }
+        }
+    }
+}
+
+/// Checks that the kernel applied what we asked for (5.8 ignored some
+/// fields of `LOOP_CONFIGURE`); unbinds the device if it did not.
+fn verify(dev: &File, want: &loop_dev::LoopInfo64, node: &str) -> Attempt<()> {
+    let got = loop_dev::get_status64(dev).map_err(|e| (format!("LOOP_GET_STATUS64 {node}"), e))?;
+    let must = loop_dev::LO_FLAGS_AUTOCLEAR | loop_dev::LO_FLAGS_READ_ONLY;
+    if got.lo_flags & must != want.lo_flags & must
+        || got.lo_offset != want.lo_offset
+        || got.lo_sizelimit != want.lo_sizelimit
+    {
+        let _ = loop_dev::clr_fd(dev);
+        return Err((
+            format!(
+                "verify {node} (flags {:#x}, offset {}, limit {}; asked {:#x}, {}, {})",
+                got.lo_flags,
+                got.lo_offset,
+                got.lo_sizelimit,
+                want.lo_flags,
+                want.lo_offset,
+                want.lo_sizelimit
+            ),
+            Errno::EIO,
+        ));
+    }
+    Ok(())
+}
+
+fn errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Detaches a loop device: writes what it buffered into the image and makes
+/// the image durable, unbinds it, closes it, and checks it is gone.
+pub(crate) fn detach(dev: &Device, file: File, nr: u32, backing: File) -> Result<()> {
+    let node = dev.path().to_path_buf();
+    debug!("detach: {}", node.display());
+    let mut errors = Vec::new();
+    if !dev.read_only {
+        if let Err(e) = blk::flsbuf(&file) {
+            errors.push(Error::os(Step::Detach, &node, "BLKFLSBUF", e));
+        }
+        if let Err(e) = backing.sync_all() {
+            errors.push(Error::os(Step::Detach, &dev.image, "fsync image", e));
+        }
+    }
+    match loop_dev::clr_fd(&file) {
+        Ok(()) => {}
+        Err(Errno::ENXIO) => errors.push(Error::invalid(
+            Step::Detach,
+            &node,
+            "was already unbound by someone else (LOOP_CLR_FD: ENXIO)",
+        )),
+        Err(e) => errors.push(Error::os(Step::Detach, &node, "LOOP_CLR_FD", e)),
+    }
+    drop(file);
+    drop(backing);
+    // With autoclear the kernel unbinds on the last close, synchronously
+    // unless another opener (a mount we failed to undo, another process)
+    // still holds the device.
+    if errors.is_empty() && is_bound(nr) {
+        errors.push(Error::invalid(
+            Step::Detach,
+            &node,
+            "is still bound after LOOP_CLR_FD: something still has it open (a mount?); \
+             the kernel will unbind it when that user closes it",
+        ));
+    }
+    Error::collect(errors)
+}

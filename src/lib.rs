@@ -1,0 +1,92 @@
+//! Mount virtual disk images, and always take everything down again.
+//!
+//! diskmount turns an image file (or a block device) into a mounted
+//! filesystem in the host kernel, in three steps that are three types:
+//!
+//! ```text
+//! Unattached --attach--> Attached --map--> Mapped --mount--> Mounted
+//!            <-detach--           <-unmap-         <-unmount-
+//! ```
+//!
+//! Each state owns what its step acquired; a step called out of order does
+//! not compile. Dropping any state undoes its steps in reverse order, on
+//! error paths and during a panic too; `close()` does the same and reports
+//! every error. [`with_mounted`] does the whole round trip around a closure.
+//!
+//! # Example
+//!
+//! Write a file into an ext4 image and read it back (needs root):
+//!
+//! ```
+//! use diskmount::{Format, Image, Partition, with_mounted};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("disk.img");
+//! # std::fs::File::create(&path)?.set_len(64 << 20)?;
+//! # let mkfs = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&path).status()?;
+//! # assert!(mkfs.success());
+//! let image = Image::file(&path, Format::Raw)?;
+//! let motd = with_mounted(&image, Partition::Whole, |root| {
+//!     std::fs::write(root.join("motd"), "hello from diskmount\n")?;
+//!     std::fs::read_to_string(root.join("motd"))
+//! })??;
+//! assert_eq!(motd, "hello from diskmount\n");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The same, step by step, with the backend chosen at compile time:
+//!
+//! ```no_run
+//! use diskmount::{Format, Image, Loop, MountOptions, Partition, Unattached};
+//! # fn main() -> Result<(), diskmount::Error> {
+//! let image = Image::file("disk.img", Format::Raw)?;
+//! let mounted = Unattached::<Loop>::new(image)
+//!     .attach()?                      // /dev/loopN
+//!     .map(Partition::Whole)?         // the device to mount
+//!     .mount("/mnt", &MountOptions::default().read_only(true))?;
+//! println!("{} is on {}", mounted.device().display(), mounted.path().display());
+//! mounted.close()?;                   // unmount, unmap, detach: every error reported
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Safety defaults
+//!
+//! - The filesystem type is probed from the superblock and must be on
+//!   [`fs::ALLOWED`] (btrfs, erofs, ext2/3/4, squashfs, vfat, xfs).
+//! - Mounts are `nodev,nosuid`; read-only mounts skip journal replay.
+//! - Loop devices are set up with `LO_FLAGS_AUTOCLEAR`: a killed process
+//!   never leaves an orphan loop device behind.
+//! - Teardown flushes (`syncfs`, `BLKFLSBUF`, `fsync` of the image) and
+//!   treats a failed flush as an error.
+//!
+//! # Kernel features used
+//!
+//! | feature | kernel | used for | fallback |
+//! |---|---|---|---|
+//! | `LOOP_CONFIGURE` | 5.8 | attaching in one ioctl | `LOOP_SET_FD` + `LOOP_SET_STATUS64` |
+//! | `BLKGETDISKSEQ` | 5.15 | telling a reused device number apart | none (reported as `None`) |
+//! | `LO_FLAGS_AUTOCLEAR` | 2.6.25 | no orphan loop devices after a crash | none needed |
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod error;
+pub mod fs;
+pub mod image;
+mod lifecycle;
+pub mod options;
+pub mod partition;
+pub mod retry;
+#[doc(hidden)]
+pub mod sys;
+
+pub use backend::{Auto, Backend, BackendKind, Block, Loop};
+pub use error::{Error, Result, Step};
+pub use image::{Format, Image, ImageKind};
+pub use lifecycle::{Attached, Mapped, Mounted, Unattached, with_mounted, with_mounted_opts};
+pub use lifecycle::map::MapStrategy;
+pub use options::{AttachOptions, MountOptions};
+pub use partition::Partition;
+pub use retry::RetryPolicy;

@@ -1,0 +1,131 @@
+//! Attach and detach: [`Unattached`] → [`Attached`] → back.
+
+use std::marker::PhantomData;
+use std::path::Path;
+
+use log::debug;
+
+use crate::backend::{Backend, BackendKind, Device};
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::options::AttachOptions;
+
+/// An image that is not attached yet: the start of the lifecycle.
+///
+/// `B` is the backend ([`crate::Loop`], [`crate::Block`], [`crate::Auto`]).
+#[derive(Debug, Clone)]
+pub struct Unattached<B: Backend> {
+    image: Image,
+    options: AttachOptions,
+    backend: PhantomData<fn() -> B>,
+}
+
+impl<B: Backend> Unattached<B> {
+    /// Starts the lifecycle for `image` with default [`AttachOptions`].
+    pub fn new(image: Image) -> Self {
+        Self::with_options(image, AttachOptions::default())
+    }
+
+    /// Starts the lifecycle for `image` with `options`.
+    pub fn with_options(image: Image, options: AttachOptions) -> Self {
+        Unattached {
+            image,
+            options,
+            backend: PhantomData,
+        }
+    }
+
+    /// The image.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    /// Makes the image a block device.
+    ///
+    /// # Errors
+    /// [`crate::Step::Attach`]: the image cannot be opened, is in use, or no
+    /// device could be had within the retry bound. Nothing is left attached.
+    pub fn attach(self) -> Result<Attached<B>> {
+        debug!("attach: {} with the {} backend", self.image.path().display(), B::NAME);
+        let device = B::attach(&self.image, &self.options)?;
+        Ok(Attached {
+            device,
+            image: self.image,
+            options: self.options,
+            backend: PhantomData,
+        })
+    }
+}
+
+/// An image attached as a block device. Dropping it detaches.
+pub struct Attached<B: Backend> {
+    pub(crate) device: Device,
+    image: Image,
+    options: AttachOptions,
+    backend: PhantomData<fn() -> B>,
+}
+
+impl<B: Backend> std::fmt::Debug for Attached<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached")
+            .field("backend", &self.device.kind)
+            .field("device", &self.device.path)
+            .field("image", &self.image.path())
+            .finish()
+    }
+}
+
+impl<B: Backend> Attached<B> {
+    /// The block device, e.g. `/dev/loop3`.
+    pub fn device(&self) -> &Path {
+        self.device.path()
+    }
+
+    /// The image.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    /// The backend that attached it (for [`crate::Auto`], the one it picked).
+    pub fn backend(&self) -> BackendKind {
+        self.device.kind
+    }
+
+    /// The device size in bytes.
+    pub fn size(&self) -> u64 {
+        self.device.size
+    }
+
+    /// The device's disk sequence number, where the kernel has them (5.15+).
+    pub fn diskseq(&self) -> Option<u64> {
+        self.device.diskseq
+    }
+
+    /// Whether the device is read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.device.read_only
+    }
+
+    /// Releases the device and gives the image back, ready to attach again.
+    ///
+    /// # Errors
+    /// [`crate::Step::Detach`]: flushing into the image failed (writes may
+    /// be lost) or the device could not be released.
+    pub fn detach(mut self) -> Result<Unattached<B>> {
+        self.device.release()?;
+        Ok(Unattached::with_options(self.image, self.options))
+    }
+
+    /// Detaches, reporting every error.
+    pub fn close(self) -> Result<()> {
+        let mut errors = Vec::new();
+        self.close_into(&mut errors);
+        Error::collect(errors)
+    }
+
+    pub(crate) fn close_into(mut self, errors: &mut Vec<Error>) {
+        if let Err(e) = self.device.release() {
+            errors.push(e);
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Mount and unmount: [`Mapped`] → [`Mounted`] → back.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use log::{debug, info, warn};
+use nix::errno::Errno;
+use nix::libc;
+use nix::mount::{MntFlags, MsFlags};
+
+use super::map::Mapped;
+use crate::backend::{Backend, BackendKind};
+use crate::error::{Error, Result, Step};
+use crate::fs::{Detected, FsType, probe};
+use crate::image::Image;
+use crate::options::MountOptions;
+use crate::retry::{Backoff, RetryPolicy};
+use crate::sys::block as blk;
+
+/// A filesystem we mounted, unmounted once.
+pub(crate) struct MountGuard {
+    target: PathBuf,
+    device: PathBuf,
+    /// A descriptor of the mounted device, for the flush after unmount.
+    device_file: File,
+    fstype: String,
+    read_only: bool,
+    /// `st_dev` of the mount's root right after mounting: proves later that
+    /// the path still shows our mount and not one stacked over it.
+    root_dev: u64,
+    retry: RetryPolicy,
+    mounted: bool,
+}
+
+impl MountGuard {
+    /// Flushes, unmounts (retrying `EBUSY` within the bound) and flushes the
+    /// device. Runs at most once.
+    fn release(&mut self) -> Result<()> {
+        if !self.mounted {
+            return Ok(());
+        }
+        self.mounted = false;
+        let target = &self.target;
+        debug!("unmount: {}", target.display());
+        match std::fs::metadata(target) {
+            Ok(m) if m.dev() == self.root_dev => {}
+            Ok(_) => {
+                return Err(Error::invalid(
+                    Step::Unmount,
+                    target,
+                    "no longer shows the filesystem diskmount mounted (it was unmounted, or \
+                     something was mounted over it); leaving it alone",
+                ));
+            }
+            Err(e) => return Err(Error::os(Step::Unmount, target, "stat mount point", e)),
+        }
+        let mut errors = Vec::new();
+        if !self.read_only {
+            if let Err(e) = syncfs(target) {
+                errors.push(e);
+            }
+        }
+        let mut backoff = Backoff::new(self.retry);
+        loop {
+            backoff.attempt();
+            match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+                Ok(()) => break,
+                Err(Errno::EBUSY) if backoff.wait() => {
+                    warn!(
+                        "unmount: {}: busy (a process has a file open or its working directory \
+                         there); retrying (attempt {})",
+                        target.display(),
+                        backoff.attempts() + 1
+                    );
+                }
+                Err(Errno::EBUSY) => {
+                    errors.push(Error::Exhausted {
+                        step: Step::Unmount,
+                        path: target.clone(),
+                        operation: "umount2 (still busy: a process has a file open or its \
+                                    working directory there)"
+                            .into(),
+                        attempts: backoff.attempts(),
+                        elapsed: backoff.elapsed(),
+                        source: Errno::EBUSY.into(),
+                    });
+                    return Error::collect(errors);
+                }
+                Err(e) => {
+                    errors.push(Error::os(Step::Unmount, target, "umount2", e));
+                    return Error::collect(errors);
+                }
+            }
+        }
+        if !self.read_only {
+            if let Err(e) = blk::flsbuf(&self.device_file) {
+                errors.push(Error::os(Step::Unmount, &self.device, "BLKFLSBUF", e));
+            }
+        }
+        debug!("unmounted {}", target.display());
+        Error::collect(errors)
+    }
+}
+
+fn syncfs(target: &Path) -> Result<()> {
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(target)
+        .map_err(|e| Error::os(Step::Unmount, target, "open mount point", e))?;
+    nix::unistd::syncfs(&dir).map_err(|e| Error::os(Step::Unmount, target, "syncfs", e))
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            warn!("teardown: {e}");
+        }
+    }
+}
+
+/// A mounted filesystem. Dropping it unmounts, unmaps and detaches;
+/// [`Mounted::close`] does the same and reports every error.
+pub struct Mounted<B: Backend> {
+    // Field order is teardown order.
+    mount: MountGuard,
+    mapped: Mapped<B>,
+}
+
+impl<B: Backend> std::fmt::Debug for Mounted<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted")
+            .field("path", &self.mount.target)
+            .field("fstype", &self.mount.fstype)
+            .field("mapped", &self.mapped)
+            .finish()
+    }
+}
+
+/// Decides the filesystem type: the caller's, or the probed one if it is on
+/// the allow-list.
+fn choose_fstype(
+    device: &Path,
+    file: &File,
+    options: &MountOptions,
+) -> Result<(String, Option<FsType>)> {
+    if let Some(name) = &options.fstype {
+        return Ok((name.clone(), FsType::from_name(name)));
+    }
+    let detected = probe::probe(file).map_err(|e| Error::os(Step::Probe, device, "read superblock", e))?;
+    debug!("probe: {}: {}", device.display(), detected.describe());
+    match detected {
+        Detected::Filesystem { fstype, .. } if fstype.is_allowed() => {
+            Ok((fstype.driver().to_string(), Some(fstype)))
+        }
+        Detected::Filesystem { fstype, .. } => Err(Error::invalid(
+            Step::Mount,
+            device,
+            format!(
+                "holds {fstype}, which is not on the allow-list ({}); pass MountOptions::fstype(\"{fstype}\") to mount it anyway",
+                crate::fs::ALLOWED.map(FsType::as_str).join(", ")
+            ),
+        )),
+        Detected::PartitionTable(_) => Err(Error::invalid(
+            Step::Mount,
+            device,
+            format!(
+                "holds {}; choose a partition (Partition::Number or Partition::Auto)",
+                detected.describe()
+            ),
+        )),
+        other => Err(Error::invalid(
+            Step::Mount,
+            device,
+            format!("holds {}; there is nothing to mount", other.describe()),
+        )),
+    }
+}
+
+impl<B: Backend> Mapped<B> {
+    /// Mounts the partition's filesystem on the directory `dir`.
+    ///
+    /// The type is probed from the superblock (or taken from
+    /// [`MountOptions::fstype`]); the mount is `nodev,nosuid`, and read-only
+    /// mounts of journaled filesystems skip journal replay.
+    ///
+    /// # Errors
+    /// [`Step::Probe`] or [`Step::Mount`]: unknown or disallowed filesystem,
+    /// bad mount point, or the kernel refused (corrupt filesystem). The
+    /// mapping and the device are released.
+    pub fn mount(self, dir: impl AsRef<Path>, options: &MountOptions) -> Result<Mounted<B>> {
+        let dir = dir.as_ref();
+        let device = self.device().to_path_buf();
+        let target = std::fs::canonicalize(dir)
+            .map_err(|e| Error::os(Step::Mount, dir, "resolve mount point", e))?;
+        let meta = std::fs::metadata(&target)
+            .map_err(|e| Error::os(Step::Mount, &target, "stat mount point", e))?;
+        if !meta.is_dir() {
+            return Err(Error::invalid(Step::Mount, &target, "the mount point is not a directory"));
+        }
+        let (driver, fstype) = choose_fstype(&device, self.part.file(), options)?;
+        let read_only = options.read_only
+            || self.attached.is_read_only()
+            || fstype.is_some_and(FsType::is_read_only);
+        let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+        if read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        if options.noexec {
+            flags |= MsFlags::MS_NOEXEC;
+        }
+        let mut data: Vec<&str> = Vec::new();
+        if read_only {
+            data.extend(fstype.and_then(FsType::no_replay_option));
+        }
+        if let Some(extra) = options.options.as_deref().filter(|s| !s.is_empty()) {
+            data.push(extra);
+        }
+        let data = data.join(",");
+        let describe = format!(
+            "mount -t {driver} -o {}{}{} on {}",
+            if read_only { "ro" } else { "rw" },
+            if options.noexec { ",noexec" } else { "" },
+            if data.is_empty() { String::new() } else { format!(",{data}") },
+            target.display()
+        );
+        debug!("mount: {}: {describe}", device.display());
+        nix::mount::mount(
+            Some(&device),
+            &target,
+            Some(driver.as_str()),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(|e| Error::os(Step::Mount, &device, describe.clone(), mount_error(e)))?;
+        let device_file = self
+            .part
+            .file()
+            .try_clone()
+            .map_err(|e| Error::os(Step::Mount, &device, "dup device", e));
+        let root_dev = std::fs::metadata(&target)
+            .map(|m| m.dev())
+            .map_err(|e| Error::os(Step::Mount, &target, "stat mount point", e));
+        let (device_file, root_dev) = match (device_file, root_dev) {
+            (Ok(f), Ok(d)) => (f, d),
+            (Err(e), _) | (_, Err(e)) => {
+                if let Err(u) = nix::mount::umount2(&target, MntFlags::UMOUNT_NOFOLLOW) {
+                    warn!("mount: {}: umount2 after a failed mount: {u}", target.display());
+                }
+                return Err(e);
+            }
+        };
+        info!("mounted {} ({driver}) on {}", device.display(), target.display());
+        Ok(Mounted {
+            mount: MountGuard {
+                target,
+                device,
+                device_file,
+                fstype: driver,
+                read_only,
+                root_dev,
+                retry: options.unmount_retry,
+                mounted: true,
+            },
+            mapped: self,
+        })
+    }
+}
+
+/// Turns the kernel's terse mount errors into ones that say what they mean
+/// here.
+fn mount_error(e: Errno) -> std::io::Error {
+    let hint = match e {
+        Errno::EINVAL => "invalid argument: the filesystem is corrupt, not of this type, or an option is wrong",
+        Errno::EUCLEAN => "the filesystem is corrupt (structure needs cleaning)",
+        Errno::EROFS | Errno::EACCES => "the device is read-only; mount read-only",
+        Errno::ENODEV => "the kernel does not support this filesystem type",
+        Errno::EBUSY => "the device or mount point is busy",
+        _ => return e.into(),
+    };
+    std::io::Error::new(std::io::Error::from(e).kind(), format!("{hint} ({e})"))
+}
+
+impl<B: Backend> Mounted<B> {
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mount.target
+    }
+
+    /// The mounted block device.
+    pub fn device(&self) -> &Path {
+        &self.mount.device
+    }
+
+    /// The filesystem driver it was mounted with (`ext4`, `xfs`, ...).
+    pub fn fstype(&self) -> &str {
+        &self.mount.fstype
+    }
+
+    /// Whether the mount is read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.mount.read_only
+    }
+
+    /// The image.
+    pub fn image(&self) -> &Image {
+        self.mapped.attached.image()
+    }
+
+    /// The backend that attached the image.
+    pub fn backend(&self) -> BackendKind {
+        self.mapped.backend()
+    }
+
+    /// The mapped partition underneath.
+    pub fn mapped(&self) -> &Mapped<B> {
+        &self.mapped
+    }
+
+    /// Flushes and unmounts, giving the mapped partition back.
+    ///
+    /// # Errors
+    /// [`Step::Unmount`]: the flush failed (writes may not have reached the
+    /// image) or the mount stayed busy past the retry bound. The mapping and
+    /// device are then released as far as possible.
+    pub fn unmount(self) -> Result<Mapped<B>> {
+        let Mounted { mut mount, mapped } = self;
+        mount.release()?;
+        Ok(mapped)
+    }
+
+    /// Unmounts, unmaps and detaches, trying every step even when one fails,
+    /// and reports every error ([`Error::Teardown`] if more than one).
+    pub fn close(self) -> Result<()> {
+        let Mounted { mut mount, mapped } = self;
+        let mut errors = Vec::new();
+        if let Err(e) = mount.release() {
+            errors.push(e);
+        }
+        drop(mount);
+        mapped.close_into(&mut errors);
+        Error::collect(errors)
+    }
+}

@@ -1,0 +1,104 @@
+//! Options of the attach and mount steps.
+
+use crate::retry::RetryPolicy;
+
+/// How [`crate::Unattached::attach`] sets up the block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachOptions {
+    pub(crate) direct_io: bool,
+    pub(crate) retry: RetryPolicy,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            direct_io: false,
+            retry: RetryPolicy::ATTACH,
+        }
+    }
+}
+
+impl AttachOptions {
+    /// Let the loop device read and write its backing file with `O_DIRECT`
+    /// (no double caching; the kernel falls back to buffered I/O where the
+    /// backing filesystem cannot do it). Default: off.
+    pub fn direct_io(mut self, on: bool) -> Self {
+        self.direct_io = on;
+        self
+    }
+
+    /// The bound on retries while competing for a free device
+    /// (default [`RetryPolicy::ATTACH`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+}
+
+/// How [`crate::Mapped::mount`] mounts the filesystem.
+///
+/// The default is read-write, `nodev`, `nosuid`, with the filesystem type
+/// probed from the superblock and checked against the allow-list
+/// ([`crate::fs::ALLOWED`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    pub(crate) read_only: bool,
+    pub(crate) fstype: Option<String>,
+    pub(crate) options: Option<String>,
+    pub(crate) noexec: bool,
+    pub(crate) unmount_retry: RetryPolicy,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            read_only: false,
+            fstype: None,
+            options: None,
+            noexec: false,
+            unmount_retry: RetryPolicy::UNMOUNT,
+        }
+    }
+}
+
+impl MountOptions {
+    /// Mount read-only. Journaled filesystems are then mounted without
+    /// journal replay (`norecovery`; ext4 `noload`), because `MS_RDONLY`
+    /// alone still writes the replayed journal into the image.
+    /// A read-only [`crate::Image`] is always mounted read-only.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Mount as this filesystem type instead of probing the superblock.
+    /// An explicit type is the caller's choice and bypasses the allow-list.
+    pub fn fstype(mut self, fstype: impl Into<String>) -> Self {
+        self.fstype = Some(fstype.into());
+        self
+    }
+
+    /// Extra filesystem-specific options, comma-separated as for
+    /// `mount -o` (e.g. `"discard,commit=5"`), added after diskmount's own.
+    pub fn options(mut self, options: impl Into<String>) -> Self {
+        self.options = Some(options.into());
+        self
+    }
+
+    /// Also forbid executing programs from the mount (`noexec`).
+    pub fn noexec(mut self, noexec: bool) -> Self {
+        self.noexec = noexec;
+        self
+    }
+
+    /// The bound on retrying a busy unmount (default [`RetryPolicy::UNMOUNT`]).
+    pub fn unmount_retry(mut self, policy: RetryPolicy) -> Self {
+        self.unmount_retry = policy;
+        self
+    }
+
+    /// Whether the mount is read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+}
