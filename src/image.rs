@@ -63,7 +63,9 @@ impl FromStr for Format {
         Format::ALL
             .into_iter()
             .find(|f| f.as_str().eq_ignore_ascii_case(s) || (s == "vhd" && *f == Format::Vpc))
-            .ok_or_else(|| format!("unknown image format {s:?} (known: raw, qcow2, vmdk, vdi, vhdx, vpc)"))
+            .ok_or_else(|| {
+                format!("unknown image format {s:?} (known: raw, qcow2, vmdk, vdi, vhdx, vpc)")
+            })
     }
 }
 

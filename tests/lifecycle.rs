@@ -21,11 +21,19 @@ fn forwards_then_back_step_by_step() {
     let u: Unattached<Loop> = Unattached::new(image);
     let a: Attached<Loop> = u.attach().unwrap();
     let dev = a.device().to_path_buf();
-    assert!(dev.to_string_lossy().starts_with("/dev/loop"), "{}", dev.display());
+    assert!(
+        dev.to_string_lossy().starts_with("/dev/loop"),
+        "{}",
+        dev.display()
+    );
     assert_eq!(a.backend(), BackendKind::Loop);
     assert_eq!(a.size(), 64 << 20);
     assert!(!a.is_read_only());
-    assert!(fx.leaks().iter().any(|l| l.contains(&*dev.to_string_lossy())));
+    assert!(
+        fx.leaks()
+            .iter()
+            .any(|l| l.contains(&*dev.to_string_lossy()))
+    );
 
     let m: Mapped<Loop> = a.map(Partition::Whole).unwrap();
     assert_eq!(m.device(), dev);
@@ -36,7 +44,10 @@ fn forwards_then_back_step_by_step() {
     assert_eq!(t.path(), mnt.canonicalize().unwrap());
     assert_eq!(t.fstype(), "ext4");
     assert!(is_mount_point(&mnt));
-    assert_eq!(std::fs::read_to_string(mnt.join("etc/hostname")).unwrap(), "guest\n");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("etc/hostname")).unwrap(),
+        "guest\n"
+    );
 
     let m = t.unmount().unwrap();
     assert!(!is_mount_point(&mnt));
@@ -97,9 +108,13 @@ fn auto_picks_loop_for_a_raw_file() {
 }
 
 fn losetup(img: &Path) -> String {
-    common::run(std::process::Command::new("losetup").args(["--find", "--show"]).arg(img))
-        .trim()
-        .to_string()
+    common::run(
+        std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(img),
+    )
+    .trim()
+    .to_string()
 }
 
 #[test]
@@ -111,7 +126,10 @@ fn block_backend_uses_an_existing_device_and_leaves_it() {
     let image = Image::block(&dev).unwrap();
     for backend in ["block", "auto"] {
         let check = |t: &Path| {
-            assert_eq!(std::fs::read_to_string(t.join("from-block")).unwrap(), "yes");
+            assert_eq!(
+                std::fs::read_to_string(t.join("from-block")).unwrap(),
+                "yes"
+            );
             std::fs::write(t.join(backend), backend).unwrap();
         };
         if backend == "block" {
@@ -129,7 +147,11 @@ fn block_backend_uses_an_existing_device_and_leaves_it() {
         } else {
             let a = Unattached::<Auto>::new(image.clone()).attach().unwrap();
             assert_eq!(a.backend(), BackendKind::Block);
-            let t = a.map(Partition::Whole).unwrap().mount(&mnt, &MountOptions::default()).unwrap();
+            let t = a
+                .map(Partition::Whole)
+                .unwrap()
+                .mount(&mnt, &MountOptions::default())
+                .unwrap();
             check(t.path());
             t.close().unwrap();
         }
@@ -138,7 +160,11 @@ fn block_backend_uses_an_existing_device_and_leaves_it() {
         assert!(common::bound_loops().iter().any(|(d, _)| *d == dev));
     }
     common::run(std::process::Command::new("losetup").arg("-d").arg(&dev));
-    let out = common::run(std::process::Command::new("debugfs").args(["-R", "cat /auto"]).arg(&img));
+    let out = common::run(
+        std::process::Command::new("debugfs")
+            .args(["-R", "cat /auto"])
+            .arg(&img),
+    );
     assert_eq!(out, "auto");
     fx.assert_clean();
 }

@@ -37,7 +37,11 @@ pub fn choose(image: &Image) -> Result<BackendKind> {
 impl sealed::Attach for Auto {
     fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
         let kind = choose(image)?;
-        debug!("auto: {} ({}) -> {kind} backend", image.path().display(), image.format());
+        debug!(
+            "auto: {} ({}) -> {kind} backend",
+            image.path().display(),
+            image.format()
+        );
         match kind {
             BackendKind::Block => block::attach(image, options),
             BackendKind::Loop => r#loop::attach(image, options),

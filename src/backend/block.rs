@@ -73,10 +73,17 @@ pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> 
         return Err(Error::invalid(
             Step::Attach,
             path,
-            format!("is not a block device (it is a {})", describe(meta.file_type())),
+            format!(
+                "is not a block device (it is a {})",
+                describe(meta.file_type())
+            ),
         ));
     }
-    let lock = if image.is_read_only() { Lock::Shared } else { Lock::Exclusive };
+    let lock = if image.is_read_only() {
+        Lock::Shared
+    } else {
+        Lock::Exclusive
+    };
     match flock(&file, lock, false) {
         Ok(()) => {}
         Err(Errno::EWOULDBLOCK) => {
@@ -88,7 +95,8 @@ pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> 
         }
         Err(e) => return Err(Error::os(Step::Attach, path, "flock device", e)),
     }
-    let size = blk::getsize64(&file).map_err(|e| Error::os(Step::Attach, path, "BLKGETSIZE64", e))?;
+    let size =
+        blk::getsize64(&file).map_err(|e| Error::os(Step::Attach, path, "BLKGETSIZE64", e))?;
     let diskseq = blk::getdiskseq(&file).ok();
     info!("attached block device {} ({size} bytes)", path.display());
     Ok(Device::new(

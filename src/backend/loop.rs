@@ -100,13 +100,24 @@ pub(crate) fn open_backing(image: &Image) -> Result<File> {
         return Err(Error::invalid(
             Step::Attach,
             path,
-            format!("is not a regular file (it is a {})", describe(meta.file_type())),
+            format!(
+                "is not a regular file (it is a {})",
+                describe(meta.file_type())
+            ),
         ));
     }
     if meta.len() == 0 {
-        return Err(Error::invalid(Step::Attach, path, "the image file is empty (0 bytes)"));
+        return Err(Error::invalid(
+            Step::Attach,
+            path,
+            "the image file is empty (0 bytes)",
+        ));
     }
-    let lock = if image.is_read_only() { Lock::Shared } else { Lock::Exclusive };
+    let lock = if image.is_read_only() {
+        Lock::Shared
+    } else {
+        Lock::Exclusive
+    };
     match flock(&backing, lock, false) {
         Ok(()) => {}
         Err(Errno::EWOULDBLOCK) => {
@@ -168,6 +179,20 @@ pub(crate) fn is_bound(nr: u32) -> bool {
     Path::new(&format!("/sys/block/loop{nr}/loop/backing_file")).exists()
 }
 
+/// Waits (bounded) until `/dev/loop<nr>` is unbound; true if it is.
+fn wait_unbound(nr: u32, bound: Duration) -> bool {
+    let start = Instant::now();
+    let mut delay = Duration::from_micros(100);
+    while is_bound(nr) {
+        if start.elapsed() >= bound {
+            return false;
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+    true
+}
+
 fn is_transient(e: Errno) -> bool {
     matches!(
         e,
@@ -193,15 +218,22 @@ pub(crate) fn device(
     kind: BackendKind,
 ) -> Result<Device> {
     let node = PathBuf::from(format!("/dev/loop{nr}"));
-    let size = blk::getsize64(&file).map_err(|e| Error::os(Step::Attach, &node, "BLKGETSIZE64", e))?;
+    let size =
+        blk::getsize64(&file).map_err(|e| Error::os(Step::Attach, &node, "BLKGETSIZE64", e))?;
     let diskseq = blk::getdiskseq(&file).ok();
     info!(
         "attached {} to {} ({} bytes{}{})",
         image.path().display(),
         node.display(),
         size,
-        if image.is_read_only() { ", read-only" } else { "" },
-        diskseq.map(|s| format!(", diskseq {s}")).unwrap_or_default()
+        if image.is_read_only() {
+            ", read-only"
+        } else {
+            ""
+        },
+        diskseq
+            .map(|s| format!(", diskseq {s}"))
+            .unwrap_or_default()
     );
     Ok(Device::new(
         kind,
@@ -390,8 +422,10 @@ pub(crate) fn detach(dev: &Device, file: File, nr: u32, backing: File) -> Result
     drop(backing);
     // With autoclear the kernel unbinds on the last close, synchronously
     // unless another opener (a mount we failed to undo, another process)
-    // still holds the device.
-    if errors.is_empty() && is_bound(nr) {
+    // still holds the device. A thread of this process that is forking a
+    // child holds a copy of our descriptor until the child execs, so give
+    // such a copy a moment to go away.
+    if errors.is_empty() && !wait_unbound(nr, Duration::from_secs(1)) {
         errors.push(Error::invalid(
             Step::Detach,
             &node,

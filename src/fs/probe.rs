@@ -49,20 +49,34 @@ impl Detected {
     }
 }
 
-/// Reads the first [`PROBE_BYTES`] of `device` and identifies them.
+/// How many bytes hold every signature but those of btrfs (64 KiB) and ISO
+/// 9660 (32 KiB): one page.
+const FIRST_READ: usize = 4096;
+
+/// Identifies what `device` holds. Reads one page, and the rest of
+/// [`PROBE_BYTES`] only if that page is not conclusive.
 pub fn probe(device: &File) -> std::io::Result<Detected> {
     let mut buf = vec![0u8; PROBE_BYTES];
+    let filled = read_into(device, &mut buf[..FIRST_READ], 0)?;
+    let first = identify(&buf[..filled]);
+    if filled < FIRST_READ || !matches!(first, Detected::Empty | Detected::Unknown) {
+        return Ok(first);
+    }
+    let more = read_into(device, &mut buf[FIRST_READ..], FIRST_READ as u64)?;
+    Ok(identify(&buf[..FIRST_READ + more]))
+}
+
+fn read_into(device: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        match device.read_at(&mut buf[filled..], filled as u64) {
+        match device.read_at(&mut buf[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    buf.truncate(filled);
-    Ok(identify(&buf))
+    Ok(filled)
 }
 
 fn at(buf: &[u8], offset: usize, len: usize) -> Option<&[u8]> {
@@ -80,7 +94,9 @@ fn le32(buf: &[u8], offset: usize) -> Option<u32> {
 fn label(bytes: Option<&[u8]>) -> Option<String> {
     let bytes = bytes?;
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    let s = String::from_utf8_lossy(&bytes[..end]).trim_end().to_string();
+    let s = String::from_utf8_lossy(&bytes[..end])
+        .trim_end()
+        .to_string();
     (!s.is_empty()).then_some(s)
 }
 
@@ -169,10 +185,16 @@ fn identify_fat(buf: &[u8]) -> Option<Detected> {
         return None;
     }
     if at(buf, 82, 5) == Some(b"FAT32") {
-        return Some(fs(FsType::Vfat, label(at(buf, 71, 11)).filter(|l| l != "NO NAME")));
+        return Some(fs(
+            FsType::Vfat,
+            label(at(buf, 71, 11)).filter(|l| l != "NO NAME"),
+        ));
     }
     if matches!(at(buf, 54, 5), Some(b"FAT12" | b"FAT16" | b"FAT  ")) {
-        return Some(fs(FsType::Vfat, label(at(buf, 43, 11)).filter(|l| l != "NO NAME")));
+        return Some(fs(
+            FsType::Vfat,
+            label(at(buf, 43, 11)).filter(|l| l != "NO NAME"),
+        ));
     }
     None
 }
@@ -205,9 +227,21 @@ mod tests {
             }
         );
         b[1024 + 0x5C] = 0x4;
-        assert!(matches!(identify(&b), Detected::Filesystem { fstype: FsType::Ext3, .. }));
+        assert!(matches!(
+            identify(&b),
+            Detected::Filesystem {
+                fstype: FsType::Ext3,
+                ..
+            }
+        ));
         b[1024 + 0x60] = 0x40; // extents
-        assert!(matches!(identify(&b), Detected::Filesystem { fstype: FsType::Ext4, .. }));
+        assert!(matches!(
+            identify(&b),
+            Detected::Filesystem {
+                fstype: FsType::Ext4,
+                ..
+            }
+        ));
         b[1024 + 0x60] = 0x8; // journal device
         assert!(matches!(identify(&b), Detected::Other(_)));
     }
@@ -237,7 +271,13 @@ mod tests {
         assert_eq!(identify(&b), Detected::PartitionTable("gpt"));
         let mut b = buf();
         b[32769..32774].copy_from_slice(b"CD001");
-        assert!(matches!(identify(&b), Detected::Filesystem { fstype: FsType::Iso9660, .. }));
+        assert!(matches!(
+            identify(&b),
+            Detected::Filesystem {
+                fstype: FsType::Iso9660,
+                ..
+            }
+        ));
         let mut b = buf();
         b[4086..4096].copy_from_slice(b"SWAPSPACE2");
         assert_eq!(identify(&b), Detected::Other("a swap area"));

@@ -46,7 +46,11 @@ impl<B: Backend> Unattached<B> {
     /// [`crate::Step::Attach`]: the image cannot be opened, is in use, or no
     /// device could be had within the retry bound. Nothing is left attached.
     pub fn attach(self) -> Result<Attached<B>> {
-        debug!("attach: {} with the {} backend", self.image.path().display(), B::NAME);
+        debug!(
+            "attach: {} with the {} backend",
+            self.image.path().display(),
+            B::NAME
+        );
         let device = B::attach(&self.image, &self.options)?;
         Ok(Attached {
             device,

@@ -56,10 +56,10 @@ impl MountGuard {
             Err(e) => return Err(Error::os(Step::Unmount, target, "stat mount point", e)),
         }
         let mut errors = Vec::new();
-        if !self.read_only {
-            if let Err(e) = syncfs(target) {
-                errors.push(e);
-            }
+        if !self.read_only
+            && let Err(e) = syncfs(target)
+        {
+            errors.push(e);
         }
         let mut backoff = Backoff::new(self.retry);
         loop {
@@ -93,10 +93,10 @@ impl MountGuard {
                 }
             }
         }
-        if !self.read_only {
-            if let Err(e) = blk::flsbuf(&self.device_file) {
-                errors.push(Error::os(Step::Unmount, &self.device, "BLKFLSBUF", e));
-            }
+        if !self.read_only
+            && let Err(e) = blk::flsbuf(&self.device_file)
+        {
+            errors.push(Error::os(Step::Unmount, &self.device, "BLKFLSBUF", e));
         }
         debug!("unmounted {}", target.display());
         Error::collect(errors)
@@ -148,7 +148,8 @@ fn choose_fstype(
     if let Some(name) = &options.fstype {
         return Ok((name.clone(), FsType::from_name(name)));
     }
-    let detected = probe::probe(file).map_err(|e| Error::os(Step::Probe, device, "read superblock", e))?;
+    let detected =
+        probe::probe(file).map_err(|e| Error::os(Step::Probe, device, "read superblock", e))?;
     debug!("probe: {}: {}", device.display(), detected.describe());
     match detected {
         Detected::Filesystem { fstype, .. } if fstype.is_allowed() => {
@@ -197,7 +198,11 @@ impl<B: Backend> Mapped<B> {
         let meta = std::fs::metadata(&target)
             .map_err(|e| Error::os(Step::Mount, &target, "stat mount point", e))?;
         if !meta.is_dir() {
-            return Err(Error::invalid(Step::Mount, &target, "the mount point is not a directory"));
+            return Err(Error::invalid(
+                Step::Mount,
+                &target,
+                "the mount point is not a directory",
+            ));
         }
         let (driver, fstype) = choose_fstype(&device, self.part.file(), options)?;
         let read_only = options.read_only
@@ -222,7 +227,11 @@ impl<B: Backend> Mapped<B> {
             "mount -t {driver} -o {}{}{} on {}",
             if read_only { "ro" } else { "rw" },
             if options.noexec { ",noexec" } else { "" },
-            if data.is_empty() { String::new() } else { format!(",{data}") },
+            if data.is_empty() {
+                String::new()
+            } else {
+                format!(",{data}")
+            },
             target.display()
         );
         debug!("mount: {}: {describe}", device.display());
@@ -233,7 +242,14 @@ impl<B: Backend> Mapped<B> {
             flags,
             Some(data.as_str()),
         )
-        .map_err(|e| Error::os(Step::Mount, &device, describe.clone(), mount_error(e)))?;
+        .map_err(|e| {
+            Error::os(
+                Step::Mount,
+                &device,
+                format!("{describe}{}", mount_hint(e)),
+                e,
+            )
+        })?;
         let device_file = self
             .part
             .file()
@@ -246,12 +262,19 @@ impl<B: Backend> Mapped<B> {
             (Ok(f), Ok(d)) => (f, d),
             (Err(e), _) | (_, Err(e)) => {
                 if let Err(u) = nix::mount::umount2(&target, MntFlags::UMOUNT_NOFOLLOW) {
-                    warn!("mount: {}: umount2 after a failed mount: {u}", target.display());
+                    warn!(
+                        "mount: {}: umount2 after a failed mount: {u}",
+                        target.display()
+                    );
                 }
                 return Err(e);
             }
         };
-        info!("mounted {} ({driver}) on {}", device.display(), target.display());
+        info!(
+            "mounted {} ({driver}) on {}",
+            device.display(),
+            target.display()
+        );
         Ok(Mounted {
             mount: MountGuard {
                 target,
@@ -268,18 +291,16 @@ impl<B: Backend> Mapped<B> {
     }
 }
 
-/// Turns the kernel's terse mount errors into ones that say what they mean
-/// here.
-fn mount_error(e: Errno) -> std::io::Error {
-    let hint = match e {
-        Errno::EINVAL => "invalid argument: the filesystem is corrupt, not of this type, or an option is wrong",
-        Errno::EUCLEAN => "the filesystem is corrupt (structure needs cleaning)",
-        Errno::EROFS | Errno::EACCES => "the device is read-only; mount read-only",
-        Errno::ENODEV => "the kernel does not support this filesystem type",
-        Errno::EBUSY => "the device or mount point is busy",
-        _ => return e.into(),
-    };
-    std::io::Error::new(std::io::Error::from(e).kind(), format!("{hint} ({e})"))
+/// What the kernel's terse mount errors mean here.
+fn mount_hint(e: Errno) -> &'static str {
+    match e {
+        Errno::EINVAL => " (the filesystem is corrupt, not of this type, or an option is wrong)",
+        Errno::EUCLEAN => " (the filesystem is corrupt)",
+        Errno::EROFS | Errno::EACCES => " (the device is read-only; mount read-only)",
+        Errno::ENODEV => " (the kernel does not support this filesystem type)",
+        Errno::EBUSY => " (the device or the mount point is busy)",
+        _ => "",
+    }
 }
 
 impl<B: Backend> Mounted<B> {

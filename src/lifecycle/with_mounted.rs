@@ -48,7 +48,14 @@ pub fn with_mounted_opts<R>(
         .prefix(".diskmount-")
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
-        .map_err(|e| Error::os(Step::Mount, std::env::temp_dir(), "create temporary mount point", e))?;
+        .map_err(|e| {
+            Error::os(
+                Step::Mount,
+                std::env::temp_dir(),
+                "create temporary mount point",
+                e,
+            )
+        })?;
     let mounted = Unattached::<Auto>::new(image.clone())
         .attach()
         .and_then(|a| a.map(partition))
@@ -60,7 +67,10 @@ pub fn with_mounted_opts<R>(
             return Err(e);
         }
     };
-    debug!("with_mounted: running the closure in {}", mounted.path().display());
+    debug!(
+        "with_mounted: running the closure in {}",
+        mounted.path().display()
+    );
     let outcome = catch_unwind(AssertUnwindSafe(|| f(mounted.path())));
     let mut errors = Vec::new();
     if let Err(e) = mounted.close() {

@@ -28,8 +28,16 @@ nix::ioctl_none_bad!(raw_ctl_get_free, uapi::LOOP_CTL_GET_FREE as Request);
 nix::ioctl_write_int_bad!(raw_ctl_remove, uapi::LOOP_CTL_REMOVE as Request);
 nix::ioctl_write_ptr_bad!(raw_configure, uapi::LOOP_CONFIGURE as Request, LoopConfig);
 nix::ioctl_write_int_bad!(raw_set_fd, uapi::LOOP_SET_FD as Request);
-nix::ioctl_write_ptr_bad!(raw_set_status64, uapi::LOOP_SET_STATUS64 as Request, LoopInfo64);
-nix::ioctl_read_bad!(raw_get_status64, uapi::LOOP_GET_STATUS64 as Request, LoopInfo64);
+nix::ioctl_write_ptr_bad!(
+    raw_set_status64,
+    uapi::LOOP_SET_STATUS64 as Request,
+    LoopInfo64
+);
+nix::ioctl_read_bad!(
+    raw_get_status64,
+    uapi::LOOP_GET_STATUS64 as Request,
+    LoopInfo64
+);
 nix::ioctl_none_bad!(raw_clr_fd, uapi::LOOP_CLR_FD as Request);
 
 /// Asks the control device for the number of a free loop device, creating

@@ -17,7 +17,9 @@ pub fn require_root() {
 
 /// Runs a command and panics with its output if it fails.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}{}",
@@ -94,22 +96,32 @@ impl Fixture {
             }
             "xfs" => {
                 self.blank(name, 300 << 20);
-                run(Command::new("mkfs.xfs").args(["-q", "-f", "-L", "testfs"]).arg(&img));
+                run(Command::new("mkfs.xfs")
+                    .args(["-q", "-f", "-L", "testfs"])
+                    .arg(&img));
                 // mkfs.xfs cannot fill an image; util-linux's mount can.
                 let mnt = self.path().join(format!("{name}.mnt"));
                 std::fs::create_dir_all(&mnt).unwrap();
-                run(Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&mnt));
-                run(Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(&mnt));
+                run(Command::new("mount")
+                    .arg("-o")
+                    .arg("loop")
+                    .arg(&img)
+                    .arg(&mnt));
+                run(Command::new("cp")
+                    .arg("-a")
+                    .arg(format!("{}/.", src.display()))
+                    .arg(&mnt));
                 run(Command::new("umount").arg("-d").arg(&mnt));
             }
             "squashfs" => {
-                run(Command::new("mksquashfs")
-                    .arg(&src)
-                    .arg(&img)
-                    .args(["-quiet", "-noappend", "-no-progress"]));
+                run(Command::new("mksquashfs").arg(&src).arg(&img).args([
+                    "-quiet",
+                    "-noappend",
+                    "-no-progress",
+                ]));
             }
             "erofs" => {
-                run(Command::new("mkfs.erofs").arg("-Ltestfs").arg(&img).arg(&src));
+                run(Command::new("mkfs.erofs").arg(&img).arg(&src));
             }
             other => panic!("no recipe for {other}"),
         }
@@ -136,7 +148,10 @@ impl Fixture {
         }
         for (source, target) in mounts() {
             let ours_by_source = our_loops.iter().any(|d| {
-                source == *d || source.strip_prefix(d.as_str()).is_some_and(|r| r.starts_with('p'))
+                source == *d
+                    || source
+                        .strip_prefix(d.as_str())
+                        .is_some_and(|r| r.starts_with('p'))
             });
             if target.starts_with(&root) || ours_by_source {
                 leaks.push(format!("mount of {source} on {target}"));
@@ -149,7 +164,11 @@ impl Fixture {
     pub fn assert_clean(&mut self) {
         self.checked = true;
         let leaks = self.leaks();
-        assert!(leaks.is_empty(), "the test left things behind:\n  {}", leaks.join("\n  "));
+        assert!(
+            leaks.is_empty(),
+            "the test left things behind:\n  {}",
+            leaks.join("\n  ")
+        );
     }
 }
 
@@ -191,7 +210,10 @@ pub fn mounts() -> Vec<(String, String)> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Whether `path` is a mount point right now.

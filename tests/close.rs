@@ -1,0 +1,86 @@
+//! `close()` tries every teardown step and reports every error; a busy
+//! mount is retried within its bound and then reported, never lazily
+//! detached.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Fixture, is_mount_point, run};
+use diskmount::{
+    Error, Format, Image, Loop, MountOptions, Partition, RetryPolicy, Step, Unattached,
+};
+
+#[test]
+fn busy_mount_is_retried_then_every_failure_is_reported() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("f", "x")]);
+    let mnt = fx.tree("mnt", &[]);
+    let policy = RetryPolicy {
+        max_attempts: 5,
+        timeout: Duration::from_millis(300),
+        max_delay: Duration::from_millis(100),
+    };
+    let mounted = Unattached::<Loop>::new(Image::file(&img, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default().unmount_retry(policy))
+        .unwrap();
+    let device = mounted.device().to_path_buf();
+    // A process holding a file open inside makes the mount busy.
+    let holder = std::fs::File::open(mnt.join("f")).unwrap();
+    let start = Instant::now();
+    let err = mounted.close().unwrap_err();
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100),
+        "retried for {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "bounded: {waited:?}");
+    let Error::Teardown(errors) = &err else {
+        panic!("expected every step's error, got {err}");
+    };
+    assert_eq!(errors[0].step(), Some(Step::Unmount), "{err}");
+    assert!(matches!(errors[0], Error::Exhausted { .. }), "{err}");
+    assert!(errors[0].to_string().contains("busy"), "{err}");
+    assert_eq!(errors.last().unwrap().step(), Some(Step::Detach), "{err}");
+    assert!(
+        errors.last().unwrap().to_string().contains("still bound"),
+        "{err}"
+    );
+    // Never a silent lazy unmount: it is still there.
+    assert!(is_mount_point(&mnt));
+
+    // Once the user lets go, an ordinary umount frees everything: the loop
+    // device goes with the mount (autoclear).
+    drop(holder);
+    run(std::process::Command::new("umount").arg(&mnt));
+    assert!(
+        !common::bound_loops()
+            .iter()
+            .any(|(d, _)| *d == device.to_string_lossy())
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn unmounted_behind_our_back_is_reported_not_guessed() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[]);
+    let mnt = fx.tree("mnt", &[]);
+    let mounted = Unattached::<Loop>::new(Image::file(&img, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    run(std::process::Command::new("umount").arg(&mnt));
+    let err = mounted.close().unwrap_err();
+    assert_eq!(err.step(), Some(Step::Unmount), "{err}");
+    assert!(err.to_string().contains("no longer shows"), "{err}");
+    // The rest of the teardown still ran.
+    fx.assert_clean();
+}

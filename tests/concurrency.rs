@@ -1,0 +1,75 @@
+//! Many threads attaching, mounting and tearing down at once never share a
+//! device, never fail, and leave nothing behind.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use common::Fixture;
+use diskmount::{Format, Image, Loop, MountOptions, Partition, Unattached, with_mounted};
+
+const THREADS: usize = 8;
+const CYCLES: usize = 25;
+
+#[test]
+fn eight_threads_times_twenty_five_cycles() {
+    let mut fx = Fixture::new();
+    let images: Vec<_> = (0..THREADS)
+        .map(|t| fx.ext4(&format!("disk{t}.img"), &[("id", &t.to_string())]))
+        .collect();
+    let mnts: Vec<_> = (0..THREADS)
+        .map(|t| fx.tree(&format!("mnt{t}"), &[]))
+        .collect();
+    // device -> thread currently holding it; a second holder is a bug.
+    let in_use = Mutex::new(HashSet::new());
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (img, mnt, in_use) = (&images[t], &mnts[t], &in_use);
+            s.spawn(move || {
+                let image = Image::file(img, Format::Raw).unwrap();
+                for c in 0..CYCLES {
+                    if c % 2 == 0 {
+                        let m = Unattached::<Loop>::new(image.clone())
+                            .attach()
+                            .unwrap()
+                            .map(Partition::Whole)
+                            .unwrap()
+                            .mount(mnt, &MountOptions::default())
+                            .unwrap();
+                        let dev = m.device().to_path_buf();
+                        assert!(
+                            in_use.lock().unwrap().insert(dev.clone()),
+                            "{} given out twice",
+                            dev.display()
+                        );
+                        assert_eq!(
+                            std::fs::read_to_string(m.path().join("id")).unwrap(),
+                            t.to_string()
+                        );
+                        std::fs::write(m.path().join(format!("cycle-{c}")), "x").unwrap();
+                        in_use.lock().unwrap().remove(&dev);
+                        m.close().unwrap();
+                    } else {
+                        with_mounted(&image, Partition::Whole, |root| {
+                            std::fs::write(root.join(format!("cycle-{c}")), "x").unwrap();
+                        })
+                        .unwrap();
+                    }
+                }
+            });
+        }
+    });
+    fx.assert_clean();
+    for (t, img) in images.iter().enumerate() {
+        let image = Image::file(img, Format::Raw).unwrap().read_only(true);
+        let n = with_mounted(&image, Partition::Whole, |root| {
+            (0..CYCLES)
+                .filter(|c| root.join(format!("cycle-{c}")).exists())
+                .count()
+        })
+        .unwrap();
+        assert_eq!(n, CYCLES, "image {t}");
+    }
+    fx.assert_clean();
+}
