@@ -24,7 +24,11 @@ use nix::mount::{MntFlags, MsFlags};
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -49,11 +53,25 @@ fn util_linux(img: &Path, mnt: &Path) {
 }
 
 fn syscalls(img: &Path, mnt: &Path, flush: bool) {
-    let backing = OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_CLOEXEC).open(img).unwrap();
-    let control = OpenOptions::new().read(true).write(true).open("/dev/loop-control").unwrap();
+    let backing = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(img)
+        .unwrap();
+    let control = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")
+        .unwrap();
     let nr = loop_dev::ctl_get_free(&control).unwrap();
     let node = format!("/dev/loop{nr}");
-    let dev: File = OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_CLOEXEC).open(&node).unwrap();
+    let dev: File = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(&node)
+        .unwrap();
     let mut info = loop_dev::empty_info();
     info.lo_flags = loop_dev::LO_FLAGS_AUTOCLEAR;
     loop_dev::configure(&dev, &loop_dev::config(backing.as_fd(), info)).unwrap();
@@ -103,7 +121,10 @@ fn main() {
         .nth(1)
         .map(|n| n.parse().expect("--iterations N"))
         .unwrap_or(200);
-    assert!(nix::unistd::geteuid().is_root(), "the cycle benchmark needs root");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the cycle benchmark needs root"
+    );
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("bench.img");
     File::create(&img).unwrap().set_len(64 << 20).unwrap();

@@ -180,7 +180,14 @@ impl Error {
 
     /// Folds teardown errors into one result: `Ok` if there were none, the
     /// error itself if there was one, [`Error::Teardown`] otherwise.
-    pub(crate) fn collect(mut errors: Vec<Error>) -> Result<(), Error> {
+    pub(crate) fn collect(errors: Vec<Error>) -> Result<(), Error> {
+        let mut errors: Vec<Error> = errors
+            .into_iter()
+            .flat_map(|e| match e {
+                Error::Teardown(list) => list,
+                other => vec![other],
+            })
+            .collect();
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),

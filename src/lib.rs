@@ -72,10 +72,12 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+mod command;
 pub mod error;
 pub mod fs;
 pub mod image;
 mod lifecycle;
+pub mod mapping;
 pub mod options;
 pub mod partition;
 pub mod retry;
@@ -85,8 +87,8 @@ pub mod sys;
 pub use backend::{Auto, Backend, BackendKind, Block, Loop};
 pub use error::{Error, Result, Step};
 pub use image::{Format, Image, ImageKind};
-pub use lifecycle::map::MapStrategy;
 pub use lifecycle::{Attached, Mapped, Mounted, Unattached, with_mounted, with_mounted_opts};
+pub use mapping::{MapOptions, MapStrategy, Mapping};
 pub use options::{AttachOptions, MountOptions};
-pub use partition::Partition;
+pub use partition::{Partition, PartitionInfo, PartitionTable, TableKind};
 pub use retry::RetryPolicy;

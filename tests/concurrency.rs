@@ -73,3 +73,49 @@ fn eight_threads_times_twenty_five_cycles() {
     }
     fx.assert_clean();
 }
+
+#[test]
+fn eight_threads_mapping_different_partitions_of_copies() {
+    use diskmount::{MapOptions, MapStrategy};
+    let mut fx = Fixture::new();
+    let original = fx.mbr_image("mbr.img");
+    let copies: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let p = fx.path().join(format!("copy{t}.img"));
+            std::fs::copy(&original, &p).unwrap();
+            p
+        })
+        .collect();
+    let numbers = [1, 2, 5, 6];
+    std::thread::scope(|s| {
+        for (t, img) in copies.iter().enumerate() {
+            s.spawn(move || {
+                let image = Image::file(img, Format::Raw).unwrap();
+                let strategy = if t % 2 == 0 {
+                    MapStrategy::Blkpg
+                } else {
+                    MapStrategy::OffsetLoop
+                };
+                for c in 0..5 {
+                    let n = numbers[(t + c) % numbers.len()];
+                    let got = Unattached::<Loop>::new(image.clone())
+                        .attach()
+                        .unwrap()
+                        .map_with(
+                            Partition::Number(n),
+                            &MapOptions::default().strategy(strategy),
+                        )
+                        .unwrap();
+                    let mnt = tempfile::tempdir().unwrap();
+                    let m = got.mount(mnt.path(), &MountOptions::default()).unwrap();
+                    assert_eq!(
+                        std::fs::read_to_string(m.path().join("id")).unwrap(),
+                        format!("p{n}")
+                    );
+                    m.close().unwrap();
+                }
+            });
+        }
+    });
+    fx.assert_clean();
+}

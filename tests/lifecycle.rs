@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::{Fixture, is_mount_point};
 use diskmount::{
-    Attached, Auto, BackendKind, Format, Image, Loop, MapStrategy, Mapped, MountOptions, Mounted,
+    Attached, Auto, BackendKind, Format, Image, Loop, Mapped, Mapping, MountOptions, Mounted,
     Partition, Unattached,
 };
 
@@ -37,7 +37,7 @@ fn forwards_then_back_step_by_step() {
 
     let m: Mapped<Loop> = a.map(Partition::Whole).unwrap();
     assert_eq!(m.device(), dev);
-    assert_eq!(m.strategy(), MapStrategy::Whole);
+    assert_eq!(m.mapping(), Mapping::Whole);
     assert_eq!(m.partition(), None);
 
     let t: Mounted<Loop> = m.mount(&mnt, &MountOptions::default()).unwrap();

@@ -8,12 +8,13 @@ use nix::errno::Errno;
 use nix::libc;
 
 use super::device::{Device, Held};
+use super::r#loop::lock_briefly;
 use super::{Backend, BackendKind, sealed};
 use crate::error::{Error, Result, Step};
 use crate::image::{Image, ImageKind, describe};
 use crate::options::AttachOptions;
 use crate::sys::block as blk;
-use crate::sys::flock::{Lock, flock};
+use crate::sys::flock::Lock;
 
 /// Existing block devices: attach opens the device, detach closes it.
 /// Nothing is created, so nothing but the descriptor is released.
@@ -84,17 +85,14 @@ pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> 
     } else {
         Lock::Exclusive
     };
-    match flock(&file, lock, false) {
-        Ok(()) => {}
-        Err(Errno::EWOULDBLOCK) => {
-            return Err(Error::invalid(
-                Step::Attach,
-                path,
-                "the device is locked by another program (udev or another diskmount user)",
-            ));
-        }
-        Err(e) => return Err(Error::os(Step::Attach, path, "flock device", e)),
-    }
+    lock_briefly(&file, lock).map_err(|e| match e {
+        Errno::EWOULDBLOCK => Error::invalid(
+            Step::Attach,
+            path,
+            "the device is locked by another program (udev or another diskmount user)",
+        ),
+        e => Error::os(Step::Attach, path, "flock device", e),
+    })?;
     let size =
         blk::getsize64(&file).map_err(|e| Error::os(Step::Attach, path, "BLKGETSIZE64", e))?;
     let diskseq = blk::getdiskseq(&file).ok();

@@ -27,6 +27,8 @@ pub struct Device {
     pub(crate) read_only: bool,
     pub(crate) size: u64,
     pub(crate) diskseq: Option<u64>,
+    /// The device number (`st_rdev`).
+    pub(crate) rdev: u64,
     /// The open device and what the backend holds; `None` once released.
     held: Option<(File, Held)>,
 }
@@ -43,6 +45,11 @@ impl Device {
         file: File,
         held: Held,
     ) -> Device {
+        // fstat of an open descriptor does not fail in practice; 0 matches no device.
+        let rdev = file
+            .metadata()
+            .map(|m| std::os::unix::fs::MetadataExt::rdev(&m))
+            .unwrap_or(0);
         Device {
             kind,
             path,
@@ -50,6 +57,7 @@ impl Device {
             read_only,
             size,
             diskseq,
+            rdev,
             held: Some((file, held)),
         }
     }
@@ -62,6 +70,15 @@ impl Device {
             .as_ref()
             .expect("a device is only released when its owner is consumed")
             .0
+    }
+
+    /// The image file behind a loop device (where partitions can be
+    /// reached directly by offset).
+    pub(crate) fn backing(&self) -> Option<&File> {
+        match self.held.as_ref()? {
+            (_, Held::Loop { backing, .. }) => Some(backing),
+            _ => None,
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {

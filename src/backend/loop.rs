@@ -118,18 +118,15 @@ pub(crate) fn open_backing(image: &Image) -> Result<File> {
     } else {
         Lock::Exclusive
     };
-    match flock(&backing, lock, false) {
-        Ok(()) => {}
-        Err(Errno::EWOULDBLOCK) => {
-            return Err(Error::invalid(
-                Step::Attach,
-                path,
-                "the image is already in use: another diskmount user has it attached \
-                 (read-write, or read-only while this one asks for read-write)",
-            ));
-        }
-        Err(e) => return Err(Error::os(Step::Attach, path, "flock image", e)),
-    }
+    lock_briefly(&backing, lock).map_err(|e| match e {
+        Errno::EWOULDBLOCK => Error::invalid(
+            Step::Attach,
+            path,
+            "the image is already in use: another diskmount user has it attached \
+             (read-write, or read-only while this one asks for read-write)",
+        ),
+        e => Error::os(Step::Attach, path, "flock image", e),
+    })?;
     if let Some(other) = bound_elsewhere(&meta, image.is_read_only()) {
         return Err(Error::invalid(
             Step::Attach,
@@ -141,6 +138,23 @@ pub(crate) fn open_backing(image: &Image) -> Result<File> {
         ));
     }
     Ok(backing)
+}
+
+/// Takes `lock` on `file` without blocking on a real holder, but waits out
+/// a brief one: a thread of this process that is forking a child holds a
+/// copy of every descriptor (and so of the lock) until the child execs.
+pub(crate) fn lock_briefly(file: &File, lock: Lock) -> std::result::Result<(), Errno> {
+    let start = Instant::now();
+    let mut delay = Duration::from_micros(100);
+    loop {
+        match flock(file, lock, false) {
+            Err(Errno::EWOULDBLOCK) if start.elapsed() < Duration::from_millis(500) => {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// A loop device that already serves the file `meta` describes, writable
@@ -205,7 +219,15 @@ pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
     let path = image.path();
     debug!("attach: {} to a loop device", path.display());
     let backing = open_backing(image)?;
-    let (nr, file) = attach_backing(&backing, image.is_read_only(), options, path, 0, 0)?;
+    let (nr, file) = attach_backing(
+        Step::Attach,
+        &backing,
+        image.is_read_only(),
+        options,
+        path,
+        0,
+        0,
+    )?;
     device(image, nr, file, backing, BackendKind::Loop)
 }
 
@@ -251,6 +273,7 @@ pub(crate) fn device(
 /// free loop device, retrying races. Returns the device number and an open,
 /// shared-locked descriptor of it.
 pub(crate) fn attach_backing(
+    step: Step,
     backing: &File,
     read_only: bool,
     options: &AttachOptions,
@@ -276,7 +299,7 @@ pub(crate) fn attach_backing(
             Err((op, e)) if is_transient(e) => {
                 if !backoff.wait() {
                     return Err(Error::Exhausted {
-                        step: Step::Attach,
+                        step,
                         path: image.to_path_buf(),
                         operation: op.into(),
                         attempts: backoff.attempts(),
@@ -285,12 +308,12 @@ pub(crate) fn attach_backing(
                     });
                 }
                 warn!(
-                    "attach: {}: {op}: {e}; retrying (attempt {})",
+                    "{step}: {}: {op}: {e}; retrying (attempt {})",
                     image.display(),
                     backoff.attempts() + 1
                 );
             }
-            Err((op, e)) => return Err(Error::os(Step::Attach, image, op, e)),
+            Err((op, e)) => return Err(Error::os(step, image, op, e)),
         }
     }
 }
@@ -398,28 +421,47 @@ fn errno(e: &std::io::Error) -> Errno {
 /// Detaches a loop device: writes what it buffered into the image and makes
 /// the image durable, unbinds it, closes it, and checks it is gone.
 pub(crate) fn detach(dev: &Device, file: File, nr: u32, backing: File) -> Result<()> {
-    let node = dev.path().to_path_buf();
-    debug!("detach: {}", node.display());
+    Error::collect(unbind(
+        Step::Detach,
+        dev.path(),
+        &dev.image,
+        file,
+        nr,
+        (!dev.read_only).then_some(&backing),
+    ))
+}
+
+/// Unbinds loop device `nr` (open as `file`): `BLKFLSBUF` and `fsync` of
+/// `backing` when given (read-write), `LOOP_CLR_FD`, close, and a bounded
+/// check that the kernel really unbound it. Returns every error.
+pub(crate) fn unbind(
+    step: Step,
+    node: &Path,
+    image: &Path,
+    file: File,
+    nr: u32,
+    backing: Option<&File>,
+) -> Vec<Error> {
+    debug!("{step}: unbind {}", node.display());
     let mut errors = Vec::new();
-    if !dev.read_only {
+    if let Some(backing) = backing {
         if let Err(e) = blk::flsbuf(&file) {
-            errors.push(Error::os(Step::Detach, &node, "BLKFLSBUF", e));
+            errors.push(Error::os(step, node, "BLKFLSBUF", e));
         }
         if let Err(e) = backing.sync_all() {
-            errors.push(Error::os(Step::Detach, &dev.image, "fsync image", e));
+            errors.push(Error::os(step, image, "fsync image", e));
         }
     }
     match loop_dev::clr_fd(&file) {
         Ok(()) => {}
         Err(Errno::ENXIO) => errors.push(Error::invalid(
-            Step::Detach,
-            &node,
+            step,
+            node,
             "was already unbound by someone else (LOOP_CLR_FD: ENXIO)",
         )),
-        Err(e) => errors.push(Error::os(Step::Detach, &node, "LOOP_CLR_FD", e)),
+        Err(e) => errors.push(Error::os(step, node, "LOOP_CLR_FD", e)),
     }
     drop(file);
-    drop(backing);
     // With autoclear the kernel unbinds on the last close, synchronously
     // unless another opener (a mount we failed to undo, another process)
     // still holds the device. A thread of this process that is forking a
@@ -427,11 +469,11 @@ pub(crate) fn detach(dev: &Device, file: File, nr: u32, backing: File) -> Result
     // such a copy a moment to go away.
     if errors.is_empty() && !wait_unbound(nr, Duration::from_secs(1)) {
         errors.push(Error::invalid(
-            Step::Detach,
-            &node,
+            step,
+            node,
             "is still bound after LOOP_CLR_FD: something still has it open (a mount?); \
              the kernel will unbind it when that user closes it",
         ));
     }
-    Error::collect(errors)
+    errors
 }

@@ -14,7 +14,7 @@
 mod auto;
 mod block;
 mod device;
-mod r#loop;
+pub(crate) mod r#loop;
 
 use std::fmt;
 

@@ -5,7 +5,7 @@ pub mod probe;
 
 use std::fmt;
 
-pub use probe::{Detected, identify};
+pub use probe::{Detected, identify, probe, probe_at};
 
 /// A filesystem type diskmount recognises from its superblock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

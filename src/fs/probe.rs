@@ -6,9 +6,9 @@
 //! from a device with one `pread`.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 use super::FsType;
+use crate::partition::read_full;
 
 /// How many bytes [`identify`] looks at: up to and including the btrfs
 /// superblock at 64 KiB.
@@ -56,27 +56,22 @@ const FIRST_READ: usize = 4096;
 /// Identifies what `device` holds. Reads one page, and the rest of
 /// [`PROBE_BYTES`] only if that page is not conclusive.
 pub fn probe(device: &File) -> std::io::Result<Detected> {
-    let mut buf = vec![0u8; PROBE_BYTES];
-    let filled = read_into(device, &mut buf[..FIRST_READ], 0)?;
-    let first = identify(&buf[..filled]);
-    if filled < FIRST_READ || !matches!(first, Detected::Empty | Detected::Unknown) {
-        return Ok(first);
-    }
-    let more = read_into(device, &mut buf[FIRST_READ..], FIRST_READ as u64)?;
-    Ok(identify(&buf[..FIRST_READ + more]))
+    probe_at(device, 0, u64::MAX)
 }
 
-fn read_into(device: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match device.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Identifies what the `len` bytes of `device` from `offset` hold (a
+/// partition), reading no further than they go.
+pub fn probe_at(device: &File, offset: u64, len: u64) -> std::io::Result<Detected> {
+    let limit = usize::try_from(len).unwrap_or(usize::MAX).min(PROBE_BYTES);
+    let mut buf = vec![0u8; limit];
+    let first = FIRST_READ.min(limit);
+    let filled = read_full(device, &mut buf[..first], offset)?;
+    let found = identify(&buf[..filled]);
+    if filled < first || limit == first || !matches!(found, Detected::Empty | Detected::Unknown) {
+        return Ok(found);
     }
-    Ok(filled)
+    let more = read_full(device, &mut buf[first..], offset + first as u64)?;
+    Ok(identify(&buf[..first + more]))
 }
 
 fn at(buf: &[u8], offset: usize, len: usize) -> Option<&[u8]> {

@@ -1,62 +1,21 @@
 //! Map and unmap: [`Attached`] → [`Mapped`] → back.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use log::{debug, warn};
+use log::debug;
 
 use super::attach::Attached;
 use crate::backend::{Backend, BackendKind};
-use crate::error::{Error, Result, Step};
-use crate::partition::Partition;
-
-/// How a partition was given a block device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum MapStrategy {
-    /// No mapping: the whole attached device.
-    Whole,
-}
-
-/// The device of the chosen partition, released once.
-pub(crate) struct MappedPart {
-    path: PathBuf,
-    number: Option<u32>,
-    strategy: MapStrategy,
-    /// An open descriptor of the partition device; `None` once released.
-    file: Option<File>,
-}
-
-impl MappedPart {
-    pub(crate) fn file(&self) -> &File {
-        self.file
-            .as_ref()
-            .expect("a mapping is only released when its owner is consumed")
-    }
-
-    fn release(&mut self) -> Result<()> {
-        let Some(file) = self.file.take() else {
-            return Ok(());
-        };
-        debug!("unmap: {} ({:?})", self.path.display(), self.strategy);
-        drop(file);
-        Ok(())
-    }
-}
-
-impl Drop for MappedPart {
-    fn drop(&mut self) {
-        if let Err(e) = self.release() {
-            warn!("teardown: {e}");
-        }
-    }
-}
+use crate::error::{Error, Result};
+use crate::mapping::{self, MapOptions, MappedPart, Mapping};
+use crate::partition::{self, Partition, PartitionInfo};
 
 /// The chosen partition of an attached image, as a block device. Dropping
 /// it unmaps, then detaches.
 pub struct Mapped<B: Backend> {
     // Field order is teardown order.
     pub(crate) part: MappedPart,
+    info: Option<PartitionInfo>,
     pub(crate) attached: Attached<B>,
 }
 
@@ -65,43 +24,50 @@ impl<B: Backend> std::fmt::Debug for Mapped<B> {
         f.debug_struct("Mapped")
             .field("device", &self.part.path)
             .field("partition", &self.part.number)
-            .field("strategy", &self.part.strategy)
+            .field("mapping", &self.part.mapping)
             .field("attached", &self.attached)
             .finish()
     }
 }
 
 impl<B: Backend> Attached<B> {
-    /// Gives the chosen partition a block device.
+    /// Gives the chosen partition a block device, with the default
+    /// [`MapOptions`] (strategy chosen automatically).
     ///
     /// # Errors
-    /// [`Step::Map`]: the partition does not exist or cannot be mapped. The
-    /// attached device is released.
+    /// [`crate::Step::Map`]: no such partition, an unreadable or
+    /// inconsistent table, or no way to map it. The attached device is
+    /// released.
     pub fn map(self, partition: Partition) -> Result<Mapped<B>> {
+        self.map_with(partition, &MapOptions::default())
+    }
+
+    /// [`Attached::map`] with explicit [`MapOptions`].
+    pub fn map_with(self, partition: Partition, options: &MapOptions) -> Result<Mapped<B>> {
         debug!("map: {} of {}", partition, self.device().display());
-        match partition {
-            Partition::Whole => {
-                let file = self
-                    .device
-                    .file()
-                    .try_clone()
-                    .map_err(|e| Error::os(Step::Map, self.device(), "dup device", e))?;
-                Ok(Mapped {
-                    part: MappedPart {
-                        path: self.device().to_path_buf(),
-                        number: None,
-                        strategy: MapStrategy::Whole,
-                        file: Some(file),
-                    },
-                    attached: self,
-                })
+        let device = &self.device;
+        let chosen = match partition {
+            Partition::Whole => None,
+            ref wanted => {
+                let table = partition::read_table(device.file(), device.path(), device.size)?;
+                partition::select(device.file(), device.path(), table.as_ref(), wanted)?
             }
-            other => Err(Error::invalid(
-                Step::Map,
-                self.device(),
-                format!("{other}: only Partition::Whole is supported by this version"),
-            )),
-        }
+        };
+        let part = match &chosen {
+            None => mapping::whole(device)?,
+            Some(p) => mapping::map(device, p, options.strategy)?,
+        };
+        debug!(
+            "map: {} is {} ({})",
+            partition,
+            part.path.display(),
+            part.mapping.as_str()
+        );
+        Ok(Mapped {
+            part,
+            info: chosen,
+            attached: self,
+        })
     }
 }
 
@@ -116,9 +82,14 @@ impl<B: Backend> Mapped<B> {
         self.part.number
     }
 
+    /// The chosen partition's table entry, `None` for the whole device.
+    pub fn partition_info(&self) -> Option<&PartitionInfo> {
+        self.info.as_ref()
+    }
+
     /// How the partition got its device.
-    pub fn strategy(&self) -> MapStrategy {
-        self.part.strategy
+    pub fn mapping(&self) -> Mapping {
+        self.part.mapping
     }
 
     /// The attached device underneath.
@@ -134,10 +105,12 @@ impl<B: Backend> Mapped<B> {
     /// Removes what the map step created and gives the attached device back.
     ///
     /// # Errors
-    /// [`Step::Unmap`]: the partition device could not be removed; the
-    /// attached device is then detached too.
+    /// [`crate::Step::Unmap`]: the partition device could not be removed;
+    /// the attached device is then detached too.
     pub fn unmap(self) -> Result<Attached<B>> {
-        let Mapped { mut part, attached } = self;
+        let Mapped {
+            mut part, attached, ..
+        } = self;
         part.release()?;
         Ok(attached)
     }
@@ -150,7 +123,9 @@ impl<B: Backend> Mapped<B> {
     }
 
     pub(crate) fn close_into(self, errors: &mut Vec<Error>) {
-        let Mapped { mut part, attached } = self;
+        let Mapped {
+            mut part, attached, ..
+        } = self;
         if let Err(e) = part.release() {
             errors.push(e);
         }

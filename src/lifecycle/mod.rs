@@ -13,7 +13,7 @@
 //! path: explicit drop, `?`, or a panic unwinding.
 
 mod attach;
-pub(crate) mod map;
+mod map;
 mod mount;
 mod with_mounted;
 

@@ -146,6 +146,29 @@ impl Fixture {
                 our_loops.insert(dev);
             }
         }
+        // Partition nodes: on our devices, or on a loop device that stays
+        // unbound (checked twice: other tests bind and unbind concurrently).
+        for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
+            let disk = entry.file_name().to_string_lossy().into_owned();
+            if !disk.starts_with("loop") {
+                continue;
+            }
+            let dev = format!("/dev/{disk}");
+            let unbound = || !entry.path().join("loop/backing_file").exists();
+            for part in std::fs::read_dir(entry.path()).unwrap().flatten() {
+                let pname = part.file_name().to_string_lossy().into_owned();
+                let is_part = || part.path().join("partition").exists();
+                let stale = || {
+                    unbound() && is_part() && {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        unbound() && is_part()
+                    }
+                };
+                if is_part() && (our_loops.contains(&dev) || stale()) {
+                    leaks.push(format!("partition node {pname} of {dev}"));
+                }
+            }
+        }
         for (source, target) in mounts() {
             let ours_by_source = our_loops.iter().any(|d| {
                 source == *d
@@ -220,4 +243,214 @@ fn unescape(s: &str) -> String {
 pub fn is_mount_point(path: &Path) -> bool {
     let p = path.to_string_lossy();
     mounts().iter().any(|(_, t)| *t == p)
+}
+
+/// One partition of a test image: its sfdisk line and, optionally, the
+/// filesystem to put in it (type, label) holding a file `id` with `id`.
+pub struct Part<'a> {
+    pub sfdisk: &'a str,
+    pub fs: Option<(&'a str, &'a str)>,
+    pub id: &'a str,
+}
+
+/// `(number, start, size)` in bytes of each data partition (extended
+/// containers left out), from `sfdisk --json`.
+pub fn layout(img: &Path) -> Vec<(u32, u64, u64)> {
+    let json = run(Command::new("sfdisk").arg("--json").arg(img));
+    let sector: u64 = json
+        .split("\"sectorsize\":")
+        .nth(1)
+        .and_then(|s| s.trim_start().split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(512);
+    let mut out = Vec::new();
+    for chunk in json.split("\"node\":").skip(1) {
+        let field = |name: &str| -> u64 {
+            chunk
+                .split(&format!("\"{name}\":"))
+                .nth(1)
+                .unwrap()
+                .trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let node = chunk.trim_start().trim_start_matches('"');
+        let number: u32 = node
+            .split('"')
+            .next()
+            .unwrap()
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ty = chunk
+            .split("\"type\":")
+            .nth(1)
+            .unwrap()
+            .trim_start()
+            .trim_start_matches('"');
+        let ty = ty.split('"').next().unwrap();
+        if ["5", "f", "85"].contains(&ty) {
+            continue;
+        }
+        out.push((number, field("start") * sector, field("size") * sector));
+    }
+    out
+}
+
+impl Fixture {
+    /// A partitioned image made by sfdisk from `header` (e.g. `label: gpt`)
+    /// and `parts`; each filesystem is made in a file of its own (this
+    /// kernel cannot see partitions) and written in at its offset.
+    /// `sector` 4096 makes the table through a 4096-byte-sector loop device.
+    pub fn partitioned(
+        &self,
+        name: &str,
+        size: u64,
+        sector: u32,
+        header: &str,
+        parts: &[Part],
+    ) -> PathBuf {
+        let img = self.blank(name, size);
+        let script = format!(
+            "{header}\n{}\n",
+            parts
+                .iter()
+                .map(|p| p.sfdisk)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let script_file = self.path().join(format!("{name}.sfdisk"));
+        std::fs::write(&script_file, script).unwrap();
+        let target = if sector == 512 {
+            img.to_string_lossy().into_owned()
+        } else {
+            run(Command::new("losetup")
+                .args(["--find", "--show", "--sector-size", &sector.to_string()])
+                .arg(&img))
+            .trim()
+            .to_string()
+        };
+        let status = run(Command::new("sh").arg("-c").arg(format!(
+            "sfdisk -q --no-reread --no-tell-kernel {target} < {}",
+            script_file.display()
+        )));
+        let _ = status;
+        let geometry = layout(Path::new(&target));
+        if sector != 512 {
+            run(Command::new("losetup").args(["-d", &target]));
+        }
+        // Match specs to data partitions in order (extended containers are
+        // not in the layout, and have no spec with a filesystem).
+        let mut data = geometry.iter();
+        for (i, spec) in parts.iter().enumerate() {
+            if spec.sfdisk.contains("type=E") || spec.sfdisk.contains("type=5") {
+                continue;
+            }
+            let &(number, start, psize) = data
+                .next()
+                .unwrap_or_else(|| panic!("no partition for spec {i}"));
+            if let Some((fstype, label)) = spec.fs {
+                let fs_img =
+                    self.fs_file(&format!("{name}.p{number}"), fstype, label, psize, spec.id);
+                let bytes = std::fs::read(&fs_img).unwrap();
+                let out = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+                std::os::unix::fs::FileExt::write_all_at(&out, &bytes, start).unwrap();
+                std::fs::remove_file(&fs_img).unwrap();
+            }
+        }
+        img
+    }
+
+    /// A filesystem image of exactly `size` bytes with a file `id`.
+    fn fs_file(&self, name: &str, fstype: &str, label: &str, size: u64, id: &str) -> PathBuf {
+        let src = self.tree(&format!("{name}.src"), &[("id", id)]);
+        let img = self.path().join(name);
+        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+        match fstype {
+            "ext4" | "ext2" | "ext3" => run(Command::new(format!("mkfs.{fstype}"))
+                .args(["-q", "-F", "-L", label, "-d"])
+                .arg(&src)
+                .arg(&img)),
+            "vfat" => run(Command::new("mkfs.vfat").args(["-n", label]).arg(&img)),
+            "btrfs" => run(Command::new("mkfs.btrfs")
+                .args(["-q", "-f", "-L", label, "--rootdir"])
+                .arg(&src)
+                .arg(&img)),
+            "swap" => run(Command::new("mkswap").args(["-L", label]).arg(&img)),
+            other => panic!("no partition recipe for {other}"),
+        };
+        img
+    }
+
+    /// MBR: two primaries, an extended partition with two logicals (5, 6),
+    /// each filesystem holding `id` = `p<N>`; labels `L1`, `L2`, `L5`, `L6`.
+    pub fn mbr_image(&self, name: &str) -> PathBuf {
+        self.partitioned(
+            name,
+            256 << 20,
+            512,
+            "label: dos",
+            &[
+                Part {
+                    sfdisk: "size=48MiB, type=83",
+                    fs: Some(("ext4", "L1")),
+                    id: "p1",
+                },
+                Part {
+                    sfdisk: "size=48MiB, type=83",
+                    fs: Some(("ext4", "L2")),
+                    id: "p2",
+                },
+                Part {
+                    sfdisk: "type=E",
+                    fs: None,
+                    id: "",
+                },
+                Part {
+                    sfdisk: "size=40MiB, type=83",
+                    fs: Some(("ext4", "L5")),
+                    id: "p5",
+                },
+                Part {
+                    sfdisk: "size=60MiB, type=83",
+                    fs: Some(("ext4", "L6")),
+                    id: "p6",
+                },
+            ],
+        )
+    }
+
+    /// GPT: an ESP (vfat, named "esp"), a root of this architecture's
+    /// type (ext4, named "root"), and a generic Linux data partition
+    /// (ext4, named "data"); `id` = `p<N>`.
+    pub fn gpt_image(&self, name: &str, sector: u32) -> PathBuf {
+        self.partitioned(
+            name,
+            256 << 20,
+            sector,
+            "label: gpt",
+            &[
+                Part {
+                    sfdisk: "size=40MiB, type=U, name=\"esp\"",
+                    fs: Some(("vfat", "ESP")),
+                    id: "p1",
+                },
+                Part {
+                    sfdisk: "size=64MiB, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=\"root\"",
+                    fs: Some(("ext4", "rootfs")),
+                    id: "p2",
+                },
+                Part {
+                    sfdisk: "size=80MiB, type=L, name=\"data\"",
+                    fs: Some(("ext4", "datafs")),
+                    id: "p3",
+                },
+            ],
+        )
+    }
 }

@@ -1,0 +1,37 @@
+//! Running the few external programs diskmount needs (dmsetup, qemu), with
+//! their status and standard error turned into an [`Error`].
+
+use std::path::Path;
+use std::process::Command;
+
+use log::debug;
+
+use crate::error::{Error, Result, Step};
+
+/// Runs `cmd` to completion; success is its exit status, never what it
+/// printed. Returns its standard output.
+pub(crate) fn run(step: Step, path: &Path, cmd: &mut Command) -> Result<String> {
+    let line = format!("{cmd:?}").replace('"', "");
+    debug!("{step}: run {line}");
+    let out = cmd
+        .output()
+        .map_err(|e| Error::os(step, path, format!("run {line}"), e))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let status = match (
+        out.status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+    ) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => out.status.to_string(),
+    };
+    Err(Error::Command {
+        step,
+        path: path.to_path_buf(),
+        command: line,
+        status,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}

@@ -1,0 +1,111 @@
+//! Strategy 3: a device-mapper linear target over the partition's range,
+//! named as kpartx names it (`/dev/mapper/loop0p1`), for block devices
+//! where adding partitions is not possible. Created and removed with
+//! `dmsetup`, always by the target's own name, never by image path.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{MappedPart, Mapping, Undo, open_node, sysfs, wait_for_node};
+use crate::backend::Device;
+use crate::command::run;
+use crate::error::{Error, Result, Step};
+use crate::partition::PartitionInfo;
+
+const CONTROL: &str = "/dev/mapper/control";
+
+/// Whether this kernel has device-mapper.
+pub(crate) fn available() -> bool {
+    Path::new(CONTROL).exists()
+}
+
+pub(crate) fn create(device: &Device, part: &PartitionInfo) -> Result<MappedPart> {
+    if !available() {
+        return Err(Error::invalid(
+            Step::Map,
+            device.path(),
+            format!("device-mapper is not available (no {CONTROL}; modprobe dm-mod)"),
+        ));
+    }
+    let disk = sysfs::name_of(device.rdev).ok_or_else(|| {
+        Error::invalid(Step::Map, device.path(), "cannot find the device in sysfs")
+    })?;
+    let name = format!("{disk}p{}", part.number);
+    let path = PathBuf::from("/dev/mapper").join(&name);
+    if path.exists() {
+        return Err(Error::invalid(
+            Step::Map,
+            &path,
+            "exists already (left over by an earlier run? `diskmount cleanup` or `dmsetup remove`)",
+        ));
+    }
+    let table = format!(
+        "0 {} linear {}:{} {}",
+        part.size / 512,
+        nix::sys::stat::major(device.rdev),
+        nix::sys::stat::minor(device.rdev),
+        part.start / 512
+    );
+    let mut cmd = Command::new("dmsetup");
+    cmd.args(["create", &name, "--table", &table]);
+    if device.read_only {
+        cmd.arg("--readonly");
+    }
+    run(Step::Map, device.path(), &mut cmd)?;
+    let opened = (|| {
+        if !wait_for_node(&path, None, Duration::from_secs(5)) {
+            return Err(Error::invalid(
+                Step::Map,
+                &path,
+                "the device-mapper node did not appear",
+            ));
+        }
+        let file = open_node(&path, device.read_only)
+            .map_err(|e| Error::os(Step::Map, &path, "open device-mapper node", e))?;
+        // It must be the target we just made, not a leftover of that name.
+        let rdev = file
+            .metadata()
+            .map_err(|e| Error::os(Step::Map, &path, "fstat", e))?
+            .rdev();
+        let dm = sysfs::name_of(rdev).unwrap_or_default();
+        let dm_name =
+            std::fs::read_to_string(format!("/sys/block/{dm}/dm/name")).unwrap_or_default();
+        if dm_name.trim() != name {
+            return Err(Error::invalid(
+                Step::Map,
+                &path,
+                "is not the device-mapper target just created",
+            ));
+        }
+        Ok(file)
+    })();
+    match opened {
+        Ok(file) => Ok(MappedPart::new(
+            path,
+            Some(part),
+            Mapping::DeviceMapper,
+            device,
+            file,
+            Undo::RemoveDm { name },
+        )),
+        Err(e) => {
+            if let Err(rm) = remove(&name, &path) {
+                log::warn!("map: removing {name} after a failed map: {rm}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Removes the target `name` (retrying while udev or a closing opener
+/// still holds it).
+pub(crate) fn remove(name: &str, path: &Path) -> Result<()> {
+    run(
+        Step::Unmap,
+        path,
+        Command::new("dmsetup").args(["remove", "--retry", name]),
+    )
+    .map(drop)
+}

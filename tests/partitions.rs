@@ -1,0 +1,314 @@
+//! Every partition selection under every mapping strategy this kernel
+//! supports, on MBR and GPT images made by sfdisk and mkfs. Each partition's
+//! filesystem holds a file `id` naming it, read back through the mapping.
+//! (Kernel partition nodes and device-mapper run in the kernel VM lane.)
+
+mod common;
+
+use std::path::Path;
+
+use common::{Fixture, Part};
+use diskmount::{
+    Format, Image, Loop, MapOptions, MapStrategy, Mapping, MountOptions, Partition, Step,
+    Unattached,
+};
+
+const HERE: [MapStrategy; 3] = [
+    MapStrategy::Auto,
+    MapStrategy::Blkpg,
+    MapStrategy::OffsetLoop,
+];
+
+/// Maps `partition` with `strategy`, mounts it, reads `id`, tears down.
+fn read_id(
+    img: &Path,
+    partition: Partition,
+    strategy: MapStrategy,
+) -> (String, Option<u32>, Mapping) {
+    let mnt = tempfile::tempdir().unwrap();
+    let mapped = Unattached::<Loop>::new(Image::file(img, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map_with(partition, &MapOptions::default().strategy(strategy))
+        .unwrap();
+    let (number, mapping) = (mapped.partition(), mapped.mapping());
+    if let Some(info) = mapped.partition_info() {
+        assert_eq!(Some(info.number), number);
+    }
+    let t = mapped.mount(mnt.path(), &MountOptions::default()).unwrap();
+    let id = std::fs::read_to_string(t.path().join("id")).unwrap();
+    std::fs::write(t.path().join("written"), "yes").unwrap();
+    t.close().unwrap();
+    (id, number, mapping)
+}
+
+fn expected_mapping(strategy: MapStrategy) -> Mapping {
+    match strategy {
+        // This kernel has BLKPG but no table parsers and no device-mapper.
+        MapStrategy::Auto | MapStrategy::Blkpg => Mapping::Blkpg,
+        MapStrategy::OffsetLoop => Mapping::OffsetLoop,
+        other => panic!("{other:?} is not run on this kernel"),
+    }
+}
+
+#[test]
+fn mbr_primary_and_logical_partitions_by_number() {
+    let mut fx = Fixture::new();
+    let img = fx.mbr_image("mbr.img");
+    for strategy in HERE {
+        for n in [1, 2, 5, 6] {
+            let (id, number, mapping) = read_id(&img, Partition::Number(n), strategy);
+            assert_eq!(id, format!("p{n}"), "{strategy:?}");
+            assert_eq!(number, Some(n));
+            assert_eq!(mapping, expected_mapping(strategy));
+            fx.assert_clean();
+        }
+    }
+}
+
+#[test]
+fn gpt_partitions_by_number_and_label() {
+    let mut fx = Fixture::new();
+    let img = fx.gpt_image("gpt.img", 512);
+    for strategy in HERE {
+        assert_eq!(read_id(&img, Partition::Number(2), strategy).0, "p2");
+        assert_eq!(read_id(&img, Partition::Number(3), strategy).0, "p3");
+        // A GPT partition name...
+        assert_eq!(
+            read_id(&img, Partition::Label("root".into()), strategy).0,
+            "p2"
+        );
+        // ...or, failing that, a filesystem label.
+        assert_eq!(
+            read_id(&img, Partition::Label("datafs".into()), strategy).0,
+            "p3"
+        );
+        fx.assert_clean();
+    }
+}
+
+#[test]
+fn mbr_partitions_by_filesystem_label() {
+    let mut fx = Fixture::new();
+    let img = fx.mbr_image("mbr.img");
+    assert_eq!(
+        read_id(&img, Partition::Label("L5".into()), MapStrategy::Auto).0,
+        "p5"
+    );
+    assert_eq!(
+        read_id(&img, Partition::Label("L2".into()), MapStrategy::Auto).0,
+        "p2"
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn auto_picks_the_root_partition_of_this_architecture() {
+    let mut fx = Fixture::new();
+    let img = fx.gpt_image("gpt.img", 512);
+    let (id, number, _) = read_id(&img, Partition::Auto, MapStrategy::Auto);
+    assert_eq!((id.as_str(), number), ("p2", Some(2)));
+    fx.assert_clean();
+}
+
+#[test]
+fn auto_without_a_table_is_the_whole_disk() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("plain.img", &[("id", "whole")]);
+    let (id, number, mapping) = read_id(&img, Partition::Auto, MapStrategy::Auto);
+    assert_eq!(
+        (id.as_str(), number, mapping),
+        ("whole", None, Mapping::Whole)
+    );
+    // A label on a bare filesystem names the whole disk too.
+    let (id, ..) = read_id(&img, Partition::Label("testfs".into()), MapStrategy::Auto);
+    assert_eq!(id, "whole");
+    fx.assert_clean();
+}
+
+#[test]
+fn auto_picks_the_only_partition_with_a_filesystem() {
+    let mut fx = Fixture::new();
+    let img = fx.partitioned(
+        "one.img",
+        128 << 20,
+        512,
+        "label: dos",
+        &[
+            Part {
+                sfdisk: "size=32MiB, type=82",
+                fs: Some(("swap", "swap")),
+                id: "",
+            },
+            Part {
+                sfdisk: "size=48MiB, type=83",
+                fs: Some(("ext4", "only")),
+                id: "p2",
+            },
+            Part {
+                sfdisk: "size=8MiB, type=83",
+                fs: None,
+                id: "",
+            },
+        ],
+    );
+    assert_eq!(read_id(&img, Partition::Auto, MapStrategy::Auto).0, "p2");
+    fx.assert_clean();
+}
+
+#[test]
+fn auto_prefers_the_generic_linux_partition_without_a_root_type() {
+    let mut fx = Fixture::new();
+    let img = fx.partitioned(
+        "generic.img",
+        256 << 20,
+        512,
+        "label: gpt",
+        &[
+            Part {
+                sfdisk: "size=40MiB, type=U",
+                fs: Some(("vfat", "ESP")),
+                id: "",
+            },
+            Part {
+                sfdisk: "size=40MiB, type=L",
+                fs: Some(("ext4", "data")),
+                id: "p2",
+            },
+            Part {
+                sfdisk: "size=100MiB, type=933AC7E1-2EB4-4F13-B844-0E14E2AEF915",
+                fs: Some(("ext4", "home")),
+                id: "p3",
+            },
+        ],
+    );
+    assert_eq!(read_id(&img, Partition::Auto, MapStrategy::Auto).0, "p2");
+    fx.assert_clean();
+}
+
+#[test]
+fn auto_falls_back_to_the_largest_linux_filesystem() {
+    let mut fx = Fixture::new();
+    let img = fx.partitioned(
+        "largest.img",
+        256 << 20,
+        512,
+        "label: dos",
+        &[
+            Part {
+                sfdisk: "size=100MiB, type=c",
+                fs: Some(("vfat", "BIG")),
+                id: "",
+            },
+            Part {
+                sfdisk: "size=40MiB, type=83",
+                fs: Some(("ext4", "small")),
+                id: "p2",
+            },
+            Part {
+                sfdisk: "size=60MiB, type=83",
+                fs: Some(("ext4", "large")),
+                id: "p3",
+            },
+        ],
+    );
+    assert_eq!(read_id(&img, Partition::Auto, MapStrategy::Auto).0, "p3");
+    fx.assert_clean();
+}
+
+#[test]
+fn gpt_with_4096_byte_sectors() {
+    let mut fx = Fixture::new();
+    let img = fx.gpt_image("gpt4k.img", 4096);
+    let image = Image::file(&img, Format::Raw).unwrap();
+    let a = Unattached::<Loop>::new(image).attach().unwrap();
+    let m = a.map(Partition::Number(3)).unwrap();
+    let info = m.partition_info().unwrap().clone();
+    assert_eq!(info.start % 4096, 0);
+    m.close().unwrap();
+    for strategy in HERE {
+        assert_eq!(read_id(&img, Partition::Number(3), strategy).0, "p3");
+        assert_eq!(
+            read_id(&img, Partition::Label("root".into()), strategy).0,
+            "p2"
+        );
+    }
+    fx.assert_clean();
+}
+
+#[test]
+fn gpt_with_a_damaged_primary_header_uses_the_backup() {
+    let mut fx = Fixture::new();
+    for damage in ["signature", "checksum"] {
+        let img = fx.gpt_image(&format!("{damage}.img"), 512);
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        let at = if damage == "signature" { 512 } else { 512 + 56 }; // disk GUID
+        std::os::unix::fs::FileExt::write_all_at(&f, b"DAMAGED!", at).unwrap();
+        drop(f);
+        assert_eq!(
+            read_id(&img, Partition::Label("data".into()), MapStrategy::Auto).0,
+            "p3",
+            "{damage}"
+        );
+        assert_eq!(
+            read_id(&img, Partition::Auto, MapStrategy::Auto).0,
+            "p2",
+            "{damage}"
+        );
+    }
+    fx.assert_clean();
+}
+
+#[test]
+fn writes_through_a_partition_reach_that_partition_only() {
+    let mut fx = Fixture::new();
+    let img = fx.mbr_image("mbr.img");
+    read_id(&img, Partition::Number(5), MapStrategy::Blkpg);
+    let image = Image::file(&img, Format::Raw).unwrap();
+    for (n, expect) in [(5, true), (6, false), (1, false)] {
+        let seen = Unattached::<Loop>::new(image.clone())
+            .attach()
+            .unwrap()
+            .map_with(
+                Partition::Number(n),
+                &MapOptions::default().strategy(MapStrategy::OffsetLoop),
+            )
+            .unwrap();
+        let mnt = tempfile::tempdir().unwrap();
+        let t = seen
+            .mount(mnt.path(), &MountOptions::default().read_only(true))
+            .unwrap();
+        assert_eq!(t.path().join("written").exists(), expect, "partition {n}");
+        t.close().unwrap();
+    }
+    fx.assert_clean();
+}
+
+#[test]
+fn kernel_nodes_and_device_mapper_are_refused_clearly_on_this_kernel() {
+    // Where the kernel lacks table parsers and device-mapper (this machine),
+    // the explicit strategies fail with a clear error and leave nothing.
+    // They run for real in the kernel VM lane (tests/kernel_lane.rs).
+    let mut fx = Fixture::new();
+    if std::path::Path::new("/dev/mapper/control").exists() {
+        panic!("this host has device-mapper: run tests/kernel_lane.rs here too");
+    }
+    let img = fx.mbr_image("mbr.img");
+    let image = Image::file(&img, Format::Raw).unwrap();
+    for (strategy, words) in [
+        (MapStrategy::KernelNode, "made no node for partition 1"),
+        (MapStrategy::DeviceMapper, "device-mapper is not available"),
+    ] {
+        let err = Unattached::<Loop>::new(image.clone())
+            .attach()
+            .unwrap()
+            .map_with(
+                Partition::Number(1),
+                &MapOptions::default().strategy(strategy),
+            )
+            .unwrap_err();
+        assert_eq!(err.step(), Some(Step::Map));
+        assert!(err.to_string().contains(words), "{err}");
+        fx.assert_clean();
+    }
+}
