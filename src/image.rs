@@ -160,6 +160,18 @@ impl Image {
         })
     }
 
+    /// An image found on the system (adoption): not checked, it may even be
+    /// deleted already.
+    pub(crate) fn found(path: PathBuf, kind: ImageKind, read_only: bool) -> Image {
+        Image {
+            path,
+            kind,
+            format: Format::Raw,
+            read_only,
+            no_follow: false,
+        }
+    }
+
     /// Open the image read-only, all the way down: the backing file, the
     /// block device and the mount. Default: read-write.
     pub fn read_only(mut self, read_only: bool) -> Image {

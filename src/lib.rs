@@ -71,6 +71,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod adopt;
 pub mod backend;
 mod command;
 pub mod error;
@@ -84,6 +85,7 @@ pub mod retry;
 #[doc(hidden)]
 pub mod sys;
 
+pub use adopt::{Adopted, adopt};
 pub use backend::{Auto, Backend, BackendKind, Block, Loop};
 pub use error::{Error, Result, Step};
 pub use image::{Format, Image, ImageKind};

@@ -62,3 +62,28 @@ fn killed_while_mounted_leaves_only_the_mount() {
     run(Command::new("umount").arg(&mnt));
     fx.assert_clean();
 }
+
+#[test]
+fn killed_while_a_blkpg_partition_is_mapped_or_mounted() {
+    let mut fx = Fixture::new();
+    let img = fx.mbr_image("mbr.img");
+    hold_and_kill(&[
+        "--state".as_ref(),
+        "mapped".as_ref(),
+        "--partition".as_ref(),
+        "5".as_ref(),
+        img.as_os_str(),
+    ]);
+    fx.assert_clean();
+    let mnt = fx.tree("mnt", &[]);
+    hold_and_kill(&[
+        "--state".as_ref(),
+        "mounted".as_ref(),
+        "--partition".as_ref(),
+        "6".as_ref(),
+        img.as_os_str(),
+        mnt.as_os_str(),
+    ]);
+    run(Command::new("umount").arg(&mnt));
+    fx.assert_clean();
+}

@@ -13,7 +13,7 @@ use crate::error::Result;
 pub enum Held {
     /// A loop device we configured: its number and the backing file (which
     /// also carries our flock on the image).
-    Loop { nr: u32, backing: File },
+    Loop { nr: u32, backing: Option<File> },
     /// A block device we only opened.
     Block,
 }
@@ -76,7 +76,7 @@ impl Device {
     /// reached directly by offset).
     pub(crate) fn backing(&self) -> Option<&File> {
         match self.held.as_ref()? {
-            (_, Held::Loop { backing, .. }) => Some(backing),
+            (_, Held::Loop { backing, .. }) => backing.as_ref(),
             _ => None,
         }
     }

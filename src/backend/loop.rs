@@ -265,7 +265,10 @@ pub(crate) fn device(
         size,
         diskseq,
         file,
-        Held::Loop { nr, backing },
+        Held::Loop {
+            nr,
+            backing: Some(backing),
+        },
     ))
 }
 
@@ -285,6 +288,13 @@ pub(crate) fn attach_backing(
     info.lo_offset = offset;
     info.lo_sizelimit = size_limit;
     info.lo_flags = loop_dev::LO_FLAGS_AUTOCLEAR;
+    if offset == 0 && size_limit == 0 {
+        // Partition scanning on the whole-image device: where the kernel
+        // parses tables it makes the partition nodes; everywhere, clearing
+        // the device drops every partition node with it, also the ones we
+        // add with BLKPG, also when this process is killed.
+        info.lo_flags |= loop_dev::LO_FLAGS_PARTSCAN;
+    }
     if read_only {
         info.lo_flags |= loop_dev::LO_FLAGS_READ_ONLY;
     }
@@ -392,7 +402,8 @@ fn set_fd_and_status(
 /// fields of `LOOP_CONFIGURE`); unbinds the device if it did not.
 fn verify(dev: &File, want: &loop_dev::LoopInfo64, node: &str) -> Attempt<()> {
     let got = loop_dev::get_status64(dev).map_err(|e| (format!("LOOP_GET_STATUS64 {node}"), e))?;
-    let must = loop_dev::LO_FLAGS_AUTOCLEAR | loop_dev::LO_FLAGS_READ_ONLY;
+    let must =
+        loop_dev::LO_FLAGS_AUTOCLEAR | loop_dev::LO_FLAGS_READ_ONLY | loop_dev::LO_FLAGS_PARTSCAN;
     if got.lo_flags & must != want.lo_flags & must
         || got.lo_offset != want.lo_offset
         || got.lo_sizelimit != want.lo_sizelimit
@@ -420,35 +431,37 @@ fn errno(e: &std::io::Error) -> Errno {
 
 /// Detaches a loop device: writes what it buffered into the image and makes
 /// the image durable, unbinds it, closes it, and checks it is gone.
-pub(crate) fn detach(dev: &Device, file: File, nr: u32, backing: File) -> Result<()> {
+pub(crate) fn detach(dev: &Device, file: File, nr: u32, backing: Option<File>) -> Result<()> {
     Error::collect(unbind(
         Step::Detach,
         dev.path(),
         &dev.image,
         file,
         nr,
-        (!dev.read_only).then_some(&backing),
+        !dev.read_only,
+        backing.as_ref(),
     ))
 }
 
-/// Unbinds loop device `nr` (open as `file`): `BLKFLSBUF` and `fsync` of
-/// `backing` when given (read-write), `LOOP_CLR_FD`, close, and a bounded
-/// check that the kernel really unbound it. Returns every error.
+/// Unbinds loop device `nr` (open as `file`): when `write`, `BLKFLSBUF`
+/// and `fsync` of `backing` (if known); then `LOOP_CLR_FD`, close, and a
+/// bounded check that the kernel really unbound it. Returns every error.
 pub(crate) fn unbind(
     step: Step,
     node: &Path,
     image: &Path,
     file: File,
     nr: u32,
+    write: bool,
     backing: Option<&File>,
 ) -> Vec<Error> {
     debug!("{step}: unbind {}", node.display());
     let mut errors = Vec::new();
-    if let Some(backing) = backing {
+    if write {
         if let Err(e) = blk::flsbuf(&file) {
             errors.push(Error::os(step, node, "BLKFLSBUF", e));
         }
-        if let Err(e) = backing.sync_all() {
+        if let Some(Err(e)) = backing.map(File::sync_all) {
             errors.push(Error::os(step, image, "fsync image", e));
         }
     }

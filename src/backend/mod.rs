@@ -13,7 +13,7 @@
 
 mod auto;
 mod block;
-mod device;
+pub(crate) mod device;
 pub(crate) mod r#loop;
 
 use std::fmt;

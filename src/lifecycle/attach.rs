@@ -80,6 +80,16 @@ impl<B: Backend> std::fmt::Debug for Attached<B> {
 }
 
 impl<B: Backend> Attached<B> {
+    /// Wraps a device found on the system (adoption).
+    pub(crate) fn from_parts(device: Device, image: Image) -> Self {
+        Attached {
+            device,
+            image,
+            options: AttachOptions::default(),
+            backend: PhantomData,
+        }
+    }
+
     /// The block device, e.g. `/dev/loop3`.
     pub fn device(&self) -> &Path {
         self.device.path()

@@ -72,6 +72,19 @@ impl<B: Backend> Attached<B> {
 }
 
 impl<B: Backend> Mapped<B> {
+    /// Wraps a mapping found on the system (adoption).
+    pub(crate) fn from_parts(
+        part: MappedPart,
+        info: Option<PartitionInfo>,
+        attached: Attached<B>,
+    ) -> Self {
+        Mapped {
+            part,
+            info,
+            attached,
+        }
+    }
+
     /// The partition's block device, e.g. `/dev/loop3` or `/dev/loop3p2`.
     pub fn device(&self) -> &Path {
         &self.part.path

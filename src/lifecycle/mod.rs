@@ -12,9 +12,9 @@
 //! so dropping a [`Mounted`] unmounts, then unmaps, then detaches, on every
 //! path: explicit drop, `?`, or a panic unwinding.
 
-mod attach;
-mod map;
-mod mount;
+pub(crate) mod attach;
+pub(crate) mod map;
+pub(crate) mod mount;
 mod with_mounted;
 
 pub use attach::{Attached, Unattached};

@@ -304,6 +304,38 @@ fn mount_hint(e: Errno) -> &'static str {
 }
 
 impl<B: Backend> Mounted<B> {
+    /// Wraps a mount found on the system (adoption): `target` shows the
+    /// filesystem on `mapped`'s device.
+    pub(crate) fn adopt(
+        target: PathBuf,
+        fstype: String,
+        read_only: bool,
+        mapped: Mapped<B>,
+    ) -> Result<Self> {
+        let device = mapped.device().to_path_buf();
+        let device_file = mapped
+            .part
+            .file()
+            .try_clone()
+            .map_err(|e| Error::os(Step::Unmount, &device, "dup device", e))?;
+        let root_dev = std::fs::metadata(&target)
+            .map_err(|e| Error::os(Step::Unmount, &target, "stat mount point", e))?
+            .dev();
+        Ok(Mounted {
+            mount: MountGuard {
+                target,
+                device,
+                device_file,
+                fstype,
+                read_only,
+                root_dev,
+                retry: RetryPolicy::UNMOUNT,
+                mounted: true,
+            },
+            mapped,
+        })
+    }
+
     /// The mount point.
     pub fn path(&self) -> &Path {
         &self.mount.target

@@ -16,7 +16,7 @@ mod blkpg;
 mod device_mapper;
 mod kernel_node;
 mod offset_loop;
-mod sysfs;
+pub(crate) mod sysfs;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -93,7 +93,7 @@ impl MapOptions {
 }
 
 /// What unmapping has to undo.
-enum Undo {
+pub(crate) enum Undo {
     /// Nothing we created (whole device, kernel node, a node someone else added).
     Nothing,
     /// A partition we added with BLKPG, on this parent.
@@ -116,7 +116,7 @@ pub(crate) struct MappedPart {
 }
 
 impl MappedPart {
-    fn new(
+    pub(crate) fn new(
         path: PathBuf,
         part: Option<&PartitionInfo>,
         mapping: Mapping,
@@ -164,7 +164,8 @@ impl MappedPart {
                 &self.parent,
                 file,
                 nr,
-                backing.as_ref().filter(|_| !self.read_only),
+                !self.read_only,
+                backing.as_ref(),
             )),
         }
     }

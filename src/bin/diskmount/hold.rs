@@ -15,20 +15,24 @@ pub struct Args {
     image: PathBuf,
     /// Where to mount (state mounted).
     mountpoint: Option<PathBuf>,
+    /// Partition number to map (default: the whole disk).
+    #[arg(long)]
+    partition: Option<u32>,
 }
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let image = Image::file(&args.image, Format::Raw)?;
+    let partition = args.partition.map_or(Partition::Whole, Partition::Number);
     let attached = Unattached::<Loop>::new(image).attach()?;
     let device = attached.device().display().to_string();
     let hold: Box<dyn std::any::Any> = match args.state.as_str() {
         "attached" => Box::new(attached),
-        "mapped" => Box::new(attached.map(Partition::Whole)?),
+        "mapped" => Box::new(attached.map(partition)?),
         "mounted" => {
             let dir = args.mountpoint.ok_or("state mounted needs a mount point")?;
             Box::new(
                 attached
-                    .map(Partition::Whole)?
+                    .map(partition)?
                     .mount(dir, &MountOptions::default())?,
             )
         }
