@@ -301,10 +301,17 @@ pub(crate) fn attach_backing(
     if options.direct_io {
         info.lo_flags |= loop_dev::LO_FLAGS_DIRECT_IO;
     }
+    // A GPT written for 4096-byte sectors is only found by the kernel's
+    // partition scan on a device with 4096-byte sectors.
+    let block_size = if offset == 0 && size_limit == 0 {
+        gpt_sector_size(backing)
+    } else {
+        0
+    };
     let mut backoff = Backoff::new(options.retry);
     loop {
         backoff.attempt();
-        match try_attach(backing, &info) {
+        match try_attach(backing, &info, block_size) {
             Ok(found) => return Ok(found),
             Err((op, e)) if is_transient(e) => {
                 if !backoff.wait() {
@@ -332,7 +339,11 @@ type Attempt<T> = std::result::Result<T, (String, Errno)>;
 
 /// One attempt: claim a free device under the control-device lock and bind
 /// the backing file to it.
-fn try_attach(backing: &File, info: &loop_dev::LoopInfo64) -> Attempt<(u32, File)> {
+fn try_attach(
+    backing: &File,
+    info: &loop_dev::LoopInfo64,
+    block_size: u32,
+) -> Attempt<(u32, File)> {
     let control = OpenOptions::new()
         .read(true)
         .write(true)
@@ -352,7 +363,8 @@ fn try_attach(backing: &File, info: &loop_dev::LoopInfo64) -> Attempt<(u32, File
     // udev holds a shared lock while it probes a device; wait for nobody.
     flock(&dev, Lock::Exclusive, false).map_err(|e| (format!("flock {node}"), e))?;
     if !CONFIGURE_MISSING.load(Ordering::Relaxed) {
-        let config = loop_dev::config(backing.as_fd(), *info);
+        let mut config = loop_dev::config(backing.as_fd(), *info);
+        config.block_size = block_size;
         match loop_dev::configure(&dev, &config) {
             Ok(()) => {}
             Err(Errno::ENOTTY | Errno::EINVAL) => {
@@ -370,6 +382,16 @@ fn try_attach(backing: &File, info: &loop_dev::LoopInfo64) -> Attempt<(u32, File
     // probe the device alongside us.
     flock(&dev, Lock::Shared, true).map_err(|e| (format!("flock {node}"), e))?;
     Ok((nr, dev))
+}
+
+/// 4096 if `backing` holds a GPT written for 4096-byte sectors (its header
+/// at byte 4096, none at 512), else 0 (the default, 512).
+fn gpt_sector_size(backing: &File) -> u32 {
+    let mut head = [0u8; 4104];
+    match crate::partition::read_full(backing, &mut head, 0) {
+        Ok(4104) if &head[4096..] == b"EFI PART" && &head[512..520] != b"EFI PART" => 4096,
+        _ => 0,
+    }
 }
 
 /// The pre-5.8 sequence. The status ioctl races with udev's probing since

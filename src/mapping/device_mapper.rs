@@ -55,6 +55,15 @@ pub(crate) fn create(device: &Device, part: &PartitionInfo) -> Result<MappedPart
     }
     run(Step::Map, device.path(), &mut cmd)?;
     let opened = (|| {
+        // With udev the node appears asynchronously; without it, nobody
+        // makes it but `dmsetup mknodes`.
+        if !wait_for_node(&path, None, Duration::from_millis(100)) {
+            run(
+                Step::Map,
+                &path,
+                Command::new("dmsetup").args(["mknodes", &name]),
+            )?;
+        }
         if !wait_for_node(&path, None, Duration::from_secs(5)) {
             return Err(Error::invalid(
                 Step::Map,
@@ -106,6 +115,15 @@ pub(crate) fn remove(name: &str, path: &Path) -> Result<()> {
         Step::Unmap,
         path,
         Command::new("dmsetup").args(["remove", "--retry", name]),
-    )
-    .map(drop)
+    )?;
+    if path.exists() {
+        // No udev to remove the node: have dmsetup make /dev/mapper agree
+        // with the kernel again.
+        run(
+            Step::Unmap,
+            path,
+            Command::new("dmsetup").args(["mknodes", name]),
+        )?;
+    }
+    Ok(())
 }

@@ -146,6 +146,7 @@ impl Fixture {
                 our_loops.insert(dev);
             }
         }
+        let bound: BTreeSet<String> = bound_loops().into_iter().map(|(d, _)| d).collect();
         // Partition nodes: on our devices, or on a loop device that stays
         // unbound (checked twice: other tests bind and unbind concurrently).
         for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
@@ -166,6 +167,24 @@ impl Fixture {
                 };
                 if is_part() && (our_loops.contains(&dev) || stale()) {
                     leaks.push(format!("partition node {pname} of {dev}"));
+                }
+            }
+        }
+        // Device-mapper targets over our devices.
+        if let Ok(entries) = std::fs::read_dir("/sys/block") {
+            for entry in entries.flatten() {
+                let Ok(slaves) = std::fs::read_dir(entry.path().join("slaves")) else {
+                    continue;
+                };
+                let name =
+                    std::fs::read_to_string(entry.path().join("dm/name")).unwrap_or_default();
+                for slave in slaves.flatten() {
+                    let dev = format!("/dev/{}", slave.file_name().to_string_lossy());
+                    if our_loops.contains(&dev)
+                        || (dev.starts_with("/dev/loop") && !bound.contains(&dev))
+                    {
+                        leaks.push(format!("device-mapper target {} over {dev}", name.trim()));
+                    }
                 }
             }
         }
@@ -372,8 +391,9 @@ impl Fixture {
         let img = self.path().join(name);
         std::fs::File::create(&img).unwrap().set_len(size).unwrap();
         match fstype {
+            // 4096-byte blocks: they also fit a disk with 4096-byte sectors.
             "ext4" | "ext2" | "ext3" => run(Command::new(format!("mkfs.{fstype}"))
-                .args(["-q", "-F", "-L", label, "-d"])
+                .args(["-q", "-F", "-b", "4096", "-L", label, "-d"])
                 .arg(&src)
                 .arg(&img)),
             "vfat" => run(Command::new("mkfs.vfat").args(["-n", label]).arg(&img)),
@@ -453,4 +473,40 @@ impl Fixture {
             ],
         )
     }
+}
+
+/// Whether this kernel parses partition tables itself (MSDOS/EFI partition
+/// support): found by asking it, on a small MBR image behind a loop device
+/// with partition scanning.
+pub fn kernel_parses_partitions() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("probe.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let script = dir.path().join("script");
+        std::fs::write(&script, "label: dos\n,,83\n").unwrap();
+        run(Command::new("sh").arg("-c").arg(format!(
+            "sfdisk -q --no-reread --no-tell-kernel {} < {}",
+            img.display(),
+            script.display()
+        )));
+        let dev = run(Command::new("losetup")
+            .args(["--find", "--show", "--partscan"])
+            .arg(&img));
+        let dev = dev.trim();
+        let name = dev.trim_start_matches("/dev/");
+        let found = Path::new(&format!("/sys/block/{name}/{name}p1")).exists();
+        run(Command::new("losetup").args(["-d", dev]));
+        found
+    })
+}
+
+/// Whether this kernel has device-mapper (loading the module if it can).
+pub fn kernel_has_device_mapper() -> bool {
+    let _ = Command::new("modprobe").arg("dm-mod").output();
+    Path::new("/sys/module/dm_mod").exists() || Path::new("/sys/class/misc/device-mapper").exists()
 }
