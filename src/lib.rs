@@ -75,6 +75,7 @@ pub mod adopt;
 pub mod backend;
 mod command;
 pub mod error;
+pub mod format;
 pub mod fs;
 pub mod image;
 mod lifecycle;
