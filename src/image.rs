@@ -91,6 +91,7 @@ pub struct Image {
     format: Format,
     read_only: bool,
     no_follow: bool,
+    allow_backing_file: bool,
 }
 
 impl Image {
@@ -131,6 +132,7 @@ impl Image {
             format,
             read_only: false,
             no_follow: false,
+            allow_backing_file: false,
         })
     }
 
@@ -157,6 +159,7 @@ impl Image {
             format: Format::Raw,
             read_only: false,
             no_follow: false,
+            allow_backing_file: false,
         })
     }
 
@@ -169,6 +172,7 @@ impl Image {
             format: Format::Raw,
             read_only,
             no_follow: false,
+            allow_backing_file: false,
         }
     }
 
@@ -184,6 +188,19 @@ impl Image {
     pub fn no_follow(mut self, no_follow: bool) -> Image {
         self.no_follow = no_follow;
         self
+    }
+
+    /// Allow a qcow2 backing chain (or a VHD parent): every file in the
+    /// chain is then checked by the same rules. Default: refused, because a
+    /// backing file names a host file for qemu to open.
+    pub fn allow_backing_file(mut self, allow: bool) -> Image {
+        self.allow_backing_file = allow;
+        self
+    }
+
+    /// Whether backing chains are allowed.
+    pub fn allows_backing_file(&self) -> bool {
+        self.allow_backing_file
     }
 
     /// The image's path (made absolute).

@@ -16,6 +16,12 @@ pub enum Held {
     Loop { nr: u32, backing: Option<File> },
     /// A block device we only opened.
     Block,
+    /// A loop device over a qemu-storage-daemon FUSE export.
+    Fuse {
+        nr: u32,
+        export: File,
+        daemon: Box<super::fuse::Daemon>,
+    },
 }
 
 /// An attached block device. Dropping it detaches (errors are logged);
@@ -77,6 +83,7 @@ impl Device {
     pub(crate) fn backing(&self) -> Option<&File> {
         match self.held.as_ref()? {
             (_, Held::Loop { backing, .. }) => backing.as_ref(),
+            (_, Held::Fuse { export, .. }) => Some(export),
             _ => None,
         }
     }
@@ -94,6 +101,11 @@ impl Device {
         match held {
             Held::Loop { nr, backing } => super::r#loop::detach(self, file, nr, backing),
             Held::Block => super::block::detach(self, file),
+            Held::Fuse {
+                nr,
+                export,
+                mut daemon,
+            } => super::fuse::detach(self, file, nr, export, &mut daemon),
         }
     }
 }

@@ -14,6 +14,7 @@
 mod auto;
 mod block;
 pub(crate) mod device;
+mod fuse;
 pub(crate) mod r#loop;
 
 use std::fmt;
@@ -21,6 +22,7 @@ use std::fmt;
 pub use auto::Auto;
 pub use block::Block;
 pub(crate) use device::Device;
+pub use fuse::Fuse;
 pub use r#loop::Loop;
 
 use crate::error::Result;
@@ -54,6 +56,8 @@ pub enum BackendKind {
     Loop,
     /// An existing block device.
     Block,
+    /// qemu-storage-daemon's FUSE export of the image, under a loop device.
+    Fuse,
 }
 
 impl BackendKind {
@@ -62,6 +66,7 @@ impl BackendKind {
         match self {
             BackendKind::Loop => "loop",
             BackendKind::Block => "block",
+            BackendKind::Fuse => "fuse",
         }
     }
 }

@@ -33,17 +33,43 @@ pub struct ImageInfo {
 /// The format of the image file `file` (at `path`), from its magic bytes.
 pub fn probe(file: &File, path: &Path) -> Result<Format> {
     let _ = file;
-    Err(Error::invalid(Step::Probe, path, "format probing is not implemented yet"))
+    Err(Error::invalid(
+        Step::Probe,
+        path,
+        "format probing is not implemented yet",
+    ))
 }
 
 /// Inspects the header of `file` as `format`.
 pub fn inspect(file: &File, path: &Path, format: Format) -> Result<ImageInfo> {
     let _ = file;
-    Err(Error::invalid(Step::Probe, path, format!("{format} inspection is not implemented yet")))
+    Err(Error::invalid(
+        Step::Probe,
+        path,
+        format!("{format} inspection is not implemented yet"),
+    ))
 }
 
 /// The safety policy applied before a non-raw image is attached.
 pub fn check(path: &Path, format: Format, allow_backing_file: bool) -> Result<ImageInfo> {
     let _ = allow_backing_file;
-    Err(Error::invalid(Step::Probe, path, format!("{format} images are not supported yet")))
+    if format == Format::Raw {
+        let size = std::fs::metadata(path)
+            .map_err(|e| Error::os(Step::Probe, path, "stat", e))?
+            .len();
+        return Ok(ImageInfo {
+            format,
+            virtual_size: size,
+            backing_file: None,
+            backing_format: None,
+            data_file: None,
+            extents: Vec::new(),
+            create_type: None,
+        });
+    }
+    Err(Error::invalid(
+        Step::Probe,
+        path,
+        format!("{format} images are not supported yet"),
+    ))
 }

@@ -14,6 +14,7 @@
 pub mod block;
 pub mod flock;
 pub mod loop_dev;
+pub mod process;
 
 /// The request-number type that `nix`'s ioctl macros expect.
 type Request = nix::sys::ioctl::ioctl_num_type;

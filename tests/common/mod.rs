@@ -188,6 +188,12 @@ impl Fixture {
                 }
             }
         }
+        // qemu processes working on our files.
+        for (pid, cmdline) in qemu_processes() {
+            if cmdline.contains(&root) {
+                leaks.push(format!("process {pid}: {cmdline}"));
+            }
+        }
         for (source, target) in mounts() {
             let ours_by_source = our_loops.iter().any(|d| {
                 source == *d
@@ -509,4 +515,23 @@ pub fn kernel_parses_partitions() -> bool {
 pub fn kernel_has_device_mapper() -> bool {
     let _ = Command::new("modprobe").arg("dm-mod").output();
     Path::new("/sys/module/dm_mod").exists() || Path::new("/sys/class/misc/device-mapper").exists()
+}
+
+/// `(pid, command line)` of every qemu-nbd / qemu-storage-daemon process.
+pub fn qemu_processes() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        let exe = cmdline.split(' ').next().unwrap_or("");
+        if exe.ends_with("qemu-nbd") || exe.ends_with("qemu-storage-daemon") {
+            out.push((pid, cmdline.trim().to_string()));
+        }
+    }
+    out
 }
