@@ -454,6 +454,36 @@ fn adopt_whole(name: &str, read_only: bool) -> Result<Attached<Auto>> {
         blk::getsize64(&file).map_err(|e| Error::os(Step::Open, &node, "BLKGETSIZE64", e))?;
     let diskseq = blk::getdiskseq(&file).ok();
     let backing = read_sys(format!("/sys/block/{name}/loop/backing_file"));
+    let nbd_pid = read_sys(format!("/sys/block/{name}/pid"));
+    if name.starts_with("nbd")
+        && let Some(pid) = nbd_pid
+    {
+        // Served by a qemu-nbd: the image is its last argument.
+        let image = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|c| {
+                c.split(|b| *b == 0)
+                    .rfind(|a| !a.is_empty())
+                    .map(|a| PathBuf::from(String::from_utf8_lossy(a).into_owned()))
+            })
+            .unwrap_or_else(|| node.clone());
+        let server = crate::backend::nbd::adopted(&node, &image);
+        let image = Image::found(image, ImageKind::File, ro);
+        let held = Held::Nbd {
+            server: Box::new(server),
+        };
+        let device = Device::new(
+            BackendKind::Nbd,
+            node,
+            image.path().to_path_buf(),
+            ro,
+            size,
+            diskseq,
+            file,
+            held,
+        );
+        return Ok(Attached::from_parts(device, image));
+    }
     let (kind, image, held) = match (loop_number(name), backing) {
         (Some(nr), Some(backing)) => {
             let image = PathBuf::from(backing.trim_end_matches(" (deleted)"));

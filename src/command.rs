@@ -19,14 +19,7 @@ pub(crate) fn run(step: Step, path: &Path, cmd: &mut Command) -> Result<String> 
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
-    let status = match (
-        out.status.code(),
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-    ) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => format!("was killed by signal {sig}"),
-        _ => out.status.to_string(),
-    };
+    let status = describe_status(out.status);
     Err(Error::Command {
         step,
         path: path.to_path_buf(),
@@ -34,4 +27,14 @@ pub(crate) fn run(step: Step, path: &Path, cmd: &mut Command) -> Result<String> 
         status,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// "exited with status N" or "was killed by signal N".
+pub(crate) fn describe_status(s: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => s.to_string(),
+    }
 }

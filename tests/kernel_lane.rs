@@ -15,20 +15,22 @@ use std::process::Command;
 
 use common::{Fixture, kernel_has_device_mapper, kernel_parses_partitions, run};
 use diskmount::{
-    Adopted, Block, Format, Image, Loop, MapOptions, MapStrategy, Mapping, MountOptions, Partition,
-    Unattached, adopt,
+    Adopted, BackendKind, Block, Format, Image, Loop, MapOptions, MapStrategy, Mapping,
+    MountOptions, Nbd, Partition, Unattached, adopt,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Needs {
     PartitionParsers,
     DeviceMapper,
+    Nbd,
 }
 
 fn available(n: Needs) -> bool {
     match n {
         Needs::PartitionParsers => kernel_parses_partitions(),
         Needs::DeviceMapper => kernel_has_device_mapper(),
+        Needs::Nbd => diskmount::backend::nbd::available(),
     }
 }
 
@@ -169,6 +171,249 @@ fn block_backend_over_a_partitioned_device() {
     fx.assert_clean();
 }
 
+/// Our nbd devices that are connected right now.
+fn connected_nbds() -> Vec<String> {
+    std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("nbd") && Path::new(&format!("/sys/block/{n}/pid")).exists())
+        .collect()
+}
+
+fn nbd_reads_and_writes_a_raw_image() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "nbd")]);
+    let mnt = fx.tree("mnt", &[]);
+    let t = Unattached::<Nbd>::new(Image::file(&img, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    assert_eq!(t.backend(), BackendKind::Nbd);
+    assert!(t.device().to_string_lossy().starts_with("/dev/nbd"));
+    assert_eq!(std::fs::read_to_string(t.path().join("id")).unwrap(), "nbd");
+    std::fs::write(t.path().join("written"), "through nbd").unwrap();
+    t.close().unwrap();
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    fx.assert_clean();
+    assert_eq!(
+        run(Command::new("debugfs")
+            .args(["-R", "cat /written"])
+            .arg(&img)),
+        "through nbd"
+    );
+}
+
+fn nbd_partitions_use_the_kernel_nodes() {
+    let mut fx = Fixture::new();
+    let img = fx.mbr_image("mbr.img");
+    for n in [2, 5] {
+        let m = Unattached::<Nbd>::new(Image::file(&img, Format::Raw).unwrap())
+            .attach()
+            .unwrap()
+            .map(Partition::Number(n))
+            .unwrap();
+        assert_eq!(m.mapping(), Mapping::KernelNode);
+        assert!(m.device().to_string_lossy().ends_with(&format!("p{n}")));
+        let mnt = tempfile::tempdir().unwrap();
+        let t = m.mount(mnt.path(), &MountOptions::default()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("id")).unwrap(),
+            format!("p{n}")
+        );
+        t.close().unwrap();
+    }
+    assert!(connected_nbds().is_empty());
+    fx.assert_clean();
+}
+
+fn nbd_concurrent_attaches_get_different_devices() {
+    let mut fx = Fixture::new();
+    let images: Vec<_> = (0..2).map(|i| fx.ext4(&format!("d{i}.img"), &[])).collect();
+    // Two threads.
+    let devices: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = images
+            .iter()
+            .map(|img| {
+                s.spawn(move || {
+                    Unattached::<Nbd>::new(Image::file(img, Format::Raw).unwrap())
+                        .attach()
+                        .unwrap()
+                })
+            })
+            .collect();
+        let attached: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let devs = attached
+            .iter()
+            .map(|a| a.device().display().to_string())
+            .collect();
+        for a in attached {
+            a.close().unwrap();
+        }
+        devs
+    });
+    assert_ne!(devices[0], devices[1]);
+    // Two processes.
+    let mut children: Vec<_> = images
+        .iter()
+        .map(|img| {
+            Command::new(env!("CARGO_BIN_EXE_diskmount"))
+                .args(["hold", "--backend", "nbd", "--state", "attached"])
+                .arg(img)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for c in &mut children {
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(c.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        seen.push(line.trim().to_string());
+    }
+    for mut c in children {
+        // SIGTERM: the holder dies, its qemu-nbd with it (tied), and the
+        // kernel side is left connected until someone disconnects it.
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    assert!(
+        seen.iter().all(|l| l.starts_with("READY /dev/nbd")),
+        "{seen:?}"
+    );
+    assert_ne!(seen[0], seen[1]);
+    for dev in connected_nbds() {
+        let _ = Command::new("qemu-nbd")
+            .args(["--disconnect", &format!("/dev/{dev}")])
+            .output();
+    }
+    assert!(connected_nbds().is_empty());
+    fx.assert_clean();
+}
+
+fn nbd_killed_while_mounted_is_reported_and_nothing_is_left() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "x")]);
+    let mnt = fx.tree("mnt", &[]);
+    let t = Unattached::<Nbd>::new(Image::file(&img, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    let root = fx.path().to_string_lossy().into_owned();
+    let (pid, _) = common::qemu_processes()
+        .into_iter()
+        .find(|(_, c)| c.contains(&root))
+        .expect("qemu-nbd runs");
+    run(Command::new("kill").args(["-9", &pid.to_string()]));
+    let err = t.close().unwrap_err();
+    assert!(
+        err.errors()
+            .iter()
+            .any(|e| e.step() == Some(diskmount::Step::Detach)
+                && e.to_string().contains("killed by signal 9")),
+        "{err}"
+    );
+    assert!(!common::is_mount_point(&mnt));
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    fx.assert_clean();
+}
+
+fn adopts_an_nbd_partition() {
+    let mut fx = Fixture::new();
+    let img = fx.mbr_image("mbr.img");
+    let mnt = fx.tree("mnt", &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .args([
+            "hold",
+            "--backend",
+            "nbd",
+            "--state",
+            "mounted",
+            "--partition",
+            "6",
+        ])
+        .arg(&img)
+        .arg(&mnt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let dev = line.trim().strip_prefix("READY ").unwrap().to_string();
+    // A qemu-nbd started by someone else serves the device (ours died with
+    // the holder; reconnect it the way Nova would, without diskmount).
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = Command::new("umount").arg(&mnt).output();
+    let _ = Command::new("qemu-nbd")
+        .args(["--disconnect", &dev])
+        .output();
+    run(Command::new("qemu-nbd")
+        .args(["--connect", &dev, "-f", "raw"])
+        .arg(&img));
+    let part = format!("{dev}p6");
+    let start = std::time::Instant::now();
+    while !Path::new(&part).exists() && start.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run(Command::new("mount").arg(&part).arg(&mnt));
+    let adopted = adopt(&part).unwrap();
+    assert_eq!(adopted.backend(), BackendKind::Nbd);
+    assert_eq!(adopted.mapping(), Mapping::KernelNode);
+    assert_eq!(adopted.partition(), Some(6));
+    assert_eq!(adopted.attached_device(), Path::new(&dev));
+    adopted.close().unwrap();
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    fx.assert_clean();
+}
+
+fn auto_picks_nbd_where_the_kernel_has_it_and_fuse_where_not() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[]);
+    let image = Image::file(&img, Format::Raw).unwrap();
+    assert_eq!(diskmount::Auto::choose(&image), BackendKind::Loop);
+    // A non-raw format goes to nbd here...
+    let q = fx.path().join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&img)
+        .arg(&q));
+    let qimage = Image::file(&q, Format::Qcow2).unwrap();
+    assert_eq!(diskmount::Auto::choose(&qimage), BackendKind::Nbd);
+    // ...and to fuse once the module is gone and cannot be loaded.
+    assert!(
+        connected_nbds().is_empty(),
+        "cannot unload nbd: {:?}",
+        connected_nbds()
+    );
+    run(Command::new("rmmod").arg("nbd"));
+    let release = run(Command::new("uname").arg("-r")).trim().to_string();
+    let found = run(Command::new("find")
+        .arg(format!("/lib/modules/{release}"))
+        .args(["-name", "nbd.ko*"]));
+    let module = found.lines().next().expect("nbd module file").to_string();
+    std::fs::rename(&module, format!("{module}.hidden")).unwrap();
+    let picked = diskmount::Auto::choose(&qimage);
+    std::fs::rename(format!("{module}.hidden"), &module).unwrap();
+    run(Command::new("modprobe").args(["nbd", "max_part=16"]));
+    assert_eq!(picked, BackendKind::Fuse);
+    fx.assert_clean();
+}
+
 /// A test: its name, the kernel features it needs, its body.
 type Case = (&'static str, &'static [Needs], fn());
 
@@ -178,7 +423,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let cases: [Case; 6] = [
+    let cases: [Case; 12] = [
         (
             "kernel_nodes_for_every_mbr_partition",
             &[Needs::PartitionParsers],
@@ -203,6 +448,36 @@ fn main() {
             "adopts_a_kernel_partition_node",
             &[Needs::PartitionParsers],
             adopts_a_kernel_partition_node,
+        ),
+        (
+            "nbd_reads_and_writes_a_raw_image",
+            &[Needs::Nbd],
+            nbd_reads_and_writes_a_raw_image,
+        ),
+        (
+            "nbd_partitions_use_the_kernel_nodes",
+            &[Needs::Nbd, Needs::PartitionParsers],
+            nbd_partitions_use_the_kernel_nodes,
+        ),
+        (
+            "nbd_concurrent_attaches_get_different_devices",
+            &[Needs::Nbd],
+            nbd_concurrent_attaches_get_different_devices,
+        ),
+        (
+            "nbd_killed_while_mounted_is_reported_and_nothing_is_left",
+            &[Needs::Nbd],
+            nbd_killed_while_mounted_is_reported_and_nothing_is_left,
+        ),
+        (
+            "adopts_an_nbd_partition",
+            &[Needs::Nbd, Needs::PartitionParsers],
+            adopts_an_nbd_partition,
+        ),
+        (
+            "auto_picks_nbd_where_the_kernel_has_it_and_fuse_where_not",
+            &[Needs::Nbd],
+            auto_picks_nbd_where_the_kernel_has_it_and_fuse_where_not,
         ),
         (
             "block_backend_over_a_partitioned_device",

@@ -16,6 +16,8 @@ pub enum Held {
     Loop { nr: u32, backing: Option<File> },
     /// A block device we only opened.
     Block,
+    /// An nbd device served by our qemu-nbd.
+    Nbd { server: Box<super::nbd::Server> },
     /// A loop device over a qemu-storage-daemon FUSE export.
     Fuse {
         nr: u32,
@@ -101,6 +103,7 @@ impl Device {
         match held {
             Held::Loop { nr, backing } => super::r#loop::detach(self, file, nr, backing),
             Held::Block => super::block::detach(self, file),
+            Held::Nbd { mut server } => super::nbd::detach(self, file, &mut server),
             Held::Fuse {
                 nr,
                 export,

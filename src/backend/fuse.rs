@@ -38,6 +38,7 @@ use nix::unistd::Pid;
 
 use super::device::{Device, Held};
 use super::{Backend, BackendKind, sealed};
+use crate::command::describe_status;
 use crate::error::{Error, Result, Step};
 use crate::image::{Image, ImageKind};
 use crate::options::AttachOptions;
@@ -419,15 +420,6 @@ fn suffix(log: &str) -> String {
         String::new()
     } else {
         format!(": {log}")
-    }
-}
-
-fn describe_status(s: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (s.code(), s.signal()) {
-        (Some(c), _) => format!("exited with status {c}"),
-        (None, Some(sig)) => format!("was killed by signal {sig}"),
-        _ => s.to_string(),
     }
 }
 

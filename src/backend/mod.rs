@@ -16,6 +16,7 @@ mod block;
 pub(crate) mod device;
 mod fuse;
 pub(crate) mod r#loop;
+pub mod nbd;
 
 use std::fmt;
 
@@ -24,6 +25,7 @@ pub use block::Block;
 pub(crate) use device::Device;
 pub use fuse::Fuse;
 pub use r#loop::Loop;
+pub use nbd::Nbd;
 
 use crate::error::Result;
 use crate::image::Image;
@@ -58,6 +60,8 @@ pub enum BackendKind {
     Block,
     /// qemu-storage-daemon's FUSE export of the image, under a loop device.
     Fuse,
+    /// qemu-nbd and the kernel's nbd driver.
+    Nbd,
 }
 
 impl BackendKind {
@@ -67,6 +71,7 @@ impl BackendKind {
             BackendKind::Loop => "loop",
             BackendKind::Block => "block",
             BackendKind::Fuse => "fuse",
+            BackendKind::Nbd => "nbd",
         }
     }
 }

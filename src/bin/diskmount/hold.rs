@@ -4,7 +4,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use diskmount::{Format, Image, Loop, MountOptions, Partition, Unattached};
+use diskmount::{
+    Auto, Backend, Format, Fuse, Image, Loop, MountOptions, Nbd, Partition, Unattached,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,21 +17,43 @@ pub struct Args {
     image: PathBuf,
     /// Where to mount (state mounted).
     mountpoint: Option<PathBuf>,
+    /// loop, nbd, fuse or auto.
+    #[arg(long, default_value = "loop")]
+    backend: String,
+    /// The image format.
+    #[arg(long, default_value = "raw")]
+    format: String,
     /// Partition number to map (default: the whole disk).
     #[arg(long)]
     partition: Option<u32>,
 }
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let image = Image::file(&args.image, Format::Raw)?;
+    let format: Format = args.format.parse()?;
+    let image = Image::file(&args.image, format)?;
     let partition = args.partition.map_or(Partition::Whole, Partition::Number);
-    let attached = Unattached::<Loop>::new(image).attach()?;
+    match args.backend.as_str() {
+        "loop" => hold::<Loop>(image, partition, args.state, args.mountpoint),
+        "nbd" => hold::<Nbd>(image, partition, args.state, args.mountpoint),
+        "fuse" => hold::<Fuse>(image, partition, args.state, args.mountpoint),
+        "auto" => hold::<Auto>(image, partition, args.state, args.mountpoint),
+        other => Err(format!("unknown backend {other:?}").into()),
+    }
+}
+
+fn hold<B: Backend>(
+    image: Image,
+    partition: Partition,
+    state: String,
+    mountpoint: Option<PathBuf>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let attached = Unattached::<B>::new(image).attach()?;
     let device = attached.device().display().to_string();
-    let hold: Box<dyn std::any::Any> = match args.state.as_str() {
+    let hold: Box<dyn std::any::Any> = match state.as_str() {
         "attached" => Box::new(attached),
         "mapped" => Box::new(attached.map(partition)?),
         "mounted" => {
-            let dir = args.mountpoint.ok_or("state mounted needs a mount point")?;
+            let dir = mountpoint.ok_or("state mounted needs a mount point")?;
             Box::new(
                 attached
                     .map(partition)?

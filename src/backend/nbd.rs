@@ -1,0 +1,453 @@
+//! [`Nbd`]: any qemu format through the kernel's network block device and
+//! `qemu-nbd`.
+//!
+//! Attach:
+//! 1. the format safety check ([`crate::format::check`]);
+//! 2. claim a free `/dev/nbdX` across processes: the devices are tried in a
+//!    random order (as Nova spreads them), each under a non-blocking
+//!    exclusive `flock` that diskmount holds for the device's lifetime, and
+//!    a device counts as free only with no `/sys/block/nbdX/pid` and size 0;
+//! 3. `qemu-nbd --connect=/dev/nbdX -f FORMAT [--read-only]` kept in the
+//!    foreground (`--verbose`) as our own child, tied to this process, its
+//!    output in a private file;
+//! 4. wait (bounded, with back-off) until `/sys/block/nbdX/pid` exists and
+//!    the size is the image's virtual size; `qemu-nbd` returns before the
+//!    device is usable. A qemu-nbd that exits ends the wait with its error;
+//!    a timeout disconnects and says the device did not show up.
+//!
+//! Detach: `BLKFLSBUF`, `qemu-nbd --disconnect`, wait for our qemu-nbd to
+//! exit, check that the pid attribute is gone. A qemu-nbd that died under us
+//! is an error of this step, not a hang.
+
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use nix::errno::Errno;
+use nix::libc;
+
+use super::device::{Device, Held};
+use super::{Backend, BackendKind, sealed};
+use crate::command::describe_status;
+use crate::command::run;
+use crate::error::{Error, Result, Step};
+use crate::image::{Image, ImageKind};
+use crate::options::AttachOptions;
+use crate::sys::block as blk;
+use crate::sys::flock::{Lock, flock};
+use crate::sys::process::spawn_tied;
+
+/// Any qemu image format, through `qemu-nbd` and the kernel's nbd driver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Nbd;
+
+impl Backend for Nbd {
+    const NAME: &'static str = "nbd";
+}
+
+impl sealed::Attach for Nbd {
+    fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
+        attach(image, options)
+    }
+}
+
+const QEMU_NBD: &str = "qemu-nbd";
+
+/// How long a connected device may take to show up, and qemu-nbd to exit.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Whether this kernel has nbd: the driver is loaded, or can be loaded
+/// (then it is, with partition support).
+pub fn available() -> bool {
+    if Path::new("/sys/block/nbd0").exists() {
+        return true;
+    }
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dep =
+        std::fs::read_to_string(format!("/lib/modules/{release}/modules.dep")).unwrap_or_default();
+    if !dep.lines().any(|l| {
+        l.split(':')
+            .next()
+            .is_some_and(|m| m.ends_with("/nbd.ko") || m.contains("/nbd.ko."))
+    }) {
+        return false;
+    }
+    debug!("attach: loading the nbd module");
+    Command::new("modprobe")
+        .args(["nbd", "max_part=16"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Path::new("/sys/block/nbd0").exists()
+}
+
+/// A qemu-nbd serving one device, our child.
+pub(crate) struct Server {
+    /// Our qemu-nbd; `None` for a device adopted from another process.
+    child: Option<Child>,
+    /// True until stopped.
+    running: bool,
+    /// Our private directory (qemu-nbd's output).
+    tmp: Option<tempfile::TempDir>,
+    log: PathBuf,
+    device: PathBuf,
+    image: PathBuf,
+}
+
+fn sys(name: &str, attr: &str) -> PathBuf {
+    Path::new("/sys/block").join(name).join(attr)
+}
+
+fn random() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+/// Claims a free nbd device: open and exclusively locked, not connected.
+fn claim(image: &Path) -> Result<(String, File)> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+        .map_err(|e| Error::os(Step::Attach, "/sys/block", "read", e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix("nbd")
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    if names.is_empty() {
+        return Err(Error::invalid(
+            Step::Attach,
+            image,
+            "nbd is unavailable: the module is not loaded (modprobe nbd max_part=16)",
+        ));
+    }
+    // A random rotation spreads concurrent users over the devices.
+    names.sort_by_key(|n| n[3..].parse::<u32>().unwrap_or(u32::MAX));
+    let start = (random() % names.len() as u64) as usize;
+    names.rotate_left(start);
+    for name in names {
+        if sys(&name, "pid").exists()
+            || std::fs::read_to_string(sys(&name, "size")).is_ok_and(|s| s.trim() != "0")
+        {
+            continue;
+        }
+        let node = PathBuf::from("/dev").join(&name);
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&node)
+        else {
+            continue;
+        };
+        match flock(&file, Lock::Exclusive, false) {
+            Ok(()) => {}
+            Err(Errno::EWOULDBLOCK) => continue,
+            Err(e) => return Err(Error::os(Step::Attach, &node, "flock", e)),
+        }
+        // Check again under the lock: someone may have connected it between.
+        if sys(&name, "pid").exists() {
+            continue;
+        }
+        debug!("attach: claimed {}", node.display());
+        return Ok((name, file));
+    }
+    Err(Error::invalid(
+        Step::Attach,
+        image,
+        "no free nbd device (all are connected or claimed)",
+    ))
+}
+
+pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> {
+    let path = image.path();
+    if image.kind() != ImageKind::File {
+        return Err(Error::invalid(
+            Step::Attach,
+            path,
+            "the nbd backend serves image files; use the Block backend for block devices",
+        ));
+    }
+    let info = crate::format::check(path, image.format(), image.allows_backing_file())?;
+    let (name, file) = claim(path)?;
+    let node = PathBuf::from("/dev").join(&name);
+    let mut server = Server::start(image, &node)?;
+    if let Err(e) = server.wait_ready(&name, info.virtual_size) {
+        let mut errors = vec![e];
+        server.stop_into(&mut errors);
+        return Err(errors.remove(0));
+    }
+    let size = blk::getsize64(&file).unwrap_or(info.virtual_size);
+    let diskseq = blk::getdiskseq(&file).ok();
+    info!(
+        "attached {} ({}) to {} through {QEMU_NBD} (pid {})",
+        path.display(),
+        image.format(),
+        node.display(),
+        server.child.as_ref().map_or(0, Child::id)
+    );
+    Ok(Device::new(
+        BackendKind::Nbd,
+        node,
+        path.to_path_buf(),
+        image.is_read_only(),
+        size,
+        diskseq,
+        file,
+        Held::Nbd {
+            server: Box::new(server),
+        },
+    ))
+}
+
+impl Server {
+    fn start(image: &Image, device: &Path) -> Result<Server> {
+        let path = image.path();
+        let dir = tempfile::Builder::new()
+            .prefix("diskmount-nbd-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .map_err(|e| {
+                Error::os(
+                    Step::Attach,
+                    std::env::temp_dir(),
+                    "create a private directory",
+                    e,
+                )
+            })?;
+        let log = dir.path().join("qemu-nbd.log");
+        let out = File::create(&log).map_err(|e| Error::os(Step::Attach, &log, "create", e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::os(Step::Attach, &log, "dup", e))?;
+        let mut cmd = Command::new(QEMU_NBD);
+        cmd.arg(format!("--connect={}", device.display()))
+            .args([
+                "--format",
+                image.format().as_str(),
+                "--verbose",
+                "--cache=writeback",
+            ])
+            .args(image.is_read_only().then_some("--read-only"))
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        debug!("attach: run {cmd:?}");
+        let child = spawn_tied(cmd).map_err(|e| {
+            Error::os(
+                Step::Attach,
+                path,
+                format!("start {QEMU_NBD} (is qemu-utils installed?)"),
+                e,
+            )
+        })?;
+        Ok(Server {
+            child: Some(child),
+            running: true,
+            tmp: Some(dir),
+            log,
+            device: device.to_path_buf(),
+            image: path.to_path_buf(),
+        })
+    }
+
+    fn output(&self) -> String {
+        let mut s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        s.truncate(16 * 1024);
+        s
+    }
+
+    /// Waits until the kernel shows the device connected with the right
+    /// size. qemu-nbd gives no signal of its own for it, so this polls
+    /// sysfs with a growing back-off, bounded, and stops early if qemu-nbd
+    /// exits.
+    fn wait_ready(&mut self, name: &str, size: u64) -> Result<()> {
+        let start = Instant::now();
+        let mut delay = Duration::from_micros(500);
+        loop {
+            let pid = sys(name, "pid").exists();
+            let sectors = std::fs::read_to_string(sys(name, "size"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            if pid && sectors == Some(size.div_ceil(512)) {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(Error::Command {
+                    step: Step::Attach,
+                    path: self.image.clone(),
+                    command: format!("{QEMU_NBD} --connect={}", self.device.display()),
+                    status: describe_status(status),
+                    stderr: self.output(),
+                });
+            }
+            if start.elapsed() >= READY_TIMEOUT {
+                return Err(Error::invalid(
+                    Step::Attach,
+                    &self.device,
+                    format!(
+                        "nbd device {} did not show up within {READY_TIMEOUT:?} (pid attribute {}, size {sectors:?} sectors, expected {})",
+                        self.device.display(),
+                        if pid { "present" } else { "missing" },
+                        size.div_ceil(512)
+                    ),
+                ));
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Disconnects the device and waits for our qemu-nbd to exit; removes
+    /// its private directory. Pushes every error.
+    pub(crate) fn stop_into(&mut self, errors: &mut Vec<Error>) {
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        let already = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if let Some(status) = already {
+            errors.push(Error::Command {
+                step: Step::Detach,
+                path: self.image.clone(),
+                command: format!("{QEMU_NBD} (pid {pid})"),
+                status: format!(
+                    "{}; writes it had not flushed may be lost",
+                    describe_status(status)
+                ),
+                stderr: self.output(),
+            });
+        }
+        // Disconnect even if our server died: the kernel side may still be
+        // configured.
+        if let Err(e) = run(
+            Step::Detach,
+            &self.device,
+            Command::new(QEMU_NBD).arg("--disconnect").arg(&self.device),
+        ) {
+            errors.push(e);
+        }
+        if let (Some(child), None) = (self.child.as_mut(), already) {
+            match wait_timeout(child, EXIT_TIMEOUT) {
+                Ok(Some(s)) if s.success() => {}
+                Ok(Some(s)) => errors.push(Error::Command {
+                    step: Step::Detach,
+                    path: self.image.clone(),
+                    command: format!("{QEMU_NBD} (pid {pid})"),
+                    status: describe_status(s),
+                    stderr: self.output(),
+                }),
+                Ok(None) => {
+                    warn!("detach: {QEMU_NBD} (pid {pid}) did not exit; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    errors.push(Error::invalid(
+                        Step::Detach,
+                        &self.device,
+                        format!(
+                            "{QEMU_NBD} did not exit within {EXIT_TIMEOUT:?} after the disconnect and was killed"
+                        ),
+                    ));
+                }
+                Err(e) => errors.push(Error::os(
+                    Step::Detach,
+                    &self.device,
+                    format!("wait for {QEMU_NBD}"),
+                    e,
+                )),
+            }
+        }
+        let name = self
+            .device
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // The kernel removes the pid attribute once the server is gone; an
+        // adopted server is not our child, so give it a moment.
+        let start = Instant::now();
+        while sys(&name, "pid").exists() && start.elapsed() < EXIT_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if sys(&name, "pid").exists() {
+            errors.push(Error::invalid(
+                Step::Detach,
+                &self.device,
+                "is still connected after qemu-nbd --disconnect",
+            ));
+        }
+        self.running = false;
+        if let Some(dir) = self.tmp.take() {
+            let path = dir.path().to_path_buf();
+            if let Err(e) = dir.close() {
+                errors.push(Error::os(Step::Detach, path, "remove private directory", e));
+            }
+        }
+    }
+}
+
+/// The server of an nbd device another process connected (adoption): it
+/// is disconnected on teardown, like ours.
+pub(crate) fn adopted(device: &Path, image: &Path) -> Server {
+    Server {
+        child: None,
+        running: true,
+        tmp: None,
+        log: PathBuf::new(),
+        device: device.to_path_buf(),
+        image: image.to_path_buf(),
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.running {
+            let mut errors = Vec::new();
+            self.stop_into(&mut errors);
+            for e in errors {
+                warn!("teardown: {e}");
+            }
+        }
+    }
+}
+
+/// Waits for `child` to exit, up to `bound`, with a growing back-off.
+fn wait_timeout(
+    child: &mut Child,
+    bound: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(1);
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(Some(s));
+        }
+        if start.elapsed() >= bound {
+            return Ok(None);
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Detaches an nbd device: flush, disconnect, stop qemu-nbd, release the
+/// device (closing our locked descriptor).
+pub(crate) fn detach(dev: &Device, file: File, server: &mut Server) -> Result<()> {
+    let mut errors = Vec::new();
+    if !dev.read_only
+        && let Err(e) = blk::flsbuf(&file)
+    {
+        errors.push(Error::os(Step::Detach, dev.path(), "BLKFLSBUF", e));
+    }
+    // The kernel keeps the device configured while anyone has it open.
+    drop(file);
+    server.stop_into(&mut errors);
+    Error::collect(errors)
+}
