@@ -51,6 +51,40 @@
 //! # }
 //! ```
 //!
+//! # Backends
+//!
+//! | backend | serves | how |
+//! |---|---|---|
+//! | [`Loop`] | raw image files | a loop device (`LOOP_CONFIGURE`, autoclear) |
+//! | [`Block`] | existing block devices | the device itself |
+//! | [`Nbd`] | any qemu format | `qemu-nbd` and the kernel's nbd driver |
+//! | [`Fuse`] | any qemu format, no nbd needed | qemu-storage-daemon's FUSE export under a loop device |
+//! | [`Auto`] | whatever it is given | block device → Block, raw → Loop, else Nbd if the kernel has it, else Fuse |
+//!
+//! qemu is always told the format; non-raw images are inspected by
+//! [`format::check`] first (backing files, data files and vmdk extents are
+//! refused unless [`Image::allow_backing_file`]).
+//!
+//! # Choosing a partition
+//!
+//! [`Partition::Whole`] is the whole device; [`Partition::Number`] counts as
+//! the kernel does (MBR primaries 1-4, logical partitions from 5, GPT entries
+//! by index); [`Partition::Label`] is a GPT partition name, or failing that a
+//! filesystem label. [`Partition::Auto`] searches:
+//!
+//! 1. no partition table → the whole disk;
+//! 2. exactly one partition holds a filesystem diskmount mounts → it;
+//! 3. GPT: the root partition of this architecture (Discoverable Partitions
+//!    Specification type GUID), then the one generic "Linux filesystem"
+//!    partition, then the /usr partition of this architecture;
+//! 4. the single largest partition holding an allowed Linux filesystem;
+//! 5. otherwise an error listing the candidates and how to pick one.
+//!
+//! The partition gets a device from the kernel's own node (checked to be
+//! this device's, with the geometry of our parse), a `BLKPG_ADD_PARTITION`
+//! node, a device-mapper target, or an offset loop device, whichever works
+//! first ([`MapOptions`]).
+//!
 //! # Safety defaults
 //!
 //! - The filesystem type is probed from the superblock and must be on
