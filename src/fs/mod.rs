@@ -1,4 +1,4 @@
-//! Filesystems: what a superblock says ([`probe`]), which types are mounted
+//! Filesystems: what a superblock says ([`probe()`]), which types are mounted
 //! without being asked ([`ALLOWED`]), and the options each one needs.
 
 pub mod probe;
