@@ -32,6 +32,8 @@ pub enum Step {
     Detach,
     /// Removing the temporary mount point of [`crate::with_mounted`].
     Cleanup,
+    /// Reading or writing a path inside the mounted image ([`crate::root::Root`]).
+    Access,
 }
 
 impl Step {
@@ -47,6 +49,7 @@ impl Step {
             Step::Unmap => "unmap",
             Step::Detach => "detach",
             Step::Cleanup => "cleanup",
+            Step::Access => "access",
         }
     }
 

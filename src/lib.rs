@@ -117,6 +117,7 @@ pub mod mapping;
 pub mod options;
 pub mod partition;
 pub mod retry;
+pub mod root;
 #[doc(hidden)]
 pub mod sys;
 

@@ -336,6 +336,12 @@ impl<B: Backend> Mounted<B> {
         })
     }
 
+    /// A handle on the mounted filesystem's root through which every path
+    /// stays inside the image (guest links resolve against the image root).
+    pub fn root(&self) -> Result<crate::root::Root<'_>> {
+        crate::root::Root::open(&self.mount.target)
+    }
+
     /// The mount point.
     pub fn path(&self) -> &Path {
         &self.mount.target
