@@ -224,7 +224,7 @@ fn a_file_swapped_for_a_link_while_in_use_never_leaks() {
                 s.spawn(|| {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let from = if n % 2 == 0 { "real" } else { "evil" };
+                        let from = if n.is_multiple_of(2) { "real" } else { "evil" };
                         let _ = std::fs::hard_link(race.join(from), race.join("tmp"));
                         let _ = std::fs::rename(race.join("tmp"), race.join("file"));
                         n += 1;
@@ -235,11 +235,11 @@ fn a_file_swapped_for_a_link_while_in_use_never_leaks() {
                         Ok(s) => assert_eq!(s, "guest data\n", "iteration {i}"),
                         Err(e) => assert_eq!(e.errno(), Some(nix::libc::ENOENT), "{e}"),
                     }
-                    if i % 100 == 0 {
+                    if i.is_multiple_of(100) {
                         // (append syncs: keep the number of journal commits small)
                         let _ = root.append("race/file", "", 0o644);
                     }
-                    if i % 10 == 0 {
+                    if i.is_multiple_of(10) {
                         let _ = root.set_permissions("race/file", 0o600);
                     }
                 }
