@@ -230,7 +230,7 @@ fn a_file_swapped_for_a_link_while_in_use_never_leaks() {
                         n += 1;
                     }
                 });
-                for i in 0..2000 {
+                for i in 0..2000u32 {
                     match root.read_to_string("race/file") {
                         Ok(s) => assert_eq!(s, "guest data\n", "iteration {i}"),
                         Err(e) => assert_eq!(e.errno(), Some(nix::libc::ENOENT), "{e}"),
