@@ -136,6 +136,34 @@ impl Image {
         })
     }
 
+    /// An image file whose format is recognised from its magic bytes
+    /// (qcow2, vmdk, vdi, vhdx, vpc; anything else is raw), with the safety
+    /// rules applied at once: an image naming other host files (a backing
+    /// file, an external data file, vmdk extents) is refused, as is one
+    /// whose header is inconsistent. Probing is the caller's choice: a raw
+    /// guest disk can carry any header its guest wrote, so pass the format
+    /// with [`Image::file`] when it is known (that never probes). To allow a
+    /// backing chain, pass the format and [`Image::allow_backing_file`].
+    /// A block device is raw by definition ([`Image::block`]).
+    ///
+    /// # Errors
+    /// [`Step::Open`] as for [`Image::file`]; [`Step::Probe`] for refused or
+    /// unsupported images (QED), naming the feature and the host path it
+    /// points at.
+    pub fn probe(path: impl AsRef<Path>) -> Result<Image> {
+        let path = absolute(path.as_ref())?;
+        let meta = std::fs::metadata(&path).map_err(|e| Error::os(Step::Open, &path, "stat", e))?;
+        if meta.file_type().is_block_device() {
+            return Image::block(&path);
+        }
+        let image = Image::file(&path, Format::Raw)?;
+        let file =
+            std::fs::File::open(&path).map_err(|e| Error::os(Step::Open, &path, "open", e))?;
+        let format = crate::format::probe(&file, &path)?;
+        crate::format::check(&path, format, false)?;
+        Ok(Image { format, ..image })
+    }
+
     /// An existing block device (raw by definition).
     ///
     /// # Errors

@@ -92,6 +92,7 @@ pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
         ));
     }
     let info = crate::format::check(path, image.format(), image.allows_backing_file())?;
+    crate::format::require_writable(&info, path, image.is_read_only())?;
     debug!(
         "attach: {} ({}, {} bytes virtual) through {DAEMON}",
         path.display(),

@@ -176,6 +176,7 @@ pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> 
         ));
     }
     let info = crate::format::check(path, image.format(), image.allows_backing_file())?;
+    crate::format::require_writable(&info, path, image.is_read_only())?;
     let (name, file) = claim(path)?;
     let node = PathBuf::from("/dev").join(&name);
     let mut server = Server::start(image, &node)?;

@@ -181,6 +181,21 @@ pub fn check(path: &Path, format: Format, allow_backing_file: bool) -> Result<Im
     check::check(path, format, allow_backing_file)
 }
 
+/// Refuses a read-write attach of an image qemu can only read: a
+/// streamOptimized vmdk is a compressed stream that cannot be rewritten in
+/// place (writes would fail as I/O errors inside the mounted filesystem).
+pub fn require_writable(info: &ImageInfo, path: &Path, read_only: bool) -> Result<()> {
+    if !read_only && info.create_type.as_deref() == Some("streamOptimized") {
+        return Err(crate::error::Error::invalid(
+            crate::error::Step::Attach,
+            path,
+            "a streamOptimized vmdk can only be read: open it read-only \
+             (Image::read_only(true)), or convert it with `qemu-img convert -O vmdk -o subformat=monolithicSparse`",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
