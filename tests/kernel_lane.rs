@@ -207,6 +207,47 @@ fn nbd_reads_and_writes_a_raw_image() {
     );
 }
 
+fn nbd_qcow2_and_vmdk_read_and_write() {
+    let mut fx = Fixture::new();
+    let raw = fx.ext4("disk.img", &[("id", "converted")]);
+    for (qemu, format, opts) in [
+        ("qcow2", Format::Qcow2, vec![]),
+        (
+            "vmdk",
+            Format::Vmdk,
+            vec!["-o", "subformat=monolithicSparse"],
+        ),
+    ] {
+        let img = fx.path().join(format!("disk.{qemu}"));
+        run(Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", qemu])
+            .args(&opts)
+            .arg(&raw)
+            .arg(&img));
+        let image = Image::file(&img, format).unwrap();
+        assert_eq!(diskmount::Auto::choose(&image), BackendKind::Nbd);
+        let got = diskmount::with_mounted(&image, Partition::Auto, |root| {
+            std::fs::write(root.join("written"), qemu).unwrap();
+            std::fs::read_to_string(root.join("id")).unwrap()
+        })
+        .unwrap();
+        assert_eq!(got, "converted");
+        assert!(connected_nbds().is_empty());
+        fx.assert_clean();
+        let back = fx.path().join(format!("{qemu}.raw"));
+        run(Command::new("qemu-img")
+            .args(["convert", "-f", qemu, "-O", "raw"])
+            .arg(&img)
+            .arg(&back));
+        assert_eq!(
+            run(Command::new("debugfs")
+                .args(["-R", "cat /written"])
+                .arg(&back)),
+            qemu
+        );
+    }
+}
+
 fn nbd_partitions_use_the_kernel_nodes() {
     let mut fx = Fixture::new();
     let img = fx.mbr_image("mbr.img");
@@ -423,7 +464,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let cases: [Case; 12] = [
+    let cases: [Case; 13] = [
         (
             "kernel_nodes_for_every_mbr_partition",
             &[Needs::PartitionParsers],
@@ -453,6 +494,11 @@ fn main() {
             "nbd_reads_and_writes_a_raw_image",
             &[Needs::Nbd],
             nbd_reads_and_writes_a_raw_image,
+        ),
+        (
+            "nbd_qcow2_and_vmdk_read_and_write",
+            &[Needs::Nbd],
+            nbd_qcow2_and_vmdk_read_and_write,
         ),
         (
             "nbd_partitions_use_the_kernel_nodes",
