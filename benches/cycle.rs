@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use diskmount::sys::{block as blk, loop_dev};
-use diskmount::{Format, Image, Loop, MountOptions, Partition, Unattached};
+use diskmount::{Format, Fuse, Image, Loop, MountOptions, Partition, Unattached};
 use nix::mount::{MntFlags, MsFlags};
 
 fn run(cmd: &mut Command) -> String {
@@ -34,6 +34,18 @@ fn run(cmd: &mut Command) -> String {
 
 fn library(img: &Path, mnt: &Path) {
     Unattached::<Loop>::new(Image::file(img, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(mnt, &MountOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+}
+
+fn library_image(image: &Image, mnt: &Path) {
+    Unattached::<Fuse>::new(image.clone())
         .attach()
         .unwrap()
         .map(Partition::Whole)
@@ -172,6 +184,43 @@ fn main() {
             ms(s.p10),
             ms(s.p90),
             s.median.as_secs_f64() / lib
+        );
+    }
+
+    // qcow2 through qemu-storage-daemon's FUSE export, next to the raw
+    // loop cycle (fewer iterations: a daemon starts every cycle).
+    let qcow2 = dir.path().join("bench.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&img)
+        .arg(&qcow2));
+    let qimage = Image::file(&qcow2, Format::Qcow2).unwrap();
+    let n = (iterations / 6).max(10);
+    let mut raw_times = Vec::new();
+    let mut q_times = Vec::new();
+    for _ in 0..3 {
+        library_image(&qimage, &mnt);
+    }
+    for _ in 0..n {
+        let t = Instant::now();
+        library(&img, &mnt);
+        raw_times.push(t.elapsed());
+        let t = Instant::now();
+        library_image(&qimage, &mnt);
+        q_times.push(t.elapsed());
+    }
+    let (raw_s, q_s) = (stats(raw_times), stats(q_times));
+    println!();
+    println!("qcow2 64 MiB (ext4), whole-disk cycle, {n} iterations each, interleaved");
+    println!("| variant | median ms | p10 ms | p90 ms | vs raw |");
+    println!("|---|---|---|---|---|");
+    for (name, st) in [("raw via Loop", &raw_s), ("qcow2 via Fuse", &q_s)] {
+        println!(
+            "| {name} | {} | {} | {} | {:.2}x |",
+            ms(st.median),
+            ms(st.p10),
+            ms(st.p90),
+            st.median.as_secs_f64() / raw_s.median.as_secs_f64()
         );
     }
 }
