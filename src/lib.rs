@@ -62,8 +62,15 @@
 //! | [`Auto`] | whatever it is given | block device → Block, raw → Loop, else Nbd if the kernel has it, else Fuse |
 //!
 //! qemu is always told the format; non-raw images are inspected by
-//! [`format::check`] first (backing files, data files and vmdk extents are
-//! refused unless [`Image::allow_backing_file`]).
+//! [`format::check`] first: external data files and vmdk extent files are
+//! always refused, backing chains unless [`Image::allow_backing_file`] (then
+//! every file of the chain is checked the same way).
+//!
+//! # Paths inside the image
+//!
+//! [`Mounted::root`] gives a [`root::Root`] through which every path is
+//! resolved inside the image (`openat2` with `RESOLVE_IN_ROOT`): a guest's
+//! absolute or `..` links cannot reach host files.
 //!
 //! # Choosing a partition
 //!
