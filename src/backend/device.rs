@@ -94,6 +94,12 @@ impl Device {
         &self.path
     }
 
+    /// Lets go without detaching: the descriptors close, and the kernel's
+    /// autoclear releases a loop device once its last user (the mount) is gone.
+    pub(crate) fn disarm(&mut self) {
+        self.held = None;
+    }
+
     /// Detaches: flushes what the device buffered into the image, then
     /// releases what the backend holds. Runs at most once.
     pub(crate) fn release(&mut self) -> Result<()> {

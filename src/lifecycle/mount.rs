@@ -377,6 +377,42 @@ impl<B: Backend> Mounted<B> {
         &self.mapped
     }
 
+    /// Leaves the filesystem mounted after this value is gone, as `mount`
+    /// does: nothing is torn down, every descriptor is closed, and the loop
+    /// device is released by the kernel once the mount goes. Tear it down
+    /// later with [`crate::adopt`] on the mount point. Returns the mount
+    /// point.
+    ///
+    /// # Errors
+    /// The Fuse and Nbd backends are refused: their qemu process is tied to
+    /// this one and would end with it.
+    pub fn persist(self) -> Result<PathBuf> {
+        let Mounted {
+            mut mount,
+            mut mapped,
+        } = self;
+        if matches!(mapped.backend(), BackendKind::Fuse | BackendKind::Nbd) {
+            let err = Error::invalid(
+                Step::Mount,
+                &mount.target,
+                format!(
+                    "a {} mount cannot outlive this process (its qemu process ends with it)",
+                    mapped.backend()
+                ),
+            );
+            return Err(err);
+        }
+        mount.mounted = false;
+        mapped.part.disarm();
+        mapped.attached.device.disarm();
+        info!(
+            "left {} mounted on {}",
+            mount.device.display(),
+            mount.target.display()
+        );
+        Ok(mount.target.clone())
+    }
+
     /// Flushes and unmounts, giving the mapped partition back.
     ///
     /// # Errors

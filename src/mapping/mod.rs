@@ -142,6 +142,11 @@ impl MappedPart {
             .0
     }
 
+    /// Lets go without unmapping (the mapping stays for whoever adopts it).
+    pub(crate) fn disarm(&mut self) {
+        self.held = None;
+    }
+
     /// Removes what the map step created. Runs at most once.
     pub(crate) fn release(&mut self) -> Result<()> {
         let Some((file, undo)) = self.held.take() else {

@@ -1,55 +1,128 @@
-//! `diskmount demo`: the quick start, on an image it builds itself.
+//! `diskmount demo`: the quick start, on a partitioned image it builds
+//! itself (a GPT made with the gpt crate, an ext4 filesystem made by
+//! mkfs.ext4 in a file of its own and written in at the partition's offset).
 
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use diskmount::{Format, Image, Partition, with_mounted};
+use diskmount::{Auto, Format, Image, MountOptions, Partition, Unattached, with_mounted};
+
+use crate::opts::Error;
 
 fn step(text: &str) {
     println!("==> {text}");
 }
 
-pub fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::Builder::new()
-        .prefix("diskmount-demo-")
-        .tempdir()?;
-    let path = dir.path().join("demo.img");
-    step(&format!(
-        "building a 64 MiB ext4 image at {}",
-        path.display()
-    ));
-    std::fs::File::create(&path)?.set_len(64 << 20)?;
+const SIZE: u64 = 128 << 20;
+
+/// A GPT image with an EFI System partition (left empty) and a Linux root
+/// partition holding an ext4 filesystem labelled `demo-root`.
+fn build(dir: &Path) -> Result<std::path::PathBuf, Error> {
+    let path = dir.join("demo.img");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    file.set_len(SIZE)?;
+    let mut dev = file.try_clone()?;
+    gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(SIZE / 512 - 1)?)
+        .overwrite_lba0(&mut dev)?;
+    let mut disk = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .create_from_device(dev, None)?;
+    disk.add_partition("esp", 16 << 20, gpt::partition_types::EFI, 0, Some(2048))?;
+    let root = disk.add_partition(
+        "root",
+        96 << 20,
+        gpt::partition_types::LINUX_ROOT_X64,
+        0,
+        Some(2048),
+    )?;
+    let (start, end) = {
+        let p = &disk.partitions()[&root];
+        (p.first_lba * 512, (p.last_lba + 1) * 512)
+    };
+    let mut dev = disk.write()?;
+    dev.seek(SeekFrom::Start(0))?;
+    // The filesystem is made in its own file: the host kernel may not read
+    // partition tables, and mkfs needs no device.
+    let fs = dir.join("root.ext4");
+    File::create(&fs)?.set_len(end - start)?;
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("etc"))?;
+    std::fs::write(tree.join("etc/os-release"), "NAME=\"diskmount demo\"\n")?;
     let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "demo"])
-        .arg(&path)
+        .args(["-q", "-F", "-L", "demo-root", "-d"])
+        .arg(&tree)
+        .arg(&fs)
         .status()
         .map_err(|e| format!("cannot run mkfs.ext4 (install e2fsprogs): {e}"))?;
     if !status.success() {
         return Err(format!("mkfs.ext4 failed: {status}").into());
     }
+    file.write_all_at(&std::fs::read(&fs)?, start)?;
+    file.sync_all()?;
+    std::fs::remove_file(&fs)?;
+    std::fs::remove_dir_all(&tree)?;
+    Ok(path)
+}
+
+pub fn run() -> Result<(), Error> {
+    let dir = tempfile::Builder::new()
+        .prefix("diskmount-demo-")
+        .tempdir()?;
+    step("building a 128 MiB GPT image with an EFI partition and an ext4 root partition");
+    let path = build(dir.path())?;
     let image = Image::file(&path, Format::Raw)?;
 
-    step("writing /etc/motd into the image (attach, mount, write, unmount, detach)");
-    with_mounted(&image, Partition::Whole, |root| {
-        std::fs::create_dir_all(root.join("etc"))?;
-        std::fs::write(root.join("etc/motd"), "hello from diskmount\n")
-    })??;
+    step(&format!("diskmount inspect {}", path.display()));
+    crate::inspect::run(crate::inspect::Args::for_demo(&path))?;
+
+    step("writing /etc/motd into the root partition (found by the automatic search)");
+    let attached = Unattached::<Auto>::new(image.clone()).attach()?;
+    println!(
+        "    attached at {} ({} backend)",
+        attached.device().display(),
+        attached.backend()
+    );
+    let mapped = attached.map(Partition::Auto)?;
+    println!(
+        "    partition {} mapped as {} ({})",
+        mapped.partition().unwrap_or(0),
+        mapped.device().display(),
+        mapped.mapping().as_str()
+    );
+    let mnt = crate::opts::temp_mount_point()?;
+    let mounted = mapped.mount(mnt.path(), &MountOptions::default())?;
+    println!(
+        "    mounted on {} ({})",
+        mounted.path().display(),
+        mounted.fstype()
+    );
+    mounted
+        .root()?
+        .write("/etc/motd", "hello from diskmount\n", 0o644)?;
+    mounted.close()?;
+    mnt.close()?;
 
     step("reading it back in a second, read-only round trip");
     let ro = image.clone().read_only(true);
-    let motd = with_mounted(&ro, Partition::Whole, |root| {
-        println!("    mounted at {}", root.display());
+    let motd = with_mounted(&ro, Partition::Label("root".into()), |root| {
         std::fs::read_to_string(root.join("etc/motd"))
     })??;
     print!("    /etc/motd: {motd}");
 
     step("checking that nothing is left behind");
-    let leftovers = leftovers(&path);
-    if leftovers.is_empty() {
-        println!("    no loop device, no mount, no temporary directory left");
-    } else {
-        return Err(format!("left behind: {}", leftovers.join(", ")).into());
+    let left = leftovers(&path);
+    if !left.is_empty() {
+        return Err(format!("left behind: {}", left.join(", ")).into());
     }
+    println!("    no loop device, no partition node, no mount, no temporary directory left");
     dir.close()?;
     step("done");
     Ok(())

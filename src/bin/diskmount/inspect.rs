@@ -1,0 +1,241 @@
+//! `diskmount inspect IMAGE [--format F] [--json]`: format, virtual size,
+//! partition table, and each partition's place, type, label and filesystem,
+//! read without mounting anything.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use diskmount::fs::{Detected, probe};
+use diskmount::partition::{PartitionTable, find_filesystems, read_table};
+use diskmount::{Auto, Format, Image, ImageKind, Unattached};
+
+use crate::opts::Error;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The image file or block device.
+    image: PathBuf,
+    /// The format: auto (probed, with the safety rules), raw, qcow2, ...
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Print JSON for programs instead of a table for people.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Part {
+    number: u32,
+    start: u64,
+    size: u64,
+    kind: String,
+    label: Option<String>,
+    fstype: Option<String>,
+}
+
+struct Report {
+    format: Format,
+    virtual_size: u64,
+    table: Option<&'static str>,
+    parts: Vec<Part>,
+    fstype: Option<String>,
+}
+
+fn fs_name(d: &Detected) -> Option<String> {
+    match d {
+        Detected::Filesystem { fstype, .. } => Some(fstype.to_string()),
+        Detected::Other(what) => Some(
+            what.trim_start_matches("a ")
+                .trim_start_matches("an ")
+                .to_string(),
+        ),
+        _ => None,
+    }
+}
+
+/// Reads the table and superblocks from `device` (a file or block device).
+fn examine(device: &File, path: &Path, size: u64, format: Format) -> Result<Report, Error> {
+    let table: Option<PartitionTable> = read_table(device, path, size)?;
+    let (parts, fstype) = match &table {
+        Some(t) => (
+            find_filesystems(device, t)
+                .into_iter()
+                .map(|(p, d)| Part {
+                    number: p.number,
+                    start: p.start,
+                    size: p.size,
+                    kind: p.kind.describe(),
+                    label: p.name.clone().or_else(|| match &d {
+                        Detected::Filesystem { label, .. } => label.clone(),
+                        _ => None,
+                    }),
+                    fstype: fs_name(&d),
+                })
+                .collect(),
+            None,
+        ),
+        None => (Vec::new(), fs_name(&probe(device)?)),
+    };
+    Ok(Report {
+        format,
+        virtual_size: size,
+        table: table.map(|t| t.kind.as_str()),
+        parts,
+        fstype,
+    })
+}
+
+impl Args {
+    /// `inspect IMAGE` with the defaults, for the demo.
+    pub fn for_demo(image: &Path) -> Args {
+        Args {
+            image: image.to_path_buf(),
+            format: "auto".into(),
+            json: false,
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<(), Error> {
+    let opts = crate::opts::Opts {
+        format: args.format.clone(),
+        partition: "none".into(),
+        backend: "auto".into(),
+        read_only: true,
+        fstype: None,
+        allow_backing_file: false,
+    };
+    let image: Image = opts.image(&args.image)?;
+    let report = if image.kind() == ImageKind::Block || image.format() == Format::Raw {
+        // Raw bytes: read the file or device itself.
+        let file =
+            File::open(image.path()).map_err(|e| format!("{}: {e}", image.path().display()))?;
+        let size = match image.kind() {
+            ImageKind::Block => diskmount::sys::block::getsize64(&file)?,
+            _ => file.metadata()?.len(),
+        };
+        examine(&file, image.path(), size, image.format())?
+    } else {
+        // Other formats: the disk as qemu shows it, attached read-only.
+        let attached = Unattached::<Auto>::new(image.clone()).attach()?;
+        let file = File::open(attached.device())?;
+        let report = examine(&file, attached.device(), attached.size(), image.format());
+        drop(file);
+        attached.close()?;
+        report?
+    };
+    if args.json {
+        println!("{}", json(&report));
+    } else {
+        print!("{}", table(&args.image, &report));
+    }
+    Ok(())
+}
+
+fn esc(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn opt(s: &Option<String>) -> String {
+    s.as_deref().map_or("null".into(), esc)
+}
+
+fn json(r: &Report) -> String {
+    let parts: Vec<String> = r
+        .parts
+        .iter()
+        .map(|p| {
+            format!(
+                "{{\"number\":{},\"start\":{},\"size\":{},\"type\":{},\"label\":{},\"fstype\":{}}}",
+                p.number,
+                p.start,
+                p.size,
+                esc(&p.kind),
+                opt(&p.label),
+                opt(&p.fstype)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"format\":{},\"virtual_size\":{},\"table\":{},\"partitions\":[{}],\"fstype\":{}}}",
+        esc(r.format.as_str()),
+        r.virtual_size,
+        r.table.map_or("null".into(), esc),
+        parts.join(","),
+        opt(&r.fstype)
+    )
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// A table for people, with a bar showing where each partition lies.
+fn table(path: &Path, r: &Report) -> String {
+    let mut out = format!(
+        "{}: {} image, {} ({} bytes)\n",
+        path.display(),
+        r.format,
+        human(r.virtual_size),
+        r.virtual_size
+    );
+    let Some(kind) = r.table else {
+        out.push_str(&format!(
+            "no partition table; filesystem: {}\n",
+            r.fstype.as_deref().unwrap_or("none recognised")
+        ));
+        return out;
+    };
+    out.push_str(&format!(
+        "{kind} partition table, {} partitions\n",
+        r.parts.len()
+    ));
+    const WIDTH: u64 = 60;
+    let mut bar = vec!['.'; WIDTH as usize];
+    for p in &r.parts {
+        let from = (p.start * WIDTH / r.virtual_size.max(1)) as usize;
+        let to = (((p.start + p.size) * WIDTH).div_ceil(r.virtual_size.max(1)) as usize)
+            .clamp(from + 1, WIDTH as usize);
+        let mark = std::char::from_digit(p.number % 36, 36).unwrap_or('#');
+        for c in bar.iter_mut().take(to).skip(from) {
+            *c = mark;
+        }
+    }
+    out.push_str(&format!("[{}]\n", bar.into_iter().collect::<String>()));
+    out.push_str(&format!(
+        "{:>3}  {:>12}  {:>10}  {:<22}  {:<14}  {}\n",
+        "#", "start", "size", "type", "label", "filesystem"
+    ));
+    for p in &r.parts {
+        out.push_str(&format!(
+            "{:>3}  {:>12}  {:>10}  {:<22}  {:<14}  {}\n",
+            p.number,
+            p.start,
+            human(p.size),
+            p.kind,
+            p.label.as_deref().unwrap_or("-"),
+            p.fstype.as_deref().unwrap_or("-")
+        ));
+    }
+    out
+}

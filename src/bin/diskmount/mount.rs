@@ -1,0 +1,66 @@
+//! `diskmount mount IMAGE MOUNTPOINT [OPTS]` leaves the image mounted;
+//! `diskmount umount MOUNTPOINT` tears down what is there, found from the
+//! kernel's own records (adoption), whoever mounted it.
+
+use std::path::PathBuf;
+
+use diskmount::{Auto, Backend, Block, Loop, Unattached};
+
+use crate::opts::{Error, Opts};
+
+#[derive(clap::Args)]
+pub struct MountArgs {
+    /// The image file or block device.
+    image: PathBuf,
+    /// An existing directory to mount on.
+    mountpoint: PathBuf,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(clap::Args)]
+pub struct UmountArgs {
+    /// The mount point (or the mounted device).
+    mountpoint: PathBuf,
+}
+
+fn mount_with<B: Backend>(args: &MountArgs) -> Result<(), Error> {
+    let image = args.opts.image(&args.image)?;
+    let mounted = Unattached::<B>::new(image)
+        .attach()?
+        .map(args.opts.partition()?)?
+        .mount(&args.mountpoint, &args.opts.mount_options())?;
+    let device = mounted.device().to_path_buf();
+    let path = mounted.persist()?;
+    println!("{} mounted on {}", device.display(), path.display());
+    Ok(())
+}
+
+pub fn mount(args: MountArgs) -> Result<(), Error> {
+    match args.opts.backend.as_str() {
+        "auto" => mount_with::<Auto>(&args),
+        "loop" => mount_with::<Loop>(&args),
+        "block" => mount_with::<Block>(&args),
+        other => Err(format!(
+            "--backend {other}: a mount that outlives diskmount needs a backend without a helper process \
+             (loop or block); use `diskmount run` or `copy-in`/`copy-out` for qemu formats"
+        )
+        .into()),
+    }
+}
+
+pub fn umount(args: UmountArgs) -> Result<(), Error> {
+    let adopted = diskmount::adopt(&args.mountpoint)?;
+    let what = format!(
+        "{} ({}, {})",
+        adopted.device().display(),
+        adopted.backend(),
+        adopted.mapping().as_str()
+    );
+    adopted.close()?;
+    println!(
+        "unmounted {} and released {what}",
+        args.mountpoint.display()
+    );
+    Ok(())
+}

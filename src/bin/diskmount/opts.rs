@@ -1,0 +1,132 @@
+//! The options every image-taking subcommand shares, and opening the image
+//! and mounting it the way they say.
+
+use std::path::Path;
+
+use diskmount::{
+    Auto, Backend, Block, Format, Fuse, Image, Loop, MountOptions, Mounted, Nbd, Partition,
+    Unattached,
+};
+
+/// `--format auto|raw|qcow2|...`, `--partition auto|none|N|label=NAME`, ...
+#[derive(clap::Args, Debug, Clone)]
+pub struct Opts {
+    /// Image format: auto (probed, with the safety rules), raw, qcow2, vmdk, vdi, vhdx, vpc.
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// Which partition: auto (search), none (the whole disk), a number, or label=NAME.
+    #[arg(long, default_value = "auto")]
+    pub partition: String,
+    /// How to attach: auto, loop, nbd, fuse, block.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    /// Open and mount read-only, all the way down.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Mount as this filesystem type instead of probing (bypasses the allow-list).
+    #[arg(long)]
+    pub fstype: Option<String>,
+    /// Allow a qcow2 backing chain (every file in it is checked).
+    #[arg(long)]
+    pub allow_backing_file: bool,
+}
+
+pub type Error = Box<dyn std::error::Error>;
+
+impl Opts {
+    /// The image, opened as the options say.
+    pub fn image(&self, path: &Path) -> Result<Image, Error> {
+        let is_block = std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+            .unwrap_or(false);
+        let image = if is_block {
+            Image::block(path)?
+        } else if self.format == "auto" {
+            if self.allow_backing_file {
+                let file =
+                    std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let format = diskmount::format::probe(&file, path)?;
+                Image::file(path, format)?.allow_backing_file(true)
+            } else {
+                Image::probe(path)?
+            }
+        } else {
+            let format: Format = self.format.parse()?;
+            Image::file(path, format)?.allow_backing_file(self.allow_backing_file)
+        };
+        Ok(image.read_only(self.read_only))
+    }
+
+    pub fn partition(&self) -> Result<Partition, Error> {
+        Ok(match self.partition.as_str() {
+            "auto" => Partition::Auto,
+            "none" | "whole" => Partition::Whole,
+            s if s.starts_with("label=") => Partition::Label(s["label=".len()..].to_string()),
+            s => Partition::Number(s.parse().map_err(|_| {
+                format!("--partition {s:?}: expected auto, none, a number or label=NAME")
+            })?),
+        })
+    }
+
+    pub fn mount_options(&self) -> MountOptions {
+        let mut o = MountOptions::default().read_only(self.read_only);
+        if let Some(t) = &self.fstype {
+            o = o.fstype(t.clone());
+        }
+        o
+    }
+}
+
+/// What a subcommand does with a mounted image.
+pub trait WithMounted {
+    type Output;
+    fn run<B: Backend>(self, mounted: &Mounted<B>) -> Result<Self::Output, Error>;
+}
+
+/// Mounts `image` on `dir` with the backend the options name, runs `job`,
+/// and tears everything down; a teardown failure is an error even when the
+/// job succeeded.
+pub fn mounted<J: WithMounted>(
+    opts: &Opts,
+    image: &Path,
+    dir: &Path,
+    job: J,
+) -> Result<J::Output, Error> {
+    let image = opts.image(image)?;
+    match opts.backend.as_str() {
+        "auto" => go::<Auto, J>(opts, image, dir, job),
+        "loop" => go::<Loop, J>(opts, image, dir, job),
+        "nbd" => go::<Nbd, J>(opts, image, dir, job),
+        "fuse" => go::<Fuse, J>(opts, image, dir, job),
+        "block" => go::<Block, J>(opts, image, dir, job),
+        other => {
+            Err(format!("--backend {other:?}: expected auto, loop, nbd, fuse or block").into())
+        }
+    }
+}
+
+fn go<B: Backend, J: WithMounted>(
+    opts: &Opts,
+    image: Image,
+    dir: &Path,
+    job: J,
+) -> Result<J::Output, Error> {
+    let mounted = Unattached::<B>::new(image)
+        .attach()?
+        .map(opts.partition()?)?
+        .mount(dir, &opts.mount_options())?;
+    let out = job.run(&mounted);
+    let closed = mounted.close();
+    let out = out?;
+    closed?;
+    Ok(out)
+}
+
+/// A private temporary mount point, removed afterwards.
+pub fn temp_mount_point() -> Result<tempfile::TempDir, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(tempfile::Builder::new()
+        .prefix(".diskmount-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()?)
+}

@@ -1,0 +1,307 @@
+//! The `diskmount` command, end to end: every subcommand, the options, the
+//! bad inputs, Ctrl-C and SIGTERM during `run`, and `mount` then `umount`
+//! from another process.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Fixture, is_mount_point, run};
+
+fn diskmount(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn demo_runs_on_its_own_image_and_leaves_nothing() {
+    common::require_root();
+    let out = diskmount(&[os("demo")]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    for words in [
+        "gpt partition table",
+        "Linux root",
+        "hello from diskmount",
+        "nothing is left",
+        "done",
+    ] {
+        assert!(text.contains(words), "{words:?} missing:\n{text}");
+    }
+    assert!(
+        !common::mounts()
+            .iter()
+            .any(|(_, t)| t.contains("diskmount-demo"))
+    );
+}
+
+#[test]
+fn inspect_for_people_and_for_programs() {
+    let mut fx = Fixture::new();
+    let mbr = fx.mbr_image("mbr.img");
+    let out = diskmount(&[os("inspect"), mbr.as_os_str(), os("--json")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = stdout(&out);
+    assert!(
+        json.starts_with("{\"format\":\"raw\",\"virtual_size\":268435456,\"table\":\"mbr\""),
+        "{json}"
+    );
+    for n in [
+        "\"number\":1,",
+        "\"number\":2,",
+        "\"number\":5,",
+        "\"number\":6,",
+    ] {
+        assert!(json.contains(n), "{n} missing: {json}");
+    }
+    assert!(
+        json.contains("\"label\":\"L5\",\"fstype\":\"ext4\""),
+        "{json}"
+    );
+    let out = diskmount(&[os("inspect"), mbr.as_os_str()]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("mbr partition table, 4 partitions") && text.contains('['),
+        "{text}"
+    );
+
+    let plain = fx.ext4("plain.img", &[]);
+    let q = fx.path().join("plain.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&plain)
+        .arg(&q));
+    let out = diskmount(&[os("inspect"), q.as_os_str(), os("--json")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "{\"format\":\"qcow2\",\"virtual_size\":67108864,\"table\":null,\"partitions\":[],\"fstype\":\"ext4\"}"
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn run_uses_the_root_as_cwd_and_exits_with_the_command_status() {
+    let mut fx = Fixture::new();
+    let img = fx.mbr_image("mbr.img");
+    let out = diskmount(&[
+        os("run"),
+        img.as_os_str(),
+        os("--partition"),
+        os("5"),
+        os("--"),
+        os("sh"),
+        os("-c"),
+        os("cat id; test \"$DISKMOUNT_ROOT\" = \"$PWD\" && exit 7"),
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "p5");
+    let out = diskmount(&[
+        os("run"),
+        img.as_os_str(),
+        os("--partition"),
+        os("label=L6"),
+        os("--"),
+        os("cat"),
+        os("id"),
+    ]);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(0), "p6"),
+        "{}",
+        stderr(&out)
+    );
+    // Killed by a signal: 128 + N.
+    let out = diskmount(&[
+        os("run"),
+        img.as_os_str(),
+        os("--partition"),
+        os("1"),
+        os("--"),
+        os("sh"),
+        os("-c"),
+        os("kill -TERM $$"),
+    ]);
+    assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
+    fx.assert_clean();
+}
+
+#[test]
+fn ctrl_c_and_sigterm_during_run_still_tear_down() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[]);
+    for sig in ["INT", "TERM"] {
+        let child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+            .args([os("run"), img.as_os_str(), os("--"), os("sleep"), os("60")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !common::mounts().iter().any(|(s, _)| {
+            common::bound_loops()
+                .iter()
+                .any(|(d, b)| d == s && Path::new(b) == img)
+        }) {
+            assert!(start.elapsed() < Duration::from_secs(10), "never mounted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        run(Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]));
+        let out = child.wait_with_output().unwrap();
+        let expected = if sig == "INT" { 130 } else { 143 };
+        assert_eq!(out.status.code(), Some(expected), "{}", stderr(&out));
+        fx.assert_clean();
+    }
+}
+
+#[test]
+fn copy_in_then_copy_out_round_trip() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[]);
+    let tree = fx.tree("payload", &[("a.txt", "alpha"), ("sub/b.txt", "beta")]);
+    std::os::unix::fs::symlink("a.txt", tree.join("link")).unwrap();
+    let file = fx.tree("single", &[("one", "1")]).join("one");
+    let out = diskmount(&[
+        os("copy-in"),
+        img.as_os_str(),
+        tree.as_os_str(),
+        file.as_os_str(),
+        os("/srv/data"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Independent check: debugfs reads the image file.
+    assert_eq!(
+        run(Command::new("debugfs")
+            .args(["-R", "cat /srv/data/payload/sub/b.txt"])
+            .arg(&img)),
+        "beta"
+    );
+    assert_eq!(
+        run(Command::new("debugfs")
+            .args(["-R", "cat /srv/data/one"])
+            .arg(&img)),
+        "1"
+    );
+    let back = fx.path().join("back");
+    let out = diskmount(&[
+        os("copy-out"),
+        img.as_os_str(),
+        os("/srv/data/payload"),
+        back.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(back.join("sub/b.txt")).unwrap(),
+        "beta"
+    );
+    assert_eq!(
+        std::fs::read_link(back.join("link")).unwrap(),
+        Path::new("a.txt")
+    );
+    // copy-out never overwrites on the host.
+    let out = diskmount(&[
+        os("copy-out"),
+        img.as_os_str(),
+        os("/srv/data/one"),
+        back.join("a.txt").as_os_str(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("File exists"), "{}", stderr(&out));
+    fx.assert_clean();
+}
+
+#[test]
+fn mount_then_umount_from_another_process() {
+    let mut fx = Fixture::new();
+    let img = fx.mbr_image("mbr.img");
+    let mnt = fx.tree("mnt", &[]);
+    let out = diskmount(&[
+        os("mount"),
+        img.as_os_str(),
+        mnt.as_os_str(),
+        os("--partition"),
+        os("6"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(is_mount_point(&mnt));
+    assert_eq!(std::fs::read_to_string(mnt.join("id")).unwrap(), "p6");
+    let out = diskmount(&[os("umount"), mnt.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("unmounted"), "{}", stdout(&out));
+    fx.assert_clean();
+    // A mount diskmount did not make is torn down too (adoption).
+    let dev = run(Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(fx.ext4("other.img", &[])));
+    run(Command::new("mount").arg(dev.trim()).arg(&mnt));
+    let out = diskmount(&[os("umount"), mnt.as_os_str()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    fx.assert_clean();
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_leaves_nothing() {
+    let mut fx = Fixture::new();
+    let missing = fx.path().join("missing.img");
+    let garbage = fx.blank("zeros.img", 8 << 20);
+    let mnt = fx.tree("mnt", &[]);
+    for (args, words) in [
+        (
+            vec![os("run"), missing.as_os_str(), os("--"), os("true")],
+            vec!["open", "missing.img", "No such file"],
+        ),
+        (
+            vec![os("run"), garbage.as_os_str(), os("--"), os("true")],
+            vec!["mount", "only zeros"],
+        ),
+        (
+            vec![
+                os("run"),
+                garbage.as_os_str(),
+                os("--partition"),
+                os("x"),
+                os("--"),
+                os("true"),
+            ],
+            vec!["--partition"],
+        ),
+        (
+            vec![os("inspect"), missing.as_os_str()],
+            vec!["missing.img"],
+        ),
+        (
+            vec![os("mount"), garbage.as_os_str(), mnt.as_os_str()],
+            vec!["only zeros"],
+        ),
+        (
+            vec![os("umount"), mnt.as_os_str()],
+            vec!["not a mount point"],
+        ),
+    ] {
+        let out = diskmount(&args);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with("diskmount: "), "{err}");
+        for w in words {
+            assert!(err.contains(w), "{w:?} missing: {err}");
+        }
+        fx.assert_clean();
+    }
+}
