@@ -123,6 +123,7 @@ mod lifecycle;
 pub mod mapping;
 pub mod options;
 pub mod partition;
+pub mod record;
 pub mod retry;
 pub mod root;
 #[doc(hidden)]

@@ -117,6 +117,7 @@ fn what_a_killed_diskmount_left_behind() {
     let img = fx.mbr_image("mbr.img");
     let mnt = fx.tree("mnt", &[]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", fx.path().join("records"))
         .args(["hold", "--state", "mounted", "--partition", "5"])
         .arg(&img)
         .arg(&mnt)

@@ -305,3 +305,191 @@ fn bad_input_is_one_clear_line_and_leaves_nothing() {
         fx.assert_clean();
     }
 }
+
+/// Waits until some mount's source is a loop device over `backing`.
+fn wait_mounted(backing: &Path) {
+    let start = Instant::now();
+    while !common::mounts().iter().any(|(s, _)| {
+        common::bound_loops()
+            .iter()
+            .any(|(d, b)| s.starts_with(d.as_str()) && Path::new(b) == backing)
+    }) {
+        assert!(start.elapsed() < Duration::from_secs(20), "never mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn cleanup_after_kill_9_restores_a_clean_machine() {
+    use std::os::unix::process::CommandExt;
+    let mut fx = Fixture::new();
+    let records = fx.tree("records", &[]);
+    let img = fx.mbr_image("mbr.img");
+    let dm = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_diskmount"));
+        c.env("DISKMOUNT_RUN_DIR", &records);
+        c
+    };
+    // `run` with a BLKPG partition, killed with its command.
+    let child = dm()
+        .args([
+            os("run"),
+            img.as_os_str(),
+            os("--partition"),
+            os("5"),
+            os("--"),
+            os("sleep"),
+            os("60"),
+        ])
+        .process_group(0)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_mounted(&img);
+    run(Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]));
+    let _ = child.wait_with_output();
+    assert!(!fx.leaks().is_empty(), "the kill left something to clean");
+    // A dry run lists and touches nothing.
+    let out = dm()
+        .args([os("cleanup"), os("--dry-run")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("would release mountpoint"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!fx.leaks().is_empty());
+    let out = dm().arg("cleanup").output().unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("1 torn down, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    fx.assert_clean();
+    assert_eq!(
+        std::fs::read_dir(&records).unwrap().count(),
+        0,
+        "records left"
+    );
+
+    // A qcow2 image through qemu-storage-daemon, its holder killed.
+    let q = fx.path().join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&img)
+        .arg(&q));
+    let mnt = fx.tree("mnt", &[]);
+    let mut holder = dm()
+        .args([
+            os("hold"),
+            os("--backend"),
+            os("fuse"),
+            os("--format"),
+            os("qcow2"),
+            os("--state"),
+            os("mounted"),
+            os("--partition"),
+            os("6"),
+        ])
+        .arg(&q)
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("READY"), "{line}");
+    // The record names the daemon's private export directory.
+    let record = std::fs::read_dir(&records)
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("a record")
+        .path();
+    let export_dir = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("export_dir=").map(std::path::PathBuf::from))
+        .expect("export_dir in the record");
+    assert!(export_dir.exists());
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let out = dm().arg("cleanup").output().unwrap();
+    // The daemon died with its holder: writes it had not flushed are lost,
+    // and cleanup says so, but it frees everything.
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("1 torn down, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!is_mount_point(&mnt));
+    assert!(
+        common::qemu_processes()
+            .iter()
+            .all(|(_, c)| !c.contains(&*fx.path().to_string_lossy()))
+    );
+    assert!(!export_dir.exists(), "{} left", export_dir.display());
+    assert_eq!(
+        std::fs::read_dir(&records).unwrap().count(),
+        0,
+        "records left"
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn cleanup_leaves_running_processes_and_deliberate_mounts_alone() {
+    let mut fx = Fixture::new();
+    let records = fx.tree("records", &[]);
+    let img = fx.ext4("disk.img", &[]);
+    let mnt = fx.tree("mnt", &[]);
+    let dm = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_diskmount"));
+        c.env("DISKMOUNT_RUN_DIR", &records);
+        c
+    };
+    let out = dm().arg("mount").arg(&img).arg(&mnt).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut holder = dm()
+        .args([os("hold"), os("--state"), os("attached")])
+        .arg(fx.ext4("other.img", &[]))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let out = dm().arg("cleanup").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("mounted on purpose") && text.contains("in use by running process"),
+        "{text}"
+    );
+    assert!(is_mount_point(&mnt));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let out = dm().arg("umount").arg(&mnt).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The attached-only holder died: autoclear freed its device; cleanup
+    // drops its record.
+    let out = dm().arg("cleanup").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_dir(&records).unwrap().count(),
+        0,
+        "records left"
+    );
+    fx.assert_clean();
+}

@@ -11,8 +11,10 @@ use common::{Fixture, is_mount_point, run};
 
 /// Starts `diskmount hold`, waits for READY, kills it with SIGKILL and
 /// reaps it. Returns the device it held.
-fn hold_and_kill(args: &[&std::ffi::OsStr]) -> String {
+fn hold_and_kill(fx: &Fixture, args: &[&std::ffi::OsStr]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        // Records of the killed holder go with the fixture, not /run.
+        .env("DISKMOUNT_RUN_DIR", fx.path().join("records"))
         .arg("hold")
         .args(args)
         .stdout(Stdio::piped())
@@ -37,7 +39,7 @@ fn killed_while_attached_or_mapped_leaves_nothing() {
     let mut fx = Fixture::new();
     let img = fx.ext4("disk.img", &[]);
     for state in ["attached", "mapped"] {
-        hold_and_kill(&["--state".as_ref(), state.as_ref(), img.as_os_str()]);
+        hold_and_kill(&fx, &["--state".as_ref(), state.as_ref(), img.as_os_str()]);
         fx.assert_clean();
     }
 }
@@ -47,12 +49,15 @@ fn killed_while_mounted_leaves_only_the_mount() {
     let mut fx = Fixture::new();
     let img = fx.ext4("disk.img", &[]);
     let mnt = fx.tree("mnt", &[]);
-    let device = hold_and_kill(&[
-        "--state".as_ref(),
-        "mounted".as_ref(),
-        img.as_os_str(),
-        mnt.as_os_str(),
-    ]);
+    let device = hold_and_kill(
+        &fx,
+        &[
+            "--state".as_ref(),
+            "mounted".as_ref(),
+            img.as_os_str(),
+            mnt.as_os_str(),
+        ],
+    );
     assert!(is_mount_point(&mnt), "the mount outlives the process");
     assert!(
         common::bound_loops().iter().any(|(d, _)| *d == device),
@@ -67,23 +72,29 @@ fn killed_while_mounted_leaves_only_the_mount() {
 fn killed_while_a_blkpg_partition_is_mapped_or_mounted() {
     let mut fx = Fixture::new();
     let img = fx.mbr_image("mbr.img");
-    hold_and_kill(&[
-        "--state".as_ref(),
-        "mapped".as_ref(),
-        "--partition".as_ref(),
-        "5".as_ref(),
-        img.as_os_str(),
-    ]);
+    hold_and_kill(
+        &fx,
+        &[
+            "--state".as_ref(),
+            "mapped".as_ref(),
+            "--partition".as_ref(),
+            "5".as_ref(),
+            img.as_os_str(),
+        ],
+    );
     fx.assert_clean();
     let mnt = fx.tree("mnt", &[]);
-    hold_and_kill(&[
-        "--state".as_ref(),
-        "mounted".as_ref(),
-        "--partition".as_ref(),
-        "6".as_ref(),
-        img.as_os_str(),
-        mnt.as_os_str(),
-    ]);
+    hold_and_kill(
+        &fx,
+        &[
+            "--state".as_ref(),
+            "mounted".as_ref(),
+            "--partition".as_ref(),
+            "6".as_ref(),
+            img.as_os_str(),
+            mnt.as_os_str(),
+        ],
+    );
     run(Command::new("umount").arg(&mnt));
     fx.assert_clean();
 }

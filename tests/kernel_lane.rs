@@ -302,6 +302,7 @@ fn nbd_concurrent_attaches_get_different_devices() {
         .iter()
         .map(|img| {
             Command::new(env!("CARGO_BIN_EXE_diskmount"))
+                .env("DISKMOUNT_RUN_DIR", fx.path().join("records"))
                 .args(["hold", "--backend", "nbd", "--state", "attached"])
                 .arg(img)
                 .stdout(std::process::Stdio::piped())
@@ -374,6 +375,7 @@ fn adopts_an_nbd_partition() {
     let img = fx.mbr_image("mbr.img");
     let mnt = fx.tree("mnt", &[]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", fx.path().join("records"))
         .args([
             "hold",
             "--backend",

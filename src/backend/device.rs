@@ -90,6 +90,15 @@ impl Device {
         }
     }
 
+    /// What a record needs to find this device's helper process again.
+    pub(crate) fn helper(&self) -> Vec<(&'static str, String)> {
+        match self.held.as_ref() {
+            Some((_, Held::Fuse { daemon, .. })) => daemon.record_fields(),
+            Some((_, Held::Nbd { server })) => server.record_fields(),
+            _ => Vec::new(),
+        }
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }

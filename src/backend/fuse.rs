@@ -156,6 +156,15 @@ pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
 }
 
 impl Daemon {
+    /// The daemon's pid and directory, for the cleanup record.
+    pub(crate) fn record_fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = vec![("daemon_pid", self.child.id().to_string())];
+        if let Some(dir) = &self.dir {
+            f.push(("export_dir", dir.path().display().to_string()));
+        }
+        f
+    }
+
     /// Starts the daemon and waits until its export is live.
     fn start(image: &Image) -> Result<Daemon> {
         let path = image.path();

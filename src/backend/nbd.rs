@@ -209,6 +209,14 @@ pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> 
 }
 
 impl Server {
+    /// qemu-nbd's pid, for the cleanup record.
+    pub(crate) fn record_fields(&self) -> Vec<(&'static str, String)> {
+        self.child
+            .as_ref()
+            .map(|c| vec![("daemon_pid", c.id().to_string())])
+            .unwrap_or_default()
+    }
+
     fn start(image: &Image, device: &Path) -> Result<Server> {
         let path = image.path();
         let dir = tempfile::Builder::new()

@@ -9,6 +9,7 @@ use crate::backend::{Backend, BackendKind, Device};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::options::AttachOptions;
+use crate::record::Keeper;
 
 /// An image that is not attached yet: the start of the lifecycle.
 ///
@@ -52,8 +53,16 @@ impl<B: Backend> Unattached<B> {
             B::NAME
         );
         let device = B::attach(&self.image, &self.options)?;
+        let mut fields = vec![
+            ("image", self.image.path().display().to_string()),
+            ("backend", device.kind.as_str().to_string()),
+            ("device", device.path().display().to_string()),
+        ];
+        fields.extend(device.helper());
+        let record = Keeper::start(&fields);
         Ok(Attached {
             device,
+            record,
             image: self.image,
             options: self.options,
             backend: PhantomData,
@@ -64,6 +73,9 @@ impl<B: Backend> Unattached<B> {
 /// An image attached as a block device. Dropping it detaches.
 pub struct Attached<B: Backend> {
     pub(crate) device: Device,
+    /// Dropped after the device: a record outlives a teardown that did
+    /// not finish.
+    pub(crate) record: Keeper,
     image: Image,
     options: AttachOptions,
     backend: PhantomData<fn() -> B>,
@@ -84,6 +96,7 @@ impl<B: Backend> Attached<B> {
     pub(crate) fn from_parts(device: Device, image: Image) -> Self {
         Attached {
             device,
+            record: Keeper::none(),
             image,
             options: AttachOptions::default(),
             backend: PhantomData,

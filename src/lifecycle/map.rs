@@ -63,10 +63,17 @@ impl<B: Backend> Attached<B> {
             part.path.display(),
             part.mapping.as_str()
         );
+        let mut attached = self;
+        if part.mapping != Mapping::Whole {
+            attached.record.set(&[
+                ("mapped", part.path.display().to_string()),
+                ("mapping", part.mapping.as_str().to_string()),
+            ]);
+        }
         Ok(Mapped {
             part,
             info: chosen,
-            attached: self,
+            attached,
         })
     }
 }
@@ -122,9 +129,12 @@ impl<B: Backend> Mapped<B> {
     /// the attached device is then detached too.
     pub fn unmap(self) -> Result<Attached<B>> {
         let Mapped {
-            mut part, attached, ..
+            mut part,
+            mut attached,
+            ..
         } = self;
         part.release()?;
+        attached.record.unset(&["mapped", "mapping"]);
         Ok(attached)
     }
 

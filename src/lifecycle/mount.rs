@@ -275,6 +275,11 @@ impl<B: Backend> Mapped<B> {
             device.display(),
             target.display()
         );
+        let mut mapped = self;
+        mapped
+            .attached
+            .record
+            .set(&[("mountpoint", target.display().to_string())]);
         Ok(Mounted {
             mount: MountGuard {
                 target,
@@ -286,7 +291,7 @@ impl<B: Backend> Mapped<B> {
                 retry: options.unmount_retry,
                 mounted: true,
             },
-            mapped: self,
+            mapped,
         })
     }
 }
@@ -405,6 +410,7 @@ impl<B: Backend> Mounted<B> {
         mount.mounted = false;
         mapped.part.disarm();
         mapped.attached.device.disarm();
+        mapped.attached.record.keep();
         info!(
             "left {} mounted on {}",
             mount.device.display(),
@@ -420,8 +426,12 @@ impl<B: Backend> Mounted<B> {
     /// image) or the mount stayed busy past the retry bound. The mapping and
     /// device are then released as far as possible.
     pub fn unmount(self) -> Result<Mapped<B>> {
-        let Mounted { mut mount, mapped } = self;
+        let Mounted {
+            mut mount,
+            mut mapped,
+        } = self;
         mount.release()?;
+        mapped.attached.record.unset(&["mountpoint"]);
         Ok(mapped)
     }
 

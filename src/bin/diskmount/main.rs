@@ -1,5 +1,6 @@
 //! The `diskmount` command.
 
+mod cleanup;
 mod copy;
 mod demo;
 mod hold;
@@ -37,6 +38,8 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount and release what is mounted there, whoever mounted it.
     Umount(mount::UmountArgs),
+    /// Tear down what diskmount processes that died (crash, kill -9) left behind.
+    Cleanup(cleanup::Args),
     /// Build a small partitioned image in a temporary directory and show the whole job on it.
     Demo,
     /// Test helper: take an image to a state and wait there until killed.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::CopyOut(a) => copy::copy_out(a).map(|()| ExitCode::SUCCESS),
         Command::Mount(a) => mount::mount(a).map(|()| ExitCode::SUCCESS),
         Command::Umount(a) => mount::umount(a).map(|()| ExitCode::SUCCESS),
+        Command::Cleanup(a) => cleanup::run(a).map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
         Command::Hold(a) => {
             // The holder is killed on purpose: no blocked signals.

@@ -58,6 +58,15 @@ pub fn umount(args: UmountArgs) -> Result<(), Error> {
         adopted.mapping().as_str()
     );
     adopted.close()?;
+    // The record `mount` left, if any, is done with.
+    let target = std::fs::canonicalize(&args.mountpoint).unwrap_or(args.mountpoint.clone());
+    for rec in diskmount::record::Record::all() {
+        if rec.persistent()
+            && rec.get("mountpoint").map(PathBuf::from).as_deref() == Some(target.as_path())
+        {
+            rec.remove()?;
+        }
+    }
     println!(
         "unmounted {} and released {what}",
         args.mountpoint.display()
