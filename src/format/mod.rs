@@ -196,6 +196,26 @@ pub fn require_writable(info: &ImageInfo, path: &Path, read_only: bool) -> Resul
     Ok(())
 }
 
+/// Assertions shared by the format parsers' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::ImageInfo;
+    use crate::error::Result;
+
+    /// `result` is a refusal at the probe step naming the image `img` and
+    /// every one of `words`.
+    #[track_caller]
+    pub(crate) fn assert_refused(result: Result<ImageInfo>, img: &str, words: &[&str]) {
+        let err = result.unwrap_err();
+        assert_eq!(err.step(), Some(crate::Step::Probe));
+        let msg = err.to_string();
+        assert!(msg.contains(img), "{msg}");
+        for w in words {
+            assert!(msg.contains(w), "{w:?} missing from: {msg}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -418,13 +418,7 @@ pub(crate) mod tests {
 
     #[track_caller]
     fn refused(b: &[u8], words: &[&str]) {
-        let err = inspect_bytes(b).unwrap_err();
-        assert_eq!(err.step(), Some(crate::Step::Probe));
-        let msg = err.to_string();
-        assert!(msg.contains("/images/disk.qcow2"), "{msg}");
-        for w in words {
-            assert!(msg.contains(w), "{w:?} missing from: {msg}");
-        }
+        crate::format::testing::assert_refused(inspect_bytes(b), "/images/disk.qcow2", words);
     }
 
     #[test]
