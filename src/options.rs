@@ -7,6 +7,7 @@ use crate::retry::RetryPolicy;
 pub struct AttachOptions {
     pub(crate) direct_io: bool,
     pub(crate) retry: RetryPolicy,
+    pub(crate) persistent: bool,
 }
 
 impl Default for AttachOptions {
@@ -14,6 +15,7 @@ impl Default for AttachOptions {
         AttachOptions {
             direct_io: false,
             retry: RetryPolicy::ATTACH,
+            persistent: false,
         }
     }
 }
@@ -24,6 +26,16 @@ impl AttachOptions {
     /// backing filesystem cannot do it). Default: off.
     pub fn direct_io(mut self, on: bool) -> Self {
         self.direct_io = on;
+        self
+    }
+
+    /// Prepare for a mount that outlives this process
+    /// ([`crate::Mounted::persist`]): qemu helpers (Fuse, Nbd) are started in
+    /// their own process group and not tied to this process, so that they
+    /// survive it; `diskmount umount` or `cleanup` stops them. Default: off,
+    /// helpers end with this process.
+    pub fn persistent(mut self, on: bool) -> Self {
+        self.persistent = on;
         self
     }
 

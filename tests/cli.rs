@@ -493,3 +493,68 @@ fn cleanup_leaves_running_processes_and_deliberate_mounts_alone() {
     );
     fx.assert_clean();
 }
+
+#[test]
+fn a_qcow2_mount_outlives_diskmount_until_umount() {
+    let mut fx = Fixture::new();
+    let records = fx.tree("records", &[]);
+    let raw = fx.mbr_image("mbr.img");
+    let q = fx.path().join("mbr.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&q));
+    let mnt = fx.tree("mnt", &[]);
+    let dm = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_diskmount"));
+        c.env("DISKMOUNT_RUN_DIR", &records);
+        c
+    };
+    let out = dm()
+        .arg("mount")
+        .arg(&q)
+        .arg(&mnt)
+        .args(["--partition", "5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // diskmount has exited; the daemon serves on.
+    assert!(is_mount_point(&mnt));
+    assert_eq!(std::fs::read_to_string(mnt.join("id")).unwrap(), "p5");
+    std::fs::write(mnt.join("written"), "persisted").unwrap();
+    let root = fx.path().to_string_lossy().into_owned();
+    assert!(
+        common::qemu_processes()
+            .iter()
+            .any(|(_, c)| c.contains(&root))
+    );
+    let out = dm().arg("umount").arg(&mnt).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        common::qemu_processes()
+            .iter()
+            .all(|(_, c)| !c.contains(&root)),
+        "the daemon was stopped"
+    );
+    assert_eq!(
+        std::fs::read_dir(&records).unwrap().count(),
+        0,
+        "record removed"
+    );
+    fx.assert_clean();
+    // The write reached the qcow2 file.
+    let out = dm()
+        .args([
+            os("run"),
+            q.as_os_str(),
+            os("--partition"),
+            os("5"),
+            os("--"),
+            os("cat"),
+            os("written"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "persisted", "{}", stderr(&out));
+    fx.assert_clean();
+}

@@ -104,9 +104,19 @@ impl Device {
     }
 
     /// Lets go without detaching: the descriptors close, and the kernel's
-    /// autoclear releases a loop device once its last user (the mount) is gone.
-    pub(crate) fn disarm(&mut self) {
+    /// autoclear releases a loop device once its last user (the mount) is
+    /// gone; a persistent qemu helper is left running. False (and nothing
+    /// done) if a helper is tied to this process and would die with it.
+    pub(crate) fn disarm(&mut self) -> bool {
+        match self.held.as_mut() {
+            Some((_, Held::Fuse { daemon, .. })) if !daemon.is_persistent() => return false,
+            Some((_, Held::Nbd { server })) if !server.is_persistent() => return false,
+            Some((_, Held::Fuse { daemon, .. })) => daemon.disown(),
+            Some((_, Held::Nbd { server })) => server.disown(),
+            _ => {}
+        }
         self.held = None;
+        true
     }
 
     /// Detaches: flushes what the device buffered into the image, then

@@ -7,10 +7,11 @@
 //!    external data files and vmdk extents are refused unless allowed;
 //! 2. a private `0700` directory with an empty file to export onto;
 //! 3. `qemu-storage-daemon` as our own child (not daemonized), tied to this
-//!    process with `PR_SET_PDEATHSIG`, stderr captured;
+//!    process with `PR_SET_PDEATHSIG` (unless the attach is persistent),
+//!    its standard error kept in a file for the errors;
 //! 4. readiness is signalled, not polled: the daemon writes its pid file
 //!    only once the export is live, and inotify reports the file; the
-//!    daemon's exit (its stderr closing) ends the wait early with its error;
+//!    daemon's exit ends the wait early with what it printed;
 //! 5. a loop device over the export (the loop backend's code).
 //!
 //! Detach: unbind the loop device (flush, `fsync` of the export, which
@@ -20,11 +21,10 @@
 //! printed.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -43,7 +43,7 @@ use crate::error::{Error, Result, Step};
 use crate::image::{Image, ImageKind};
 use crate::options::AttachOptions;
 use crate::sys::block as blk;
-use crate::sys::process::spawn_tied;
+use crate::sys::process::{spawn_detached, spawn_tied};
 
 /// Any qemu image format, through qemu-storage-daemon's FUSE export and a
 /// loop device.
@@ -69,12 +69,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// A running qemu-storage-daemon exporting one image.
 pub(crate) struct Daemon {
     child: Child,
-    stderr: ChildStderr,
-    /// What it printed so far.
-    log: String,
+    /// Where its standard error goes (a file: a pipe would break once a
+    /// persistent daemon outlives us).
+    log: PathBuf,
     dir: Option<tempfile::TempDir>,
     export: PathBuf,
     image: PathBuf,
+    persistent: bool,
 }
 
 /// Escapes a value for qemu's `key=value,...` option syntax.
@@ -99,7 +100,7 @@ pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
         image.format(),
         info.virtual_size
     );
-    let mut daemon = Daemon::start(image)?;
+    let mut daemon = Daemon::start(image, options.persistent)?;
     let export = match OpenOptions::new()
         .read(true)
         .write(!image.is_read_only())
@@ -165,8 +166,21 @@ impl Daemon {
         f
     }
 
+    /// Whether the daemon is not tied to this process.
+    pub(crate) fn is_persistent(&self) -> bool {
+        self.persistent
+    }
+
+    /// Lets the daemon run on after this value (a persistent mount): its
+    /// directory is kept, and `diskmount umount` or `cleanup` stops it.
+    pub(crate) fn disown(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.keep();
+        }
+    }
+
     /// Starts the daemon and waits until its export is live.
-    fn start(image: &Image) -> Result<Daemon> {
+    fn start(image: &Image, persistent: bool) -> Result<Daemon> {
         let path = image.path();
         let dir = tempfile::Builder::new()
             .prefix("diskmount-fuse-")
@@ -182,8 +196,10 @@ impl Daemon {
             })?;
         let export = dir.path().join("export");
         let pidfile = dir.path().join("pid");
+        let log = dir.path().join("daemon.log");
         File::create(&export)
             .map_err(|e| Error::os(Step::Attach, &export, "create export file", e))?;
+        let err = File::create(&log).map_err(|e| Error::os(Step::Attach, &log, "create log", e))?;
         let ro = if image.is_read_only() { "on" } else { "off" };
         let rw = if image.is_read_only() { "off" } else { "on" };
         let mut cmd = Command::new(DAEMON);
@@ -206,7 +222,7 @@ impl Daemon {
             .arg(&pidfile)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(err);
         // Watch before starting, so the pid file cannot be missed.
         let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(|e| Error::os(Step::Attach, dir.path(), "inotify_init", e))?;
@@ -217,7 +233,12 @@ impl Daemon {
             )
             .map_err(|e| Error::os(Step::Attach, dir.path(), "inotify_add_watch", e))?;
         debug!("attach: run {cmd:?}");
-        let mut child = spawn_tied(cmd).map_err(|e| {
+        let spawned = if persistent {
+            spawn_detached(cmd)
+        } else {
+            spawn_tied(cmd)
+        };
+        let child = spawned.map_err(|e| {
             Error::os(
                 Step::Attach,
                 path,
@@ -225,14 +246,13 @@ impl Daemon {
                 e,
             )
         })?;
-        let stderr = child.stderr.take().expect("stderr is piped");
         let mut daemon = Daemon {
             child,
-            stderr,
-            log: String::new(),
+            log,
             dir: Some(dir),
             export,
             image: path.to_path_buf(),
+            persistent,
         };
         match daemon.wait_ready(&inotify, &pidfile) {
             Ok(()) => {
@@ -247,13 +267,30 @@ impl Daemon {
         }
     }
 
-    /// Waits for the pid file (the daemon is ready) or for the daemon's
-    /// stderr to close (it exited), within [`START_TIMEOUT`].
+    /// What the daemon printed (bounded).
+    fn output(&self) -> String {
+        let mut s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        s.truncate(16 * 1024);
+        s
+    }
+
+    /// Waits for the pid file (the daemon is ready: inotify wakes us at
+    /// once) or for the daemon to exit (checked between short waits),
+    /// within [`START_TIMEOUT`].
     fn wait_ready(&mut self, inotify: &Inotify, pidfile: &Path) -> Result<()> {
         let start = Instant::now();
         loop {
             if pidfile.exists() {
                 return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(Error::Command {
+                    step: Step::Attach,
+                    path: self.image.clone(),
+                    command: DAEMON.to_string(),
+                    status: describe_status(status),
+                    stderr: self.output(),
+                });
             }
             let left = START_TIMEOUT.saturating_sub(start.elapsed());
             if left.is_zero() {
@@ -262,54 +299,20 @@ impl Daemon {
                     &self.image,
                     format!(
                         "{DAEMON} did not export the image within {START_TIMEOUT:?}{}",
-                        suffix(&self.log)
+                        suffix(&self.output())
                     ),
                 ));
             }
-            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-            let mut fds = [
-                PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.stderr.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, timeout) {
+            let slice = left.min(Duration::from_millis(50));
+            let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(slice).unwrap_or(PollTimeout::MAX),
+            ) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(Error::os(Step::Attach, &self.image, "poll", e)),
             }
             let _ = inotify.read_events();
-            let ended = fds[1]
-                .revents()
-                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLIN));
-            if ended && self.read_stderr() && !pidfile.exists() {
-                let status = self.child.wait().map(describe_status).unwrap_or_default();
-                return Err(Error::Command {
-                    step: Step::Attach,
-                    path: self.image.clone(),
-                    command: DAEMON.to_string(),
-                    status,
-                    stderr: self.log.clone(),
-                });
-            }
-        }
-    }
-
-    /// Reads what is available on stderr; true once it reached end of file.
-    fn read_stderr(&mut self) -> bool {
-        let mut buf = [0u8; 4096];
-        loop {
-            let mut fds = [PollFd::new(self.stderr.as_fd(), PollFlags::POLLIN)];
-            if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
-                return false;
-            }
-            match self.stderr.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(n) => {
-                    if self.log.len() < 64 * 1024 {
-                        self.log.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return true,
-            }
         }
     }
 
@@ -333,7 +336,6 @@ impl Daemon {
             Some(s) => Ok(s),
             None => self.wait_exit(STOP_TIMEOUT),
         };
-        self.read_stderr();
         match status {
             Ok(s) if s.success() => {}
             // Died under us, or did not exit cleanly on SIGTERM: its last
@@ -370,13 +372,14 @@ impl Daemon {
             path: self.image.clone(),
             command: format!("{DAEMON} (pid {})", self.child.id()),
             status: format!("{status}; writes it had not flushed may be lost"),
-            stderr: self.log.clone(),
+            stderr: self.output(),
         }
     }
 
-    /// Waits for the daemon to exit: its stderr closes when it does.
+    /// Waits for the daemon to exit, with a growing back-off, bounded.
     fn wait_exit(&mut self, bound: Duration) -> Result<std::process::ExitStatus> {
         let start = Instant::now();
+        let mut delay = Duration::from_millis(1);
         loop {
             if let Some(status) = self.child.try_wait().map_err(|e| {
                 Error::os(Step::Detach, &self.image, format!("wait for {DAEMON}"), e)
@@ -396,18 +399,12 @@ impl Daemon {
                     format!(
                         "{DAEMON} did not stop within {bound:?} and was killed ({}){}",
                         status.map(describe_status).unwrap_or_default(),
-                        suffix(&self.log)
+                        suffix(&self.output())
                     ),
                 ));
             }
-            let mut fds = [PollFd::new(self.stderr.as_fd(), PollFlags::POLLIN)];
-            let _ = poll(&mut fds, PollTimeout::from(50u16));
-            if self.read_stderr() {
-                // End of file: the process is exiting; reap it.
-                return self.child.wait().map_err(|e| {
-                    Error::os(Step::Detach, &self.image, format!("wait for {DAEMON}"), e)
-                });
-            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(20));
         }
     }
 }

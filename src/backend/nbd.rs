@@ -39,7 +39,7 @@ use crate::image::{Image, ImageKind};
 use crate::options::AttachOptions;
 use crate::sys::block as blk;
 use crate::sys::flock::{Lock, flock};
-use crate::sys::process::spawn_tied;
+use crate::sys::process::{spawn_detached, spawn_tied};
 
 /// Any qemu image format, through `qemu-nbd` and the kernel's nbd driver.
 #[derive(Debug, Clone, Copy, Default)]
@@ -93,6 +93,8 @@ pub(crate) struct Server {
     child: Option<Child>,
     /// True until stopped.
     running: bool,
+    /// Not tied to this process (a persistent mount).
+    persistent: bool,
     /// Our private directory (qemu-nbd's output).
     tmp: Option<tempfile::TempDir>,
     log: PathBuf,
@@ -166,7 +168,7 @@ fn claim(image: &Path) -> Result<(String, File)> {
     ))
 }
 
-pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> {
+pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
     let path = image.path();
     if image.kind() != ImageKind::File {
         return Err(Error::invalid(
@@ -179,7 +181,7 @@ pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> 
     crate::format::require_writable(&info, path, image.is_read_only())?;
     let (name, file) = claim(path)?;
     let node = PathBuf::from("/dev").join(&name);
-    let mut server = Server::start(image, &node)?;
+    let mut server = Server::start(image, &node, options.persistent)?;
     if let Err(e) = server.wait_ready(&name, info.virtual_size) {
         let mut errors = vec![e];
         server.stop_into(&mut errors);
@@ -211,13 +213,32 @@ pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> 
 impl Server {
     /// qemu-nbd's pid, for the cleanup record.
     pub(crate) fn record_fields(&self) -> Vec<(&'static str, String)> {
-        self.child
+        let mut f: Vec<(&'static str, String)> = self
+            .child
             .as_ref()
             .map(|c| vec![("daemon_pid", c.id().to_string())])
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(dir) = &self.tmp {
+            f.push(("helper_dir", dir.path().display().to_string()));
+        }
+        f
     }
 
-    fn start(image: &Image, device: &Path) -> Result<Server> {
+    /// Whether qemu-nbd is not tied to this process.
+    pub(crate) fn is_persistent(&self) -> bool {
+        self.persistent
+    }
+
+    /// Lets qemu-nbd serve on after this value (a persistent mount):
+    /// `diskmount umount` (which disconnects) or `cleanup` ends it.
+    pub(crate) fn disown(&mut self) {
+        self.running = false;
+        if let Some(dir) = self.tmp.take() {
+            let _ = dir.keep();
+        }
+    }
+
+    fn start(image: &Image, device: &Path, persistent: bool) -> Result<Server> {
         let path = image.path();
         let dir = tempfile::Builder::new()
             .prefix("diskmount-nbd-")
@@ -250,7 +271,12 @@ impl Server {
             .stdout(out)
             .stderr(err);
         debug!("attach: run {cmd:?}");
-        let child = spawn_tied(cmd).map_err(|e| {
+        let spawned = if persistent {
+            spawn_detached(cmd)
+        } else {
+            spawn_tied(cmd)
+        };
+        let child = spawned.map_err(|e| {
             Error::os(
                 Step::Attach,
                 path,
@@ -260,6 +286,7 @@ impl Server {
         })?;
         Ok(Server {
             child: Some(child),
+            persistent,
             running: true,
             tmp: Some(dir),
             log,
@@ -407,6 +434,7 @@ impl Server {
 pub(crate) fn adopted(device: &Path, image: &Path) -> Server {
     Server {
         child: None,
+        persistent: true,
         running: true,
         tmp: None,
         log: PathBuf::new(),

@@ -389,27 +389,26 @@ impl<B: Backend> Mounted<B> {
     /// point.
     ///
     /// # Errors
-    /// The Fuse and Nbd backends are refused: their qemu process is tied to
-    /// this one and would end with it.
+    /// Fuse and Nbd attaches made without [`crate::AttachOptions::persistent`]
+    /// are refused (and torn down): their qemu process would end with this one.
     pub fn persist(self) -> Result<PathBuf> {
         let Mounted {
             mut mount,
             mut mapped,
         } = self;
-        if matches!(mapped.backend(), BackendKind::Fuse | BackendKind::Nbd) {
-            let err = Error::invalid(
+        if !mapped.attached.device.disarm() {
+            let backend = mapped.backend();
+            return Err(Error::invalid(
                 Step::Mount,
                 &mount.target,
                 format!(
-                    "a {} mount cannot outlive this process (its qemu process ends with it)",
-                    mapped.backend()
+                    "a {backend} mount can only outlive this process if it was attached with \
+                     AttachOptions::persistent(true) (its qemu process would end with this one)"
                 ),
-            );
-            return Err(err);
+            ));
         }
         mount.mounted = false;
         mapped.part.disarm();
-        mapped.attached.device.disarm();
         mapped.attached.record.keep();
         info!(
             "left {} mounted on {}",

@@ -99,3 +99,12 @@ pub fn unblock_signals_in_child(cmd: &mut Command) {
         cmd.pre_exec(unblock_all_signals);
     }
 }
+
+/// Spawns `cmd` in its own process group, not tied to this process, with
+/// no blocked signals: for helpers that must outlive it (a persistent
+/// mount). Something else must stop them later.
+pub fn spawn_detached(mut cmd: Command) -> io::Result<Child> {
+    unblock_signals_in_child(&mut cmd);
+    cmd.process_group(0);
+    cmd.spawn()
+}

@@ -135,8 +135,10 @@ fn leftovers(rec: &Record) -> Vec<String> {
             left.push(format!("qemu process {pid}"));
         }
     }
-    if let Some(dir) = rec.get("export_dir").filter(|d| Path::new(d).exists()) {
-        left.push(dir.to_string());
+    for key in ["export_dir", "helper_dir"] {
+        if let Some(dir) = rec.get(key).filter(|d| Path::new(d).exists()) {
+            left.push(dir.to_string());
+        }
     }
     left
 }
@@ -172,7 +174,29 @@ fn teardown(rec: &Record) -> Result<(), Error> {
             break;
         }
     }
-    // 3. The qemu helper, if it outlived its parent.
+    // 3. The qemu helper and its directories.
+    errors.extend(release_helpers(rec));
+    if let Some(mp) = rec.get("mountpoint").map(PathBuf::from)
+        && mp
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(".diskmount-"))
+        && !is_mount_point(&mp)
+        && mp.exists()
+    {
+        let _ = std::fs::remove_dir(&mp);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; ").into())
+    }
+}
+
+/// Stops a record's qemu helper if it still runs, and removes its FUSE
+/// export (unmounting a stale one) and private directories. Returns the
+/// errors.
+pub fn release_helpers(rec: &Record) -> Vec<String> {
+    let mut errors: Vec<String> = Vec::new();
     if let Some(pid) = rec.get("daemon_pid").and_then(|p| p.parse::<u32>().ok()) {
         let what = rec
             .get("export_dir")
@@ -191,7 +215,6 @@ fn teardown(rec: &Record) -> Result<(), Error> {
             }
         }
     }
-    // 4. The FUSE export directory and the temporary mount point.
     if let Some(dir) = rec.get("export_dir").map(PathBuf::from) {
         let export = dir.join("export");
         if is_mount_point(&export)
@@ -206,20 +229,13 @@ fn teardown(rec: &Record) -> Result<(), Error> {
             }
         }
     }
-    if let Some(mp) = rec.get("mountpoint").map(PathBuf::from)
-        && mp
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(".diskmount-"))
-        && !is_mount_point(&mp)
-        && mp.exists()
+    if let Some(dir) = rec.get("helper_dir").map(PathBuf::from)
+        && dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&dir)
     {
-        let _ = std::fs::remove_dir(&mp);
+        errors.push(format!("remove {}: {e}", dir.display()));
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; ").into())
-    }
+    errors
 }
 
 /// Whether `dev` still is the device the record describes (a device

@@ -34,7 +34,7 @@ enum Command {
     CopyIn(copy::InArgs),
     /// Copy a file or tree out of the image.
     CopyOut(copy::OutArgs),
-    /// Mount and leave mounted (raw images and block devices).
+    /// Mount and leave mounted (until `umount`).
     Mount(mount::MountArgs),
     /// Unmount and release what is mounted there, whoever mounted it.
     Umount(mount::UmountArgs),

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use diskmount::{Auto, Backend, Block, Loop, Unattached};
+use diskmount::{AttachOptions, Auto, Backend, Block, Fuse, Loop, Nbd, Unattached};
 
 use crate::opts::{Error, Opts};
 
@@ -26,7 +26,9 @@ pub struct UmountArgs {
 
 fn mount_with<B: Backend>(args: &MountArgs) -> Result<(), Error> {
     let image = args.opts.image(&args.image)?;
-    let mounted = Unattached::<B>::new(image)
+    // qemu helpers must survive this process.
+    let options = AttachOptions::default().persistent(true);
+    let mounted = Unattached::<B>::with_options(image, options)
         .attach()?
         .map(args.opts.partition()?)?
         .mount(&args.mountpoint, &args.opts.mount_options())?;
@@ -41,11 +43,11 @@ pub fn mount(args: MountArgs) -> Result<(), Error> {
         "auto" => mount_with::<Auto>(&args),
         "loop" => mount_with::<Loop>(&args),
         "block" => mount_with::<Block>(&args),
-        other => Err(format!(
-            "--backend {other}: a mount that outlives diskmount needs a backend without a helper process \
-             (loop or block); use `diskmount run` or `copy-in`/`copy-out` for qemu formats"
-        )
-        .into()),
+        "nbd" => mount_with::<Nbd>(&args),
+        "fuse" => mount_with::<Fuse>(&args),
+        other => {
+            Err(format!("--backend {other:?}: expected auto, loop, nbd, fuse or block").into())
+        }
     }
 }
 
@@ -64,6 +66,9 @@ pub fn umount(args: UmountArgs) -> Result<(), Error> {
         if rec.persistent()
             && rec.get("mountpoint").map(PathBuf::from).as_deref() == Some(target.as_path())
         {
+            for e in crate::cleanup::release_helpers(&rec) {
+                eprintln!("diskmount: warning: {e}");
+            }
             rec.remove()?;
         }
     }
