@@ -71,7 +71,9 @@ fn inspect_for_people_and_for_programs() {
         assert!(json.contains(n), "{n} missing: {json}");
     }
     assert!(
-        json.contains("\"label\":\"L5\",\"fstype\":\"ext4\""),
+        json.contains(
+            "\"type\":\"0x83\",\"type_name\":\"Linux\",\"label\":\"L5\",\"fstype\":\"ext4\""
+        ),
         "{json}"
     );
     let out = diskmount(&[os("inspect"), mbr.as_os_str()]);
@@ -556,5 +558,115 @@ fn a_qcow2_mount_outlives_diskmount_until_umount() {
         .output()
         .unwrap();
     assert_eq!(stdout(&out), "persisted", "{}", stderr(&out));
+    fx.assert_clean();
+}
+
+#[test]
+fn every_option_does_what_it_says() {
+    let mut fx = Fixture::new();
+    let plain = fx.ext4("plain.img", &[("id", "plain")]);
+    let q = fx.path().join("plain.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&plain)
+        .arg(&q));
+    let cat_id = [os("--"), os("cat"), os("id")];
+    let go = |img: &Path, opts: &[&str]| {
+        let mut args = vec![os("run"), img.as_os_str()];
+        args.extend(opts.iter().map(|o| os(o)));
+        args.extend(cat_id);
+        diskmount(&args)
+    };
+    // --format and --backend, explicitly.
+    for (img, opts) in [
+        (&q, vec!["--format", "qcow2", "--backend", "fuse"]),
+        (&q, vec!["--backend", "auto"]),
+        (
+            &plain,
+            vec![
+                "--format",
+                "raw",
+                "--backend",
+                "loop",
+                "--partition",
+                "none",
+            ],
+        ),
+        (&plain, vec!["--fstype", "ext4"]),
+    ] {
+        let out = go(img, &opts);
+        assert_eq!(
+            (out.status.code(), stdout(&out).as_str()),
+            (Some(0), "plain"),
+            "{opts:?}: {}",
+            stderr(&out)
+        );
+    }
+    // A wrong explicit format or type fails clearly.
+    let out = go(&plain, &["--format", "qcow2"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("qcow2"),
+        "{}",
+        stderr(&out)
+    );
+    let out = go(&plain, &["--fstype", "xfs"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("mount -t xfs"),
+        "{}",
+        stderr(&out)
+    );
+    // --backend nbd where the kernel has no nbd.
+    if !diskmount::backend::nbd::available() {
+        let out = go(&q, &["--backend", "nbd"]);
+        assert!(
+            stderr(&out).contains("nbd is unavailable"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // --read-only: nothing in the image changes.
+    let before = run(Command::new("sha256sum").arg(&plain));
+    let out = diskmount(&[
+        os("run"),
+        plain.as_os_str(),
+        os("--read-only"),
+        os("--"),
+        os("touch"),
+        os("new"),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("Read-only"), "{}", stderr(&out));
+    assert_eq!(run(Command::new("sha256sum").arg(&plain)), before);
+    // --allow-backing-file.
+    let backed = fx.path().join("backed.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&q)
+        .arg(&backed));
+    let out = go(&backed, &[]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("backing"),
+        "{}",
+        stderr(&out)
+    );
+    let out = go(&backed, &["--allow-backing-file"]);
+    assert_eq!(stdout(&out), "plain", "{}", stderr(&out));
+    // --backend block on an existing device, which stays.
+    let dev = run(Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&plain))
+    .trim()
+    .to_string();
+    let out = go(Path::new(&dev), &["--backend", "block"]);
+    assert_eq!(stdout(&out), "plain", "{}", stderr(&out));
+    assert!(common::bound_loops().iter().any(|(d, _)| *d == dev));
+    run(Command::new("losetup").args(["-d", &dev]));
+    // -v shows the library's log.
+    let out = go(&plain, &["-v"]);
+    assert!(
+        stderr(&out).contains("INFO") && stderr(&out).contains("mounted"),
+        "{}",
+        stderr(&out)
+    );
     fx.assert_clean();
 }

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use diskmount::fs::{Detected, probe};
-use diskmount::partition::{PartitionTable, find_filesystems, read_table};
+use diskmount::partition::{PartitionTable, PartitionType, find_filesystems, read_table};
 use diskmount::{Auto, Format, Image, ImageKind, Unattached};
 
 use crate::opts::Error;
@@ -27,7 +27,9 @@ struct Part {
     number: u32,
     start: u64,
     size: u64,
+    /// The type GUID or MBR id, and its name where known.
     kind: String,
+    kind_name: Option<String>,
     label: Option<String>,
     fstype: Option<String>,
 }
@@ -63,7 +65,17 @@ fn examine(device: &File, path: &Path, size: u64, format: Format) -> Result<Repo
                     number: p.number,
                     start: p.start,
                     size: p.size,
-                    kind: p.kind.describe(),
+                    kind: match &p.kind {
+                        PartitionType::Gpt { guid, .. } => guid.clone(),
+                        PartitionType::Mbr { id, .. } => format!("0x{id:02x}"),
+                        _ => p.kind.describe(),
+                    },
+                    kind_name: match &p.kind {
+                        PartitionType::Gpt { name, .. } | PartitionType::Mbr { name, .. } => {
+                            name.map(str::to_string)
+                        }
+                        _ => None,
+                    },
                     label: p.name.clone().or_else(|| match &d {
                         Detected::Filesystem { label, .. } => label.clone(),
                         _ => None,
@@ -155,11 +167,12 @@ fn json(r: &Report) -> String {
         .iter()
         .map(|p| {
             format!(
-                "{{\"number\":{},\"start\":{},\"size\":{},\"type\":{},\"label\":{},\"fstype\":{}}}",
+                                "{{\"number\":{},\"start\":{},\"size\":{},\"type\":{},\"type_name\":{},\"label\":{},\"fstype\":{}}}",
                 p.number,
                 p.start,
                 p.size,
                 esc(&p.kind),
+                opt(&p.kind_name),
                 opt(&p.label),
                 opt(&p.fstype)
             )
@@ -232,7 +245,7 @@ fn table(path: &Path, r: &Report) -> String {
             p.number,
             p.start,
             human(p.size),
-            p.kind,
+            p.kind_name.as_deref().unwrap_or(&p.kind),
             p.label.as_deref().unwrap_or("-"),
             p.fstype.as_deref().unwrap_or("-")
         ));
