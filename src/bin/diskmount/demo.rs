@@ -108,7 +108,11 @@ pub fn run() -> Result<(), Error> {
         .root()?
         .write("/etc/motd", "hello from diskmount\n", 0o644)?;
     mounted.close()?;
+    let mnt_path = mnt.path().to_path_buf();
     mnt.close()?;
+    if mnt_path.exists() {
+        return Err(format!("{} was not removed", mnt_path.display()).into());
+    }
 
     step("reading it back in a second, read-only round trip");
     let ro = image.clone().read_only(true);
@@ -128,22 +132,31 @@ pub fn run() -> Result<(), Error> {
     Ok(())
 }
 
-/// Loop devices still bound to `image` and diskmount mounts still present.
+/// Loop devices still bound to `image`, their partition nodes, and mounts
+/// of them (other diskmount users' mounts are not ours to count).
 fn leftovers(image: &Path) -> Vec<String> {
     let mut found = Vec::new();
+    let mut loops = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/sys/block") {
         for e in entries.flatten() {
             if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file"))
                 && Path::new(b.trim_end()) == image
             {
-                found.push(format!("/dev/{}", e.file_name().to_string_lossy()));
+                let dev = format!("/dev/{}", e.file_name().to_string_lossy());
+                found.push(dev.clone());
+                loops.push(dev);
             }
         }
     }
     if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
         for line in info.lines() {
-            if let Some(target) = line.split(' ').nth(4)
-                && target.contains("/.diskmount-")
+            let fields: Vec<&str> = line.split(' ').collect();
+            let source = fields
+                .iter()
+                .position(|f| *f == "-")
+                .and_then(|i| fields.get(i + 2));
+            if let (Some(target), Some(source)) = (fields.get(4), source)
+                && loops.iter().any(|l| source.starts_with(l.as_str()))
             {
                 found.push(format!("mount on {target}"));
             }
