@@ -2,16 +2,17 @@
 //! `diskmount cleanup` can find and tear down exactly what a crashed or
 //! killed diskmount process left behind, and nothing else.
 //!
-//! One file per attached image, `<pid>.<n>`, rewritten (atomically) at each
-//! step and removed by teardown. A record whose process is gone (the pid is
+//! One file per attached image, `<pid>.<n>`, written at attach, rewritten
+//! as the steps go, and removed by teardown. A record whose process is gone (the pid is
 //! dead, or reused: the process start time differs) is an orphan. A record
 //! marked `persistent` (`diskmount mount`) is left alone until its mount is
 //! gone. `DISKMOUNT_RUN_DIR` moves the directory (tests use it to keep
-//! their records apart).
+//! their records apart); set empty, it switches records off.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use log::{debug, warn};
 
@@ -111,6 +112,7 @@ impl Keeper {
     /// fatal.
     pub(crate) fn start(fields: &[(&str, String)]) -> Keeper {
         static N: AtomicU64 = AtomicU64::new(0);
+        static START: OnceLock<Option<u64>> = OnceLock::new();
         let pid = std::process::id();
         let file = dir().join(format!("{pid}.{}", N.fetch_add(1, Ordering::Relaxed)));
         let mut record = Record {
@@ -118,11 +120,15 @@ impl Keeper {
             fields: BTreeMap::new(),
         };
         record.fields.insert("pid".into(), pid.to_string());
-        if let Some(s) = start_time(pid) {
+        if let Some(s) = *START.get_or_init(|| start_time(pid)) {
             record.fields.insert("start".into(), s.to_string());
         }
         for (k, v) in fields {
             record.fields.insert((*k).into(), v.clone());
+        }
+        if std::env::var_os("DISKMOUNT_RUN_DIR").is_some_and(|d| d.is_empty()) {
+            // Records switched off: nothing for `cleanup` to find.
+            return Keeper::none();
         }
         let keeper = Keeper {
             record: Some(record),
@@ -159,17 +165,22 @@ impl Keeper {
 
     fn save(&self) {
         let Some(r) = &self.record else { return };
+        // The directory is made (0700) once per process and location. The
+        // record is rewritten in place: a reader takes the lines it finds,
+        // and these writes sit on the attach/mount path, where a rename per
+        // step would cost more than the record is worth.
+        static MADE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
         let write = || -> std::io::Result<()> {
             let d = dir();
-            std::fs::create_dir_all(&d)?;
-            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+            if !made.contains(&d) {
+                std::fs::create_dir_all(&d)?;
+                std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+                made.push(d);
+            }
+            drop(made);
             let text: String = r.fields.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-            let tmp = d.join(format!(
-                ".{}.tmp",
-                r.file.file_name().unwrap_or_default().to_string_lossy()
-            ));
-            std::fs::write(&tmp, text)?;
-            std::fs::rename(&tmp, &r.file)
+            std::fs::write(&r.file, text)
         };
         if let Err(e) = write() {
             warn!(
