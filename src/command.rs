@@ -39,3 +39,23 @@ pub(crate) fn describe_status(s: std::process::ExitStatus) -> String {
         _ => s.to_string(),
     }
 }
+
+/// Waits for `child` to exit, up to `bound`, with a growing back-off
+/// (1 ms to 50 ms); `None` if it is still running then.
+pub(crate) fn wait_timeout(
+    child: &mut std::process::Child,
+    bound: std::time::Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let start = std::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(1);
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(Some(s));
+        }
+        if start.elapsed() >= bound {
+            return Ok(None);
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(std::time::Duration::from_millis(50));
+    }
+}

@@ -38,7 +38,7 @@ use nix::unistd::Pid;
 
 use super::device::{Device, Held};
 use super::{Backend, BackendKind, sealed};
-use crate::command::describe_status;
+use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
 use crate::image::{Image, ImageKind};
 use crate::options::AttachOptions;
@@ -378,34 +378,26 @@ impl Daemon {
 
     /// Waits for the daemon to exit, with a growing back-off, bounded.
     fn wait_exit(&mut self, bound: Duration) -> Result<std::process::ExitStatus> {
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(1);
-        loop {
-            if let Some(status) = self.child.try_wait().map_err(|e| {
-                Error::os(Step::Detach, &self.image, format!("wait for {DAEMON}"), e)
-            })? {
-                return Ok(status);
-            }
-            if start.elapsed() >= bound {
-                warn!(
-                    "detach: {DAEMON} (pid {}) ignores SIGTERM; killing it",
-                    self.child.id()
-                );
-                let _ = self.child.kill();
-                let status = self.child.wait();
-                return Err(Error::invalid(
-                    Step::Detach,
-                    &self.image,
-                    format!(
-                        "{DAEMON} did not stop within {bound:?} and was killed ({}){}",
-                        status.map(describe_status).unwrap_or_default(),
-                        suffix(&self.output())
-                    ),
-                ));
-            }
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(20));
+        let waited = wait_timeout(&mut self.child, bound)
+            .map_err(|e| Error::os(Step::Detach, &self.image, format!("wait for {DAEMON}"), e))?;
+        if let Some(status) = waited {
+            return Ok(status);
         }
+        warn!(
+            "detach: {DAEMON} (pid {}) ignores SIGTERM; killing it",
+            self.child.id()
+        );
+        let _ = self.child.kill();
+        let status = self.child.wait();
+        Err(Error::invalid(
+            Step::Detach,
+            &self.image,
+            format!(
+                "{DAEMON} did not stop within {bound:?} and was killed ({}){}",
+                status.map(describe_status).unwrap_or_default(),
+                suffix(&self.output())
+            ),
+        ))
     }
 }
 

@@ -32,8 +32,8 @@ use nix::libc;
 
 use super::device::{Device, Held};
 use super::{Backend, BackendKind, sealed};
-use crate::command::describe_status;
 use crate::command::run;
+use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
 use crate::image::{Image, ImageKind};
 use crate::options::AttachOptions;
@@ -452,25 +452,6 @@ impl Drop for Server {
                 warn!("teardown: {e}");
             }
         }
-    }
-}
-
-/// Waits for `child` to exit, up to `bound`, with a growing back-off.
-fn wait_timeout(
-    child: &mut Child,
-    bound: Duration,
-) -> std::io::Result<Option<std::process::ExitStatus>> {
-    let start = Instant::now();
-    let mut delay = Duration::from_millis(1);
-    loop {
-        if let Some(s) = child.try_wait()? {
-            return Ok(Some(s));
-        }
-        if start.elapsed() >= bound {
-            return Ok(None);
-        }
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_millis(50));
     }
 }
 
