@@ -26,9 +26,12 @@
 //! # let mkfs = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&path).status()?;
 //! # assert!(mkfs.success());
 //! let image = Image::file(&path, Format::Raw)?;
-//! let motd = with_mounted(&image, Partition::Whole, |root| {
-//!     std::fs::write(root.join("motd"), "hello from diskmount\n")?;
-//!     std::fs::read_to_string(root.join("motd"))
+//! let motd = with_mounted(&image, Partition::Whole, |dir| {
+//!     // Paths through `Root` stay inside the image, whatever links it holds.
+//!     let root = diskmount::root::Root::open(dir)?;
+//!     root.mkdir_all("/etc", 0o755)?;
+//!     root.write("/etc/motd", "hello from diskmount\n", 0o644)?;
+//!     root.read_to_string("/etc/motd")
 //! })??;
 //! assert_eq!(motd, "hello from diskmount\n");
 //! # Ok(())
