@@ -191,9 +191,42 @@ impl Keeper {
     }
 }
 
+/// Whether what `r` names is still on the machine: its loop device still
+/// over the image (or FUSE export), its nbd device still connected, its
+/// mount still there, its export directory still present.
+fn still_held(r: &Record) -> bool {
+    let device = r.get("device").unwrap_or_default();
+    let name = device.trim_start_matches("/dev/");
+    let backing = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"));
+    let export = r.get("export_dir").map(|d| format!("{d}/export"));
+    let loop_held = backing.is_ok_and(|b| {
+        let b = b.trim();
+        Some(b) == r.get("image") || Some(b) == export.as_deref()
+    });
+    let nbd_held =
+        name.starts_with("nbd") && std::path::Path::new(&format!("/sys/block/{name}/pid")).exists();
+    let mounted = r.get("mountpoint").is_some_and(|m| {
+        crate::adopt::mounts().is_ok_and(|all| all.iter().any(|e| e.target.as_os_str() == m))
+    });
+    let export_left = r
+        .get("export_dir")
+        .is_some_and(|d| std::path::Path::new(d).exists());
+    loop_held || nbd_held || mounted || export_left
+}
+
 impl Drop for Keeper {
     fn drop(&mut self) {
         if let Some(r) = self.record.take() {
+            if still_held(&r) {
+                // Teardown did not finish (its errors were reported): the
+                // record stays for `diskmount cleanup` once we are gone.
+                warn!(
+                    "record {}: teardown left {} behind; kept for `diskmount cleanup`",
+                    r.file.display(),
+                    r.get("device").unwrap_or("?")
+                );
+                return;
+            }
             match std::fs::remove_file(&r.file) {
                 Ok(()) => debug!("record {} removed", r.file.display()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

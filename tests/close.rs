@@ -52,6 +52,14 @@ fn busy_mount_is_retried_then_every_failure_is_reported() {
     );
     // Never a silent lazy unmount: it is still there.
     assert!(is_mount_point(&mnt));
+    // And the crash-recovery record stays, for `diskmount cleanup`.
+    let img_s = img.to_string_lossy().into_owned();
+    assert!(
+        diskmount::record::Record::all()
+            .iter()
+            .any(|r| r.get("image") == Some(img_s.as_str())),
+        "the record of an unfinished teardown is kept"
+    );
 
     // Once the user lets go, an ordinary umount frees everything: the loop
     // device goes with the mount (autoclear).
