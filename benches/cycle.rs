@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use diskmount::sys::{block as blk, loop_dev};
-use diskmount::{Format, Fuse, Image, Loop, MountOptions, Partition, Unattached};
+use diskmount::{Backend, Format, Fuse, Image, Loop, MountOptions, Nbd, Partition, Unattached};
 use nix::mount::{MntFlags, MsFlags};
 
 fn run(cmd: &mut Command) -> String {
@@ -44,8 +44,8 @@ fn library(img: &Path, mnt: &Path) {
         .unwrap();
 }
 
-fn library_image(image: &Image, mnt: &Path) {
-    Unattached::<Fuse>::new(image.clone())
+fn library_image<B: Backend>(image: &Image, mnt: &Path) {
+    Unattached::<B>::new(image.clone())
         .attach()
         .unwrap()
         .map(Partition::Whole)
@@ -106,6 +106,9 @@ fn syscalls(img: &Path, mnt: &Path, flush: bool) {
     }
     loop_dev::clr_fd(&dev).unwrap();
 }
+
+/// A named way of running one cycle.
+type Variant<'a> = (&'static str, Box<dyn Fn() + 'a>);
 
 struct Stats {
     median: Duration,
@@ -196,31 +199,47 @@ fn main() {
         .arg(&qcow2));
     let qimage = Image::file(&qcow2, Format::Qcow2).unwrap();
     let n = (iterations / 6).max(10);
-    let mut raw_times = Vec::new();
-    let mut q_times = Vec::new();
-    for _ in 0..3 {
-        library_image(&qimage, &mnt);
+    // The kernel-nbd path where the kernel has nbd (the kernel VM lane).
+    let with_nbd = diskmount::backend::nbd::available();
+    let mut variants: Vec<Variant> = vec![
+        ("raw via Loop", Box::new(|| library(&img, &mnt))),
+        (
+            "qcow2 via Fuse",
+            Box::new(|| library_image::<Fuse>(&qimage, &mnt)),
+        ),
+    ];
+    if with_nbd {
+        variants.push((
+            "qcow2 via Nbd",
+            Box::new(|| library_image::<Nbd>(&qimage, &mnt)),
+        ));
     }
+    for (_, f) in &variants {
+        for _ in 0..3 {
+            f();
+        }
+    }
+    let mut times: Vec<Vec<Duration>> = variants.iter().map(|_| Vec::new()).collect();
     for _ in 0..n {
-        let t = Instant::now();
-        library(&img, &mnt);
-        raw_times.push(t.elapsed());
-        let t = Instant::now();
-        library_image(&qimage, &mnt);
-        q_times.push(t.elapsed());
+        for (i, (_, f)) in variants.iter().enumerate() {
+            let t = Instant::now();
+            f();
+            times[i].push(t.elapsed());
+        }
     }
-    let (raw_s, q_s) = (stats(raw_times), stats(q_times));
+    let all: Vec<Stats> = times.into_iter().map(stats).collect();
+    let raw = all[0].median.as_secs_f64();
     println!();
     println!("qcow2 64 MiB (ext4), whole-disk cycle, {n} iterations each, interleaved");
     println!("| variant | median ms | p10 ms | p90 ms | vs raw |");
     println!("|---|---|---|---|---|");
-    for (name, st) in [("raw via Loop", &raw_s), ("qcow2 via Fuse", &q_s)] {
+    for ((name, _), st) in variants.iter().zip(&all) {
         println!(
             "| {name} | {} | {} | {} | {:.2}x |",
             ms(st.median),
             ms(st.p10),
             ms(st.p90),
-            st.median.as_secs_f64() / raw_s.median.as_secs_f64()
+            st.median.as_secs_f64() / raw
         );
     }
 }
