@@ -152,43 +152,25 @@ fn main() {
         return;
     }
     // Interleave the variants round by round so drift hits them alike.
-    let variants: [(&str, &dyn Fn()); 4] = [
-        ("diskmount (library)", &|| library(&img, &mnt)),
-        ("util-linux processes", &|| util_linux(&img, &mnt)),
-        ("syscalls, same flushes", &|| syscalls(&img, &mnt, true)),
-        ("syscalls, no flushes", &|| syscalls(&img, &mnt, false)),
+    let variants: Vec<Variant> = vec![
+        ("diskmount (library)", Box::new(|| library(&img, &mnt))),
+        ("util-linux processes", Box::new(|| util_linux(&img, &mnt))),
+        (
+            "syscalls, same flushes",
+            Box::new(|| syscalls(&img, &mnt, true)),
+        ),
+        (
+            "syscalls, no flushes",
+            Box::new(|| syscalls(&img, &mnt, false)),
+        ),
     ];
-    // Warm up, then run the variants in turn, one cycle each, so that any
-    // drift of the machine hits all of them alike.
-    for (_, f) in &variants {
-        for _ in 0..10 {
-            f();
-        }
-    }
-    let mut times: Vec<Vec<Duration>> = variants.iter().map(|_| Vec::new()).collect();
-    for _ in 0..iterations {
-        for (i, (_, f)) in variants.iter().enumerate() {
-            let t = Instant::now();
-            f();
-            times[i].push(t.elapsed());
-        }
-    }
-    let all: Vec<Stats> = times.into_iter().map(stats).collect();
-    let stat = |i: usize| &all[i];
-    let lib = stat(0).median.as_secs_f64();
-    println!("raw ext4 64 MiB, whole-disk cycle, {iterations} iterations each, interleaved");
-    println!("| variant | median ms | p10 ms | p90 ms | vs diskmount |");
-    println!("|---|---|---|---|---|");
-    for (i, (name, _)) in variants.iter().enumerate() {
-        let s = stat(i);
-        println!(
-            "| {name} | {} | {} | {} | {:.2}x |",
-            ms(s.median),
-            ms(s.p10),
-            ms(s.p90),
-            s.median.as_secs_f64() / lib
-        );
-    }
+    compare(
+        &format!("raw ext4 64 MiB, whole-disk cycle, {iterations} iterations each, interleaved"),
+        &variants,
+        iterations,
+        10,
+        "vs diskmount",
+    );
 
     // qcow2 through qemu-storage-daemon's FUSE export, next to the raw
     // loop cycle (fewer iterations: a daemon starts every cycle).
@@ -214,13 +196,27 @@ fn main() {
             Box::new(|| library_image::<Nbd>(&qimage, &mnt)),
         ));
     }
-    for (_, f) in &variants {
-        for _ in 0..3 {
+    println!();
+    compare(
+        &format!("qcow2 64 MiB (ext4), whole-disk cycle, {n} iterations each, interleaved"),
+        &variants,
+        n,
+        3,
+        "vs raw",
+    );
+}
+
+/// Warms each variant up, then runs them in turn, one cycle each, so that
+/// any drift of the machine hits all of them alike; prints a table with
+/// each median relative to the first variant's.
+fn compare(title: &str, variants: &[Variant], iterations: usize, warmup: usize, ratio: &str) {
+    for (_, f) in variants {
+        for _ in 0..warmup {
             f();
         }
     }
     let mut times: Vec<Vec<Duration>> = variants.iter().map(|_| Vec::new()).collect();
-    for _ in 0..n {
+    for _ in 0..iterations {
         for (i, (_, f)) in variants.iter().enumerate() {
             let t = Instant::now();
             f();
@@ -228,10 +224,9 @@ fn main() {
         }
     }
     let all: Vec<Stats> = times.into_iter().map(stats).collect();
-    let raw = all[0].median.as_secs_f64();
-    println!();
-    println!("qcow2 64 MiB (ext4), whole-disk cycle, {n} iterations each, interleaved");
-    println!("| variant | median ms | p10 ms | p90 ms | vs raw |");
+    let base = all[0].median.as_secs_f64();
+    println!("{title}");
+    println!("| variant | median ms | p10 ms | p90 ms | {ratio} |");
     println!("|---|---|---|---|---|");
     for ((name, _), st) in variants.iter().zip(&all) {
         println!(
@@ -239,7 +234,7 @@ fn main() {
             ms(st.median),
             ms(st.p10),
             ms(st.p90),
-            st.median.as_secs_f64() / raw
+            st.median.as_secs_f64() / base
         );
     }
 }

@@ -78,13 +78,7 @@ fn unmounted_behind_our_back_is_reported_not_guessed() {
     let mut fx = Fixture::new();
     let img = fx.ext4("disk.img", &[]);
     let mnt = fx.tree("mnt", &[]);
-    let mounted = Unattached::<Loop>::new(Image::file(&img, Format::Raw).unwrap())
-        .attach()
-        .unwrap()
-        .map(Partition::Whole)
-        .unwrap()
-        .mount(&mnt, &MountOptions::default())
-        .unwrap();
+    let mounted = common::mount_whole::<Loop>(&img, &mnt);
     run(std::process::Command::new("umount").arg(&mnt));
     let err = mounted.close().unwrap_err();
     assert_eq!(err.step(), Some(Step::Unmount), "{err}");

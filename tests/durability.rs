@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::{Fixture, run};
-use diskmount::{Format, Image, Loop, MountOptions, Partition, Unattached, with_mounted};
+use diskmount::{Format, Image, Loop, Partition, with_mounted};
 
 /// Deterministic content that differs per file.
 fn content(i: usize) -> String {
@@ -45,13 +45,7 @@ fn close_writes_are_in_the_xfs_image_file() {
     let mut fx = Fixture::new();
     let img = fx.image("xfs", "disk.img", &[]);
     let mnt = fx.tree("mnt", &[]);
-    let t = Unattached::<Loop>::new(Image::file(&img, Format::Raw).unwrap())
-        .attach()
-        .unwrap()
-        .map(Partition::Whole)
-        .unwrap()
-        .mount(&mnt, &MountOptions::default())
-        .unwrap();
+    let t = common::mount_whole::<Loop>(&img, &mnt);
     for i in 0..20 {
         std::fs::write(t.path().join(format!("f{i}")), content(i)).unwrap();
     }

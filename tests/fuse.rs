@@ -14,13 +14,7 @@ fn raw_image_through_the_daemon_reads_and_writes() {
     let mut fx = Fixture::new();
     let img = fx.ext4("disk.img", &[("id", "raw")]);
     let mnt = fx.tree("mnt", &[]);
-    let t = Unattached::<Fuse>::new(Image::file(&img, Format::Raw).unwrap())
-        .attach()
-        .unwrap()
-        .map(Partition::Whole)
-        .unwrap()
-        .mount(&mnt, &MountOptions::default())
-        .unwrap();
+    let t = common::mount_whole::<Fuse>(&img, &mnt);
     assert_eq!(t.backend(), BackendKind::Fuse);
     assert!(!common::qemu_processes().is_empty());
     assert_eq!(std::fs::read_to_string(t.path().join("id")).unwrap(), "raw");
@@ -38,13 +32,7 @@ fn a_daemon_killed_while_mounted_is_reported_and_nothing_is_left() {
     let mut fx = Fixture::new();
     let img = fx.ext4("disk.img", &[("id", "x")]);
     let mnt = fx.tree("mnt", &[]);
-    let t = Unattached::<Fuse>::new(Image::file(&img, Format::Raw).unwrap())
-        .attach()
-        .unwrap()
-        .map(Partition::Whole)
-        .unwrap()
-        .mount(&mnt, &MountOptions::default())
-        .unwrap();
+    let t = common::mount_whole::<Fuse>(&img, &mnt);
     let root = fx.path().to_string_lossy().into_owned();
     let (pid, _) = common::qemu_processes()
         .into_iter()

@@ -185,13 +185,7 @@ fn nbd_reads_and_writes_a_raw_image() {
     let mut fx = Fixture::new();
     let img = fx.ext4("disk.img", &[("id", "nbd")]);
     let mnt = fx.tree("mnt", &[]);
-    let t = Unattached::<Nbd>::new(Image::file(&img, Format::Raw).unwrap())
-        .attach()
-        .unwrap()
-        .map(Partition::Whole)
-        .unwrap()
-        .mount(&mnt, &MountOptions::default())
-        .unwrap();
+    let t = common::mount_whole::<Nbd>(&img, &mnt);
     assert_eq!(t.backend(), BackendKind::Nbd);
     assert!(t.device().to_string_lossy().starts_with("/dev/nbd"));
     assert_eq!(std::fs::read_to_string(t.path().join("id")).unwrap(), "nbd");
@@ -344,13 +338,7 @@ fn nbd_killed_while_mounted_is_reported_and_nothing_is_left() {
     let mut fx = Fixture::new();
     let img = fx.ext4("disk.img", &[("id", "x")]);
     let mnt = fx.tree("mnt", &[]);
-    let t = Unattached::<Nbd>::new(Image::file(&img, Format::Raw).unwrap())
-        .attach()
-        .unwrap()
-        .map(Partition::Whole)
-        .unwrap()
-        .mount(&mnt, &MountOptions::default())
-        .unwrap();
+    let t = common::mount_whole::<Nbd>(&img, &mnt);
     let root = fx.path().to_string_lossy().into_owned();
     let (pid, _) = common::qemu_processes()
         .into_iter()

@@ -40,7 +40,7 @@ use super::device::{Device, Held};
 use super::{Backend, BackendKind, sealed};
 use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
-use crate::image::{Image, ImageKind};
+use crate::image::Image;
 use crate::options::AttachOptions;
 use crate::sys::block as blk;
 use crate::sys::process::{spawn_detached, spawn_tied};
@@ -85,15 +85,7 @@ fn qemu_escape(path: &Path) -> String {
 
 pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
     let path = image.path();
-    if image.kind() != ImageKind::File {
-        return Err(Error::invalid(
-            Step::Attach,
-            path,
-            "the fuse backend serves image files; use the Block backend for block devices",
-        ));
-    }
-    let info = crate::format::check(path, image.format(), image.allows_backing_file())?;
-    crate::format::require_writable(&info, path, image.is_read_only())?;
+    let info = super::check_qemu_image(image, Fuse::NAME)?;
     debug!(
         "attach: {} ({}, {} bytes virtual) through {DAEMON}",
         path.display(),

@@ -42,6 +42,25 @@ pub(crate) mod sealed {
     }
 }
 
+/// What the qemu-based backends check before starting qemu: an image file,
+/// the format's safety rules ([`crate::format::check`]), and that a
+/// read-write attach is one qemu can serve.
+pub(crate) fn check_qemu_image(image: &Image, backend: &str) -> Result<crate::format::ImageInfo> {
+    let path = image.path();
+    if image.kind() != crate::image::ImageKind::File {
+        return Err(crate::error::Error::invalid(
+            crate::error::Step::Attach,
+            path,
+            format!(
+                "the {backend} backend serves image files; use the Block backend for block devices"
+            ),
+        ));
+    }
+    let info = crate::format::check(path, image.format(), image.allows_backing_file())?;
+    crate::format::require_writable(&info, path, image.is_read_only())?;
+    Ok(info)
+}
+
 /// A way of turning an [`Image`] into a block device. Implemented by
 /// [`Loop`], [`Block`] and [`Auto`]; sealed.
 pub trait Backend: sealed::Attach + Send + Sync + 'static {

@@ -35,7 +35,7 @@ use super::{Backend, BackendKind, sealed};
 use crate::command::run;
 use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
-use crate::image::{Image, ImageKind};
+use crate::image::Image;
 use crate::options::AttachOptions;
 use crate::sys::block as blk;
 use crate::sys::flock::{Lock, flock};
@@ -170,15 +170,7 @@ fn claim(image: &Path) -> Result<(String, File)> {
 
 pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
     let path = image.path();
-    if image.kind() != ImageKind::File {
-        return Err(Error::invalid(
-            Step::Attach,
-            path,
-            "the nbd backend serves image files; use the Block backend for block devices",
-        ));
-    }
-    let info = crate::format::check(path, image.format(), image.allows_backing_file())?;
-    crate::format::require_writable(&info, path, image.is_read_only())?;
+    let info = super::check_qemu_image(image, Nbd::NAME)?;
     let (name, file) = claim(path)?;
     let node = PathBuf::from("/dev").join(&name);
     let mut server = Server::start(image, &node, options.persistent)?;

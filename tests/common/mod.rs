@@ -546,3 +546,16 @@ pub fn qemu_processes() -> Vec<(u32, String)> {
     }
     out
 }
+
+/// The raw image file `img`, attached with backend `B`, whole disk, mounted
+/// on `dir` with the default options.
+pub fn mount_whole<B: diskmount::Backend>(img: &Path, dir: &Path) -> diskmount::Mounted<B> {
+    use diskmount::{Format, Image, MountOptions, Partition, Unattached};
+    Unattached::<B>::new(Image::file(img, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(dir, &MountOptions::default())
+        .unwrap()
+}
