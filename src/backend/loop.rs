@@ -11,8 +11,10 @@
 //!    with one `LOOP_CONFIGURE` carrying `LO_FLAGS_AUTOCLEAR` and the
 //!    read-only flag (falling back to `LOOP_SET_FD` + `LOOP_SET_STATUS64` on
 //!    kernels older than 5.8);
-//! 4. on `EBUSY`/`EAGAIN`/`ENXIO`/`ENOENT` (another process won the race),
-//!    retry with randomized back-off within [`crate::RetryPolicy`].
+//! 4. on `EBUSY`/`EAGAIN`/`ENXIO`/`ENOENT` (another process won the race,
+//!    or, in a container's `/dev` with a fixed set of loop nodes, the free
+//!    device has no node), retry with randomized back-off within
+//!    [`crate::RetryPolicy`]; a missing `/dev/loop-control` fails at once.
 //!
 //! Because of autoclear, a process killed while attached leaves nothing: the
 //! kernel unbinds the device when the last descriptor closes. Killed while
@@ -311,7 +313,25 @@ pub(crate) fn attach_backing(
     let mut backoff = Backoff::new(options.retry);
     loop {
         backoff.attempt();
-        match try_attach(backing, &info, block_size) {
+        // A missing control device does not clear up by waiting: no loop
+        // driver, or a /dev without it (a container).
+        let control = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(LOOP_CONTROL)
+            .map_err(|e| {
+                Error::os(
+                    step,
+                    image,
+                    format!("open {LOOP_CONTROL} (is the loop module loaded? modprobe loop)"),
+                    e,
+                )
+            })?;
+        let attempt = try_attach(&control, backing, &info, block_size);
+        // Unlocked before any wait.
+        drop(control);
+        match attempt {
             Ok(found) => return Ok(found),
             Err((op, e)) if is_transient(e) => {
                 if !backoff.wait() {
@@ -337,21 +357,16 @@ pub(crate) fn attach_backing(
 
 type Attempt<T> = std::result::Result<T, (String, Errno)>;
 
-/// One attempt: claim a free device under the control-device lock and bind
-/// the backing file to it.
+/// One attempt: claim a free device under the lock of the control device
+/// (`control`, open) and bind the backing file to it.
 fn try_attach(
+    control: &File,
     backing: &File,
     info: &loop_dev::LoopInfo64,
     block_size: u32,
 ) -> Attempt<(u32, File)> {
-    let control = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(LOOP_CONTROL)
-        .map_err(|e| (format!("open {LOOP_CONTROL}"), errno(&e)))?;
-    flock(&control, Lock::Exclusive, true).map_err(|e| (format!("flock {LOOP_CONTROL}"), e))?;
-    let nr = loop_dev::ctl_get_free(&control).map_err(|e| ("LOOP_CTL_GET_FREE".to_string(), e))?;
+    flock(control, Lock::Exclusive, true).map_err(|e| (format!("flock {LOOP_CONTROL}"), e))?;
+    let nr = loop_dev::ctl_get_free(control).map_err(|e| ("LOOP_CTL_GET_FREE".to_string(), e))?;
     let node = format!("/dev/loop{nr}");
     debug!("attach: {LOOP_CONTROL} offered {node}");
     let dev = OpenOptions::new()
@@ -359,7 +374,20 @@ fn try_attach(
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(&node)
-        .map_err(|e| (format!("open {node}"), errno(&e)))?;
+        .map_err(|e| match errno(&e) {
+            // The device exists (the kernel just offered it) but this /dev
+            // has no node for it: a /dev with a fixed set of loop nodes, as
+            // in a container. Retried like a race: one of the nodes here
+            // may come free.
+            Errno::ENOENT => (
+                format!(
+                    "no free loop device reachable: the kernel offers {node}, which has no \
+                     node in /dev (a /dev with a fixed set of loop nodes, as in a container?)"
+                ),
+                Errno::ENOENT,
+            ),
+            e => (format!("open {node}"), e),
+        })?;
     // udev holds a shared lock while it probes a device; wait for nobody.
     flock(&dev, Lock::Exclusive, false).map_err(|e| (format!("flock {node}"), e))?;
     if !CONFIGURE_MISSING.load(Ordering::Relaxed) {
