@@ -334,6 +334,259 @@ fn nbd_concurrent_attaches_get_different_devices() {
     fx.assert_clean();
 }
 
+/// The qemu-nbd processes (any) whose command line names `path`.
+fn qemu_nbd_on(path: &Path) -> Vec<(u32, String)> {
+    let p = path.to_string_lossy();
+    common::qemu_processes()
+        .into_iter()
+        .filter(|(_, c)| c.contains(&*p))
+        .collect()
+}
+
+/// Waits (bounded) until `/dev/<name>` is connected.
+fn wait_connected(name: &str) {
+    let start = std::time::Instant::now();
+    while !Path::new(&format!("/sys/block/{name}/pid")).exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "/dev/{name} did not connect"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Every nbd device held for real (qemu-nbd --connect, as another tool
+/// would): attach waits its retry bound, fails saying no nbd device is
+/// free, and leaves nothing (no qemu-nbd of ours, no device connected to
+/// our image, no private directory); once one device comes free during the
+/// wait, attach gets it.
+fn nbd_all_devices_busy() {
+    use diskmount::{AttachOptions, RetryPolicy, Step};
+    use std::time::{Duration, Instant};
+    let mut fx = Fixture::new();
+    let scratch = fx.blank("held.img", 1 << 20);
+    let img = fx.ext4("disk.img", &[("id", "x")]);
+    let mut all: Vec<String> = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("nbd"))
+        .collect();
+    all.sort();
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    for name in &all {
+        run(Command::new("qemu-nbd")
+            .args(["--read-only", "-f", "raw", "--connect"])
+            .arg(format!("/dev/{name}"))
+            .arg(&scratch));
+    }
+    for name in &all {
+        wait_connected(name);
+    }
+    let private_dirs = || {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("diskmount-nbd-")
+            })
+            .count()
+    };
+    let dirs_before = private_dirs();
+    let policy = RetryPolicy {
+        max_attempts: 1000,
+        timeout: Duration::from_secs(2),
+        max_delay: Duration::from_millis(100),
+    };
+    let image = Image::file(&img, Format::Raw).unwrap();
+    let start = Instant::now();
+    let got =
+        Unattached::<Nbd>::with_options(image.clone(), AttachOptions::default().retry(policy))
+            .attach();
+    let waited = start.elapsed();
+    let err = got.expect_err("attached with every nbd device busy");
+    let text = err.to_string();
+    println!(
+        "nbd_all_devices_busy: {} devices held; waited {waited:.2?}: {text}",
+        all.len()
+    );
+    assert!(matches!(err, diskmount::Error::Exhausted { .. }), "{err:?}");
+    assert_eq!(err.step(), Some(Step::Attach), "{text}");
+    assert_eq!(err.path(), Some(img.as_path()), "{text}");
+    assert!(
+        text.contains("no free nbd device") && text.contains(&format!("all {}", all.len())),
+        "{text}"
+    );
+    assert!(
+        waited >= policy.timeout && waited <= policy.timeout + Duration::from_secs(1),
+        "waited {waited:?}, the bound is {:?}",
+        policy.timeout
+    );
+    assert!(qemu_nbd_on(&img).is_empty(), "{:?}", qemu_nbd_on(&img));
+    assert_eq!(connected_nbds().len(), all.len());
+    assert_eq!(private_dirs(), dirs_before, "a private directory was left");
+    // One device comes free during the wait: attach takes it.
+    let freed = all[all.len() / 2].clone();
+    let (attached, waited) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let start = Instant::now();
+            let a = Unattached::<Nbd>::with_options(
+                image.clone(),
+                AttachOptions::default().retry(RetryPolicy {
+                    timeout: Duration::from_secs(20),
+                    ..policy
+                }),
+            )
+            .attach();
+            (a, start.elapsed())
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        run(Command::new("qemu-nbd")
+            .arg("--disconnect")
+            .arg(format!("/dev/{freed}")));
+        h.join().unwrap()
+    });
+    let attached = attached.unwrap();
+    println!(
+        "nbd_all_devices_busy: /dev/{freed} freed after 1 s; attached to {} after {waited:.2?}",
+        attached.device().display()
+    );
+    assert_eq!(attached.device(), Path::new(&format!("/dev/{freed}")));
+    attached.close().unwrap();
+    for name in &all {
+        let _ = Command::new("qemu-nbd")
+            .arg("--disconnect")
+            .arg(format!("/dev/{name}"))
+            .output();
+    }
+    let start = Instant::now();
+    while !connected_nbds().is_empty() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    let start = Instant::now();
+    while !qemu_nbd_on(&scratch).is_empty() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fx.assert_clean();
+}
+
+/// How many attach/detach cycles each process of the nbd race does.
+const RACE_CYCLES: usize = 8;
+
+/// Two processes (this binary again) attaching nbd devices at the same
+/// moment, many times: no device is ever given to both, every attach
+/// succeeds, nothing is left.
+fn nbd_two_processes_race() {
+    let mut fx = Fixture::new();
+    let shared = fx.tree("held", &[]);
+    let images: Vec<_> = (0..2).map(|i| fx.ext4(&format!("d{i}.img"), &[])).collect();
+    let children: Vec<_> = images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| {
+            Command::new(std::env::current_exe().unwrap())
+                .env(
+                    RACE_CHILD,
+                    format!("{i}|{}|{}", shared.display(), img.display()),
+                )
+                .env("DISKMOUNT_RUN_DIR", fx.path().join("records"))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    while !(0..2).all(|i| shared.join(format!("ready{i}")).exists()) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::fs::write(shared.join("go"), "").unwrap();
+    let mut spans = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{text}");
+        assert!(out.status.success(), "race child: {}", out.status);
+        let span = text
+            .lines()
+            .find_map(|l| l.strip_prefix("race: span "))
+            .expect("span");
+        let (a, b) = span.split_once(' ').unwrap();
+        spans.push((a.parse::<u128>().unwrap(), b.parse::<u128>().unwrap()));
+        assert_eq!(
+            text.lines().filter(|l| l.contains(" attached ")).count(),
+            RACE_CYCLES
+        );
+    }
+    let overlap = spans[0]
+        .1
+        .min(spans[1].1)
+        .saturating_sub(spans[0].0.max(spans[1].0));
+    let whole = spans[0].1.max(spans[1].1) - spans[0].0.min(spans[1].0);
+    println!(
+        "nbd_two_processes_race: 2 x {RACE_CYCLES} cycles, overlapping {:.1} s of {:.1} s",
+        overlap as f64 / 1e6,
+        whole as f64 / 1e6
+    );
+    assert!(overlap * 2 > whole, "the processes barely overlapped");
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    let records = fx.path().join("records");
+    let left: Vec<_> = std::fs::read_dir(&records)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "records left: {left:?}");
+    fx.assert_clean();
+}
+
+const RACE_CHILD: &str = "DISKMOUNT_LANE_NBD_RACE";
+
+fn micros_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+}
+
+/// One process of [`nbd_two_processes_race`]: `i|shared dir|image`.
+fn nbd_race_child(spec: &str) {
+    let mut it = spec.splitn(3, '|');
+    let (i, shared, img) = (
+        it.next().unwrap(),
+        Path::new(it.next().unwrap()),
+        it.next().unwrap(),
+    );
+    std::fs::write(shared.join(format!("ready{i}")), "").unwrap();
+    while !shared.join("go").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let start = micros_now();
+    let image = Image::file(img, Format::Raw).unwrap();
+    for c in 0..RACE_CYCLES {
+        let a = Unattached::<Nbd>::new(image.clone()).attach().unwrap();
+        let name = a
+            .device()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        // A device given to both processes at once finds the other's mark.
+        let mark = shared.join(&name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&mark)
+            .unwrap_or_else(|e| panic!("/dev/{name} is held by the other process too: {e}"));
+        println!("race: process {i} cycle {c}: attached /dev/{name}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::remove_file(&mark).unwrap();
+        a.close().unwrap();
+    }
+    println!("race: span {start} {}", micros_now());
+}
+
 fn nbd_killed_while_mounted_is_reported_and_nothing_is_left() {
     let mut fx = Fixture::new();
     let img = fx.ext4("disk.img", &[("id", "x")]);
@@ -449,12 +702,15 @@ fn auto_picks_nbd_where_the_kernel_has_it_and_fuse_where_not() {
 type Case = (&'static str, &'static [Needs], fn());
 
 fn main() {
+    if let Ok(spec) = std::env::var(RACE_CHILD) {
+        return nbd_race_child(&spec);
+    }
     let in_lane = std::env::var("DISKMOUNT_VM_LANE").as_deref() == Ok("1");
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let cases: [Case; 13] = [
+    let cases: [Case; 15] = [
         (
             "kernel_nodes_for_every_mbr_partition",
             &[Needs::PartitionParsers],
@@ -500,6 +756,12 @@ fn main() {
             &[Needs::Nbd],
             nbd_concurrent_attaches_get_different_devices,
         ),
+        (
+            "nbd_two_processes_race",
+            &[Needs::Nbd],
+            nbd_two_processes_race,
+        ),
+        ("nbd_all_devices_busy", &[Needs::Nbd], nbd_all_devices_busy),
         (
             "nbd_killed_while_mounted_is_reported_and_nothing_is_left",
             &[Needs::Nbd],

@@ -7,6 +7,7 @@
 //!    random order (as Nova spreads them), each under a non-blocking
 //!    exclusive `flock` that diskmount holds for the device's lifetime, and
 //!    a device counts as free only with no `/sys/block/nbdX/pid` and size 0;
+//!    while all are busy, wait and try again within [`crate::RetryPolicy`];
 //! 3. `qemu-nbd --connect=/dev/nbdX -f FORMAT [--read-only]` kept in the
 //!    foreground (`--verbose`) as our own child, tied to this process, its
 //!    output in a private file;
@@ -37,6 +38,7 @@ use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
 use crate::image::Image;
 use crate::options::AttachOptions;
+use crate::retry::{Backoff, RetryPolicy};
 use crate::sys::block as blk;
 use crate::sys::flock::{Lock, flock};
 use crate::sys::process::{spawn_detached, spawn_tied};
@@ -113,7 +115,8 @@ fn random() -> u64 {
 }
 
 /// Claims a free nbd device: open and exclusively locked, not connected.
-fn claim(image: &Path) -> Result<(String, File)> {
+/// `Ok(Err(n))`: all `n` devices are connected or claimed.
+fn claim(image: &Path) -> Result<std::result::Result<(String, File), usize>> {
     let mut names: Vec<String> = std::fs::read_dir("/sys/block")
         .map_err(|e| Error::os(Step::Attach, "/sys/block", "read", e))?
         .flatten()
@@ -134,6 +137,7 @@ fn claim(image: &Path) -> Result<(String, File)> {
     names.sort_by_key(|n| n[3..].parse::<u32>().unwrap_or(u32::MAX));
     let start = (random() % names.len() as u64) as usize;
     names.rotate_left(start);
+    let count = names.len();
     for name in names {
         if sys(&name, "pid").exists()
             || std::fs::read_to_string(sys(&name, "size")).is_ok_and(|s| s.trim() != "0")
@@ -159,19 +163,46 @@ fn claim(image: &Path) -> Result<(String, File)> {
             continue;
         }
         debug!("attach: claimed {}", node.display());
-        return Ok((name, file));
+        return Ok(Ok((name, file)));
     }
-    Err(Error::invalid(
-        Step::Attach,
-        image,
-        "no free nbd device (all are connected or claimed)",
-    ))
+    Ok(Err(count))
+}
+
+/// Claims a free nbd device, waiting within `policy` while all are busy.
+fn claim_within(image: &Path, policy: RetryPolicy) -> Result<(String, File)> {
+    let mut backoff = Backoff::new(policy);
+    loop {
+        backoff.attempt();
+        let count = match claim(image)? {
+            Ok(found) => return Ok(found),
+            Err(count) => count,
+        };
+        if !backoff.wait() {
+            return Err(Error::Exhausted {
+                step: Step::Attach,
+                path: image.to_path_buf(),
+                operation: format!(
+                    "claim a free nbd device (no free nbd device: all {count} are connected or \
+                     claimed; more with modprobe nbd nbds_max=N)"
+                )
+                .into(),
+                attempts: backoff.attempts(),
+                elapsed: backoff.elapsed(),
+                source: Errno::EBUSY.into(),
+            });
+        }
+        warn!(
+            "attach: {}: all {count} nbd devices are busy; retrying (attempt {})",
+            image.display(),
+            backoff.attempts() + 1
+        );
+    }
 }
 
 pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
     let path = image.path();
     let info = super::check_qemu_image(image, Nbd::NAME)?;
-    let (name, file) = claim(path)?;
+    let (name, file) = claim_within(path, options.retry)?;
     let node = PathBuf::from("/dev").join(&name);
     let mut server = Server::start(image, &node, options.persistent)?;
     if let Err(e) = server.wait_ready(&name, info.virtual_size) {
