@@ -326,3 +326,83 @@ fn kernel_nodes_and_device_mapper_are_refused_clearly_where_missing() {
         fx.assert_clean();
     }
 }
+
+const STALE_CHILD: &str = "DISKMOUNT_PARTITIONS_DM_NODE_CHILD";
+
+#[test]
+fn device_mapper_is_judged_by_its_driver_not_by_a_node() {
+    // `dmsetup` leaves a /dev/mapper/control node behind on kernels without
+    // device-mapper; such a node must not count as "available" (the map
+    // then failed with dmsetup's confusing output instead of saying that
+    // device-mapper is missing). Built for real: a private mount namespace
+    // (this test again under `unshare --mount`) with a fresh /dev/mapper
+    // holding only a control node with the real numbers 10:236.
+    if let Ok(img) = std::env::var(STALE_CHILD) {
+        return with_a_fresh_control_node(Path::new(&img));
+    }
+    let mut fx = Fixture::new();
+    let img = fx.mbr_image("mbr.img");
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "device_mapper_is_judged_by_its_driver_not_by_a_node",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(STALE_CHILD, &img)
+        .env("DISKMOUNT_RUN_DIR", fx.path().join("records"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fx.assert_clean();
+}
+
+fn with_a_fresh_control_node(img: &Path) {
+    use nix::mount::{MsFlags, mount};
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    std::fs::create_dir_all("/dev/mapper").unwrap();
+    mount(
+        Some("tmpfs"),
+        "/dev/mapper",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=0755,size=1m"),
+    )
+    .expect("mount a tmpfs on /dev/mapper (in our own mount namespace)");
+    mknod(
+        "/dev/mapper/control",
+        SFlag::S_IFCHR,
+        Mode::from_bits(0o600).unwrap(),
+        makedev(10, 236),
+    )
+    .unwrap();
+    let result = Unattached::<Loop>::new(Image::file(img, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map_with(
+            Partition::Number(5),
+            &MapOptions::default().strategy(MapStrategy::DeviceMapper),
+        );
+    match (common::kernel_has_device_mapper(), result) {
+        (true, Ok(m)) => {
+            assert_eq!(m.mapping(), Mapping::DeviceMapper);
+            m.close().unwrap();
+        }
+        (false, Err(err)) => {
+            assert_eq!(err.step(), Some(Step::Map), "{err}");
+            assert!(
+                err.to_string().contains("device-mapper is not available"),
+                "{err}"
+            );
+        }
+        (has, other) => panic!("device-mapper present={has}: {other:?}"),
+    }
+}

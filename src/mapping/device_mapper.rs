@@ -3,7 +3,7 @@
 //! where adding partitions is not possible. Created and removed with
 //! `dmsetup`, always by the target's own name, never by image path.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -16,9 +16,17 @@ use crate::partition::PartitionInfo;
 
 const CONTROL: &str = "/dev/mapper/control";
 
-/// Whether this kernel has device-mapper.
+/// Whether this kernel has device-mapper: the control device opens (which
+/// loads dm-mod on demand where the node is a static one). A node alone
+/// proves nothing: `dmsetup` leaves one behind on kernels without the
+/// driver, and opening it then fails with `ENODEV`.
 pub(crate) fn available() -> bool {
-    Path::new(CONTROL).exists()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(CONTROL)
+        .is_ok()
 }
 
 pub(crate) fn create(device: &Device, part: &PartitionInfo) -> Result<MappedPart> {
@@ -26,7 +34,9 @@ pub(crate) fn create(device: &Device, part: &PartitionInfo) -> Result<MappedPart
         return Err(Error::invalid(
             Step::Map,
             device.path(),
-            format!("device-mapper is not available (no {CONTROL}; modprobe dm-mod)"),
+            format!(
+                "device-mapper is not available ({CONTROL} is missing or has no driver; modprobe dm-mod)"
+            ),
         ));
     }
     let disk = sysfs::name_of(device.rdev).ok_or_else(|| {
