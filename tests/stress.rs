@@ -30,10 +30,12 @@
 //! sudo -E DISKMOUNT_STRESS_CYCLES=200 cargo test --test stress  # by hand: 8 x 200, ~35 s
 //! ```
 //!
-//! Knobs: `DISKMOUNT_STRESS_CYCLES` (cycles per thread), `DISKMOUNT_STRESS_THREADS`
-//! (threads in all, default 8), `DISKMOUNT_STRESS_PROCESSES` (of the second
-//! phase, default 2), `DISKMOUNT_STRESS_SEED` (repeat a run: the report
-//! prints the seed). Arguments name the phases to run (default both).
+//! Knobs: `DISKMOUNT_STRESS_CYCLES` or `--cycles N` (cycles per thread),
+//! `DISKMOUNT_STRESS_THREADS` or `--threads N` (threads in all, default 8),
+//! `DISKMOUNT_STRESS_PROCESSES` or `--processes N` (of the second phase,
+//! default 2), `DISKMOUNT_STRESS_SEED` (repeat a run: the report prints the
+//! seed). Other arguments name the phases to run (default both), e.g.
+//! `cargo test --test stress -- two_processes --processes 4`.
 
 mod common;
 
@@ -836,14 +838,39 @@ fn main() {
             seed.parse().unwrap(),
         ));
     }
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    // `--cycles N`, `--threads N`, `--processes N` override the
+    // environment; other words select phases; other flags (cargo's) are
+    // ignored.
+    let mut filter = Vec::new();
+    let mut given = BTreeMap::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--cycles" | "--threads" | "--processes" => {
+                let v = args.next().unwrap_or_default();
+                let n: usize = v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{a} {v}: not a number"));
+                given.insert(a, n);
+            }
+            f if f.starts_with('-') => {}
+            word => filter.push(word.to_string()),
+        }
+    }
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
-    let cycles = env_usize("DISKMOUNT_STRESS_CYCLES", DEFAULT_CYCLES);
-    let threads = env_usize("DISKMOUNT_STRESS_THREADS", DEFAULT_THREADS);
-    let processes = env_usize("DISKMOUNT_STRESS_PROCESSES", DEFAULT_PROCESSES);
+    let knob = |flag: &str, var: &str, default: usize| {
+        given
+            .get(flag)
+            .copied()
+            .unwrap_or_else(|| env_usize(var, default))
+    };
+    let cycles = knob("--cycles", "DISKMOUNT_STRESS_CYCLES", DEFAULT_CYCLES);
+    let threads = knob("--threads", "DISKMOUNT_STRESS_THREADS", DEFAULT_THREADS);
+    let processes = knob(
+        "--processes",
+        "DISKMOUNT_STRESS_PROCESSES",
+        DEFAULT_PROCESSES,
+    );
     assert!(
         processes >= 1 && threads >= processes && threads.is_multiple_of(processes),
         "DISKMOUNT_STRESS_THREADS ({threads}) must be a multiple of DISKMOUNT_STRESS_PROCESSES ({processes})"
