@@ -26,8 +26,8 @@
 //! an image the cycle holds must be refused).
 //!
 //! ```sh
-//! sudo -E cargo test --test stress                              # CI size: 8 threads x 100 cycles, ~20 s
-//! sudo -E DISKMOUNT_STRESS_CYCLES=200 cargo test --test stress  # by hand: 8 x 200, ~35 s
+//! sudo -E cargo test --test stress                              # CI size: 8 threads x 100 cycles, 15-25 s
+//! sudo -E DISKMOUNT_STRESS_CYCLES=200 cargo test --test stress  # by hand: 8 x 200, 35-55 s
 //! ```
 //!
 //! Knobs: `DISKMOUNT_STRESS_CYCLES` or `--cycles N` (cycles per thread),
@@ -247,12 +247,15 @@ fn now_micros() -> u128 {
 struct Counter {
     attach_retries: AtomicU64,
     unmount_retries: AtomicU64,
+    /// The first few attach retry messages, for the report.
+    samples: Mutex<Vec<String>>,
     other: Mutex<Vec<String>>,
 }
 
 static COUNTER: Counter = Counter {
     attach_retries: AtomicU64::new(0),
     unmount_retries: AtomicU64::new(0),
+    samples: Mutex::new(Vec::new()),
     other: Mutex::new(Vec::new()),
 };
 
@@ -270,6 +273,10 @@ impl log::Log for Counter {
             self.unmount_retries.fetch_add(1, Ordering::Relaxed);
         } else if msg.contains("retrying") {
             self.attach_retries.fetch_add(1, Ordering::Relaxed);
+            let mut samples = self.samples.lock().unwrap();
+            if samples.len() < 3 {
+                samples.push(msg);
+            }
         } else {
             eprintln!("stress worker: {}: {msg}", record.level());
             self.other.lock().unwrap().push(msg);
@@ -548,6 +555,9 @@ fn worker(dir: &Path, first_slot: usize, threads: usize, cycles: usize, seed: u6
         println!("unexpected warning: {w}");
         failed = true;
     }
+    for m in COUNTER.samples.lock().unwrap().iter() {
+        println!("retry-sample {m}");
+    }
     println!(
         "retries {} {}",
         COUNTER.attach_retries.load(Ordering::Relaxed),
@@ -565,6 +575,7 @@ struct Report {
     /// (kind, action) -> cycle times in µs.
     times: BTreeMap<(Kind, Action), Vec<u128>>,
     unexpected: Vec<String>,
+    retry_samples: Vec<String>,
     attach_retries: u64,
     unmount_retries: u64,
     spans: Vec<(u128, u128)>,
@@ -580,6 +591,7 @@ impl Report {
                     self.times.entry(key).or_default().push(us.parse().unwrap());
                 }
                 ["unexpected", ..] => self.unexpected.push(line.to_string()),
+                ["retry-sample", ..] => self.retry_samples.push(line[13..].to_string()),
                 ["retries", a, u] => {
                     self.attach_retries += a.parse::<u64>().unwrap();
                     self.unmount_retries += u.parse::<u64>().unwrap();
@@ -707,6 +719,9 @@ fn print_report(
         "  retries logged: attach {}, unmount {}",
         r.attach_retries, r.unmount_retries
     );
+    for m in &r.retry_samples {
+        println!("    e.g. {m}");
+    }
     println!("  unexpected failures: {}", r.unexpected.len());
     for u in &r.unexpected {
         println!("    {u}");
