@@ -1,8 +1,10 @@
 //! Cycles per second with 1, 2, 4 and 8 threads, each thread cycling its own
 //! 64 MiB ext4 raw image (attach, map whole disk, mount, unmount, unmap,
-//! detach) on its own mount point: the library, and the hand-written
-//! syscall floor with the same flushes, which shows what the kernel itself
-//! allows. The library takes the `/dev/loop-control` lock only around
+//! detach) on its own mount point: the library, the hand-written syscall
+//! floor with the same flushes, which shows what the kernel itself allows,
+//! and the floor claiming its device the library's way (under the
+//! `/dev/loop-control` lock, with partition scanning), which shows what
+//! that claim costs when threads compete. The library takes the `/dev/loop-control` lock only around
 //! `LOOP_CTL_GET_FREE` and the claim of the device it returns
 //! (`LOOP_CONFIGURE`, `LOOP_GET_STATUS64`); nothing else is shared.
 //!
@@ -50,12 +52,20 @@ fn open_rw(path: impl AsRef<Path>) -> File {
 }
 
 /// The floor: no lock, `EBUSY` (another thread configured the device
-/// `LOOP_CTL_GET_FREE` offered to both) answered by asking again.
-fn syscalls(img: &Path, mnt: &Path) {
+/// `LOOP_CTL_GET_FREE` offered to both) answered by asking again. With
+/// `claim_like_library`, the claim is made the library's way: under an
+/// exclusive `flock` of `/dev/loop-control`, with `LO_FLAGS_PARTSCAN`
+/// (which makes `LOOP_CONFIGURE` rescan the partition table).
+fn syscalls(img: &Path, mnt: &Path, claim_like_library: bool) {
+    use diskmount::sys::flock::{Lock, flock};
     let backing = open_rw(img);
     let control = open_rw("/dev/loop-control");
     let mut info = loop_dev::empty_info();
     info.lo_flags = loop_dev::LO_FLAGS_AUTOCLEAR;
+    if claim_like_library {
+        info.lo_flags |= loop_dev::LO_FLAGS_PARTSCAN;
+        flock(&control, Lock::Exclusive, true).unwrap();
+    }
     let (node, dev) = loop {
         let nr = loop_dev::ctl_get_free(&control).unwrap();
         let node = format!("/dev/loop{nr}");
@@ -66,6 +76,7 @@ fn syscalls(img: &Path, mnt: &Path) {
             Err(e) => panic!("LOOP_CONFIGURE {node}: {e}"),
         }
     };
+    drop(control);
     nix::mount::mount(
         Some(node.as_str()),
         mnt,
@@ -87,7 +98,7 @@ fn round(
     slots: &[(PathBuf, PathBuf)],
     threads: usize,
     cycles: usize,
-    floor: bool,
+    variant: usize,
 ) -> (f64, Vec<f64>) {
     let barrier = Barrier::new(threads + 1);
     let (start, lat) = std::thread::scope(|s| {
@@ -100,10 +111,9 @@ fn round(
                     let mut lat = Vec::with_capacity(cycles);
                     for _ in 0..cycles {
                         let t = Instant::now();
-                        if floor {
-                            syscalls(img, mnt);
-                        } else {
-                            library(img, mnt);
+                        match variant {
+                            0 => library(img, mnt),
+                            v => syscalls(img, mnt, v == 2),
                         }
                         lat.push(common::ms(t.elapsed()));
                     }
@@ -143,19 +153,21 @@ fn main() {
         })
         .collect();
     // Warm-up: every image once through each variant.
-    round(&slots, max, 2, false);
-    round(&slots, max, 2, true);
     let variants = [
-        ("diskmount (library)", false),
-        ("syscalls, same flushes", true),
+        "diskmount (library)",
+        "syscalls, same flushes",
+        "syscalls, claimed under the control lock with PARTSCAN",
     ];
+    for v in 0..variants.len() {
+        round(&slots, max, 2, v);
+    }
     // rate[v][t] and latencies[v][t] over all rounds.
     let mut rate = vec![vec![Vec::new(); THREADS.len()]; variants.len()];
     let mut lat = vec![vec![Vec::new(); THREADS.len()]; variants.len()];
     for _ in 0..rounds {
         for (ti, &t) in THREADS.iter().enumerate() {
-            for (vi, &(_, floor)) in variants.iter().enumerate() {
-                let (r, l) = round(&slots, t, cycles, floor);
+            for vi in 0..variants.len() {
+                let (r, l) = round(&slots, t, cycles, vi);
                 rate[vi][ti].push(r);
                 lat[vi][ti].extend(l);
             }
@@ -170,7 +182,7 @@ fn main() {
         "",
     );
     let mut series: Vec<(String, Vec<Stats>)> = Vec::new();
-    for (vi, (name, _)) in variants.iter().enumerate() {
+    for (vi, name) in variants.iter().enumerate() {
         let one = stats(rate[vi][0].clone()).median;
         let mut line = Vec::new();
         for (ti, &t) in THREADS.iter().enumerate() {
