@@ -1,36 +1,44 @@
-//! One full cycle (attach, map whole disk, mount, unmount, unmap, detach) of
-//! a 64 MiB ext4 raw image, three ways side by side in one run:
+//! One full cycle (attach, map, mount, unmount, unmap, detach), several ways
+//! side by side in one run, interleaved round by round:
 //!
-//! - `diskmount`: the library;
-//! - `util-linux`: `losetup --find --show`, `mount`, `umount`,
-//!   `losetup --detach`, as processes, the way Nova does it;
-//! - `syscalls`: the minimal hand-written sequence of the same system calls
-//!   (the floor), with and without the flushes the library does for
-//!   durability.
+//! 1. a 64 MiB ext4 raw image, whole disk: the library; util-linux as
+//!    processes, both Nova's four (`losetup --find --show`, `mount`,
+//!    `umount`, `losetup --detach`) and a shell user's two (`mount -o loop`,
+//!    `umount`); the minimal hand-written syscall sequence (the floor), with
+//!    and without the library's flushes;
+//! 2. an MBR *logical* partition (number 5, inside an extended partition) of
+//!    a 72 MiB image. This host kernel does not parse partition tables, so
+//!    nothing makes `/dev/loopNp5` by itself; like is compared with like:
+//!    BLKPG (the library's automatic choice here, `partx --add` in
+//!    util-linux, `BLKPG_ADD_PARTITION` in the floor) and an offset loop
+//!    device (`MapStrategy::OffsetLoop`, `losetup --offset --sizelimit`,
+//!    `mount -o loop,offset=,sizelimit=`, `LOOP_CONFIGURE` with offset and
+//!    limit). util-linux and the floor are given the partition's offset
+//!    (read once, untimed); the library reads the table every cycle;
+//! 3. the same whole-disk filesystem as qcow2, through the Fuse backend (and
+//!    Nbd where the kernel has nbd: the kernel VM lane), next to raw.
 //!
-//! Run as root: `cargo bench --bench cycle` (`-- --iterations N` to change
-//! the count). Prints a table of medians and spread.
+//! Run as root: `cargo bench --bench cycle` (`-- --iterations N`; `--once`
+//! runs one library cycle and exits; `--only raw|part|qcow2`). Prints the
+//! tables; writes `target/bench-results/cycle.json` and the charts
+//! `docs/charts/cycle-whole.svg` and `docs/charts/cycle-partition.svg`.
+
+mod common;
 
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
+use common::{Table, Variant, compare, run};
 use diskmount::sys::{block as blk, loop_dev};
-use diskmount::{Backend, Format, Fuse, Image, Loop, MountOptions, Nbd, Partition, Unattached};
+use diskmount::{
+    Backend, Format, Fuse, Image, Loop, MapOptions, MapStrategy, Mapping, MountOptions, Nbd,
+    Partition, Unattached,
+};
 use nix::mount::{MntFlags, MsFlags};
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn library(img: &Path, mnt: &Path) {
     Unattached::<Loop>::new(Image::file(img, Format::Raw).unwrap())
@@ -56,6 +64,23 @@ fn library_image<B: Backend>(image: &Image, mnt: &Path) {
         .unwrap();
 }
 
+/// Partition `number` of `img` with `strategy`; returns how it was mapped.
+fn library_part(img: &Path, mnt: &Path, number: u32, strategy: MapStrategy) -> Mapping {
+    let mounted = Unattached::<Loop>::new(Image::file(img, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map_with(
+            Partition::Number(number),
+            &MapOptions::default().strategy(strategy),
+        )
+        .unwrap()
+        .mount(mnt, &MountOptions::default())
+        .unwrap();
+    let how = mounted.mapped().mapping();
+    mounted.close().unwrap();
+    how
+}
+
 fn util_linux(img: &Path, mnt: &Path) {
     let dev = run(Command::new("losetup").args(["--find", "--show"]).arg(img));
     let dev = dev.trim();
@@ -64,31 +89,82 @@ fn util_linux(img: &Path, mnt: &Path) {
     run(Command::new("losetup").args(["--detach", dev]));
 }
 
-fn syscalls(img: &Path, mnt: &Path, flush: bool) {
-    let backing = OpenOptions::new()
+/// `mount -o loop`: mount sets up an autoclear loop device itself, and the
+/// unmount frees it.
+fn mount_loop(img: &Path, mnt: &Path, range: Option<(u64, u64)>) {
+    let opts = match range {
+        None => "loop".to_string(),
+        Some((start, size)) => format!("loop,offset={start},sizelimit={size}"),
+    };
+    run(Command::new("mount").args(["-o", &opts]).arg(img).arg(mnt));
+    run(Command::new("umount").arg(mnt));
+}
+
+/// `losetup` + `partx --add` (BLKPG) + mount + umount + `partx --delete` +
+/// `losetup --detach`: six processes.
+fn util_linux_partx(img: &Path, mnt: &Path, number: u32) {
+    let dev = run(Command::new("losetup").args(["--find", "--show"]).arg(img));
+    let dev = dev.trim();
+    let nr = number.to_string();
+    run(Command::new("partx").args(["--add", "--nr", &nr, dev]));
+    run(Command::new("mount")
+        .arg(format!("{dev}p{number}"))
+        .arg(mnt));
+    run(Command::new("umount").arg(mnt));
+    run(Command::new("partx").args(["--delete", "--nr", &nr, dev]));
+    run(Command::new("losetup").args(["--detach", dev]));
+}
+
+/// `losetup --offset --sizelimit` + mount + umount + `losetup --detach`.
+fn util_linux_offset(img: &Path, mnt: &Path, start: u64, size: u64) {
+    let dev = run(Command::new("losetup")
+        .args(["--find", "--show", "--offset"])
+        .arg(start.to_string())
+        .arg("--sizelimit")
+        .arg(size.to_string())
+        .arg(img));
+    let dev = dev.trim();
+    run(Command::new("mount").arg(dev).arg(mnt));
+    run(Command::new("umount").arg(mnt));
+    run(Command::new("losetup").args(["--detach", dev]));
+}
+
+fn open_rw(path: impl AsRef<Path>) -> File {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(nix::libc::O_CLOEXEC)
-        .open(img)
-        .unwrap();
-    let control = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/loop-control")
-        .unwrap();
-    let nr = loop_dev::ctl_get_free(&control).unwrap();
-    let node = format!("/dev/loop{nr}");
-    let dev: File = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_CLOEXEC)
-        .open(&node)
-        .unwrap();
+        .open(path)
+        .unwrap()
+}
+
+/// The floor's attach: `LOOP_CTL_GET_FREE`, open, one `LOOP_CONFIGURE`
+/// (autoclear; `range` = offset and size limit).
+fn floor_attach(backing: &File, range: Option<(u64, u64)>) -> (String, File) {
+    let control = open_rw("/dev/loop-control");
     let mut info = loop_dev::empty_info();
     info.lo_flags = loop_dev::LO_FLAGS_AUTOCLEAR;
-    loop_dev::configure(&dev, &loop_dev::config(backing.as_fd(), info)).unwrap();
+    if let Some((start, size)) = range {
+        info.lo_offset = start;
+        info.lo_sizelimit = size;
+    }
+    // Other processes on the machine claim loop devices too: EBUSY means
+    // one took this device first; ask for another at once.
+    loop {
+        let nr = loop_dev::ctl_get_free(&control).unwrap();
+        let node = format!("/dev/loop{nr}");
+        let dev = open_rw(&node);
+        match loop_dev::configure(&dev, &loop_dev::config(backing.as_fd(), info)) {
+            Ok(()) => return (node, dev),
+            Err(nix::errno::Errno::EBUSY) => continue,
+            Err(e) => panic!("LOOP_CONFIGURE {node}: {e}"),
+        }
+    }
+}
+
+fn floor_mount(node: &str, mnt: &Path, flush: bool) {
     nix::mount::mount(
-        Some(node.as_str()),
+        Some(node),
         mnt,
         Some("ext4"),
         MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
@@ -100,6 +176,9 @@ fn syscalls(img: &Path, mnt: &Path, flush: bool) {
         nix::unistd::syncfs(&d).unwrap();
     }
     nix::mount::umount2(mnt, MntFlags::UMOUNT_NOFOLLOW).unwrap();
+}
+
+fn floor_detach(backing: &File, dev: File, flush: bool) {
     if flush {
         blk::flsbuf(&dev).unwrap();
         backing.sync_all().unwrap();
@@ -107,134 +186,231 @@ fn syscalls(img: &Path, mnt: &Path, flush: bool) {
     loop_dev::clr_fd(&dev).unwrap();
 }
 
-/// A named way of running one cycle.
-type Variant<'a> = (&'static str, Box<dyn Fn() + 'a>);
-
-struct Stats {
-    median: Duration,
-    p10: Duration,
-    p90: Duration,
+fn syscalls(img: &Path, mnt: &Path, flush: bool) {
+    let backing = open_rw(img);
+    let (node, dev) = floor_attach(&backing, None);
+    floor_mount(&node, mnt, flush);
+    floor_detach(&backing, dev, flush);
 }
 
-fn stats(mut times: Vec<Duration>) -> Stats {
-    times.sort();
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-    Stats {
-        median: at(0.5),
-        p10: at(0.1),
-        p90: at(0.9),
-    }
+/// The floor with BLKPG: whole-disk loop, `BLKPG_ADD_PARTITION`, mount the
+/// node devtmpfs made, unmount, flush, `BLKPG_DEL_PARTITION`, detach.
+fn syscalls_blkpg(img: &Path, mnt: &Path, number: u32, start: u64, size: u64) {
+    let backing = open_rw(img);
+    let (node, dev) = floor_attach(&backing, None);
+    blk::add_partition(&dev, number, start, size).unwrap();
+    let part_node = format!("{node}p{number}");
+    let part = open_rw(&part_node);
+    floor_mount(&part_node, mnt, true);
+    blk::flsbuf(&part).unwrap();
+    drop(part);
+    blk::del_partition(&dev, number).unwrap();
+    floor_detach(&backing, dev, true);
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1e3)
+/// The floor with an offset loop device over the partition's bytes.
+fn syscalls_offset(img: &Path, mnt: &Path, start: u64, size: u64) {
+    let backing = open_rw(img);
+    let (node, dev) = floor_attach(&backing, Some((start, size)));
+    floor_mount(&node, mnt, true);
+    floor_detach(&backing, dev, true);
+}
+
+/// A 72 MiB MBR image: primary 1 (8 MiB), extended 2, logical 5 (48 MiB,
+/// ext4). Returns the logical partition's byte offset and size.
+fn logical_image(img: &Path, scratch: &Path) -> (u64, u64) {
+    File::create(img).unwrap().set_len(72 << 20).unwrap();
+    let script = "label: dos\nsize=8MiB, type=83\ntype=5\nsize=48MiB, type=83\n";
+    let mut child = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(img)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk");
+    let json = run(Command::new("sfdisk").arg("--json").arg(img));
+    // The fifth "start"/"size" pair after "partitions" is partition 5's
+    // (sfdisk lists 1, 2, 5).
+    let field = |entry: &str, key: &str| -> u64 {
+        let at = entry.find(&format!("\"{key}\":")).unwrap() + key.len() + 3;
+        entry[at..]
+            .trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let entry = json
+        .split('{')
+        .find(|e| e.contains("\"node\"") && e.contains("5\","))
+        .expect("partition 5 in sfdisk --json");
+    let (start, size) = (field(entry, "start") * 512, field(entry, "size") * 512);
+    let fs = scratch.join("logical.ext4");
+    common::ext4_image(&fs, size);
+    let mut src = File::open(&fs).unwrap();
+    let mut dst = OpenOptions::new().write(true).open(img).unwrap();
+    dst.seek(SeekFrom::Start(start)).unwrap();
+    std::io::copy(&mut src, &mut dst).unwrap();
+    std::fs::remove_file(&fs).unwrap();
+    (start, size)
 }
 
 fn main() {
-    let iterations = std::env::args()
-        .skip_while(|a| a != "--iterations")
-        .nth(1)
-        .map(|n| n.parse().expect("--iterations N"))
-        .unwrap_or(200);
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the cycle benchmark needs root"
-    );
-    let dir = tempfile::tempdir().unwrap();
+    let iterations: usize = common::arg("--iterations").unwrap_or(200);
+    let only: Option<String> = common::arg("--only");
+    let wants = |s: &str| only.as_deref().is_none_or(|o| o == s);
+    common::require_root("cycle");
+    let dir = tempfile::Builder::new()
+        .prefix("diskmount-bench-")
+        .tempdir()
+        .unwrap();
     let img = dir.path().join("bench.img");
-    File::create(&img).unwrap().set_len(64 << 20).unwrap();
-    run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
+    common::ext4_image(&img, 64 << 20);
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
 
-    if std::env::args().any(|a| a == "--once") {
+    if common::flag("--once") {
         library(&img, &mnt);
         return;
     }
-    // Interleave the variants round by round so drift hits them alike.
-    let variants: Vec<Variant> = vec![
-        ("diskmount (library)", Box::new(|| library(&img, &mnt))),
-        ("util-linux processes", Box::new(|| util_linux(&img, &mnt))),
-        (
-            "syscalls, same flushes",
-            Box::new(|| syscalls(&img, &mnt, true)),
-        ),
-        (
-            "syscalls, no flushes",
-            Box::new(|| syscalls(&img, &mnt, false)),
-        ),
-    ];
-    compare(
-        &format!("raw ext4 64 MiB, whole-disk cycle, {iterations} iterations each, interleaved"),
-        &variants,
-        iterations,
-        10,
-        "vs diskmount",
-    );
+    let machine = common::print_machine("cycle");
+    let mut tables: Vec<Table> = Vec::new();
 
-    // qcow2 through qemu-storage-daemon's FUSE export, next to the raw
-    // loop cycle (fewer iterations: a daemon starts every cycle).
-    let qcow2 = dir.path().join("bench.qcow2");
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&img)
-        .arg(&qcow2));
-    let qimage = Image::file(&qcow2, Format::Qcow2).unwrap();
-    let n = (iterations / 6).max(10);
-    // The kernel-nbd path where the kernel has nbd (the kernel VM lane).
-    let with_nbd = diskmount::backend::nbd::available();
-    let mut variants: Vec<Variant> = vec![
-        ("raw via Loop", Box::new(|| library(&img, &mnt))),
-        (
-            "qcow2 via Fuse",
-            Box::new(|| library_image::<Fuse>(&qimage, &mnt)),
-        ),
-    ];
-    if with_nbd {
-        variants.push((
-            "qcow2 via Nbd",
-            Box::new(|| library_image::<Nbd>(&qimage, &mnt)),
+    if wants("raw") {
+        let mut variants: Vec<Variant> = vec![
+            (
+                "diskmount (library)".into(),
+                Box::new(|| library(&img, &mnt)),
+            ),
+            (
+                "util-linux: losetup, mount, umount, losetup -d".into(),
+                Box::new(|| util_linux(&img, &mnt)),
+            ),
+            (
+                "util-linux: mount -o loop, umount".into(),
+                Box::new(|| mount_loop(&img, &mnt, None)),
+            ),
+            (
+                "syscalls, same flushes".into(),
+                Box::new(|| syscalls(&img, &mnt, true)),
+            ),
+            (
+                "syscalls, no flushes".into(),
+                Box::new(|| syscalls(&img, &mnt, false)),
+            ),
+        ];
+        let t = compare(
+            "raw-whole",
+            &format!(
+                "raw ext4 64 MiB, whole-disk cycle, {iterations} iterations each, interleaved"
+            ),
+            &mut variants,
+            iterations,
+            10,
+            "vs diskmount",
+        );
+        common::bar_chart("cycle-whole", &t, "lower is better");
+        tables.push(t);
+    }
+
+    if wants("part") {
+        let pimg = dir.path().join("logical.img");
+        let (start, size) = logical_image(&pimg, dir.path());
+        let auto = library_part(&pimg, &mnt, 5, MapStrategy::Auto);
+        println!(
+            "\nlogical partition 5 at byte {start}, {size} bytes; MapStrategy::Auto maps it here by {}",
+            auto.as_str()
+        );
+        let mut variants: Vec<Variant> = vec![
+            (
+                format!("diskmount, Auto ({})", auto.as_str()),
+                Box::new(|| {
+                    library_part(&pimg, &mnt, 5, MapStrategy::Auto);
+                }),
+            ),
+            (
+                "util-linux: losetup, partx -a, mount, umount, partx -d, losetup -d".into(),
+                Box::new(|| util_linux_partx(&pimg, &mnt, 5)),
+            ),
+            (
+                "syscalls (BLKPG), same flushes".into(),
+                Box::new(|| syscalls_blkpg(&pimg, &mnt, 5, start, size)),
+            ),
+            (
+                "diskmount, OffsetLoop".into(),
+                Box::new(|| {
+                    library_part(&pimg, &mnt, 5, MapStrategy::OffsetLoop);
+                }),
+            ),
+            (
+                "util-linux: losetup -o --sizelimit, mount, umount, losetup -d".into(),
+                Box::new(|| util_linux_offset(&pimg, &mnt, start, size)),
+            ),
+            (
+                "util-linux: mount -o loop,offset,sizelimit, umount".into(),
+                Box::new(|| mount_loop(&pimg, &mnt, Some((start, size)))),
+            ),
+            (
+                "syscalls (offset loop), same flushes".into(),
+                Box::new(|| syscalls_offset(&pimg, &mnt, start, size)),
+            ),
+        ];
+        let t = compare(
+            "raw-logical",
+            &format!(
+                "MBR logical partition 5 (ext4 48 MiB), cycle, {iterations} iterations each, interleaved"
+            ),
+            &mut variants,
+            iterations,
+            10,
+            "vs diskmount",
+        );
+        common::bar_chart("cycle-partition", &t, "lower is better");
+        tables.push(t);
+    }
+
+    if wants("qcow2") {
+        // qcow2 through qemu-storage-daemon's FUSE export, next to the raw
+        // loop cycle (fewer iterations: a daemon starts every cycle).
+        let qcow2 = dir.path().join("bench.qcow2");
+        run(Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&img)
+            .arg(&qcow2));
+        let qimage = Image::file(&qcow2, Format::Qcow2).unwrap();
+        let n = (iterations / 6).max(10);
+        // The kernel-nbd path where the kernel has nbd (the kernel VM lane).
+        let with_nbd = diskmount::backend::nbd::available();
+        let mut variants: Vec<Variant> = vec![
+            ("raw via Loop".into(), Box::new(|| library(&img, &mnt))),
+            (
+                "qcow2 via Fuse".into(),
+                Box::new(|| library_image::<Fuse>(&qimage, &mnt)),
+            ),
+        ];
+        if with_nbd {
+            variants.push((
+                "qcow2 via Nbd".into(),
+                Box::new(|| library_image::<Nbd>(&qimage, &mnt)),
+            ));
+        }
+        tables.push(compare(
+            "qcow2",
+            &format!("qcow2 64 MiB (ext4), whole-disk cycle, {n} iterations each, interleaved"),
+            &mut variants,
+            n,
+            3,
+            "vs raw",
         ));
     }
-    println!();
-    compare(
-        &format!("qcow2 64 MiB (ext4), whole-disk cycle, {n} iterations each, interleaved"),
-        &variants,
-        n,
-        3,
-        "vs raw",
-    );
-}
-
-/// Warms each variant up, then runs them in turn, one cycle each, so that
-/// any drift of the machine hits all of them alike; prints a table with
-/// each median relative to the first variant's.
-fn compare(title: &str, variants: &[Variant], iterations: usize, warmup: usize, ratio: &str) {
-    for (_, f) in variants {
-        for _ in 0..warmup {
-            f();
-        }
-    }
-    let mut times: Vec<Vec<Duration>> = variants.iter().map(|_| Vec::new()).collect();
-    for _ in 0..iterations {
-        for (i, (_, f)) in variants.iter().enumerate() {
-            let t = Instant::now();
-            f();
-            times[i].push(t.elapsed());
-        }
-    }
-    let all: Vec<Stats> = times.into_iter().map(stats).collect();
-    let base = all[0].median.as_secs_f64();
-    println!("{title}");
-    println!("| variant | median ms | p10 ms | p90 ms | {ratio} |");
-    println!("|---|---|---|---|---|");
-    for ((name, _), st) in variants.iter().zip(&all) {
-        println!(
-            "| {name} | {} | {} | {} | {:.2}x |",
-            ms(st.median),
-            ms(st.p10),
-            ms(st.p90),
-            st.median.as_secs_f64() / base
-        );
-    }
+    common::write_results("cycle", &machine, &tables);
+    common::assert_clean(dir.path());
 }

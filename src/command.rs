@@ -40,13 +40,36 @@ pub(crate) fn describe_status(s: std::process::ExitStatus) -> String {
     }
 }
 
-/// Waits for `child` to exit, up to `bound`, with a growing back-off
-/// (1 ms to 50 ms); `None` if it is still running then.
+/// Waits for `child` to exit, up to `bound`; `None` if it is still running
+/// then. The exit is signalled through a process descriptor (`pidfd_open`)
+/// where the kernel has one (5.3); elsewhere it is polled with a growing
+/// back-off (1 ms to 50 ms).
 pub(crate) fn wait_timeout(
     child: &mut std::process::Child,
     bound: std::time::Duration,
 ) -> std::io::Result<Option<std::process::ExitStatus>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
     let start = std::time::Instant::now();
+    if let Ok(pidfd) = crate::sys::process::pidfd_open(child.id()) {
+        loop {
+            if let Some(s) = child.try_wait()? {
+                return Ok(Some(s));
+            }
+            let left = bound.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     let mut delay = std::time::Duration::from_millis(1);
     loop {
         if let Some(s) = child.try_wait()? {

@@ -165,6 +165,36 @@ fn writes_through_links_never_reach_the_host() {
 }
 
 #[test]
+fn copy_in_below_existing_guest_links_stays_in_the_image() {
+    let mut h = hostile();
+    // A host tree whose names meet guest links to host paths: a file where
+    // the guest has a link to the host secret, a directory where the guest
+    // has a link to the host directory.
+    let host = h.fx.tree(
+        "stage",
+        &[("abs", "from the host tree\n"), ("dirlink/new", "x")],
+    );
+    for resolver in RESOLVERS {
+        with_root(&h, resolver, |root, _| {
+            root.mkdir_all("/stage", 0o755).unwrap();
+            root.symlink(&h.secret, "/stage/abs").unwrap();
+            root.symlink(&h.secret_dir, "/stage/dirlink").unwrap();
+            // The file replaces the link; the linked directory resolves
+            // inside the image, where it does not exist.
+            refused(root.copy_in(&host, "/"));
+            assert!(root.symlink_metadata("/stage/abs").unwrap().is_file());
+            assert_eq!(
+                root.read_to_string("/stage/abs").unwrap(),
+                "from the host tree\n"
+            );
+            root.remove_all("/stage").unwrap();
+        });
+        h.host_untouched();
+    }
+    h.fx.assert_clean();
+}
+
+#[test]
 fn loops_devices_and_fifos_are_refused() {
     let mut h = hostile();
     for resolver in RESOLVERS {

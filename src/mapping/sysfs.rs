@@ -55,6 +55,15 @@ pub(crate) fn partitions(name: &str) -> Vec<SysPartition> {
     };
     entries
         .flatten()
+        // The kernel names a partition's directory after its disk
+        // (`sda1`, `loop0p1`: block/partitions/core.c), so the disk's own
+        // attributes (about thirty: size, queue, trace, ...) need not be
+        // opened to be told apart; the `partition` attribute still decides.
+        .filter(|e| {
+            e.file_name()
+                .as_encoded_bytes()
+                .starts_with(name.as_bytes())
+        })
         .filter_map(|e| {
             let dir = e.path();
             let number = read(&dir.join("partition"))?.parse().ok()?;

@@ -1,11 +1,17 @@
 //! Copying trees between the host and the image.
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
 use nix::libc;
+use nix::sys::stat::{FchmodatFlags, Mode, fchmodat, fstat, mkdirat};
+use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
 
 use super::Root;
 use crate::error::{Error, Result, Step};
@@ -15,6 +21,19 @@ impl Root<'_> {
     /// `image_dir` of the image (created if missing), keeping modes; host
     /// symbolic links are copied as links, never followed. Returns the bytes
     /// copied.
+    ///
+    /// `image_dir` is resolved inside the image like every other path
+    /// (links in it followed inside the image). Below it, each entry is
+    /// made relative to the descriptor of its directory, by its single name
+    /// and never through a link (`O_NOFOLLOW`, `O_EXCL`); an entry that
+    /// already exists is resolved inside the image as before. Each file is
+    /// written to a temporary name and renamed into place, so a link at the
+    /// name is replaced, not followed.
+    ///
+    /// The copy is durable when this returns: one `syncfs` of the image's
+    /// filesystem at the end, not an `fsync` per file. A crash during the
+    /// copy can leave files of the tree empty or partly written, as with
+    /// `cp -a`.
     pub fn copy_in(&self, host: impl AsRef<Path>, image_dir: impl AsRef<Path>) -> Result<u64> {
         let host = host.as_ref();
         let image_dir = image_dir.as_ref();
@@ -22,10 +41,18 @@ impl Root<'_> {
         let name = host
             .file_name()
             .ok_or_else(|| Error::invalid(Step::Access, host, "names no file to copy"))?;
-        self.copy_in_entry(host, &image_dir.join(name))
+        let dir = self.resolve(image_dir, true)?;
+        let total = self.copy_in_at(host, &dir, name, &image_dir.join(name))?;
+        let sync = super::reopen(&self.fd, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+            .map_err(|e| self.err(image_dir, "open image root", e))?;
+        nix::unistd::syncfs(&sync).map_err(|e| self.err(image_dir, "syncfs", e))?;
+        Ok(total)
     }
 
-    fn copy_in_entry(&self, host: &Path, dest: &Path) -> Result<u64> {
+    /// Copies `host` to the entry `name` of the image directory `dir`
+    /// (`dest` is its path in the image, for messages and for resolving an
+    /// entry that already exists).
+    fn copy_in_at(&self, host: &Path, dir: &OwnedFd, name: &OsStr, dest: &Path) -> Result<u64> {
         let meta = std::fs::symlink_metadata(host)
             .map_err(|e| Error::os(Step::Access, host, "lstat", e))?;
         let mode = meta.permissions().mode() & 0o7777;
@@ -33,13 +60,37 @@ impl Root<'_> {
         if ft.is_symlink() {
             let target = std::fs::read_link(host)
                 .map_err(|e| Error::os(Step::Access, host, "readlink", e))?;
-            if self.symlink_metadata(dest).is_ok() {
-                self.remove(dest)?;
+            match unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(Errno::EISDIR) => unlinkat(dir.as_fd(), name, UnlinkatFlags::RemoveDir)
+                    .map_err(|e| self.err(dest, "rmdir", e))?,
+                Err(e) => return Err(self.err(dest, "unlink", e)),
             }
-            self.symlink(target, dest)?;
+            symlinkat(target.as_path(), dir.as_fd(), name)
+                .map_err(|e| self.err(dest, "symlink", e))?;
             Ok(0)
         } else if ft.is_dir() {
-            self.mkdir_all(dest, mode)?;
+            let sub = match mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700)) {
+                // Made just now: open it by its name, never through a link.
+                Ok(()) => openat(
+                    dir.as_fd(),
+                    name,
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.err(dest, "open new directory", e))?,
+                // There already: resolved inside the image (a link to a
+                // directory is followed there, as mkdir_all does).
+                Err(Errno::EEXIST) => {
+                    let fd = self.resolve(dest, true)?;
+                    let st = fstat(&fd).map_err(|e| self.err(dest, "fstat", e))?;
+                    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                        return Err(self.refuse(dest, "exists and is not a directory"));
+                    }
+                    fd
+                }
+                Err(e) => return Err(self.err(dest, "mkdir", e)),
+            };
             let mut total = 0;
             let mut entries: Vec<_> = std::fs::read_dir(host)
                 .map_err(|e| Error::os(Step::Access, host, "read directory", e))?
@@ -47,9 +98,18 @@ impl Root<'_> {
                 .map_err(|e| Error::os(Step::Access, host, "read directory", e))?;
             entries.sort_by_key(|e| e.file_name());
             for entry in entries {
-                total += self.copy_in_entry(&entry.path(), &dest.join(entry.file_name()))?;
+                let child = entry.file_name();
+                total += self.copy_in_at(&entry.path(), &sub, &child, &dest.join(&child))?;
             }
-            self.set_permissions(dest, mode)?;
+            // The descriptor is a directory inside the image (not a link):
+            // chmod through its /proc entry touches exactly that inode.
+            fchmodat(
+                nix::fcntl::AT_FDCWD,
+                format!("/proc/self/fd/{}", sub.as_raw_fd()).as_str(),
+                Mode::from_bits_truncate(mode),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(|e| self.err(dest, "chmod", e))?;
             Ok(total)
         } else if ft.is_file() {
             let mut src = OpenOptions::new()
@@ -57,7 +117,7 @@ impl Root<'_> {
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(host)
                 .map_err(|e| Error::os(Step::Access, host, "open", e))?;
-            self.write_from(dest, &mut src, mode)
+            self.write_file_at(dir, name, dest, &mut src, mode, false)
         } else {
             Err(Error::invalid(
                 Step::Access,

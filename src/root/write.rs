@@ -1,8 +1,9 @@
 //! Writing files inside the image: atomic replace, and append.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2, renameat};
@@ -29,7 +30,23 @@ impl Root<'_> {
     ) -> Result<u64> {
         let path = path.as_ref();
         let (dir, name) = self.parent(path)?;
-        let tmp = temp_name(&name);
+        self.write_file_at(&dir, &name, path, reader, mode, true)
+    }
+
+    /// Writes the entry `name` of the image directory `dir` (`path` in
+    /// the image, for messages) from `reader`: a temporary file next to it,
+    /// written, `fsync`ed if `sync`, renamed over the name. A `File` source
+    /// is copied by the kernel (`copy_file_range`/`sendfile`) where it can.
+    pub(crate) fn write_file_at<R: Read + ?Sized + CopySource>(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        reader: &mut R,
+        mode: u32,
+        sync: bool,
+    ) -> Result<u64> {
+        let tmp = temp_name(name);
         let fd = openat(
             dir.as_fd(),
             tmp.as_os_str(),
@@ -39,11 +56,15 @@ impl Root<'_> {
         .map_err(|e| self.err(path, "create temporary file", e))?;
         let mut file = File::from(fd);
         let written = (|| {
-            let n = std::io::copy(reader, &mut file).map_err(|e| self.err(path, "write", e))?;
+            let n = reader
+                .copy_into(&mut file)
+                .map_err(|e| self.err(path, "write", e))?;
             nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(mode & 0o7777))
                 .map_err(|e| self.err(path, "fchmod", e))?;
-            file.sync_all().map_err(|e| self.err(path, "fsync", e))?;
-            renameat(dir.as_fd(), tmp.as_os_str(), dir.as_fd(), name.as_os_str())
+            if sync {
+                file.sync_all().map_err(|e| self.err(path, "fsync", e))?;
+            }
+            renameat(dir.as_fd(), tmp.as_os_str(), dir.as_fd(), name)
                 .map_err(|e| self.err(path, "rename into place", e))?;
             Ok(n)
         })();
@@ -108,5 +129,24 @@ impl Root<'_> {
         file.write_all(data.as_ref())
             .map_err(|e| self.err(path, "append", e))?;
         file.sync_all().map_err(|e| self.err(path, "fsync", e))
+    }
+}
+
+/// A source for [`Root::write_file_at`]: a `File` goes through
+/// `std::io::copy`'s kernel-copy path (`copy_file_range`, `sendfile`),
+/// anything else through a buffer.
+pub(crate) trait CopySource {
+    fn copy_into(&mut self, dst: &mut File) -> std::io::Result<u64>;
+}
+
+impl CopySource for File {
+    fn copy_into(&mut self, dst: &mut File) -> std::io::Result<u64> {
+        std::io::copy(self, dst)
+    }
+}
+
+impl CopySource for dyn Read + '_ {
+    fn copy_into(&mut self, dst: &mut File) -> std::io::Result<u64> {
+        std::io::copy(self, dst)
     }
 }

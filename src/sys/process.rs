@@ -108,3 +108,23 @@ pub fn spawn_detached(mut cmd: Command) -> io::Result<Child> {
     cmd.process_group(0);
     cmd.spawn()
 }
+
+/// A process descriptor for `pid` (`pidfd_open`, Linux 5.3): it becomes
+/// readable (`POLLIN`) when the process exits, so an exit can be waited for
+/// with `poll` and a timeout instead of a polling loop. `pid` must be a
+/// child not yet waited for, so that the number cannot be reused meanwhile.
+///
+/// # References
+/// - [`pidfd_open(2)`](https://man7.org/linux/man-pages/man2/pidfd_open.2.html)
+pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and a flags word by value and returns
+    // a new descriptor or -1; no memory is passed to the kernel.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) })
+}

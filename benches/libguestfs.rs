@@ -1,0 +1,238 @@
+//! diskmount against libguestfs for the two jobs people use it for: read one
+//! file out of an image (`virt-cat`, and `guestfish -m` which skips the
+//! OS inspection, against `diskmount copy-out` and `diskmount run IMAGE --
+//! cat`) and write one file in (`virt-copy-in`, `guestfish -m ... copy-in`,
+//! against `diskmount copy-in`), each a whole command from start to exit,
+//! on a 64 MiB ext4 raw image holding a minimal Debian-like root.
+//!
+//! libguestfs boots a small appliance VM for every command, with
+//! `LIBGUESTFS_BACKEND=direct`. By default it is told to use software
+//! emulation (`LIBGUESTFS_BACKEND_SETTINGS=force_tcg`): on the machine these
+//! numbers were first taken on, `/dev/kvm` exists but qemu aborts on it
+//! (failed to set MSR 0x10a). `--kvm` lets libguestfs choose KVM.
+//! Without libguestfs the comparison is skipped with a message saying what
+//! to install; the benchmark does not need it otherwise.
+//!
+//! Run as root: `cargo bench --bench libguestfs` (`-- --iterations N`,
+//! default 3). Prints the tables, writes
+//! `target/bench-results/libguestfs.json` and `docs/charts/libguestfs.svg`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::{Table, stats};
+
+const DISKMOUNT: &str = env!("CARGO_BIN_EXE_diskmount");
+
+/// Runs `cmd`; its wall time in ms, or its failure with the end of stderr.
+fn timed(cmd: &mut Command) -> Result<f64, String> {
+    let t = Instant::now();
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let ms = common::ms(t.elapsed());
+    if out.status.success() {
+        Ok(ms)
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(12).collect();
+        Err(format!(
+            "{cmd:?} failed ({}):\n{}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
+    }
+}
+
+fn main() {
+    common::require_root("libguestfs");
+    let iterations: usize = common::arg("--iterations").unwrap_or(3);
+    let machine = common::print_machine("libguestfs");
+    if Command::new("virt-cat").arg("--version").output().is_err() {
+        println!("libguestfs not installed: apt-get install libguestfs-tools (comparison skipped)");
+        return;
+    }
+    let kvm = common::flag("--kvm");
+    let accel = if kvm {
+        "KVM if libguestfs finds it usable, else TCG"
+    } else {
+        "TCG (software emulation, force_tcg; --kvm to allow KVM)"
+    };
+    println!("libguestfs: LIBGUESTFS_BACKEND=direct, appliance accelerator: {accel}");
+    let guestfs_env = |cmd: &mut Command| {
+        cmd.env("LIBGUESTFS_BACKEND", "direct");
+        if !kvm {
+            cmd.env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
+        }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("diskmount-bench-")
+        .tempdir()
+        .unwrap();
+    // Enough of a Debian root for libguestfs's inspection, which virt-cat
+    // and virt-copy-in need (`-i`).
+    let src = dir.path().join("src");
+    for d in ["etc", "bin", "sbin", "usr/bin", "lib", "var", "tmp", "root"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    std::fs::write(src.join("etc/hostname"), "guest\n").unwrap();
+    std::fs::write(
+        src.join("etc/os-release"),
+        "ID=debian\nVERSION_ID=\"12\"\nNAME=\"Debian GNU/Linux\"\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("etc/fstab"), "/dev/sda / ext4 defaults 0 1\n").unwrap();
+    let img = dir.path().join("guest.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    common::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&src)
+            .arg(&img),
+    );
+    let payload = dir.path().join("motd");
+    std::fs::write(&payload, "provisioned\n").unwrap();
+    let out = dir.path().join("out");
+
+    let virt_cat = |img: &Path| {
+        let mut c = Command::new("virt-cat");
+        guestfs_env(&mut c);
+        c.arg("-a").arg(img).arg("/etc/hostname");
+        timed(&mut c)
+    };
+    let virt_copy_in = |img: &Path| {
+        let mut c = Command::new("virt-copy-in");
+        guestfs_env(&mut c);
+        c.arg("-a").arg(img).arg(&payload).arg("/etc");
+        timed(&mut c)
+    };
+    // guestfish with the filesystem named (no inspection): the cheapest
+    // libguestfs way.
+    let fish_cat = |img: &Path| {
+        let mut c = Command::new("guestfish");
+        guestfs_env(&mut c);
+        c.arg("--ro")
+            .arg("-a")
+            .arg(img)
+            .args(["-m", "/dev/sda", "cat", "/etc/hostname"]);
+        timed(&mut c)
+    };
+    let fish_copy_in = |img: &Path| {
+        let mut c = Command::new("guestfish");
+        guestfs_env(&mut c);
+        c.arg("-a")
+            .arg(img)
+            .args(["-m", "/dev/sda", "copy-in"])
+            .arg(&payload)
+            .arg("/etc");
+        timed(&mut c)
+    };
+    let dm_copy_out = |img: &Path| {
+        let _ = std::fs::remove_file(&out);
+        timed(
+            Command::new(DISKMOUNT)
+                .arg("copy-out")
+                .arg(img)
+                .arg("/etc/hostname")
+                .arg(&out),
+        )
+    };
+    let dm_run_cat = |img: &Path| {
+        timed(
+            Command::new(DISKMOUNT)
+                .arg("run")
+                .arg(img)
+                .args(["--", "cat", "etc/hostname"]),
+        )
+    };
+    let dm_copy_in = |img: &Path| {
+        timed(
+            Command::new(DISKMOUNT)
+                .arg("copy-in")
+                .arg(img)
+                .arg(&payload)
+                .arg("/etc"),
+        )
+    };
+
+    // One libguestfs run first: it may build its appliance (untimed), and
+    // if it cannot boot here, say why and stop.
+    println!("libguestfs: first run (builds the appliance if needed, untimed)...");
+    if let Err(e) = virt_cat(&img) {
+        println!("libguestfs cannot run here, comparison skipped:\n{e}");
+        common::assert_clean(dir.path());
+        return;
+    }
+    dm_copy_out(&img).unwrap();
+
+    type Op<'a> = (&'a str, &'a dyn Fn(&Path) -> Result<f64, String>);
+    let jobs: [(&str, &str, Vec<Op>); 2] = [
+        (
+            "read",
+            "read /etc/hostname out of a 64 MiB ext4 image",
+            vec![
+                ("diskmount copy-out", &dm_copy_out),
+                ("diskmount run -- cat", &dm_run_cat),
+                ("virt-cat", &virt_cat),
+                ("guestfish --ro -m /dev/sda cat", &fish_cat),
+            ],
+        ),
+        (
+            "write",
+            "write one small file into /etc of a 64 MiB ext4 image",
+            vec![
+                ("diskmount copy-in", &dm_copy_in),
+                ("virt-copy-in", &virt_copy_in),
+                ("guestfish -m /dev/sda copy-in", &fish_copy_in),
+            ],
+        ),
+    ];
+    let mut tables = Vec::new();
+    let mut chart = Table::new(
+        "libguestfs",
+        &format!(
+            "One file in or out, whole command (libguestfs on {})",
+            if kvm { "KVM or TCG" } else { "TCG" }
+        ),
+        "ms",
+        "",
+    );
+    for (id, what, ops) in jobs {
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); ops.len()];
+        for _ in 0..iterations {
+            for (i, (_, op)) in ops.iter().enumerate() {
+                match op(&img) {
+                    Ok(ms) => times[i].push(ms),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        let mut t = Table::new(
+            &format!("libguestfs-{id}"),
+            &format!("{what}, whole command, {iterations} runs each, interleaved"),
+            "ms",
+            "vs diskmount",
+        );
+        for ((name, _), v) in ops.iter().zip(times) {
+            t.push(name, stats(v));
+        }
+        t.print();
+        for r in &t.rows {
+            let mut r = r.clone();
+            r.name = format!("{id}: {}", r.name);
+            chart.rows.push(r);
+        }
+        tables.push(t);
+    }
+    common::bar_chart("libguestfs", &chart, "lower is better");
+    common::write_results("libguestfs", &machine, &tables);
+    common::assert_clean(dir.path());
+}
