@@ -29,6 +29,12 @@ pub(crate) struct MountGuard {
     /// `st_dev` of the mount's root right after mounting: proves later that
     /// the path still shows our mount and not one stacked over it.
     root_dev: u64,
+    /// The mount's root directory, opened right after mounting (read-write
+    /// mounts only): `syncfs` through it reports every write-back error
+    /// since the mount, also one that another `syncfs` caller already saw
+    /// (a descriptor opened at unmount time would miss those). Closed just
+    /// before `umount2`.
+    root: Option<File>,
     retry: RetryPolicy,
     mounted: bool,
 }
@@ -43,23 +49,31 @@ impl MountGuard {
         self.mounted = false;
         let target = &self.target;
         debug!("unmount: {}", target.display());
+        let mut errors = Vec::new();
+        // Flush through our own descriptor first: it reaches our filesystem
+        // even if the path no longer shows it.
+        if let Some(root) = self.root.take() {
+            if let Err(e) = nix::unistd::syncfs(&root) {
+                errors.push(Error::os(Step::Unmount, target, "syncfs", e));
+            }
+            // Our descriptor would keep the mount busy.
+            drop(root);
+        }
         match std::fs::metadata(target) {
             Ok(m) if m.dev() == self.root_dev => {}
             Ok(_) => {
-                return Err(Error::invalid(
+                errors.push(Error::invalid(
                     Step::Unmount,
                     target,
                     "no longer shows the filesystem diskmount mounted (it was unmounted, or \
                      something was mounted over it); leaving it alone",
                 ));
+                return Error::collect(errors);
             }
-            Err(e) => return Err(Error::os(Step::Unmount, target, "stat mount point", e)),
-        }
-        let mut errors = Vec::new();
-        if !self.read_only
-            && let Err(e) = syncfs(target)
-        {
-            errors.push(e);
+            Err(e) => {
+                errors.push(Error::os(Step::Unmount, target, "stat mount point", e));
+                return Error::collect(errors);
+            }
         }
         let mut backoff = Backoff::new(self.retry);
         loop {
@@ -103,13 +117,13 @@ impl MountGuard {
     }
 }
 
-fn syncfs(target: &Path) -> Result<()> {
-    let dir = OpenOptions::new()
+/// Opens the root directory of the mount on `target` (`step` for errors).
+fn open_root(step: Step, target: &Path) -> Result<File> {
+    OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(target)
-        .map_err(|e| Error::os(Step::Unmount, target, "open mount point", e))?;
-    nix::unistd::syncfs(&dir).map_err(|e| Error::os(Step::Unmount, target, "syncfs", e))
+        .map_err(|e| Error::os(step, target, "open mount point", e))
 }
 
 impl Drop for MountGuard {
@@ -122,6 +136,10 @@ impl Drop for MountGuard {
 
 /// A mounted filesystem. Dropping it unmounts, unmaps and detaches;
 /// [`Mounted::close`] does the same and reports every error.
+///
+/// A read-write mount keeps its root directory open while this value
+/// lives (to hear of every write-back error), so a plain `umount` by
+/// another program fails with "target is busy" until it is closed.
 pub struct Mounted<B: Backend> {
     // Field order is teardown order.
     mount: MountGuard,
@@ -255,11 +273,15 @@ impl<B: Backend> Mapped<B> {
             .file()
             .try_clone()
             .map_err(|e| Error::os(Step::Mount, &device, "dup device", e));
-        let root_dev = std::fs::metadata(&target)
-            .map(|m| m.dev())
-            .map_err(|e| Error::os(Step::Mount, &target, "stat mount point", e));
-        let (device_file, root_dev) = match (device_file, root_dev) {
-            (Ok(f), Ok(d)) => (f, d),
+        let root = open_root(Step::Mount, &target).and_then(|f| {
+            let dev = f
+                .metadata()
+                .map_err(|e| Error::os(Step::Mount, &target, "stat mount point", e))?
+                .dev();
+            Ok((f, dev))
+        });
+        let (device_file, (root, root_dev)) = match (device_file, root) {
+            (Ok(f), Ok(r)) => (f, r),
             (Err(e), _) | (_, Err(e)) => {
                 if let Err(u) = nix::mount::umount2(&target, MntFlags::UMOUNT_NOFOLLOW) {
                     warn!(
@@ -288,6 +310,7 @@ impl<B: Backend> Mapped<B> {
                 fstype: driver,
                 read_only,
                 root_dev,
+                root: (!read_only).then_some(root),
                 retry: options.unmount_retry,
                 mounted: true,
             },
@@ -323,7 +346,9 @@ impl<B: Backend> Mounted<B> {
             .file()
             .try_clone()
             .map_err(|e| Error::os(Step::Unmount, &device, "dup device", e))?;
-        let root_dev = std::fs::metadata(&target)
+        let root = open_root(Step::Unmount, &target)?;
+        let root_dev = root
+            .metadata()
             .map_err(|e| Error::os(Step::Unmount, &target, "stat mount point", e))?
             .dev();
         Ok(Mounted {
@@ -334,6 +359,7 @@ impl<B: Backend> Mounted<B> {
                 fstype,
                 read_only,
                 root_dev,
+                root: (!read_only).then_some(root),
                 retry: RetryPolicy::UNMOUNT,
                 mounted: true,
             },
@@ -408,6 +434,7 @@ impl<B: Backend> Mounted<B> {
             ));
         }
         mount.mounted = false;
+        mount.root = None;
         mapped.part.disarm();
         mapped.attached.record.keep();
         info!(
