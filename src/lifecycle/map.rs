@@ -6,7 +6,7 @@ use log::debug;
 
 use super::attach::Attached;
 use crate::backend::{Backend, BackendKind};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Step};
 use crate::mapping::{self, MapOptions, MappedPart, Mapping};
 use crate::partition::{self, Partition, PartitionInfo};
 
@@ -46,6 +46,7 @@ impl<B: Backend> Attached<B> {
     pub fn map_with(self, partition: Partition, options: &MapOptions) -> Result<Mapped<B>> {
         debug!("map: {} of {}", partition, self.device().display());
         let device = &self.device;
+        device.check_image(Step::Map)?;
         let chosen = match partition {
             Partition::Whole => None,
             ref wanted => {

@@ -211,6 +211,7 @@ impl<B: Backend> Mapped<B> {
     pub fn mount(self, dir: impl AsRef<Path>, options: &MountOptions) -> Result<Mounted<B>> {
         let dir = dir.as_ref();
         let device = self.device().to_path_buf();
+        self.attached.device.check_image(Step::Mount)?;
         let target = std::fs::canonicalize(dir)
             .map_err(|e| Error::os(Step::Mount, dir, "resolve mount point", e))?;
         let meta = std::fs::metadata(&target)

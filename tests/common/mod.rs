@@ -559,3 +559,24 @@ pub fn mount_whole<B: diskmount::Backend>(img: &Path, dir: &Path) -> diskmount::
         .mount(dir, &MountOptions::default())
         .unwrap()
 }
+
+/// Panics if a crash-recovery record still names one of `fx`'s files (in
+/// the record directory this process uses).
+pub fn assert_no_records(fx: &Fixture) {
+    let root = fx.path().to_string_lossy().into_owned();
+    let left: Vec<_> = diskmount::record::Record::all()
+        .into_iter()
+        .filter(|r| r.get("image").is_some_and(|i| i.starts_with(&root)))
+        .map(|r| r.file)
+        .collect();
+    assert!(left.is_empty(), "records left: {left:?}");
+}
+
+/// The qemu helpers (qemu-nbd, qemu-storage-daemon) working on `fx`'s files.
+pub fn fixture_qemu(fx: &Fixture) -> Vec<(u32, String)> {
+    let root = fx.path().to_string_lossy().into_owned();
+    qemu_processes()
+        .into_iter()
+        .filter(|(_, c)| c.contains(&root))
+        .collect()
+}
