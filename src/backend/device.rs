@@ -107,8 +107,20 @@ impl Device {
         None
     }
 
+    /// Checks before a step that uses the device: the qemu helper serving
+    /// it still runs, and the image file was not deleted or truncated
+    /// ([`Device::image_fault`]). Errors are of `step`.
+    pub(crate) fn check(&mut self, step: Step) -> Result<()> {
+        match self.held.as_mut() {
+            Some((_, Held::Fuse { daemon, .. })) => daemon.check_alive(step)?,
+            Some((_, Held::Nbd { server })) => server.check_alive(step)?,
+            _ => {}
+        }
+        self.check_image(step)
+    }
+
     /// [`Device::image_fault`] as an error of `step`.
-    pub(crate) fn check_image(&self, step: Step) -> Result<()> {
+    fn check_image(&self, step: Step) -> Result<()> {
         match self.image_fault() {
             Some(reason) => Err(Error::invalid(step, &self.image, reason)),
             None => Ok(()),

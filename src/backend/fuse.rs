@@ -308,6 +308,24 @@ impl Daemon {
         }
     }
 
+    /// An error of `step` if the daemon has exited (it serves the export
+    /// under the loop device: nothing through it works any more).
+    pub(crate) fn check_alive(&mut self, step: Step) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(Error::Command {
+                step,
+                path: self.image.clone(),
+                command: format!("{DAEMON} (pid {})", self.child.id()),
+                status: format!(
+                    "{}; the FUSE export under the loop device no longer works",
+                    describe_status(status)
+                ),
+                stderr: self.output(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Stops the daemon (SIGTERM, bounded wait, SIGKILL), makes sure its
     /// FUSE mount is gone and removes its directory. Pushes every error.
     pub(crate) fn stop_into(&mut self, errors: &mut Vec<Error>) {

@@ -43,10 +43,10 @@ impl<B: Backend> Attached<B> {
     }
 
     /// [`Attached::map`] with explicit [`MapOptions`].
-    pub fn map_with(self, partition: Partition, options: &MapOptions) -> Result<Mapped<B>> {
+    pub fn map_with(mut self, partition: Partition, options: &MapOptions) -> Result<Mapped<B>> {
         debug!("map: {} of {}", partition, self.device().display());
+        self.device.check(Step::Map)?;
         let device = &self.device;
-        device.check_image(Step::Map)?;
         let chosen = match partition {
             Partition::Whole => None,
             ref wanted => {

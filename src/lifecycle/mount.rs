@@ -208,10 +208,10 @@ impl<B: Backend> Mapped<B> {
     /// [`Step::Probe`] or [`Step::Mount`]: unknown or disallowed filesystem,
     /// bad mount point, or the kernel refused (corrupt filesystem). The
     /// mapping and the device are released.
-    pub fn mount(self, dir: impl AsRef<Path>, options: &MountOptions) -> Result<Mounted<B>> {
+    pub fn mount(mut self, dir: impl AsRef<Path>, options: &MountOptions) -> Result<Mounted<B>> {
         let dir = dir.as_ref();
         let device = self.device().to_path_buf();
-        self.attached.device.check_image(Step::Mount)?;
+        self.attached.device.check(Step::Mount)?;
         let target = std::fs::canonicalize(dir)
             .map_err(|e| Error::os(Step::Mount, dir, "resolve mount point", e))?;
         let meta = std::fs::metadata(&target)
