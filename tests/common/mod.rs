@@ -2,6 +2,8 @@
 //! the leak check every test ends with.
 #![allow(dead_code)]
 
+pub mod durability;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
