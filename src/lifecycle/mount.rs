@@ -35,6 +35,9 @@ pub(crate) struct MountGuard {
     /// (a descriptor opened at unmount time would miss those). Closed just
     /// before `umount2`.
     root: Option<File>,
+    /// The mount's id (mountinfo), to find it again if the mount point's
+    /// directory was moved (its parent renamed) while mounted.
+    mnt_id: Option<u64>,
     retry: RetryPolicy,
     mounted: bool,
 }
@@ -59,22 +62,36 @@ impl MountGuard {
             // Our descriptor would keep the mount busy.
             drop(root);
         }
-        match std::fs::metadata(target) {
-            Ok(m) if m.dev() == self.root_dev => {}
-            Ok(_) => {
-                errors.push(Error::invalid(
-                    Step::Unmount,
-                    target,
-                    "no longer shows the filesystem diskmount mounted (it was unmounted, or \
-                     something was mounted over it); leaving it alone",
-                ));
-                return Error::collect(errors);
-            }
-            Err(e) => {
-                errors.push(Error::os(Step::Unmount, target, "stat mount point", e));
-                return Error::collect(errors);
-            }
-        }
+        let shown = match std::fs::metadata(target) {
+            Ok(m) if m.dev() == self.root_dev => Ok(()),
+            Ok(_) => Err(Error::invalid(
+                Step::Unmount,
+                target,
+                "no longer shows the filesystem diskmount mounted (it was unmounted, or \
+                 something was mounted over it); leaving it alone",
+            )),
+            Err(e) => Err(Error::os(Step::Unmount, target, "stat mount point", e)),
+        };
+        // Not at its path: our mount may still be mounted elsewhere (its
+        // directory moved with a renamed parent); it is ours by its id.
+        let moved = match shown {
+            Ok(()) => None,
+            Err(e) => match self.relocated() {
+                Some(at) => {
+                    warn!(
+                        "unmount: {} was moved to {} while mounted; unmounting it there",
+                        target.display(),
+                        at.display()
+                    );
+                    Some(at)
+                }
+                None => {
+                    errors.push(e);
+                    return Error::collect(errors);
+                }
+            },
+        };
+        let target = moved.as_ref().unwrap_or(target);
         let mut backoff = Backoff::new(self.retry);
         loop {
             backoff.attempt();
@@ -115,6 +132,32 @@ impl MountGuard {
         debug!("unmounted {}", target.display());
         Error::collect(errors)
     }
+}
+
+impl MountGuard {
+    /// Where our mount (by its id) is mounted now, if not at its path and
+    /// still showing our filesystem there.
+    fn relocated(&self) -> Option<PathBuf> {
+        let id = self.mnt_id?;
+        let entry = crate::adopt::mounts()
+            .ok()?
+            .into_iter()
+            .find(|m| m.id == id)?;
+        let shows = std::fs::metadata(&entry.target).is_ok_and(|m| m.dev() == self.root_dev);
+        (entry.target != self.target && shows).then_some(entry.target)
+    }
+}
+
+/// The mount id of the mount `file` is on (from /proc/self/fdinfo).
+fn mount_id(file: &File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd()))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Opens the root directory of the mount on `target` (`step` for errors).
@@ -311,6 +354,7 @@ impl<B: Backend> Mapped<B> {
                 fstype: driver,
                 read_only,
                 root_dev,
+                mnt_id: mount_id(&root),
                 root: (!read_only).then_some(root),
                 retry: options.unmount_retry,
                 mounted: true,
@@ -360,6 +404,7 @@ impl<B: Backend> Mounted<B> {
                 fstype,
                 read_only,
                 root_dev,
+                mnt_id: mount_id(&root),
                 root: (!read_only).then_some(root),
                 retry: RetryPolicy::UNMOUNT,
                 mounted: true,
