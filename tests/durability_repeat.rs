@@ -205,6 +205,11 @@ fn data_is_on_the_host_disk_not_only_in_its_page_cache() {
     .to_string();
     let host = fx.tree("host", &[]);
     run(Command::new("mount").arg(&hostdev).arg(&host));
+    // Taken down on every path, also when a check below fails.
+    let _host_guard = scopeguard::guard((host.clone(), hostdev.clone()), |(host, dev)| {
+        let _ = Command::new("umount").arg(&host).output();
+        let _ = Command::new("losetup").args(["-d", &dev]).output();
+    });
     let raw = host.join("disk.img");
     std::fs::File::create(&raw)
         .unwrap()
