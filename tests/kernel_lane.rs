@@ -645,6 +645,42 @@ fn nbd_durability_rounds() {
     fx.assert_clean();
 }
 
+/// The image deleted, or truncated below the filesystem's end, while
+/// qemu-nbd serves it mounted and written to: close() names the image and
+/// what happened (tests/fault_image.rs has Loop and Fuse at every state).
+fn nbd_image_deleted_or_truncated_while_mounted() {
+    let mut fx = Fixture::new();
+    let mnt = fx.tree("mnt", &[]);
+    for (name, words) in [
+        ("deleted", "deleted while attached"),
+        ("truncated", "truncated to"),
+    ] {
+        let img = fx.ext4(&format!("{name}.img"), &[("f", "x")]);
+        let t = common::mount_whole::<Nbd>(&img, &mnt);
+        if name == "deleted" {
+            std::fs::remove_file(&img).unwrap();
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&img)
+                .unwrap()
+                .set_len(1 << 20)
+                .unwrap();
+        }
+        let _ = std::fs::write(t.path().join("g"), vec![7u8; 5 << 20]);
+        let err = t.close().unwrap_err();
+        assert!(
+            err.errors()
+                .iter()
+                .any(|e| e.step() == Some(diskmount::Step::Detach)
+                    && e.path() == Some(img.as_path())
+                    && e.to_string().contains(words)),
+            "{name}: {err}"
+        );
+        nbd_nothing_left(&mut fx);
+    }
+}
+
 /// A test: its name, the kernel features it needs, its body.
 type Case = (&'static str, &'static [Needs], fn());
 
@@ -734,6 +770,11 @@ fn main() {
             "nbd_durability_rounds",
             &[Needs::Nbd],
             nbd_durability_rounds,
+        ),
+        (
+            "nbd_image_deleted_or_truncated_while_mounted",
+            &[Needs::Nbd],
+            nbd_image_deleted_or_truncated_while_mounted,
         ),
     ];
     let (mut passed, mut failed, mut skipped) = (0, 0, Vec::new());
