@@ -74,13 +74,25 @@ impl<B: Backend> Unattached<B> {
 }
 
 /// The attached image file, to watch for deletion or truncation: the loop
-/// device's own backing file, or (qemu helpers) the file at the path.
+/// device's own backing file, or (qemu helpers) the file at the path,
+/// opened `O_PATH` (only ever `fstat`ed: never blocks, reads nothing).
 fn image_file(image: &Image, device: &Device) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     match device.kind {
         BackendKind::Block => None,
         _ if image.kind() != ImageKind::File => None,
         BackendKind::Loop => device.backing()?.try_clone().ok(),
-        BackendKind::Fuse | BackendKind::Nbd => std::fs::File::open(image.path()).ok(),
+        BackendKind::Fuse | BackendKind::Nbd => {
+            let mut flags = nix::libc::O_PATH | nix::libc::O_CLOEXEC;
+            if image.is_no_follow() {
+                flags |= nix::libc::O_NOFOLLOW;
+            }
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(flags)
+                .open(image.path())
+                .ok()
+        }
     }
 }
 
