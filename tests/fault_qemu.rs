@@ -108,16 +108,16 @@ fn killed_while_attached_then_map_or_close() {
         let pid = kill_daemon(&fx);
         let err = a.map(Partition::Whole).unwrap_err();
         names_the_dead_daemon(&err, Step::Map, &img, pid);
-        assert_nothing_left(&mut fx);
         export_gone(&export);
+        assert_nothing_left(&mut fx);
 
         let a = attach(&img, format);
         let export = export_dir(&img);
         let pid = kill_daemon(&fx);
         let err = a.close().unwrap_err();
         names_the_dead_daemon(&err, Step::Detach, &img, pid);
-        assert_nothing_left(&mut fx);
         export_gone(&export);
+        assert_nothing_left(&mut fx);
     }
 }
 
@@ -131,16 +131,16 @@ fn killed_while_mapped_then_mount_or_close() {
         let pid = kill_daemon(&fx);
         let err = m.mount(&mnt, &MountOptions::default()).unwrap_err();
         names_the_dead_daemon(&err, Step::Mount, &img, pid);
-        assert_nothing_left(&mut fx);
         export_gone(&export);
+        assert_nothing_left(&mut fx);
 
         let m = attach(&img, format).map(Partition::Whole).unwrap();
         let export = export_dir(&img);
         let pid = kill_daemon(&fx);
         let err = m.close().unwrap_err();
         names_the_dead_daemon(&err, Step::Detach, &img, pid);
-        assert_nothing_left(&mut fx);
         export_gone(&export);
+        assert_nothing_left(&mut fx);
     }
 }
 
@@ -190,7 +190,7 @@ fn killed_during_io() {
                 .any(|e| e.step() == Some(Step::Unmount) || e.to_string().contains("fsync")),
             "the failed flush is reported too: {err}"
         );
-        assert_nothing_left(&mut fx);
         export_gone(&export);
+        assert_nothing_left(&mut fx);
     }
 }

@@ -42,6 +42,7 @@ use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
 use crate::image::Image;
 use crate::options::AttachOptions;
+use crate::retry::{Backoff, RetryPolicy};
 use crate::sys::block as blk;
 use crate::sys::process::{spawn_detached, spawn_tied};
 
@@ -359,13 +360,29 @@ impl Daemon {
                 "detach: {} is still mounted; unmounting it",
                 self.export.display()
             );
-            if let Err(e) = nix::mount::umount2(&self.export, MntFlags::UMOUNT_NOFOLLOW) {
-                errors.push(Error::os(
-                    Step::Detach,
-                    &self.export,
-                    "umount2 stale FUSE export",
-                    e,
-                ));
+            // The loop device that was over the export lets go of it a
+            // moment after it shows unbound (the kernel drops the backing
+            // file last): until then the mount is busy.
+            let mut backoff = Backoff::new(RetryPolicy::UNMOUNT);
+            loop {
+                backoff.attempt();
+                match nix::mount::umount2(&self.export, MntFlags::UMOUNT_NOFOLLOW) {
+                    Ok(()) => break,
+                    Err(Errno::EBUSY) if backoff.wait() => {}
+                    Err(e) => {
+                        errors.push(Error::os(
+                            Step::Detach,
+                            &self.export,
+                            format!(
+                                "umount2 stale FUSE export ({} attempts in {:.1?})",
+                                backoff.attempts(),
+                                backoff.elapsed()
+                            ),
+                            e,
+                        ));
+                        break;
+                    }
+                }
             }
         }
         if let Some(dir) = self.dir.take() {

@@ -569,7 +569,7 @@ pub fn assert_no_records(fx: &Fixture) {
     let left: Vec<_> = diskmount::record::Record::all()
         .into_iter()
         .filter(|r| r.get("image").is_some_and(|i| i.starts_with(&root)))
-        .map(|r| r.file)
+        .map(|r| format!("{}: {:?}", r.file.display(), r.fields))
         .collect();
     assert!(left.is_empty(), "records left: {left:?}");
 }
