@@ -24,7 +24,22 @@ use common::durability::{as_raw, check_round, rounds, verify_raw, write_round};
 use common::{Fixture, run};
 use diskmount::{
     Backend, Block, Format, Fuse, Image, Loop, MountOptions, Partition, Unattached, with_mounted,
+    with_mounted_opts,
 };
+
+/// The mount options of the rounds: a longer unmount retry than the
+/// default. The tests of this binary run in parallel and fork children
+/// (debugfs, qemu-img, dd, the test binary) all the time; a child holds a
+/// copy of every descriptor of this process, the mount's held root among
+/// them, until it execs, and on a loaded 2-core machine that once took
+/// longer than the default bound (20 attempts in 0.8 s).
+fn options() -> MountOptions {
+    MountOptions::default().unmount_retry(diskmount::RetryPolicy {
+        max_attempts: 200,
+        timeout: std::time::Duration::from_secs(10),
+        max_delay: std::time::Duration::from_millis(100),
+    })
+}
 
 /// One round through backend `B`: odd rounds the step-by-step lifecycle and
 /// close(), even rounds with_mounted (backend chosen by Auto).
@@ -35,14 +50,16 @@ fn one_round<B: Backend>(image: &Image, mnt: &Path, seed: u64) {
             .unwrap()
             .map(Partition::Whole)
             .unwrap()
-            .mount(mnt, &MountOptions::default())
+            .mount(mnt, &options())
             .unwrap();
         write_round(t.path(), seed).unwrap();
         t.close().unwrap();
     } else {
-        with_mounted(image, Partition::Whole, |root| write_round(root, seed))
-            .unwrap()
-            .unwrap();
+        with_mounted_opts(image, Partition::Whole, &options(), |root| {
+            write_round(root, seed)
+        })
+        .unwrap()
+        .unwrap();
     }
 }
 
