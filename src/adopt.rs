@@ -118,6 +118,8 @@ impl Adopted {
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone)]
 pub(crate) struct MountEntry {
+    /// The mount's id (the first field of mountinfo).
+    pub id: u64,
     pub target: PathBuf,
     pub dev: u64,
     pub fstype: String,
@@ -167,6 +169,7 @@ pub(crate) fn mounts() -> Result<Vec<MountEntry>> {
                 dev = m.rdev();
             }
             Some(MountEntry {
+                id: f.first()?.parse().ok()?,
                 target: PathBuf::from(unescape(f.get(4)?)),
                 dev,
                 fstype: f.get(sep + 1)?.to_string(),

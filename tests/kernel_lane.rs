@@ -698,6 +698,242 @@ fn auto_picks_nbd_where_the_kernel_has_it_and_fuse_where_not() {
     fx.assert_clean();
 }
 
+/// SIGKILLs our qemu-nbd (the fixture's only qemu process) and waits until
+/// it is dead: a zombie whose threads are all gone, so its parent can reap
+/// it.
+fn kill_qemu_nbd(fx: &Fixture) -> u32 {
+    let found = common::fixture_qemu(fx);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let pid = found[0].0;
+    run(Command::new("kill").args(["-9", &pid.to_string()]));
+    let start = std::time::Instant::now();
+    loop {
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.contains(") Z "));
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+        if zombie && threads <= 1 {
+            return pid;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// `err` has an error of `step` on `img` naming qemu-nbd `pid`, killed.
+#[track_caller]
+fn names_dead_qemu_nbd(err: &diskmount::Error, step: diskmount::Step, img: &Path, pid: u32) {
+    assert!(
+        err.errors().iter().any(|e| e.step() == Some(step)
+            && e.path() == Some(img)
+            && e.to_string().contains(&format!("qemu-nbd (pid {pid})"))
+            && e.to_string().contains("killed by signal 9")),
+        "no {step} error naming the dead qemu-nbd {pid}: {err}"
+    );
+}
+
+#[track_caller]
+fn nbd_nothing_left(fx: &mut Fixture) {
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    assert!(common::fixture_qemu(fx).is_empty());
+    fx.assert_clean();
+    common::assert_no_records(fx);
+}
+
+fn nbd_killed_at_each_state_is_named_by_the_next_step() {
+    use diskmount::Step;
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "x")]);
+    let mnt = fx.tree("mnt", &[]);
+    let attach = || {
+        Unattached::<Nbd>::new(Image::file(&img, Format::Raw).unwrap())
+            .attach()
+            .unwrap()
+    };
+    // Attached, then map or close.
+    let a = attach();
+    let pid = kill_qemu_nbd(&fx);
+    names_dead_qemu_nbd(&a.map(Partition::Whole).unwrap_err(), Step::Map, &img, pid);
+    nbd_nothing_left(&mut fx);
+    let a = attach();
+    let pid = kill_qemu_nbd(&fx);
+    names_dead_qemu_nbd(&a.close().unwrap_err(), Step::Detach, &img, pid);
+    nbd_nothing_left(&mut fx);
+    // Mapped, then mount or close.
+    let m = attach().map(Partition::Whole).unwrap();
+    let pid = kill_qemu_nbd(&fx);
+    let err = m.mount(&mnt, &MountOptions::default()).unwrap_err();
+    names_dead_qemu_nbd(&err, Step::Mount, &img, pid);
+    nbd_nothing_left(&mut fx);
+    let m = attach().map(Partition::Whole).unwrap();
+    let pid = kill_qemu_nbd(&fx);
+    names_dead_qemu_nbd(&m.close().unwrap_err(), Step::Detach, &img, pid);
+    nbd_nothing_left(&mut fx);
+    // Mounted, during writes with fsync: the writer gets an error, close()
+    // reports the failed flush and the dead server.
+    let t = attach()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    let target = t.path().join("stream");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || -> std::io::Result<u64> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&target)?;
+        let chunk = vec![0x5au8; 256 << 10];
+        for n in 0..4000u64 {
+            f.write_all(&chunk)?;
+            f.sync_data()?;
+            if n == 1 {
+                let _ = tx.send(());
+            }
+        }
+        Ok(4000)
+    });
+    rx.recv().unwrap();
+    let pid = kill_qemu_nbd(&fx);
+    let written = writer.join().unwrap();
+    assert!(written.is_err(), "writes went on: {written:?}");
+    let err = t.close().unwrap_err();
+    names_dead_qemu_nbd(&err, Step::Detach, &img, pid);
+    nbd_nothing_left(&mut fx);
+}
+
+fn nbd_holder_killed_at_each_state_then_cleanup() {
+    let mut fx = Fixture::new();
+    let records = fx.tree("records", &[]);
+    let img = fx.mbr_image("mbr.img");
+    let mnt = fx.tree("mnt", &[]);
+    for state in ["attached", "mapped", "mounted"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+            .env("DISKMOUNT_RUN_DIR", &records)
+            .args([
+                "hold",
+                "--backend",
+                "nbd",
+                "--state",
+                state,
+                "--partition",
+                "5",
+            ])
+            .arg(&img)
+            .args((state == "mounted").then_some(&mnt))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(line.starts_with("READY /dev/nbd"), "{state}: {line:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+            .env("DISKMOUNT_RUN_DIR", &records)
+            .arg("cleanup")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("0 failed"),
+            "{state}: {text}"
+        );
+        assert!(!common::is_mount_point(&mnt), "{state}: {text}");
+        assert!(
+            connected_nbds().is_empty(),
+            "{state}: {:?}\n{text}",
+            connected_nbds()
+        );
+        assert!(common::fixture_qemu(&fx).is_empty(), "{state}");
+        assert_eq!(
+            std::fs::read_dir(&records).unwrap().count(),
+            0,
+            "{state}: {text}"
+        );
+        fx.assert_clean();
+    }
+}
+
+/// The durability rounds of tests/durability_repeat.rs through qemu-nbd,
+/// raw and qcow2 alternating (`DISKMOUNT_DURABILITY_ROUNDS`; 5 here by
+/// default: under TCG a round takes about 4 s).
+fn nbd_durability_rounds() {
+    use common::durability::{as_raw, rounds, verify_raw, write_round};
+    let mut fx = Fixture::new();
+    let raw = fx.ext4("disk.img", &[]);
+    let qcow2 = fx.path().join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2));
+    let n = if std::env::var_os("DISKMOUNT_DURABILITY_ROUNDS").is_some() {
+        rounds()
+    } else {
+        5
+    };
+    let mnt = fx.tree("mnt", &[]);
+    let start = std::time::Instant::now();
+    for seed in 1..=n {
+        let (img, format) = if seed % 2 == 0 {
+            (&qcow2, Format::Qcow2)
+        } else {
+            (&raw, Format::Raw)
+        };
+        let t = Unattached::<Nbd>::new(Image::file(img, format).unwrap())
+            .attach()
+            .unwrap()
+            .map(Partition::Whole)
+            .unwrap()
+            .mount(&mnt, &MountOptions::default())
+            .unwrap();
+        write_round(t.path(), seed).unwrap();
+        t.close().unwrap();
+        let checked = as_raw(img, format, fx.path());
+        verify_raw(&checked, seed, fx.path(), &format!("nbd {format}"));
+    }
+    println!("durability nbd: {n} rounds in {:.1?}", start.elapsed());
+    assert!(connected_nbds().is_empty());
+    fx.assert_clean();
+}
+
+/// The image deleted, or truncated below the filesystem's end, while
+/// qemu-nbd serves it mounted and written to: close() names the image and
+/// what happened (tests/fault_image.rs has Loop and Fuse at every state).
+fn nbd_image_deleted_or_truncated_while_mounted() {
+    let mut fx = Fixture::new();
+    let mnt = fx.tree("mnt", &[]);
+    for (name, words) in [
+        ("deleted", "deleted while attached"),
+        ("truncated", "truncated to"),
+    ] {
+        let img = fx.ext4(&format!("{name}.img"), &[("f", "x")]);
+        let t = common::mount_whole::<Nbd>(&img, &mnt);
+        if name == "deleted" {
+            std::fs::remove_file(&img).unwrap();
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&img)
+                .unwrap()
+                .set_len(1 << 20)
+                .unwrap();
+        }
+        let _ = std::fs::write(t.path().join("g"), vec![7u8; 5 << 20]);
+        let err = t.close().unwrap_err();
+        assert!(
+            err.errors()
+                .iter()
+                .any(|e| e.step() == Some(diskmount::Step::Detach)
+                    && e.path() == Some(img.as_path())
+                    && e.to_string().contains(words)),
+            "{name}: {err}"
+        );
+        nbd_nothing_left(&mut fx);
+    }
+}
+
 /// A test: its name, the kernel features it needs, its body.
 type Case = (&'static str, &'static [Needs], fn());
 
@@ -710,7 +946,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let cases: [Case; 15] = [
+    let cases: &[Case] = &[
         (
             "kernel_nodes_for_every_mbr_partition",
             &[Needs::PartitionParsers],
@@ -782,9 +1018,29 @@ fn main() {
             &[Needs::PartitionParsers],
             block_backend_over_a_partitioned_device,
         ),
+        (
+            "nbd_killed_at_each_state_is_named_by_the_next_step",
+            &[Needs::Nbd],
+            nbd_killed_at_each_state_is_named_by_the_next_step,
+        ),
+        (
+            "nbd_holder_killed_at_each_state_then_cleanup",
+            &[Needs::Nbd, Needs::PartitionParsers],
+            nbd_holder_killed_at_each_state_then_cleanup,
+        ),
+        (
+            "nbd_durability_rounds",
+            &[Needs::Nbd],
+            nbd_durability_rounds,
+        ),
+        (
+            "nbd_image_deleted_or_truncated_while_mounted",
+            &[Needs::Nbd],
+            nbd_image_deleted_or_truncated_while_mounted,
+        ),
     ];
     let (mut passed, mut failed, mut skipped) = (0, 0, Vec::new());
-    for (name, needs, case) in cases {
+    for &(name, needs, case) in cases {
         if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
             continue;
         }

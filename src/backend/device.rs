@@ -1,12 +1,13 @@
 //! [`Device`]: what the attach step acquired, released exactly once.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use log::warn;
 
 use super::BackendKind;
-use crate::error::Result;
+use crate::error::{Error, Result, Step};
 
 /// What a backend holds while a device is attached; each backend releases
 /// its own.
@@ -39,6 +40,10 @@ pub struct Device {
     pub(crate) rdev: u64,
     /// The open device and what the backend holds; `None` once released.
     held: Option<(File, Held)>,
+    /// The image file as attached, to notice it being deleted or truncated
+    /// under us ([`Device::watch_image`]); `bool`: the format is raw (the
+    /// file's size is the device's).
+    image_file: Option<(File, bool)>,
 }
 
 impl Device {
@@ -67,6 +72,58 @@ impl Device {
             diskseq,
             rdev,
             held: Some((file, held)),
+            image_file: None,
+        }
+    }
+
+    /// Keeps `file`, the attached image file, to check later that it was
+    /// not deleted or truncated while attached ([`Device::check_image`]).
+    pub(crate) fn watch_image(&mut self, file: File, raw: bool) {
+        self.image_file = Some((file, raw));
+    }
+
+    /// What happened to the image file since attach that breaks the
+    /// device: deleted while attached read-write (what is written is lost
+    /// with it) or, for a raw
+    /// image, cut shorter than the device (its end reads as I/O errors).
+    pub(crate) fn image_fault(&self) -> Option<String> {
+        let (file, raw) = self.image_file.as_ref()?;
+        let meta = file.metadata().ok()?;
+        if meta.nlink() == 0 && !self.read_only {
+            return Some(
+                "the image file was deleted while attached: what is written goes into the \
+                 deleted file and is lost"
+                    .to_string(),
+            );
+        }
+        if *raw && meta.len() < self.size {
+            return Some(format!(
+                "the image file was truncated to {} bytes while attached (the device has {} \
+                 bytes): the end of the disk is gone",
+                meta.len(),
+                self.size
+            ));
+        }
+        None
+    }
+
+    /// Checks before a step that uses the device: the qemu helper serving
+    /// it still runs, and the image file was not deleted or truncated
+    /// ([`Device::image_fault`]). Errors are of `step`.
+    pub(crate) fn check(&mut self, step: Step) -> Result<()> {
+        match self.held.as_mut() {
+            Some((_, Held::Fuse { daemon, .. })) => daemon.check_alive(step)?,
+            Some((_, Held::Nbd { server })) => server.check_alive(step)?,
+            _ => {}
+        }
+        self.check_image(step)
+    }
+
+    /// [`Device::image_fault`] as an error of `step`.
+    fn check_image(&self, step: Step) -> Result<()> {
+        match self.image_fault() {
+            Some(reason) => Err(Error::invalid(step, &self.image, reason)),
+            None => Ok(()),
         }
     }
 
@@ -125,7 +182,14 @@ impl Device {
         let Some((file, held)) = self.held.take() else {
             return Ok(());
         };
-        match held {
+        // Writes into a deleted or cut image are lost even if every flush
+        // below succeeds.
+        let fault = if self.read_only {
+            Ok(())
+        } else {
+            self.check_image(Step::Detach)
+        };
+        let released = match held {
             Held::Loop { nr, backing } => super::r#loop::detach(self, file, nr, backing),
             Held::Block => super::block::detach(self, file),
             Held::Nbd { mut server } => super::nbd::detach(self, file, &mut server),
@@ -134,7 +198,13 @@ impl Device {
                 export,
                 mut daemon,
             } => super::fuse::detach(self, file, nr, export, &mut daemon),
-        }
+        };
+        Error::collect(
+            [released.err(), fault.err()]
+                .into_iter()
+                .flatten()
+                .collect(),
+        )
     }
 }
 

@@ -44,6 +44,7 @@ use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
 use crate::image::Image;
 use crate::options::AttachOptions;
+use crate::retry::{Backoff, RetryPolicy};
 use crate::sys::block as blk;
 use crate::sys::process::{spawn_detached, spawn_tied};
 
@@ -312,6 +313,24 @@ impl Daemon {
         }
     }
 
+    /// An error of `step` if the daemon has exited (it serves the export
+    /// under the loop device: nothing through it works any more).
+    pub(crate) fn check_alive(&mut self, step: Step) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(Error::Command {
+                step,
+                path: self.image.clone(),
+                command: format!("{DAEMON} (pid {})", self.child.id()),
+                status: format!(
+                    "{}; the FUSE export under the loop device no longer works",
+                    describe_status(status)
+                ),
+                stderr: self.output(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Stops the daemon (SIGTERM, bounded wait, SIGKILL), makes sure its
     /// FUSE mount is gone and removes its directory. Pushes every error.
     pub(crate) fn stop_into(&mut self, errors: &mut Vec<Error>) {
@@ -345,13 +364,29 @@ impl Daemon {
                 "detach: {} is still mounted; unmounting it",
                 self.export.display()
             );
-            if let Err(e) = nix::mount::umount2(&self.export, MntFlags::UMOUNT_NOFOLLOW) {
-                errors.push(Error::os(
-                    Step::Detach,
-                    &self.export,
-                    "umount2 stale FUSE export",
-                    e,
-                ));
+            // The loop device that was over the export lets go of it a
+            // moment after it shows unbound (the kernel drops the backing
+            // file last): until then the mount is busy.
+            let mut backoff = Backoff::new(RetryPolicy::UNMOUNT);
+            loop {
+                backoff.attempt();
+                match nix::mount::umount2(&self.export, MntFlags::UMOUNT_NOFOLLOW) {
+                    Ok(()) => break,
+                    Err(Errno::EBUSY) if backoff.wait() => {}
+                    Err(e) => {
+                        errors.push(Error::os(
+                            Step::Detach,
+                            &self.export,
+                            format!(
+                                "umount2 stale FUSE export ({} attempts in {:.1?})",
+                                backoff.attempts(),
+                                backoff.elapsed()
+                            ),
+                            e,
+                        ));
+                        break;
+                    }
+                }
             }
         }
         if let Some(dir) = self.dir.take() {

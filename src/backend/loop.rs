@@ -515,7 +515,8 @@ pub(crate) fn unbind(
             errors.push(Error::os(step, image, "fsync image", e));
         }
     }
-    match loop_dev::clr_fd(&file) {
+    let cleared = loop_dev::clr_fd(&file);
+    match cleared {
         Ok(()) => {}
         Err(Errno::ENXIO) => errors.push(Error::invalid(
             step,
@@ -529,8 +530,10 @@ pub(crate) fn unbind(
     // unless another opener (a mount we failed to undo, another process)
     // still holds the device. A thread of this process that is forking a
     // child holds a copy of our descriptor until the child execs, so give
-    // such a copy a moment to go away.
-    if errors.is_empty() && !wait_unbound(nr, Duration::from_secs(1)) {
+    // such a copy a moment to go away. Also after a failed flush: the
+    // device goes all the same, and a caller (the crash-recovery record)
+    // must not see it still bound for a moment and think it stays.
+    if cleared.is_ok() && !wait_unbound(nr, Duration::from_secs(1)) {
         errors.push(Error::invalid(
             step,
             node,

@@ -367,6 +367,28 @@ impl Server {
 
     /// Disconnects the device and waits for our qemu-nbd to exit; removes
     /// its private directory. Pushes every error.
+    /// An error of `step` if our qemu-nbd has exited (it serves the
+    /// device: nothing through it works any more).
+    pub(crate) fn check_alive(&mut self, step: Step) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        match child.try_wait() {
+            Ok(Some(status)) => Err(Error::Command {
+                step,
+                path: self.image.clone(),
+                command: format!(
+                    "{QEMU_NBD} (pid {}) serving {}",
+                    child.id(),
+                    self.device.display()
+                ),
+                status: format!("{}; the device no longer works", describe_status(status)),
+                stderr: self.output(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn stop_into(&mut self, errors: &mut Vec<Error>) {
         let pid = self.child.as_ref().map_or(0, Child::id);
         let already = self

@@ -7,7 +7,7 @@ use log::debug;
 
 use crate::backend::{Backend, BackendKind, Device};
 use crate::error::{Error, Result};
-use crate::image::Image;
+use crate::image::{Format, Image, ImageKind};
 use crate::options::AttachOptions;
 use crate::record::Keeper;
 
@@ -52,7 +52,10 @@ impl<B: Backend> Unattached<B> {
             self.image.path().display(),
             B::NAME
         );
-        let device = B::attach(&self.image, &self.options)?;
+        let mut device = B::attach(&self.image, &self.options)?;
+        if let Some(file) = image_file(&self.image, &device) {
+            device.watch_image(file, self.image.format() == Format::Raw);
+        }
         let mut fields = vec![
             ("image", self.image.path().display().to_string()),
             ("backend", device.kind.as_str().to_string()),
@@ -67,6 +70,29 @@ impl<B: Backend> Unattached<B> {
             options: self.options,
             backend: PhantomData,
         })
+    }
+}
+
+/// The attached image file, to watch for deletion or truncation: the loop
+/// device's own backing file, or (qemu helpers) the file at the path,
+/// opened `O_PATH` (only ever `fstat`ed: never blocks, reads nothing).
+fn image_file(image: &Image, device: &Device) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match device.kind {
+        BackendKind::Block => None,
+        _ if image.kind() != ImageKind::File => None,
+        BackendKind::Loop => device.backing()?.try_clone().ok(),
+        BackendKind::Fuse | BackendKind::Nbd => {
+            let mut flags = nix::libc::O_PATH | nix::libc::O_CLOEXEC;
+            if image.is_no_follow() {
+                flags |= nix::libc::O_NOFOLLOW;
+            }
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(flags)
+                .open(image.path())
+                .ok()
+        }
     }
 }
 

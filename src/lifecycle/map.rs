@@ -6,7 +6,7 @@ use log::debug;
 
 use super::attach::Attached;
 use crate::backend::{Backend, BackendKind};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Step};
 use crate::mapping::{self, MapOptions, MappedPart, Mapping};
 use crate::partition::{self, Partition, PartitionInfo};
 
@@ -43,8 +43,9 @@ impl<B: Backend> Attached<B> {
     }
 
     /// [`Attached::map`] with explicit [`MapOptions`].
-    pub fn map_with(self, partition: Partition, options: &MapOptions) -> Result<Mapped<B>> {
+    pub fn map_with(mut self, partition: Partition, options: &MapOptions) -> Result<Mapped<B>> {
         debug!("map: {} of {}", partition, self.device().display());
+        self.device.check(Step::Map)?;
         let device = &self.device;
         let chosen = match partition {
             Partition::Whole => None,

@@ -29,6 +29,15 @@ pub(crate) struct MountGuard {
     /// `st_dev` of the mount's root right after mounting: proves later that
     /// the path still shows our mount and not one stacked over it.
     root_dev: u64,
+    /// The mount's root directory, opened right after mounting (read-write
+    /// mounts only): `syncfs` through it reports every write-back error
+    /// since the mount, also one that another `syncfs` caller already saw
+    /// (a descriptor opened at unmount time would miss those). Closed just
+    /// before `umount2`.
+    root: Option<File>,
+    /// The mount's id (mountinfo), to find it again if the mount point's
+    /// directory was moved (its parent renamed) while mounted.
+    mnt_id: Option<u64>,
     retry: RetryPolicy,
     mounted: bool,
 }
@@ -43,24 +52,46 @@ impl MountGuard {
         self.mounted = false;
         let target = &self.target;
         debug!("unmount: {}", target.display());
-        match std::fs::metadata(target) {
-            Ok(m) if m.dev() == self.root_dev => {}
-            Ok(_) => {
-                return Err(Error::invalid(
-                    Step::Unmount,
-                    target,
-                    "no longer shows the filesystem diskmount mounted (it was unmounted, or \
-                     something was mounted over it); leaving it alone",
-                ));
-            }
-            Err(e) => return Err(Error::os(Step::Unmount, target, "stat mount point", e)),
-        }
         let mut errors = Vec::new();
-        if !self.read_only
-            && let Err(e) = syncfs(target)
-        {
-            errors.push(e);
+        // Flush through our own descriptor first: it reaches our filesystem
+        // even if the path no longer shows it.
+        if let Some(root) = self.root.take() {
+            if let Err(e) = nix::unistd::syncfs(&root) {
+                errors.push(Error::os(Step::Unmount, target, "syncfs", e));
+            }
+            // Our descriptor would keep the mount busy.
+            drop(root);
         }
+        let shown = match std::fs::metadata(target) {
+            Ok(m) if m.dev() == self.root_dev => Ok(()),
+            Ok(_) => Err(Error::invalid(
+                Step::Unmount,
+                target,
+                "no longer shows the filesystem diskmount mounted (it was unmounted, or \
+                 something was mounted over it); leaving it alone",
+            )),
+            Err(e) => Err(Error::os(Step::Unmount, target, "stat mount point", e)),
+        };
+        // Not at its path: our mount may still be mounted elsewhere (its
+        // directory moved with a renamed parent); it is ours by its id.
+        let moved = match shown {
+            Ok(()) => None,
+            Err(e) => match self.relocated() {
+                Some(at) => {
+                    warn!(
+                        "unmount: {} was moved to {} while mounted; unmounting it there",
+                        target.display(),
+                        at.display()
+                    );
+                    Some(at)
+                }
+                None => {
+                    errors.push(e);
+                    return Error::collect(errors);
+                }
+            },
+        };
+        let target = moved.as_ref().unwrap_or(target);
         let mut backoff = Backoff::new(self.retry);
         loop {
             backoff.attempt();
@@ -103,13 +134,39 @@ impl MountGuard {
     }
 }
 
-fn syncfs(target: &Path) -> Result<()> {
-    let dir = OpenOptions::new()
+impl MountGuard {
+    /// Where our mount (by its id) is mounted now, if not at its path and
+    /// still showing our filesystem there.
+    fn relocated(&self) -> Option<PathBuf> {
+        let id = self.mnt_id?;
+        let entry = crate::adopt::mounts()
+            .ok()?
+            .into_iter()
+            .find(|m| m.id == id)?;
+        let shows = std::fs::metadata(&entry.target).is_ok_and(|m| m.dev() == self.root_dev);
+        (entry.target != self.target && shows).then_some(entry.target)
+    }
+}
+
+/// The mount id of the mount `file` is on (from /proc/self/fdinfo).
+fn mount_id(file: &File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd()))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Opens the root directory of the mount on `target` (`step` for errors).
+fn open_root(step: Step, target: &Path) -> Result<File> {
+    OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(target)
-        .map_err(|e| Error::os(Step::Unmount, target, "open mount point", e))?;
-    nix::unistd::syncfs(&dir).map_err(|e| Error::os(Step::Unmount, target, "syncfs", e))
+        .map_err(|e| Error::os(step, target, "open mount point", e))
 }
 
 impl Drop for MountGuard {
@@ -122,6 +179,10 @@ impl Drop for MountGuard {
 
 /// A mounted filesystem. Dropping it unmounts, unmaps and detaches;
 /// [`Mounted::close`] does the same and reports every error.
+///
+/// A read-write mount keeps its root directory open while this value
+/// lives (to hear of every write-back error), so a plain `umount` by
+/// another program fails with "target is busy" until it is closed.
 pub struct Mounted<B: Backend> {
     // Field order is teardown order.
     mount: MountGuard,
@@ -190,9 +251,10 @@ impl<B: Backend> Mapped<B> {
     /// [`Step::Probe`] or [`Step::Mount`]: unknown or disallowed filesystem,
     /// bad mount point, or the kernel refused (corrupt filesystem). The
     /// mapping and the device are released.
-    pub fn mount(self, dir: impl AsRef<Path>, options: &MountOptions) -> Result<Mounted<B>> {
+    pub fn mount(mut self, dir: impl AsRef<Path>, options: &MountOptions) -> Result<Mounted<B>> {
         let dir = dir.as_ref();
         let device = self.device().to_path_buf();
+        self.attached.device.check(Step::Mount)?;
         let target = std::fs::canonicalize(dir)
             .map_err(|e| Error::os(Step::Mount, dir, "resolve mount point", e))?;
         let meta = std::fs::metadata(&target)
@@ -255,11 +317,15 @@ impl<B: Backend> Mapped<B> {
             .file()
             .try_clone()
             .map_err(|e| Error::os(Step::Mount, &device, "dup device", e));
-        let root_dev = std::fs::metadata(&target)
-            .map(|m| m.dev())
-            .map_err(|e| Error::os(Step::Mount, &target, "stat mount point", e));
-        let (device_file, root_dev) = match (device_file, root_dev) {
-            (Ok(f), Ok(d)) => (f, d),
+        let root = open_root(Step::Mount, &target).and_then(|f| {
+            let dev = f
+                .metadata()
+                .map_err(|e| Error::os(Step::Mount, &target, "stat mount point", e))?
+                .dev();
+            Ok((f, dev))
+        });
+        let (device_file, (root, root_dev)) = match (device_file, root) {
+            (Ok(f), Ok(r)) => (f, r),
             (Err(e), _) | (_, Err(e)) => {
                 if let Err(u) = nix::mount::umount2(&target, MntFlags::UMOUNT_NOFOLLOW) {
                     warn!(
@@ -288,6 +354,8 @@ impl<B: Backend> Mapped<B> {
                 fstype: driver,
                 read_only,
                 root_dev,
+                mnt_id: mount_id(&root),
+                root: (!read_only).then_some(root),
                 retry: options.unmount_retry,
                 mounted: true,
             },
@@ -323,7 +391,9 @@ impl<B: Backend> Mounted<B> {
             .file()
             .try_clone()
             .map_err(|e| Error::os(Step::Unmount, &device, "dup device", e))?;
-        let root_dev = std::fs::metadata(&target)
+        let root = open_root(Step::Unmount, &target)?;
+        let root_dev = root
+            .metadata()
             .map_err(|e| Error::os(Step::Unmount, &target, "stat mount point", e))?
             .dev();
         Ok(Mounted {
@@ -334,6 +404,8 @@ impl<B: Backend> Mounted<B> {
                 fstype,
                 read_only,
                 root_dev,
+                mnt_id: mount_id(&root),
+                root: (!read_only).then_some(root),
                 retry: RetryPolicy::UNMOUNT,
                 mounted: true,
             },
@@ -408,6 +480,7 @@ impl<B: Backend> Mounted<B> {
             ));
         }
         mount.mounted = false;
+        mount.root = None;
         mapped.part.disarm();
         mapped.attached.record.keep();
         info!(

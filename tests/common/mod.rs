@@ -2,6 +2,8 @@
 //! the leak check every test ends with.
 #![allow(dead_code)]
 
+pub mod durability;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -558,4 +560,25 @@ pub fn mount_whole<B: diskmount::Backend>(img: &Path, dir: &Path) -> diskmount::
         .unwrap()
         .mount(dir, &MountOptions::default())
         .unwrap()
+}
+
+/// Panics if a crash-recovery record still names one of `fx`'s files (in
+/// the record directory this process uses).
+pub fn assert_no_records(fx: &Fixture) {
+    let root = fx.path().to_string_lossy().into_owned();
+    let left: Vec<_> = diskmount::record::Record::all()
+        .into_iter()
+        .filter(|r| r.get("image").is_some_and(|i| i.starts_with(&root)))
+        .map(|r| format!("{}: {:?}", r.file.display(), r.fields))
+        .collect();
+    assert!(left.is_empty(), "records left: {left:?}");
+}
+
+/// The qemu helpers (qemu-nbd, qemu-storage-daemon) working on `fx`'s files.
+pub fn fixture_qemu(fx: &Fixture) -> Vec<(u32, String)> {
+    let root = fx.path().to_string_lossy().into_owned();
+    qemu_processes()
+        .into_iter()
+        .filter(|(_, c)| c.contains(&root))
+        .collect()
 }
