@@ -245,6 +245,12 @@ fn a_file_swapped_for_a_link_while_in_use_never_leaks() {
             let race = mnt.join("race");
             let _ = std::fs::remove_file(race.join("evil"));
             std::os::unix::fs::symlink(&h.secret, race.join("evil")).unwrap();
+            // `race/file` exists from the start, as the link: were it
+            // missing, the first `append` would create it empty, and a read
+            // before the swapper's first rename would see that file.
+            let _ = std::fs::remove_file(race.join("file"));
+            let _ = std::fs::remove_file(race.join("tmp"));
+            std::fs::hard_link(race.join("evil"), race.join("file")).unwrap();
             std::thread::scope(|s| {
                 // Stop the swapper however this scope ends (a failed
                 // assertion included), or the scope would wait for it forever.
