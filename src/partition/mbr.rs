@@ -5,12 +5,12 @@
 //! The extended container itself is not a partition one can mount and is
 //! left out.
 
-use std::fs::File;
 use std::path::Path;
 
 use super::reader::TableReader;
 use super::{PartitionInfo, PartitionTable, PartitionType, TableKind};
 use crate::error::{Error, Result, Step};
+use crate::format::ReadAt;
 
 /// The most an MBR read may consume: the sector and a chain of 256 EBRs
 /// (each read as one sector), as far as the kernel follows one.
@@ -35,7 +35,11 @@ pub fn type_name(id: u8) -> Option<&'static str> {
 }
 
 /// Reads the MBR of `device` (`size` bytes).
-pub(crate) fn read(device: &File, path: &Path, size: u64) -> Result<PartitionTable> {
+pub(crate) fn read<R: ReadAt + ?Sized>(
+    device: &R,
+    path: &Path,
+    size: u64,
+) -> Result<PartitionTable> {
     let mut reader = TableReader::new(device, size, BUDGET);
     let mbr = mbrman::MBR::read_from(&mut reader, 512).map_err(|e| {
         Error::invalid(

@@ -2,28 +2,41 @@
 //! bounded in how much it reads, optionally blind to one sector, never
 //! writing.
 
-use std::fs::File;
+use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 
-/// A read-only, positional view of `file` of `size` bytes that fails once
+use crate::format::ReadAt;
+
+/// A read-only, positional view of `src` (a device, a file, a byte slice)
+/// of `size` bytes that fails once
 /// `budget` bytes have been read (so that a crafted table claiming millions
 /// of entries costs bounded time) and reads zeros in the `hidden` ranges (so that a
 /// parser can be made to skip a damaged primary GPT header).
-#[derive(Debug)]
-pub(crate) struct TableReader<'a> {
-    file: &'a File,
+pub(crate) struct TableReader<'a, R: ReadAt + ?Sized> {
+    src: &'a R,
     size: u64,
     pos: u64,
     budget: u64,
     hidden: Vec<Range<u64>>,
 }
 
-impl<'a> TableReader<'a> {
-    pub(crate) fn new(file: &'a File, size: u64, budget: u64) -> Self {
+// The table crates want `Debug`; the source need not be.
+impl<R: ReadAt + ?Sized> fmt::Debug for TableReader<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableReader")
+            .field("size", &self.size)
+            .field("pos", &self.pos)
+            .field("budget", &self.budget)
+            .field("hidden", &self.hidden)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, R: ReadAt + ?Sized> TableReader<'a, R> {
+    pub(crate) fn new(src: &'a R, size: u64, budget: u64) -> Self {
         TableReader {
-            file,
+            src,
             size,
             pos: 0,
             budget,
@@ -37,7 +50,7 @@ impl<'a> TableReader<'a> {
     }
 }
 
-impl Read for TableReader<'_> {
+impl<R: ReadAt + ?Sized> Read for TableReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let want = (buf.len() as u64).min(self.size.saturating_sub(self.pos));
         if want == 0 {
@@ -49,7 +62,7 @@ impl Read for TableReader<'_> {
                 "the partition table asks for more data than any sane table holds",
             ));
         }
-        let n = self.file.read_at(&mut buf[..want as usize], self.pos)?;
+        let n = self.src.read_at_most(&mut buf[..want as usize], self.pos)?;
         for hidden in &self.hidden {
             for (i, b) in buf[..n].iter_mut().enumerate() {
                 if hidden.contains(&(self.pos + i as u64)) {
@@ -63,7 +76,7 @@ impl Read for TableReader<'_> {
     }
 }
 
-impl Seek for TableReader<'_> {
+impl<R: ReadAt + ?Sized> Seek for TableReader<'_, R> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let pos = match to {
             SeekFrom::Start(p) => Some(p),
@@ -76,7 +89,7 @@ impl Seek for TableReader<'_> {
     }
 }
 
-impl Write for TableReader<'_> {
+impl<R: ReadAt + ?Sized> Write for TableReader<'_, R> {
     fn write(&mut self, _: &[u8]) -> io::Result<usize> {
         Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
