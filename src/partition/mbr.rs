@@ -135,8 +135,10 @@ pub(crate) fn read<R: ReadAt + ?Sized>(
         }
     }
     // The logical partitions: the chain of the first extended partition.
-    // Each EBR holds a logical partition (relative to the EBR) and the
-    // next EBR (relative to the extended partition); 0 ends the chain.
+    // Each EBR holds a logical partition (relative to the EBR) and a link
+    // to the next EBR (relative to the extended partition); a second entry
+    // that is not an extended one, or starts at 0, ends the chain (as in
+    // the kernel).
     let Some(extended) = primaries.iter().find(|e| e.is_extended()) else {
         return Ok(table(partitions));
     };
@@ -158,7 +160,7 @@ pub(crate) fn read<R: ReadAt + ?Sized>(
             partitions.push(logical.info(number, at + logical.start));
             number += 1;
         }
-        if next.start == 0 {
+        if !next.is_extended() || next.start == 0 {
             return Ok(table(partitions));
         }
         if next.start <= relative {
