@@ -235,4 +235,22 @@ mod tests {
         );
         assert!(msg.contains("past the end"), "{msg}");
     }
+
+    /// Logical partitions are numbered from 5 along the chain, at their
+    /// EBR plus their relative start; a link that is not an extended entry
+    /// ends the chain.
+    #[test]
+    fn logical_partitions_along_the_chain() {
+        let mut d = disk(&[(0, 0x83, 64, 64), (1, 0x05, 2048, 4096)]);
+        put(&mut d, 2048, 0, 0x83, 1, 100);
+        put(&mut d, 2048, 1, 0x05, 200, 300);
+        put(&mut d, 2248, 0, 0x83, 1, 100);
+        put(&mut d, 2248, 1, 0x00, 400, 300);
+        put(&mut d, 2448, 0, 0x83, 1, 100);
+        let t = read_table_from(&d[..], Path::new("/img"), d.len() as u64)
+            .unwrap()
+            .unwrap();
+        let got: Vec<(u32, u64)> = t.partitions.iter().map(|p| (p.number, p.start)).collect();
+        assert_eq!(got, [(1, 64 * 512), (5, 2049 * 512), (6, 2249 * 512)]);
+    }
 }
