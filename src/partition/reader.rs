@@ -1,4 +1,4 @@
-//! The view of a device that the partition-table crates read through:
+//! The view of a device that the `gpt` crate reads the table through:
 //! bounded in how much it reads, optionally blind to one sector, never
 //! writing.
 
@@ -21,7 +21,7 @@ pub(crate) struct TableReader<'a, R: ReadAt + ?Sized> {
     hidden: Vec<Range<u64>>,
 }
 
-// The table crates want `Debug`; the source need not be.
+// The gpt crate wants `Debug`; the source need not be.
 impl<R: ReadAt + ?Sized> fmt::Debug for TableReader<'_, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TableReader")
