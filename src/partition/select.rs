@@ -22,8 +22,8 @@ use crate::error::{Error, Result, Step};
 use crate::format::ReadAt;
 use crate::fs::{Detected, FsType, probe_at};
 
-/// What each partition of `table` holds, read from its first bytes of
-/// `device` (a device, a file or a byte slice).
+/// What each partition of `table` holds, read from the partition's first
+/// bytes on `device` (a device, a file or a byte slice).
 pub fn find_filesystems<R: ReadAt + ?Sized>(
     device: &R,
     table: &PartitionTable,
