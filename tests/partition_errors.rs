@@ -224,46 +224,13 @@ fn overlapping_and_out_of_bounds_entries_are_refused() {
     fx.assert_clean();
 }
 
-/// The CRC-32 (IEEE) that GPT headers carry.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// Rewrites the GPT header at byte `at`: `edit` changes it, the checksum is
-/// made right again, so only our sanity checks stand in the way.
-fn forge_header(img: &Path, at: u64, edit: impl Fn(&mut [u8])) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(img)
-        .unwrap();
-    let mut h = [0u8; 92];
-    f.read_exact_at(&mut h, at).unwrap();
-    edit(&mut h);
-    h[16..20].fill(0);
-    let crc = crc32(&h);
-    h[16..20].copy_from_slice(&crc.to_le_bytes());
-    f.write_all_at(&h, at).unwrap();
-}
-
 #[test]
 fn crafted_gpt_headers_are_refused_in_bounded_time() {
     let mut fx = Fixture::new();
     let img = fx.gpt_image("huge.img", 512);
     let size = std::fs::metadata(&img).unwrap().len();
     for at in [512, size - 512] {
-        forge_header(&img, at, |h| {
+        common::forge_gpt_header(&img, at, |h| {
             h[80..84].copy_from_slice(&u32::MAX.to_le_bytes())
         });
     }
@@ -276,7 +243,7 @@ fn crafted_gpt_headers_are_refused_in_bounded_time() {
 
     let img = fx.gpt_image("entry-size.img", 512);
     for at in [512, size - 512] {
-        forge_header(&img, at, |h| {
+        common::forge_gpt_header(&img, at, |h| {
             h[84..88].copy_from_slice(&256u32.to_le_bytes())
         });
     }
@@ -284,7 +251,7 @@ fn crafted_gpt_headers_are_refused_in_bounded_time() {
 
     // Only the primary is forged: the backup is still good and is used.
     let img = fx.gpt_image("one-forged.img", 512);
-    forge_header(&img, 512, |h| {
+    common::forge_gpt_header(&img, 512, |h| {
         h[80..84].copy_from_slice(&u32::MAX.to_le_bytes())
     });
     let m = Unattached::<Loop>::new(Image::file(&img, Format::Raw).unwrap())

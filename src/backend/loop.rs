@@ -416,7 +416,7 @@ fn try_attach(
 /// at byte 4096, none at 512), else 0 (the default, 512).
 fn gpt_sector_size(backing: &File) -> u32 {
     let mut head = [0u8; 4104];
-    match crate::partition::read_full(backing, &mut head, 0) {
+    match crate::format::ReadAt::read_at_most(backing, &mut head, 0) {
         Ok(4104) if &head[4096..] == b"EFI PART" && &head[512..520] != b"EFI PART" => 4096,
         _ => 0,
     }

@@ -210,6 +210,21 @@ pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
         server.stop_into(&mut errors);
         return Err(errors.remove(0));
     }
+    // The kernel scans the table of a newly sized nbd device at its next
+    // open (GD_NEED_PART_SCAN): udev's, some time later, or this one. Our
+    // descriptor predates the connection, so open it once more: the scan is
+    // done (or, if udev's open runs it, waited for on the disk's open
+    // mutex) before map looks for the kernel's partition nodes.
+    if let Err(e) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&node)
+    {
+        debug!(
+            "attach: reopening {} for the partition scan: {e}",
+            node.display()
+        );
+    }
     let size = blk::getsize64(&file).unwrap_or(info.virtual_size);
     let diskseq = blk::getdiskseq(&file).ok();
     info!(

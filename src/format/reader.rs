@@ -37,8 +37,20 @@ impl ReadAt for File {
         Ok(meta.len())
     }
 
+    /// `pread` until `buf` is full or the file ends.
     fn read_at_most(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        crate::partition::read_full(self, buf, offset)
+        use std::os::unix::fs::FileExt;
+        let mut filled = 0;
+        while filled < buf.len() {
+            let at = offset.saturating_add(filled as u64);
+            match self.read_at(&mut buf[filled..], at) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(filled)
     }
 }
 

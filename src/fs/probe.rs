@@ -8,7 +8,7 @@
 use std::fs::File;
 
 use super::FsType;
-use crate::partition::read_full;
+use crate::format::ReadAt;
 
 /// How many bytes [`identify`] looks at: up to and including the btrfs
 /// superblock at 64 KiB.
@@ -59,18 +59,22 @@ pub fn probe(device: &File) -> std::io::Result<Detected> {
     probe_at(device, 0, u64::MAX)
 }
 
-/// Identifies what the `len` bytes of `device` from `offset` hold (a
-/// partition), reading no further than they go.
-pub fn probe_at(device: &File, offset: u64, len: u64) -> std::io::Result<Detected> {
+/// Identifies what the `len` bytes of `device` (a device, a file or a byte
+/// slice) from `offset` hold (a partition), reading no further than they go.
+pub fn probe_at<R: ReadAt + ?Sized>(
+    device: &R,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<Detected> {
     let limit = usize::try_from(len).unwrap_or(usize::MAX).min(PROBE_BYTES);
     let mut buf = vec![0u8; limit];
     let first = FIRST_READ.min(limit);
-    let filled = read_full(device, &mut buf[..first], offset)?;
+    let filled = device.read_at_most(&mut buf[..first], offset)?;
     let found = identify(&buf[..filled]);
     if filled < first || limit == first || !matches!(found, Detected::Empty | Detected::Unknown) {
         return Ok(found);
     }
-    let more = read_full(device, &mut buf[first..], offset + first as u64)?;
+    let more = device.read_at_most(&mut buf[first..], offset.saturating_add(first as u64))?;
     Ok(identify(&buf[..first + more]))
 }
 

@@ -6,14 +6,14 @@
 //! hidden from the crate (it reads zeros there and falls back to the other),
 //! and every read goes through a byte budget.
 
-use std::fs::File;
 use std::path::Path;
 
 use log::warn;
 
 use super::reader::TableReader;
-use super::{PartitionInfo, PartitionTable, PartitionType, TableKind, read_full};
+use super::{PartitionInfo, PartitionTable, PartitionType, TableKind};
 use crate::error::{Error, Result, Step};
+use crate::format::ReadAt;
 
 /// The most entries a table may have. UEFI requires room for 128; tools
 /// write 128; nothing writes more than a few hundred.
@@ -86,14 +86,16 @@ fn le64(b: &[u8], o: usize) -> u64 {
 
 /// Reads the header at `lba` and says why it cannot be used, if it cannot.
 /// (Its checksum is the crate's to check.)
-fn check_header(
-    device: &File,
+fn check_header<R: ReadAt + ?Sized>(
+    device: &R,
     sector: u64,
     lba: u64,
     size: u64,
 ) -> std::result::Result<(), String> {
     let mut b = [0u8; 92];
-    let n = read_full(device, &mut b, lba * sector).map_err(|e| format!("cannot read it: {e}"))?;
+    let n = device
+        .read_at_most(&mut b, lba * sector)
+        .map_err(|e| format!("cannot read it: {e}"))?;
     if n < b.len() {
         return Err("the disk ends before it".into());
     }
@@ -139,7 +141,7 @@ fn check_header(
 }
 
 /// The sector size the GPT was written for: where its header is.
-fn sector_size(device: &File, size: u64, head: &[u8]) -> u64 {
+fn sector_size<R: ReadAt + ?Sized>(device: &R, size: u64, head: &[u8]) -> u64 {
     for s in [512u64, 4096] {
         if head.get(s as usize..s as usize + 8) == Some(b"EFI PART") {
             return s;
@@ -148,7 +150,9 @@ fn sector_size(device: &File, size: u64, head: &[u8]) -> u64 {
     // Primary header gone: look for the backup in the last sector.
     for s in [512u64, 4096] {
         let mut sig = [0u8; 8];
-        if size >= s && read_full(device, &mut sig, size - s).ok() == Some(8) && &sig == b"EFI PART"
+        if size >= s
+            && device.read_at_most(&mut sig, size - s).ok() == Some(8)
+            && &sig == b"EFI PART"
         {
             return s;
         }
@@ -157,7 +161,12 @@ fn sector_size(device: &File, size: u64, head: &[u8]) -> u64 {
 }
 
 /// Reads the GPT of `device` (`size` bytes, first sectors in `head`).
-pub(crate) fn read(device: &File, path: &Path, size: u64, head: &[u8]) -> Result<PartitionTable> {
+pub(crate) fn read<R: ReadAt + ?Sized>(
+    device: &R,
+    path: &Path,
+    size: u64,
+    head: &[u8],
+) -> Result<PartitionTable> {
     let sector = sector_size(device, size, head);
     let last = (size / sector).saturating_sub(1);
     let primary = check_header(device, sector, 1, size);

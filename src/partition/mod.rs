@@ -35,13 +35,13 @@ mod reader;
 mod select;
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 use log::debug;
 
 pub use select::{find_filesystems, select};
 
 use crate::error::{Error, Result, Step};
+use crate::format::ReadAt;
 
 /// The kind of partition table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,8 +169,23 @@ pub fn read_table(
     path: &std::path::Path,
     size: u64,
 ) -> Result<Option<PartitionTable>> {
-    let mut head = vec![0u8; 8192];
-    let n = read_full(device, &mut head, 0)
+    read_table_from(device, path, size)
+}
+
+/// [`read_table`] over any [`ReadAt`], e.g. a byte slice (tests, fuzzing):
+/// `device` holds the disk's first `size` bytes, and nothing beyond them is
+/// read; `path` names it in errors.
+///
+/// # Errors
+/// As [`read_table`].
+pub fn read_table_from<R: ReadAt + ?Sized>(
+    device: &R,
+    path: &std::path::Path,
+    size: u64,
+) -> Result<Option<PartitionTable>> {
+    let mut head = vec![0u8; 8192.min(usize::try_from(size).unwrap_or(usize::MAX))];
+    let n = device
+        .read_at_most(&mut head, 0)
         .map_err(|e| Error::os(Step::Map, path, "read sector 0", e))?;
     head.truncate(n);
     let table = match detect(&head) {
@@ -253,18 +268,4 @@ fn validate(table: &PartitionTable, path: &std::path::Path, size: u64) -> Result
         }
     }
     Ok(())
-}
-
-/// `pread` until `buf` is full or the device ends.
-pub(crate) fn read_full(device: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match device.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }

@@ -12,7 +12,6 @@
 //!    (not vfat);
 //! 5. otherwise an error listing the candidates and how to pick one.
 
-use std::fs::File;
 use std::path::Path;
 
 use log::debug;
@@ -20,10 +19,15 @@ use log::debug;
 use super::gpt::{LINUX_GENERIC, ROOT_NATIVE, USR_NATIVE};
 use super::{Partition, PartitionInfo, PartitionTable, PartitionType};
 use crate::error::{Error, Result, Step};
-use crate::fs::{Detected, FsType, probe, probe_at};
+use crate::format::ReadAt;
+use crate::fs::{Detected, FsType, probe_at};
 
-/// What each partition of `table` holds, read from its first bytes.
-pub fn find_filesystems(device: &File, table: &PartitionTable) -> Vec<(PartitionInfo, Detected)> {
+/// What each partition of `table` holds, read from the partition's first
+/// bytes on `device` (a device, a file or a byte slice).
+pub fn find_filesystems<R: ReadAt + ?Sized>(
+    device: &R,
+    table: &PartitionTable,
+) -> Vec<(PartitionInfo, Detected)> {
     table
         .partitions
         .iter()
@@ -66,8 +70,8 @@ fn numbers(parts: &[&(PartitionInfo, Detected)]) -> String {
 /// # Errors
 /// [`Step::Map`]: no such partition, no table where one is needed, an
 /// ambiguous label or search; the message lists what exists.
-pub fn select(
-    device: &File,
+pub fn select<R: ReadAt + ?Sized>(
+    device: &R,
     path: &Path,
     table: Option<&PartitionTable>,
     wanted: &Partition,
@@ -90,8 +94,8 @@ pub fn select(
             )),
         },
         (Partition::Label(label), None) => {
-            let whole =
-                probe(device).map_err(|e| Error::os(Step::Map, path, "read superblock", e))?;
+            let whole = probe_at(device, 0, u64::MAX)
+                .map_err(|e| Error::os(Step::Map, path, "read superblock", e))?;
             if label_of(&whole) == Some(label.as_str()) {
                 Ok(None)
             } else {
@@ -107,8 +111,8 @@ pub fn select(
     }
 }
 
-fn by_label(
-    device: &File,
+fn by_label<R: ReadAt + ?Sized>(
+    device: &R,
     path: &Path,
     t: &PartitionTable,
     label: &str,
@@ -166,7 +170,11 @@ fn by_label(
     }
 }
 
-fn auto(device: &File, path: &Path, t: &PartitionTable) -> Result<Option<PartitionInfo>> {
+fn auto<R: ReadAt + ?Sized>(
+    device: &R,
+    path: &Path,
+    t: &PartitionTable,
+) -> Result<Option<PartitionInfo>> {
     let found = find_filesystems(device, t);
     let candidates: Vec<&(PartitionInfo, Detected)> = found
         .iter()

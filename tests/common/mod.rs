@@ -582,3 +582,37 @@ pub fn fixture_qemu(fx: &Fixture) -> Vec<(u32, String)> {
         .filter(|(_, c)| c.contains(&root))
         .collect()
 }
+
+/// The CRC-32 (IEEE) that GPT headers carry.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Rewrites the GPT header at byte `at`: `edit` changes it, the checksum is
+/// made right again, so only our sanity checks stand in the way.
+pub fn forge_gpt_header(img: &Path, at: u64, edit: impl Fn(&mut [u8])) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let mut h = [0u8; 92];
+    f.read_exact_at(&mut h, at).unwrap();
+    edit(&mut h);
+    h[16..20].fill(0);
+    let crc = crc32(&h);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    f.write_all_at(&h, at).unwrap();
+}
