@@ -37,7 +37,7 @@ impl Root<'_> {
     /// the image, for messages) from `reader`: a temporary file next to it,
     /// written, `fsync`ed if `sync`, renamed over the name. A `File` source
     /// is copied by the kernel (`copy_file_range`/`sendfile`) where it can.
-    pub(crate) fn write_file_at<R: Read + ?Sized + CopySource>(
+    pub(crate) fn write_file_at<R: Read + ?Sized>(
         &self,
         dir: &OwnedFd,
         name: &OsStr,
@@ -56,9 +56,9 @@ impl Root<'_> {
         .map_err(|e| self.err(path, "create temporary file", e))?;
         let mut file = File::from(fd);
         let written = (|| {
-            let n = reader
-                .copy_into(&mut file)
-                .map_err(|e| self.err(path, "write", e))?;
+            // For a `File` source, `std::io::copy` uses the kernel's copy
+            // (`copy_file_range`, else `sendfile`).
+            let n = std::io::copy(reader, &mut file).map_err(|e| self.err(path, "write", e))?;
             nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(mode & 0o7777))
                 .map_err(|e| self.err(path, "fchmod", e))?;
             if sync {
@@ -129,24 +129,5 @@ impl Root<'_> {
         file.write_all(data.as_ref())
             .map_err(|e| self.err(path, "append", e))?;
         file.sync_all().map_err(|e| self.err(path, "fsync", e))
-    }
-}
-
-/// A source for [`Root::write_file_at`]: a `File` goes through
-/// `std::io::copy`'s kernel-copy path (`copy_file_range`, `sendfile`),
-/// anything else through a buffer.
-pub(crate) trait CopySource {
-    fn copy_into(&mut self, dst: &mut File) -> std::io::Result<u64>;
-}
-
-impl CopySource for File {
-    fn copy_into(&mut self, dst: &mut File) -> std::io::Result<u64> {
-        std::io::copy(self, dst)
-    }
-}
-
-impl CopySource for dyn Read + '_ {
-    fn copy_into(&mut self, dst: &mut File) -> std::io::Result<u64> {
-        std::io::copy(self, dst)
     }
 }
