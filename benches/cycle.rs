@@ -141,9 +141,14 @@ fn open_rw(path: impl AsRef<Path>) -> File {
 /// The floor's attach: `LOOP_CTL_GET_FREE`, open, one `LOOP_CONFIGURE`
 /// (autoclear; `range` = offset and size limit).
 fn floor_attach(backing: &File, range: Option<(u64, u64)>) -> (String, File) {
+    floor_attach_flags(backing, range, loop_dev::LO_FLAGS_AUTOCLEAR)
+}
+
+/// [`floor_attach`] with these `lo_flags`.
+fn floor_attach_flags(backing: &File, range: Option<(u64, u64)>, flags: u32) -> (String, File) {
     let control = open_rw("/dev/loop-control");
     let mut info = loop_dev::empty_info();
-    info.lo_flags = loop_dev::LO_FLAGS_AUTOCLEAR;
+    info.lo_flags = flags;
     if let Some((start, size)) = range {
         info.lo_offset = start;
         info.lo_sizelimit = size;
@@ -191,6 +196,23 @@ fn syscalls(img: &Path, mnt: &Path, flush: bool) {
     let (node, dev) = floor_attach(&backing, None);
     floor_mount(&node, mnt, flush);
     floor_detach(&backing, dev, flush);
+}
+
+/// The floor doing the rest of the library's job too: the kernel's
+/// partition scan (`LO_FLAGS_PARTSCAN`, which the library sets so that a
+/// partitioned image gets its nodes) and one 4 KiB read of the device to
+/// learn the filesystem type (the library probes; the other floors are told
+/// `ext4`).
+fn syscalls_scan_probe(img: &Path, mnt: &Path) {
+    use std::os::unix::fs::FileExt;
+    let backing = open_rw(img);
+    let flags = loop_dev::LO_FLAGS_AUTOCLEAR | loop_dev::LO_FLAGS_PARTSCAN;
+    let (node, dev) = floor_attach_flags(&backing, None, flags);
+    let mut head = [0u8; 4096];
+    dev.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(&head[1024 + 56..1024 + 58], &[0x53, 0xEF], "ext4 magic");
+    floor_mount(&node, mnt, true);
+    floor_detach(&backing, dev, true);
 }
 
 /// The floor with BLKPG: whole-disk loop, `BLKPG_ADD_PARTITION`, mount the
@@ -305,6 +327,10 @@ fn main() {
             (
                 "syscalls, no flushes".into(),
                 Box::new(|| syscalls(&img, &mnt, false)),
+            ),
+            (
+                "syscalls, same flushes + partition scan + fs probe read".into(),
+                Box::new(|| syscalls_scan_probe(&img, &mnt)),
             ),
         ];
         let t = compare(

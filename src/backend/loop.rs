@@ -162,15 +162,32 @@ pub(crate) fn lock_briefly(file: &File, lock: Lock) -> std::result::Result<(), E
 /// A loop device that already serves the file `meta` describes, writable
 /// (or any, if we want to write). Read from sysfs, which lists every bound
 /// loop device's backing file.
+///
+/// Only loop devices with a size are looked at, as `/proc/partitions` lists
+/// them: an unbound device's `loop/backing_file` is missing, and sysfs does
+/// not cache a failed lookup, so asking every device cost about 10 us each
+/// (a quarter of a millisecond per attach with two dozen devices). A device
+/// bound with a size of zero (an offset at the very end) cannot serve the
+/// image's data and is not listed.
 fn bound_elsewhere(meta: &std::fs::Metadata, read_only: bool) -> Option<PathBuf> {
-    let entries = std::fs::read_dir("/sys/block").ok()?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str().filter(|n| n.starts_with("loop")) else {
-            continue;
-        };
-        let loop_dir = entry.path().join("loop");
-        let Ok(backing) = std::fs::read_to_string(loop_dir.join("backing_file")) else {
+    let names: Vec<String> = match std::fs::read_to_string("/proc/partitions") {
+        // "major minor #blocks name"
+        Ok(text) => text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .filter(|n| is_loop_disk(n))
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => std::fs::read_dir("/sys/block")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|n| is_loop_disk(n))
+            .collect(),
+    };
+    for name in names {
+        let dir = Path::new("/sys/block").join(&name);
+        let Ok(backing) = std::fs::read_to_string(dir.join("loop/backing_file")) else {
             continue;
         };
         let backing = backing.trim_end_matches('\n');
@@ -180,7 +197,7 @@ fn bound_elsewhere(meta: &std::fs::Metadata, read_only: bool) -> Option<PathBuf>
         if other.dev() != meta.dev() || other.ino() != meta.ino() {
             continue;
         }
-        let other_ro = std::fs::read_to_string(entry.path().join("ro"))
+        let other_ro = std::fs::read_to_string(dir.join("ro"))
             .map(|s| s.trim() == "1")
             .unwrap_or(false);
         if !(read_only && other_ro) {
@@ -188,6 +205,13 @@ fn bound_elsewhere(meta: &std::fs::Metadata, read_only: bool) -> Option<PathBuf>
         }
     }
     None
+}
+
+/// Whether `name` is a loop device itself (`loop7`), not one of its
+/// partitions (`loop7p1`).
+fn is_loop_disk(name: &str) -> bool {
+    name.strip_prefix("loop")
+        .is_some_and(|nr| !nr.is_empty() && nr.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Whether `/dev/loop<nr>` has a backing file bound.
