@@ -16,40 +16,17 @@
 
 mod common;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::Instant;
 
 use common::{Row, Stats, Table, stats};
 use diskmount::sys::{block as blk, loop_dev};
-use diskmount::{Format, Image, Loop, MountOptions, Partition, Unattached};
 use nix::mount::{MntFlags, MsFlags};
 
 const THREADS: [usize; 4] = [1, 2, 4, 8];
-
-fn library(img: &Path, mnt: &Path) {
-    Unattached::<Loop>::new(Image::file(img, Format::Raw).unwrap())
-        .attach()
-        .unwrap()
-        .map(Partition::Whole)
-        .unwrap()
-        .mount(mnt, &MountOptions::default())
-        .unwrap()
-        .close()
-        .unwrap();
-}
-
-fn open_rw(path: impl AsRef<Path>) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_CLOEXEC)
-        .open(path)
-        .unwrap()
-}
 
 /// The floor: no lock, `EBUSY` (another thread configured the device
 /// `LOOP_CTL_GET_FREE` offered to both) answered by asking again. With
@@ -58,8 +35,8 @@ fn open_rw(path: impl AsRef<Path>) -> File {
 /// (which makes `LOOP_CONFIGURE` rescan the partition table).
 fn syscalls(img: &Path, mnt: &Path, claim_like_library: bool) {
     use diskmount::sys::flock::{Lock, flock};
-    let backing = open_rw(img);
-    let control = open_rw("/dev/loop-control");
+    let backing = common::open_rw(img);
+    let control = common::open_rw("/dev/loop-control");
     let mut info = loop_dev::empty_info();
     info.lo_flags = loop_dev::LO_FLAGS_AUTOCLEAR;
     if claim_like_library {
@@ -69,7 +46,7 @@ fn syscalls(img: &Path, mnt: &Path, claim_like_library: bool) {
     let (node, dev) = loop {
         let nr = loop_dev::ctl_get_free(&control).unwrap();
         let node = format!("/dev/loop{nr}");
-        let dev = open_rw(&node);
+        let dev = common::open_rw(&node);
         match loop_dev::configure(&dev, &loop_dev::config(backing.as_fd(), info)) {
             Ok(()) => break (node, dev),
             Err(nix::errno::Errno::EBUSY) => continue,
@@ -112,7 +89,7 @@ fn round(
                     for _ in 0..cycles {
                         let t = Instant::now();
                         match variant {
-                            0 => library(img, mnt),
+                            0 => common::library_cycle(img, mnt),
                             v => syscalls(img, mnt, v == 2),
                         }
                         lat.push(common::ms(t.elapsed()));

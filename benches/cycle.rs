@@ -28,7 +28,6 @@ mod common;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -39,18 +38,6 @@ use diskmount::{
     Partition, Unattached,
 };
 use nix::mount::{MntFlags, MsFlags};
-
-fn library(img: &Path, mnt: &Path) {
-    Unattached::<Loop>::new(Image::file(img, Format::Raw).unwrap())
-        .attach()
-        .unwrap()
-        .map(Partition::Whole)
-        .unwrap()
-        .mount(mnt, &MountOptions::default())
-        .unwrap()
-        .close()
-        .unwrap();
-}
 
 fn library_image<B: Backend>(image: &Image, mnt: &Path) {
     Unattached::<B>::new(image.clone())
@@ -129,15 +116,6 @@ fn util_linux_offset(img: &Path, mnt: &Path, start: u64, size: u64) {
     run(Command::new("losetup").args(["--detach", dev]));
 }
 
-fn open_rw(path: impl AsRef<Path>) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_CLOEXEC)
-        .open(path)
-        .unwrap()
-}
-
 /// The floor's attach: `LOOP_CTL_GET_FREE`, open, one `LOOP_CONFIGURE`
 /// (autoclear; `range` = offset and size limit).
 fn floor_attach(backing: &File, range: Option<(u64, u64)>) -> (String, File) {
@@ -146,7 +124,7 @@ fn floor_attach(backing: &File, range: Option<(u64, u64)>) -> (String, File) {
 
 /// [`floor_attach`] with these `lo_flags`.
 fn floor_attach_flags(backing: &File, range: Option<(u64, u64)>, flags: u32) -> (String, File) {
-    let control = open_rw("/dev/loop-control");
+    let control = common::open_rw("/dev/loop-control");
     let mut info = loop_dev::empty_info();
     info.lo_flags = flags;
     if let Some((start, size)) = range {
@@ -158,7 +136,7 @@ fn floor_attach_flags(backing: &File, range: Option<(u64, u64)>, flags: u32) -> 
     loop {
         let nr = loop_dev::ctl_get_free(&control).unwrap();
         let node = format!("/dev/loop{nr}");
-        let dev = open_rw(&node);
+        let dev = common::open_rw(&node);
         match loop_dev::configure(&dev, &loop_dev::config(backing.as_fd(), info)) {
             Ok(()) => return (node, dev),
             Err(nix::errno::Errno::EBUSY) => continue,
@@ -192,7 +170,7 @@ fn floor_detach(backing: &File, dev: File, flush: bool) {
 }
 
 fn syscalls(img: &Path, mnt: &Path, flush: bool) {
-    let backing = open_rw(img);
+    let backing = common::open_rw(img);
     let (node, dev) = floor_attach(&backing, None);
     floor_mount(&node, mnt, flush);
     floor_detach(&backing, dev, flush);
@@ -205,7 +183,7 @@ fn syscalls(img: &Path, mnt: &Path, flush: bool) {
 /// `ext4`).
 fn syscalls_scan_probe(img: &Path, mnt: &Path) {
     use std::os::unix::fs::FileExt;
-    let backing = open_rw(img);
+    let backing = common::open_rw(img);
     let flags = loop_dev::LO_FLAGS_AUTOCLEAR | loop_dev::LO_FLAGS_PARTSCAN;
     let (node, dev) = floor_attach_flags(&backing, None, flags);
     let mut head = [0u8; 4096];
@@ -218,11 +196,11 @@ fn syscalls_scan_probe(img: &Path, mnt: &Path) {
 /// The floor with BLKPG: whole-disk loop, `BLKPG_ADD_PARTITION`, mount the
 /// node devtmpfs made, unmount, flush, `BLKPG_DEL_PARTITION`, detach.
 fn syscalls_blkpg(img: &Path, mnt: &Path, number: u32, start: u64, size: u64) {
-    let backing = open_rw(img);
+    let backing = common::open_rw(img);
     let (node, dev) = floor_attach(&backing, None);
     blk::add_partition(&dev, number, start, size).unwrap();
     let part_node = format!("{node}p{number}");
-    let part = open_rw(&part_node);
+    let part = common::open_rw(&part_node);
     floor_mount(&part_node, mnt, true);
     blk::flsbuf(&part).unwrap();
     drop(part);
@@ -232,7 +210,7 @@ fn syscalls_blkpg(img: &Path, mnt: &Path, number: u32, start: u64, size: u64) {
 
 /// The floor with an offset loop device over the partition's bytes.
 fn syscalls_offset(img: &Path, mnt: &Path, start: u64, size: u64) {
-    let backing = open_rw(img);
+    let backing = common::open_rw(img);
     let (node, dev) = floor_attach(&backing, Some((start, size)));
     floor_mount(&node, mnt, true);
     floor_detach(&backing, dev, true);
@@ -300,7 +278,7 @@ fn main() {
     std::fs::create_dir(&mnt).unwrap();
 
     if common::flag("--once") {
-        library(&img, &mnt);
+        common::library_cycle(&img, &mnt);
         return;
     }
     let machine = common::print_machine("cycle");
@@ -310,7 +288,7 @@ fn main() {
         let mut variants: Vec<Variant> = vec![
             (
                 "diskmount (library)".into(),
-                Box::new(|| library(&img, &mnt)),
+                Box::new(|| common::library_cycle(&img, &mnt)),
             ),
             (
                 "util-linux: losetup, mount, umount, losetup -d".into(),
@@ -416,7 +394,10 @@ fn main() {
         // The kernel-nbd path where the kernel has nbd (the kernel VM lane).
         let with_nbd = diskmount::backend::nbd::available();
         let mut variants: Vec<Variant> = vec![
-            ("raw via Loop".into(), Box::new(|| library(&img, &mnt))),
+            (
+                "raw via Loop".into(),
+                Box::new(|| common::library_cycle(&img, &mnt)),
+            ),
             (
                 "qcow2 via Fuse".into(),
                 Box::new(|| library_image::<Fuse>(&qimage, &mnt)),

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{Table, run, stats};
-use diskmount::{Format, Image, Loop, MountOptions, Partition, Unattached};
+use diskmount::Loop;
 
 /// Deterministic incompressible bytes (xorshift).
 fn fill(buf: &mut [u8], seed: &mut u64) {
@@ -67,13 +67,7 @@ type Mounted = diskmount::Mounted<Loop>;
 /// A fresh image, mounted (untimed).
 fn fresh(img: &Path, mnt: &Path) -> Mounted {
     common::ext4_image(img, 1 << 30);
-    Unattached::<Loop>::new(Image::file(img, Format::Raw).unwrap())
-        .attach()
-        .unwrap()
-        .map(Partition::Whole)
-        .unwrap()
-        .mount(mnt, &MountOptions::default())
-        .unwrap()
+    common::mount_raw(img, mnt)
 }
 
 /// One timed run in ms: copy `src` into the image root, then close.

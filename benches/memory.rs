@@ -13,26 +13,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{Row, Stats, Table, run, stats};
-use diskmount::{Format, Image, Loop, MountOptions, Partition, Unattached};
 use nix::sys::resource::{UsageWho, getrusage};
 
 const DISKMOUNT: &str = env!("CARGO_BIN_EXE_diskmount");
-
-fn library(img: &Path, mnt: &Path) {
-    Unattached::<Loop>::new(Image::file(img, Format::Raw).unwrap())
-        .attach()
-        .unwrap()
-        .map(Partition::Whole)
-        .unwrap()
-        .mount(mnt, &MountOptions::default())
-        .unwrap()
-        .close()
-        .unwrap();
-}
 
 /// `VmRSS` of this process, KiB.
 fn rss_kib() -> u64 {
@@ -115,11 +101,11 @@ fn main() {
 
     // In-process growth over many cycles.
     for _ in 0..10 {
-        library(&img, &mnt);
+        common::library_cycle(&img, &mnt);
     }
     let mut samples: Vec<(usize, u64, usize)> = Vec::new();
     for i in 1..=cycles {
-        library(&img, &mnt);
+        common::library_cycle(&img, &mnt);
         if i == 100 || i == cycles / 2 || i == cycles {
             samples.push((i, rss_kib(), open_fds()));
         }

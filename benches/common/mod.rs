@@ -603,3 +603,33 @@ pub fn assert_clean(dir: &Path) {
     let left = leftovers(dir);
     assert!(left.is_empty(), "the benchmark left: {left:?}");
 }
+
+/// The raw image `img` attached by a loop device, whole disk, mounted on
+/// `mnt` with the default options: the library's side of most comparisons.
+pub fn mount_raw(img: &Path, mnt: &Path) -> diskmount::Mounted<diskmount::Loop> {
+    use diskmount::{Format, Image, Loop, MountOptions, Partition, Unattached};
+    Unattached::<Loop>::new(Image::file(img, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(mnt, &MountOptions::default())
+        .unwrap()
+}
+
+/// One full library cycle of the raw image `img` on `mnt`: attach, map,
+/// mount, then `close()` (unmount, unmap, detach), every error a panic.
+pub fn library_cycle(img: &Path, mnt: &Path) {
+    mount_raw(img, mnt).close().unwrap();
+}
+
+/// Opens `path` read-write (`O_CLOEXEC`), for the hand-written floors.
+pub fn open_rw(path: impl AsRef<Path>) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(path)
+        .unwrap()
+}
