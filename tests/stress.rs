@@ -716,7 +716,7 @@ fn print_report(
         ])
     );
     println!(
-        "  retries logged: attach {}, unmount {}",
+        "  retries logged: attach or detach {}, unmount {}",
         r.attach_retries, r.unmount_retries
     );
     for m in &r.retry_samples {
