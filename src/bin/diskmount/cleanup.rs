@@ -207,8 +207,16 @@ pub fn release_helpers(rec: &Record) -> Vec<String> {
             println!("    stopping qemu helper {pid}");
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             let start = Instant::now();
+            let mut signalled = start;
             while helper_alive(pid, &what) && start.elapsed() < Duration::from_secs(5) {
                 std::thread::sleep(Duration::from_millis(20));
+                // qemu's handler only sets a flag for its main loop: a
+                // signal landing just before the loop sleeps goes unseen
+                // until the next event (see backend/fuse.rs). Send it again.
+                if signalled.elapsed() >= Duration::from_millis(250) {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                    signalled = Instant::now();
+                }
             }
             if helper_alive(pid, &what) {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
