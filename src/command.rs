@@ -70,15 +70,5 @@ pub(crate) fn wait_timeout(
             }
         }
     }
-    let mut delay = std::time::Duration::from_millis(1);
-    loop {
-        if let Some(s) = child.try_wait()? {
-            return Ok(Some(s));
-        }
-        if start.elapsed() >= bound {
-            return Ok(None);
-        }
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(std::time::Duration::from_millis(50));
-    }
+    crate::retry::poll_until(bound, || child.try_wait().transpose()).transpose()
 }

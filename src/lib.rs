@@ -126,6 +126,7 @@ mod lifecycle;
 pub mod mapping;
 pub mod options;
 pub mod partition;
+mod read_at;
 pub mod record;
 pub mod retry;
 pub mod root;

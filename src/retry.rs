@@ -1,5 +1,12 @@
-//! Bounded retries with randomized back-off, for the races that the kernel
-//! reports as `EBUSY`/`EAGAIN` and that clear up by themselves.
+//! Every bounded wait of diskmount, in one place:
+//!
+//! - [`RetryPolicy`] and `Backoff`: retries with randomized back-off, for
+//!   the races that the kernel reports as `EBUSY`/`EAGAIN` and that clear
+//!   up by themselves (claiming a loop or nbd device, unmounting);
+//! - [`poll_until`]: waiting for a condition that holds soon but gives no
+//!   signal of its own (a device node appearing, a device unbinding, a
+//!   short-lived lock holder letting go);
+//! - [`random`]: the one source of jitter and unique names.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
@@ -95,10 +102,82 @@ impl Backoff {
     }
 }
 
+/// The first wait of [`poll_until`]; each further wait doubles, up to
+/// [`POLL_MAX_DELAY`].
+const POLL_FIRST_DELAY: Duration = Duration::from_micros(100);
+
+/// The longest single wait of [`poll_until`].
+const POLL_MAX_DELAY: Duration = Duration::from_millis(20);
+
+/// Calls `step` until it answers `Some`, for at most `bound` (the first
+/// call is always made), and returns that answer; `None` once `bound` has
+/// passed. The waits between calls double from 100 us to 20 ms, so a
+/// condition that holds within microseconds costs microseconds and a slow
+/// one costs at most 50 wake-ups a second.
+///
+/// `step` decides what "done" means, an early failure included: a step
+/// that returns `Some(Err(..))` when a helper died ends the wait at once.
+pub(crate) fn poll_until<T>(bound: Duration, mut step: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    let mut delay = POLL_FIRST_DELAY;
+    loop {
+        if let Some(done) = step() {
+            return Some(done);
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= bound {
+            return None;
+        }
+        std::thread::sleep(delay.min(bound - elapsed));
+        delay = (delay * 2).min(POLL_MAX_DELAY);
+    }
+}
+
 /// A random number from the standard library's per-process hash keys: no
-/// generator crate is needed for jitter.
-fn random() -> u64 {
+/// generator crate is needed for jitter and unique names.
+pub(crate) fn random() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(Instant::now().elapsed().as_nanos());
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_until_returns_the_first_answer() {
+        let mut calls = 0;
+        let got = poll_until(Duration::from_secs(5), || {
+            calls += 1;
+            (calls == 3).then_some(calls)
+        });
+        assert_eq!(got, Some(3));
+    }
+
+    #[test]
+    fn poll_until_gives_up_at_the_bound() {
+        let mut calls = 0;
+        let got: Option<()> = poll_until(Duration::from_millis(5), || {
+            calls += 1;
+            None
+        });
+        assert_eq!(got, None);
+        assert!(calls >= 2, "called {calls} times");
+    }
+
+    #[test]
+    fn poll_until_calls_once_with_no_time() {
+        let mut calls = 0;
+        let got: Option<()> = poll_until(Duration::ZERO, || {
+            calls += 1;
+            None
+        });
+        assert_eq!((got, calls), (None, 1));
+    }
+
+    #[test]
+    fn random_differs() {
+        assert_ne!(random(), random());
+    }
 }

@@ -28,7 +28,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{debug, info, warn};
 use nix::errno::Errno;
@@ -37,9 +37,10 @@ use nix::libc;
 use super::device::{Device, Held};
 use super::{Backend, BackendKind, sealed};
 use crate::error::{Error, Result, Step};
-use crate::image::{Image, ImageKind, describe};
+use crate::format::describe;
+use crate::image::{Image, ImageKind};
 use crate::options::AttachOptions;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, poll_until};
 use crate::sys::block as blk;
 use crate::sys::flock::{Lock, flock};
 use crate::sys::loop_dev;
@@ -146,17 +147,13 @@ pub(crate) fn open_backing(image: &Image) -> Result<File> {
 /// a brief one: a thread of this process that is forking a child holds a
 /// copy of every descriptor (and so of the lock) until the child execs.
 pub(crate) fn lock_briefly(file: &File, lock: Lock) -> std::result::Result<(), Errno> {
-    let start = Instant::now();
-    let mut delay = Duration::from_micros(100);
-    loop {
+    poll_until(Duration::from_millis(500), || {
         match flock(file, lock, false) {
-            Err(Errno::EWOULDBLOCK) if start.elapsed() < Duration::from_millis(500) => {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(20));
-            }
-            other => return other,
+            Err(Errno::EWOULDBLOCK) => None,
+            other => Some(other),
         }
-    }
+    })
+    .unwrap_or(Err(Errno::EWOULDBLOCK))
 }
 
 /// A loop device that already serves the file `meta` describes, writable
@@ -221,16 +218,7 @@ pub(crate) fn is_bound(nr: u32) -> bool {
 
 /// Waits (bounded) until `/dev/loop<nr>` is unbound; true if it is.
 fn wait_unbound(nr: u32, bound: Duration) -> bool {
-    let start = Instant::now();
-    let mut delay = Duration::from_micros(100);
-    while is_bound(nr) {
-        if start.elapsed() >= bound {
-            return false;
-        }
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_millis(20));
-    }
-    true
+    poll_until(bound, || (!is_bound(nr)).then_some(())).is_some()
 }
 
 fn is_transient(e: Errno) -> bool {
@@ -440,7 +428,7 @@ fn try_attach(
 /// at byte 4096, none at 512), else 0 (the default, 512).
 fn gpt_sector_size(backing: &File) -> u32 {
     let mut head = [0u8; 4104];
-    match crate::format::ReadAt::read_at_most(backing, &mut head, 0) {
+    match crate::read_at::ReadAt::read_at_most(backing, &mut head, 0) {
         Ok(4104) if &head[4096..] == b"EFI PART" && &head[512..520] != b"EFI PART" => 4096,
         _ => 0,
     }
@@ -455,21 +443,19 @@ fn set_fd_and_status(
     node: &str,
 ) -> Attempt<()> {
     loop_dev::set_fd(dev, backing.as_fd()).map_err(|e| (format!("LOOP_SET_FD {node}"), e))?;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match loop_dev::set_status64(dev, info) {
-            Ok(()) => return Ok(()),
-            Err(Errno::EAGAIN) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => {
-                if let Err(clr) = loop_dev::clr_fd(dev) {
-                    warn!("attach: {node}: LOOP_CLR_FD after a failed LOOP_SET_STATUS64: {clr}");
-                }
-                return Err((format!("LOOP_SET_STATUS64 {node}"), e));
-            }
+    let set = poll_until(Duration::from_secs(2), || {
+        match loop_dev::set_status64(dev.as_fd(), info) {
+            Err(Errno::EAGAIN) => None,
+            other => Some(other),
         }
-    }
+    })
+    .unwrap_or(Err(Errno::EAGAIN));
+    set.map_err(|e| {
+        if let Err(clr) = loop_dev::clr_fd(dev.as_fd()) {
+            warn!("attach: {node}: LOOP_CLR_FD after a failed LOOP_SET_STATUS64: {clr}");
+        }
+        (format!("LOOP_SET_STATUS64 {node}"), e)
+    })
 }
 
 /// Checks that the kernel applied what we asked for (5.8 ignored some

@@ -21,11 +21,10 @@
 //! is an error of this step, not a hang.
 
 use std::fs::{File, OpenOptions};
-use std::hash::{BuildHasher, Hasher};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{debug, info, warn};
 use nix::errno::Errno;
@@ -38,7 +37,7 @@ use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
 use crate::image::Image;
 use crate::options::AttachOptions;
-use crate::retry::{Backoff, RetryPolicy};
+use crate::retry::{Backoff, RetryPolicy, poll_until, random};
 use crate::sys::block as blk;
 use crate::sys::flock::{Lock, flock};
 use crate::sys::process::{spawn_detached, spawn_tied};
@@ -106,12 +105,6 @@ pub(crate) struct Server {
 
 fn sys(name: &str, attr: &str) -> PathBuf {
     Path::new("/sys/block").join(name).join(attr)
-}
-
-fn random() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish()
 }
 
 /// Claims a free nbd device: open and exclusively locked, not connected.
@@ -344,27 +337,34 @@ impl Server {
     /// sysfs with a growing back-off, bounded, and stops early if qemu-nbd
     /// exits.
     fn wait_ready(&mut self, name: &str, size: u64) -> Result<()> {
-        let start = Instant::now();
-        let mut delay = Duration::from_micros(500);
-        loop {
+        let state = |name: &str| {
             let pid = sys(name, "pid").exists();
             let sectors = std::fs::read_to_string(sys(name, "size"))
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok());
-            if pid && sectors == Some(size.div_ceil(512)) {
-                return Ok(());
+            (pid, sectors)
+        };
+        let done = poll_until(READY_TIMEOUT, || {
+            if state(name) == (true, Some(size.div_ceil(512))) {
+                return Some(Ok(()));
             }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                return Err(Error::Command {
-                    step: Step::Attach,
-                    path: self.image.clone(),
-                    command: format!("{QEMU_NBD} --connect={}", self.device.display()),
-                    status: describe_status(status),
-                    stderr: self.output(),
-                });
+            match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(Err(status)),
+                _ => None,
             }
-            if start.elapsed() >= READY_TIMEOUT {
-                return Err(Error::invalid(
+        });
+        match done {
+            Some(Ok(())) => Ok(()),
+            Some(Err(status)) => Err(Error::Command {
+                step: Step::Attach,
+                path: self.image.clone(),
+                command: format!("{QEMU_NBD} --connect={}", self.device.display()),
+                status: describe_status(status),
+                stderr: self.output(),
+            }),
+            None => {
+                let (pid, sectors) = state(name);
+                Err(Error::invalid(
                     Step::Attach,
                     &self.device,
                     format!(
@@ -373,10 +373,8 @@ impl Server {
                         if pid { "present" } else { "missing" },
                         size.div_ceil(512)
                     ),
-                ));
+                ))
             }
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(50));
         }
     }
 
@@ -468,11 +466,8 @@ impl Server {
             .unwrap_or_default();
         // The kernel removes the pid attribute once the server is gone; an
         // adopted server is not our child, so give it a moment.
-        let start = Instant::now();
-        while sys(&name, "pid").exists() && start.elapsed() < EXIT_TIMEOUT {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if sys(&name, "pid").exists() {
+        let gone = poll_until(EXIT_TIMEOUT, || (!sys(&name, "pid").exists()).then_some(()));
+        if gone.is_none() {
             errors.push(Error::invalid(
                 Step::Detach,
                 &self.device,

@@ -10,8 +10,8 @@ use log::debug;
 use nix::fcntl::OFlag;
 
 use super::ImageInfo;
+use super::{Format, describe};
 use crate::error::{Error, Result, Step};
-use crate::image::{Format, describe};
 
 /// The most files a backing chain may have, the image included.
 pub const MAX_CHAIN: usize = 16;

@@ -66,9 +66,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::Result;
-use crate::image::Format;
 
 mod check;
+mod kind;
 mod probe;
 mod qcow2;
 mod reader;
@@ -77,10 +77,13 @@ mod vhdx;
 mod vmdk;
 mod vpc;
 
+pub use crate::read_at::ReadAt;
 pub use check::MAX_CHAIN;
+pub use kind::Format;
+pub(crate) use kind::describe;
 pub use probe::{Detected, PROBE_HEAD, PROBE_TAIL, detect, probe_from};
 pub use qcow2::MAX_VIRTUAL_SIZE;
-pub use reader::{MAX_READ, ReadAt};
+pub use reader::MAX_READ;
 pub use vmdk::MAX_DESCRIPTOR;
 
 use reader::Src;

@@ -10,9 +10,10 @@
 
 use std::path::Path;
 
-use super::reader::{ReadAt, Src, le32};
+use super::Format;
+use super::reader::{Src, le32};
 use crate::error::Result;
-use crate::image::Format;
+use crate::read_at::ReadAt;
 
 /// How many bytes from the start of a file [`detect`] looks at.
 pub const PROBE_HEAD: usize = 4096;

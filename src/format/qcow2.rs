@@ -9,10 +9,11 @@
 
 use std::path::PathBuf;
 
+use super::Format;
 use super::ImageInfo;
-use super::reader::{ReadAt, Src, be32, be64, c_str, path_of};
+use super::reader::{Src, be32, be64, c_str, path_of};
 use crate::error::{Error, Result};
-use crate::image::Format;
+use crate::read_at::ReadAt;
 
 /// The largest virtual size diskmount accepts (32 PiB).
 pub const MAX_VIRTUAL_SIZE: u64 = 1 << 55;

@@ -6,10 +6,11 @@
 //!
 //! Layout: qemu `block/vdi.c` (`VdiHeader`).
 
+use super::Format;
 use super::ImageInfo;
-use super::reader::{ReadAt, Src, le32, le64};
+use super::reader::{Src, le32, le64};
 use crate::error::Result;
-use crate::image::Format;
+use crate::read_at::ReadAt;
 
 const SIGNATURE: u32 = 0xbeda_107f;
 const VERSION_1_1: u32 = 0x0001_0001;

@@ -25,10 +25,11 @@
 
 use std::path::PathBuf;
 
+use super::Format;
 use super::ImageInfo;
-use super::reader::{ReadAt, Src, le16, le32, le64, utf16, windows_path};
+use super::reader::{Src, le16, le32, le64, utf16, windows_path};
 use crate::error::Result;
-use crate::image::Format;
+use crate::read_at::ReadAt;
 
 const MIB: u64 = 1 << 20;
 const HEADER_OFFSETS: [u64; 2] = [64 << 10, 128 << 10];

@@ -20,11 +20,12 @@
 
 use std::path::{Path, PathBuf};
 
+use super::Format;
 use super::ImageInfo;
 use super::qcow2::MAX_VIRTUAL_SIZE;
-use super::reader::{ReadAt, Src, c_str, le16, le32, le64, path_of};
+use super::reader::{Src, c_str, le16, le32, le64, path_of};
 use crate::error::Result;
-use crate::image::Format;
+use crate::read_at::ReadAt;
 
 /// The largest descriptor diskmount reads: descriptors are text of a few
 /// hundred bytes (qemu writes 10 KiB areas).

@@ -19,10 +19,11 @@
 
 use std::path::PathBuf;
 
+use super::Format;
 use super::ImageInfo;
-use super::reader::{ReadAt, Src, be16, be32, be64, utf16, windows_path};
+use super::reader::{Src, be16, be32, be64, utf16, windows_path};
 use crate::error::Result;
-use crate::image::Format;
+use crate::read_at::ReadAt;
 
 const COOKIE: &[u8] = b"conectix";
 const SPARSE_COOKIE: &[u8] = b"cxsparse";

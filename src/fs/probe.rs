@@ -8,7 +8,7 @@
 use std::fs::File;
 
 use super::FsType;
-use crate::format::ReadAt;
+use crate::read_at::ReadAt;
 
 /// How many bytes [`identify`] looks at: up to and including the btrfs
 /// superblock at 64 KiB.

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{debug, warn};
 use nix::errno::Errno;
@@ -15,7 +15,9 @@ use super::{MappedPart, Mapping, Undo, sysfs, wait_for_node};
 use crate::backend::Device;
 use crate::error::{Error, Result, Step};
 use crate::partition::PartitionInfo;
+use crate::retry::poll_until;
 use crate::sys::block as blk;
+use std::os::fd::AsFd;
 
 pub(crate) fn add(device: &Device, part: &PartitionInfo) -> Result<MappedPart> {
     let created = match blk::add_partition(device.file(), part.number, part.start, part.size) {
@@ -102,33 +104,28 @@ pub(crate) fn add(device: &Device, part: &PartitionInfo) -> Result<MappedPart> {
 /// open; a forking thread's child holds our descriptor until it execs) is
 /// retried for up to a second.
 pub(crate) fn delete(parent: &File, parent_path: &Path, number: u32, node: &Path) -> Result<()> {
-    let start = Instant::now();
-    let mut delay = Duration::from_micros(200);
-    loop {
-        match blk::del_partition(parent, number) {
-            Ok(()) => return Ok(()),
-            Err(Errno::EBUSY) if start.elapsed() < Duration::from_secs(1) => {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(50));
-            }
-            Err(Errno::EBUSY) => {
-                return Err(Error::invalid(
-                    Step::Unmap,
-                    node,
-                    format!(
-                        "cannot delete partition {number} of {}: still in use (mounted or open)",
-                        parent_path.display()
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(Error::os(
-                    Step::Unmap,
-                    node,
-                    format!("BLKPG_DEL_PARTITION {number} of {}", parent_path.display()),
-                    e,
-                ));
-            }
+    let deleted = poll_until(Duration::from_secs(1), || {
+        match blk::del_partition(parent.as_fd(), number) {
+            Err(Errno::EBUSY) => None,
+            other => Some(other),
         }
+    })
+    .unwrap_or(Err(Errno::EBUSY));
+    match deleted {
+        Ok(()) => Ok(()),
+        Err(Errno::EBUSY) => Err(Error::invalid(
+            Step::Unmap,
+            node,
+            format!(
+                "cannot delete partition {number} of {}: still in use (mounted or open)",
+                parent_path.display()
+            ),
+        )),
+        Err(e) => Err(Error::os(
+            Step::Unmap,
+            node,
+            format!("BLKPG_DEL_PARTITION {number} of {}", parent_path.display()),
+            e,
+        )),
     }
 }

@@ -21,7 +21,7 @@ pub(crate) mod sysfs;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{debug, warn};
 use nix::libc;
@@ -29,6 +29,7 @@ use nix::libc;
 use crate::backend::Device;
 use crate::error::{Error, Result, Step};
 use crate::partition::PartitionInfo;
+use crate::retry::poll_until;
 
 /// Which way to give a partition its device ([`MapOptions::strategy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -254,18 +255,10 @@ fn open_node(path: &Path, read_only: bool) -> std::io::Result<File> {
 /// Waits (bounded) for a device node to appear: immediately with devtmpfs,
 /// after udev's work where udev manages /dev.
 fn wait_for_node(path: &Path, rdev: Option<u64>, bound: Duration) -> bool {
-    let start = Instant::now();
-    let mut delay = Duration::from_micros(200);
-    loop {
-        if let Ok(m) = std::fs::metadata(path)
-            && rdev.is_none_or(|r| m.rdev() == r)
-        {
-            return true;
-        }
-        if start.elapsed() >= bound {
-            return false;
-        }
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_millis(20));
-    }
+    poll_until(bound, || {
+        std::fs::metadata(path)
+            .is_ok_and(|m| rdev.is_none_or(|r| m.rdev() == r))
+            .then_some(())
+    })
+    .is_some()
 }

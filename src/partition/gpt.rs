@@ -13,7 +13,7 @@ use log::warn;
 use super::reader::TableReader;
 use super::{PartitionInfo, PartitionTable, PartitionType, TableKind};
 use crate::error::{Error, Result, Step};
-use crate::format::ReadAt;
+use crate::read_at::ReadAt;
 
 /// The most entries a table may have. UEFI requires room for 128; tools
 /// write 128; nothing writes more than a few hundred.

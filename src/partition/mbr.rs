@@ -17,7 +17,7 @@ use std::path::Path;
 
 use super::{PartitionInfo, PartitionTable, PartitionType, TableKind};
 use crate::error::{Error, Result, Step};
-use crate::format::ReadAt;
+use crate::read_at::ReadAt;
 
 /// The longest EBR chain read: the kernel makes at most 256 partitions of
 /// a disk.

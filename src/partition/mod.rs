@@ -41,7 +41,7 @@ use log::debug;
 pub use select::{find_filesystems, select};
 
 use crate::error::{Error, Result, Step};
-use crate::format::ReadAt;
+use crate::read_at::ReadAt;
 
 /// The kind of partition table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,7 +8,7 @@ use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 
-use crate::format::ReadAt;
+use crate::read_at::ReadAt;
 
 /// The block size of the read cache.
 const BLOCK: u64 = 4096;

@@ -19,8 +19,8 @@ use log::debug;
 use super::gpt::{LINUX_GENERIC, ROOT_NATIVE, USR_NATIVE};
 use super::{Partition, PartitionInfo, PartitionTable, PartitionType};
 use crate::error::{Error, Result, Step};
-use crate::format::ReadAt;
 use crate::fs::{Detected, FsType, probe_at};
+use crate::read_at::ReadAt;
 
 /// What each partition of `table` holds, read from the partition's first
 /// bytes on `device` (a device, a file or a byte slice).
