@@ -72,7 +72,7 @@ fn library(image: &Image, mnt: &Path) -> Vec<f64> {
     lap(&mut v);
     let attached = mapped.unmap().unwrap();
     lap(&mut v);
-    attached.detach().unwrap();
+    drop(attached.detach().unwrap());
     lap(&mut v);
     v
 }

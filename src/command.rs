@@ -13,7 +13,6 @@ use crate::error::{Error, Result, Step};
 pub(crate) fn run(step: Step, path: &Path, cmd: &mut Command) -> Result<String> {
     let line = format!("{cmd:?}").replace('"', "");
     debug!("{step}: run {line}");
-    crate::sys::process::unblock_signals_in_child(cmd);
     let out = cmd
         .output()
         .map_err(|e| Error::os(step, path, format!("run {line}"), e))?;

@@ -122,6 +122,7 @@ pub mod error;
 pub mod format;
 pub mod fs;
 pub mod image;
+pub mod kernel;
 mod lifecycle;
 pub mod mapping;
 pub mod options;

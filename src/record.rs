@@ -205,9 +205,9 @@ fn still_held(r: &Record) -> bool {
     });
     let nbd_held =
         name.starts_with("nbd") && std::path::Path::new(&format!("/sys/block/{name}/pid")).exists();
-    let mounted = r.get("mountpoint").is_some_and(|m| {
-        crate::adopt::mounts().is_ok_and(|all| all.iter().any(|e| e.target.as_os_str() == m))
-    });
+    let mounted = r
+        .get("mountpoint")
+        .is_some_and(|m| crate::kernel::mountinfo::is_mount_point(std::path::Path::new(m)));
     let export_left = r
         .get("export_dir")
         .is_some_and(|d| std::path::Path::new(d).exists());

@@ -1,23 +1,37 @@
 //! [`Auto`]: the backend chosen at run time from the image, as Nova's
 //! `instance_for_format` chooses it.
+//!
+//! The list at the end of this file is the one place that names every
+//! backend: it makes [`BackendKind`], [`AutoDevice`] (an enum of the other
+//! backends' devices) and the order in which adoption asks them whether a
+//! device found on the system is theirs (most specific first: an nbd
+//! device, a loop device over a FUSE export, any loop device, any block
+//! device).
+
+use std::fmt;
 
 use log::info;
 
-use super::{Backend, BackendKind, Device, block, fuse, r#loop, nbd, sealed};
-use crate::error::Result;
+use super::device::{Core, Found};
+use super::{Backend, Device, nbd, sealed};
+use super::{BlockDevice, FuseDevice, LoopDevice, NbdDevice};
+use crate::error::{Result, Step};
 use crate::image::{Format, Image, ImageKind};
 use crate::options::AttachOptions;
 
 /// Picks the backend from the image, as Nova's `instance_for_format`
 /// does: a block device → [`super::Block`]; a raw file → [`super::Loop`];
 /// any other format → [`super::Nbd`] where the kernel has nbd (the module
-/// loaded or loadable), else [`super::Fuse`] (qemu-storage-daemon). The choice is
-/// logged and visible as [`crate::Attached::backend`].
+/// loaded or loadable), else [`super::Fuse`] (qemu-storage-daemon). The
+/// choice is logged and visible as [`crate::Attached::backend`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Auto;
 
+impl sealed::Sealed for Auto {}
+
 impl Backend for Auto {
     const NAME: &'static str = "auto";
+    type Device = AutoDevice;
 }
 
 impl Auto {
@@ -33,19 +47,110 @@ impl Auto {
     }
 }
 
-impl sealed::Attach for Auto {
-    fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
-        let kind = Auto::choose(image);
-        info!(
-            "auto: {} ({}) -> the {kind} backend",
-            image.path().display(),
-            image.format()
-        );
-        match kind {
-            BackendKind::Block => block::attach(image, options),
-            BackendKind::Loop => r#loop::attach(image, options),
-            BackendKind::Fuse => fuse::attach(image, options),
-            BackendKind::Nbd => nbd::attach(image, options),
-        }
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
+}
+
+/// Makes [`BackendKind`] and [`AutoDevice`] from the list of backends:
+/// `Variant(DeviceType) = "name"`, in adoption order.
+macro_rules! backends {
+    ($($(#[doc = $doc:literal])* $kind:ident($device:ident) = $name:literal),* $(,)?) => {
+        /// Which backend actually attached an image (for [`Auto`], the one
+        /// it picked).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum BackendKind {
+            $($(#[doc = $doc])* $kind,)*
+        }
+
+        impl BackendKind {
+            /// The name used in messages and on the command line.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(BackendKind::$kind => $name,)*
+                }
+            }
+        }
+
+        /// The device of whichever backend [`Auto`] picked.
+        #[derive(Debug)]
+        #[non_exhaustive]
+        pub enum AutoDevice {
+            $($(#[doc = $doc])* $kind($device),)*
+        }
+
+        impl sealed::Ops for AutoDevice {
+            fn attach(image: &Image, options: &AttachOptions) -> Result<Self> {
+                let kind = Auto::choose(image);
+                info!(
+                    "auto: {} ({}) -> the {kind} backend",
+                    image.path().display(),
+                    image.format()
+                );
+                match kind {
+                    $(BackendKind::$kind => {
+                        <$device as sealed::Ops>::attach(image, options).map(AutoDevice::$kind)
+                    })*
+                }
+            }
+
+            fn adopt(found: &Found) -> Option<Result<Self>> {
+                $(if let Some(d) = <$device as sealed::Ops>::adopt(found) {
+                    return Some(d.map(AutoDevice::$kind));
+                })*
+                None
+            }
+
+            fn core(&self) -> &Core {
+                match self {
+                    $(AutoDevice::$kind(d) => d.core(),)*
+                }
+            }
+
+            fn core_mut(&mut self) -> &mut Core {
+                match self {
+                    $(AutoDevice::$kind(d) => d.core_mut(),)*
+                }
+            }
+
+            fn check(&mut self, step: Step) -> Result<()> {
+                match self {
+                    $(AutoDevice::$kind(d) => d.check(step),)*
+                }
+            }
+
+            fn record_fields(&self) -> Vec<(&'static str, String)> {
+                match self {
+                    $(AutoDevice::$kind(d) => d.record_fields(),)*
+                }
+            }
+
+            fn disarm(self) -> std::result::Result<(), Self> {
+                match self {
+                    $(AutoDevice::$kind(d) => d.disarm().map_err(AutoDevice::$kind),)*
+                }
+            }
+
+            fn release(self) -> Result<()> {
+                match self {
+                    $(AutoDevice::$kind(d) => d.release(),)*
+                }
+            }
+        }
+    };
+}
+
+impl Device for AutoDevice {}
+
+backends! {
+    /// qemu-nbd and the kernel's nbd driver.
+    Nbd(NbdDevice) = "nbd",
+    /// qemu-storage-daemon's FUSE export of the image, under a loop device.
+    Fuse(FuseDevice) = "fuse",
+    /// A loop device over an image file.
+    Loop(LoopDevice) = "loop",
+    /// An existing block device.
+    Block(BlockDevice) = "block",
 }

@@ -7,9 +7,9 @@ use log::{debug, info};
 use nix::errno::Errno;
 use nix::libc;
 
-use super::device::{Device, Held};
+use super::device::{Core, Found};
 use super::r#loop::lock_briefly;
-use super::{Backend, BackendKind, sealed};
+use super::{Backend, BackendKind, Device, sealed};
 use crate::error::{Error, Result, Step};
 use crate::format::describe;
 use crate::image::{Image, ImageKind};
@@ -22,17 +22,62 @@ use crate::sys::flock::Lock;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Block;
 
+impl sealed::Sealed for Block {}
+
 impl Backend for Block {
     const NAME: &'static str = "block";
+    type Device = BlockDevice;
 }
 
-impl sealed::Attach for Block {
-    fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
+/// A block device that [`Block`] opened (and locked): it is only closed
+/// again, after a flush.
+#[derive(Debug)]
+pub struct BlockDevice {
+    core: Core,
+}
+
+impl Device for BlockDevice {}
+
+impl sealed::Ops for BlockDevice {
+    fn attach(image: &Image, options: &AttachOptions) -> Result<Self> {
         attach(image, options)
+    }
+
+    /// Any block device is one: the fallback of adoption.
+    fn adopt(found: &Found) -> Option<Result<Self>> {
+        Some(
+            found
+                .core(BackendKind::Block, found.node.clone(), None)
+                .map(|core| BlockDevice { core }),
+        )
+    }
+
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    /// Flushes the device and closes it; the device itself stays.
+    fn release(self) -> Result<()> {
+        let core = self.core;
+        debug!("detach: {} (block device, kept)", core.path().display());
+        let mut errors = Vec::new();
+        if !core.read_only {
+            if let Err(e) = blk::flsbuf(core.file()) {
+                errors.push(Error::os(Step::Detach, core.path(), "BLKFLSBUF", e));
+            }
+            if let Err(e) = core.file().sync_all() {
+                errors.push(Error::os(Step::Detach, core.path(), "fsync device", e));
+            }
+        }
+        Error::collect(errors)
     }
 }
 
-pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> {
+fn attach(image: &Image, _options: &AttachOptions) -> Result<BlockDevice> {
     let path = image.path();
     debug!("attach: {} as a block device", path.display());
     if image.kind() != ImageKind::Block {
@@ -94,33 +139,19 @@ pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> 
         ),
         e => Error::os(Step::Attach, path, "flock device", e),
     })?;
-    let size =
-        blk::getsize64(&file).map_err(|e| Error::os(Step::Attach, path, "BLKGETSIZE64", e))?;
-    let diskseq = blk::getdiskseq(&file).ok();
-    info!("attached block device {} ({size} bytes)", path.display());
-    Ok(Device::new(
+    let core = Core::new(
+        Step::Attach,
         BackendKind::Block,
         path.to_path_buf(),
         path.to_path_buf(),
         image.is_read_only(),
-        size,
-        diskseq,
         file,
-        Held::Block,
-    ))
-}
-
-/// Flushes the device and closes it; the device itself stays.
-pub(crate) fn detach(dev: &Device, file: File) -> Result<()> {
-    debug!("detach: {} (block device, kept)", dev.path().display());
-    let mut errors = Vec::new();
-    if !dev.read_only {
-        if let Err(e) = blk::flsbuf(&file) {
-            errors.push(Error::os(Step::Detach, dev.path(), "BLKFLSBUF", e));
-        }
-        if let Err(e) = file.sync_all() {
-            errors.push(Error::os(Step::Detach, dev.path(), "fsync device", e));
-        }
-    }
-    Error::collect(errors)
+        None,
+    )?;
+    info!(
+        "attached block device {} ({} bytes)",
+        path.display(),
+        core.size
+    );
+    Ok(BlockDevice { core })
 }

@@ -1,69 +1,63 @@
-//! [`Device`]: what the attach step acquired, released exactly once.
+//! What every attached device has, whichever backend made it: [`Core`]
+//! (the open device, its geometry, the image file behind it), the
+//! [`sealed::Ops`](super::sealed::Ops) each backend's device type
+//! implements, and [`Held`], the guard that releases a device exactly once.
 
-use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use log::warn;
+use nix::libc;
 
 use super::BackendKind;
+use super::sealed::Ops;
 use crate::error::{Error, Result, Step};
+use crate::kernel::sysfs;
+use crate::sys::block as blk;
 
-/// What a backend holds while a device is attached; each backend releases
-/// its own.
-pub enum Held {
-    /// A loop device we configured: its number and the backing file (which
-    /// also carries our flock on the image).
-    Loop { nr: u32, backing: Option<File> },
-    /// A block device we only opened.
-    Block,
-    /// An nbd device served by our qemu-nbd.
-    Nbd { server: Box<super::nbd::Server> },
-    /// A loop device over a qemu-storage-daemon FUSE export.
-    Fuse {
-        nr: u32,
-        export: File,
-        daemon: Box<super::fuse::Daemon>,
-    },
-}
-
-/// An attached block device. Dropping it detaches (errors are logged);
-/// [`Device::release`] detaches and reports.
-pub struct Device {
+/// The part of an attached device that every backend has.
+#[derive(Debug)]
+pub struct Core {
     pub(crate) kind: BackendKind,
+    /// The device node, e.g. `/dev/loop3`.
     pub(crate) path: PathBuf,
+    /// The image (file or block device) the device serves.
     pub(crate) image: PathBuf,
     pub(crate) read_only: bool,
     pub(crate) size: u64,
     pub(crate) diskseq: Option<u64>,
     /// The device number (`st_rdev`).
     pub(crate) rdev: u64,
-    /// The open device and what the backend holds; `None` once released.
-    held: Option<(File, Held)>,
+    /// The open device node.
+    file: File,
+    /// The file a loop device reads (the image, or a FUSE export), where
+    /// partitions can be reached directly by offset and writes are made
+    /// durable with `fsync`.
+    backing: Option<File>,
     /// The image file as attached, to notice it being deleted or truncated
-    /// under us ([`Device::watch_image`]); `bool`: the format is raw (the
-    /// file's size is the device's).
+    /// under us; `bool`: the format is raw (the file's size is the device's).
     image_file: Option<(File, bool)>,
 }
 
-impl Device {
-    #[allow(clippy::too_many_arguments)]
+impl Core {
+    /// The core of device `path`, open as `file`, serving `image`. Reads
+    /// the size and the disk sequence number from the device (errors are
+    /// of `step`).
     pub(crate) fn new(
+        step: Step,
         kind: BackendKind,
         path: PathBuf,
         image: PathBuf,
         read_only: bool,
-        size: u64,
-        diskseq: Option<u64>,
         file: File,
-        held: Held,
-    ) -> Device {
+        backing: Option<File>,
+    ) -> Result<Core> {
+        let size = blk::getsize64(&file).map_err(|e| Error::os(step, &path, "BLKGETSIZE64", e))?;
+        let diskseq = blk::getdiskseq(&file).ok();
         // fstat of an open descriptor does not fail in practice; 0 matches no device.
-        let rdev = file
-            .metadata()
-            .map(|m| std::os::unix::fs::MetadataExt::rdev(&m))
-            .unwrap_or(0);
-        Device {
+        let rdev = file.metadata().map(|m| m.rdev()).unwrap_or(0);
+        Ok(Core {
             kind,
             path,
             image,
@@ -71,21 +65,22 @@ impl Device {
             size,
             diskseq,
             rdev,
-            held: Some((file, held)),
+            file,
+            backing,
             image_file: None,
-        }
+        })
     }
 
     /// Keeps `file`, the attached image file, to check later that it was
-    /// not deleted or truncated while attached ([`Device::check_image`]).
+    /// not deleted or truncated while attached ([`Core::check_image`]).
     pub(crate) fn watch_image(&mut self, file: File, raw: bool) {
         self.image_file = Some((file, raw));
     }
 
     /// What happened to the image file since attach that breaks the
     /// device: deleted while attached read-write (what is written is lost
-    /// with it) or, for a raw
-    /// image, cut shorter than the device (its end reads as I/O errors).
+    /// with it) or, for a raw image, cut shorter than the device (its end
+    /// reads as I/O errors).
     pub(crate) fn image_fault(&self) -> Option<String> {
         let (file, raw) = self.image_file.as_ref()?;
         let meta = file.metadata().ok()?;
@@ -107,98 +102,142 @@ impl Device {
         None
     }
 
-    /// Checks before a step that uses the device: the qemu helper serving
-    /// it still runs, and the image file was not deleted or truncated
-    /// ([`Device::image_fault`]). Errors are of `step`.
-    pub(crate) fn check(&mut self, step: Step) -> Result<()> {
-        match self.held.as_mut() {
-            Some((_, Held::Fuse { daemon, .. })) => daemon.check_alive(step)?,
-            Some((_, Held::Nbd { server })) => server.check_alive(step)?,
-            _ => {}
-        }
-        self.check_image(step)
-    }
-
-    /// [`Device::image_fault`] as an error of `step`.
-    fn check_image(&self, step: Step) -> Result<()> {
+    /// [`Core::image_fault`] as an error of `step`.
+    pub(crate) fn check_image(&self, step: Step) -> Result<()> {
         match self.image_fault() {
             Some(reason) => Err(Error::invalid(step, &self.image, reason)),
             None => Ok(()),
         }
     }
 
-    /// The open device node. Only released devices have none, and those are
-    /// never reachable from a lifecycle value.
+    /// The open device node.
     pub(crate) fn file(&self) -> &File {
-        &self
-            .held
-            .as_ref()
-            .expect("a device is only released when its owner is consumed")
-            .0
+        &self.file
     }
 
-    /// The image file behind a loop device (where partitions can be
-    /// reached directly by offset).
+    /// The file under a loop device, if there is one.
     pub(crate) fn backing(&self) -> Option<&File> {
-        match self.held.as_ref()? {
-            (_, Held::Loop { backing, .. }) => backing.as_ref(),
-            (_, Held::Fuse { export, .. }) => Some(export),
-            _ => None,
-        }
+        self.backing.as_ref()
     }
 
-    /// What a record needs to find this device's helper process again.
-    pub(crate) fn helper(&self) -> Vec<(&'static str, String)> {
-        match self.held.as_ref() {
-            Some((_, Held::Fuse { daemon, .. })) => daemon.record_fields(),
-            Some((_, Held::Nbd { server })) => server.record_fields(),
-            _ => Vec::new(),
-        }
-    }
-
+    /// The device node.
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Lets go without detaching: the descriptors close, and the kernel's
-    /// autoclear releases a loop device once its last user (the mount) is
-    /// gone; a persistent qemu helper is left running. False (and nothing
-    /// done) if a helper is tied to this process and would die with it.
-    pub(crate) fn disarm(&mut self) -> bool {
-        match self.held.as_mut() {
-            Some((_, Held::Fuse { daemon, .. })) if !daemon.is_persistent() => return false,
-            Some((_, Held::Nbd { server })) if !server.is_persistent() => return false,
-            Some((_, Held::Fuse { daemon, .. })) => daemon.disown(),
-            Some((_, Held::Nbd { server })) => server.disown(),
-            _ => {}
+    /// Takes the descriptors apart for a backend's release: the device
+    /// node and the backing file.
+    pub(crate) fn into_files(self) -> (File, Option<File>) {
+        (self.file, self.backing)
+    }
+}
+
+/// A whole block device found on the system, for a backend to adopt
+/// ([`super::sealed::Ops::adopt`]): its kernel name, node and access mode.
+#[derive(Debug)]
+pub struct Found {
+    /// The kernel name, e.g. `loop3`, `nbd0`, `sdb`.
+    pub(crate) name: String,
+    /// `/dev/NAME`.
+    pub(crate) node: PathBuf,
+    /// Read-only: mounted read-only, or a read-only device.
+    pub(crate) read_only: bool,
+}
+
+impl Found {
+    /// The device `name` as found, read-only if `read_only` or the kernel
+    /// says so.
+    pub(crate) fn new(name: &str, read_only: bool) -> Found {
+        Found {
+            name: name.to_string(),
+            node: PathBuf::from("/dev").join(name),
+            read_only: read_only || sysfs::is_read_only(name),
         }
-        self.held = None;
-        true
+    }
+
+    /// Opens the node the way it is used.
+    pub(crate) fn open(&self) -> Result<File> {
+        open_node(&self.node, self.read_only, Step::Open)
+    }
+
+    /// The core of the found device serving `image`, of backend `kind`.
+    pub(crate) fn core(
+        &self,
+        kind: BackendKind,
+        image: PathBuf,
+        backing: Option<File>,
+    ) -> Result<Core> {
+        Core::new(
+            Step::Open,
+            kind,
+            self.node.clone(),
+            image,
+            self.read_only,
+            self.open()?,
+            backing,
+        )
+    }
+}
+
+/// Opens a device node or backing file, close-on-exec, for reading and
+/// (unless `read_only`) writing.
+pub(crate) fn open_node(path: &Path, read_only: bool, step: Step) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::os(step, path, "open device", e))
+}
+
+/// An attached device, released exactly once: by [`Held::release`], or
+/// on drop (errors are logged, as on every teardown path that cannot
+/// return them).
+pub(crate) struct Held<D: Ops> {
+    device: Option<D>,
+}
+
+impl<D: Ops> Held<D> {
+    pub(crate) fn new(device: D) -> Held<D> {
+        Held {
+            device: Some(device),
+        }
+    }
+
+    /// The device. Only released devices have none, and those are never
+    /// reachable from a lifecycle value.
+    pub(crate) fn get(&self) -> &D {
+        self.device
+            .as_ref()
+            .expect("a device is only released when its owner is consumed")
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut D {
+        self.device
+            .as_mut()
+            .expect("a device is only released when its owner is consumed")
+    }
+
+    /// The common part of the device.
+    pub(crate) fn core(&self) -> &Core {
+        self.get().core()
     }
 
     /// Detaches: flushes what the device buffered into the image, then
     /// releases what the backend holds. Runs at most once.
     pub(crate) fn release(&mut self) -> Result<()> {
-        let Some((file, held)) = self.held.take() else {
+        let Some(device) = self.device.take() else {
             return Ok(());
         };
         // Writes into a deleted or cut image are lost even if every flush
-        // below succeeds.
-        let fault = if self.read_only {
+        // succeeds.
+        let core = device.core();
+        let fault = if core.read_only {
             Ok(())
         } else {
-            self.check_image(Step::Detach)
+            core.check_image(Step::Detach)
         };
-        let released = match held {
-            Held::Loop { nr, backing } => super::r#loop::detach(self, file, nr, backing),
-            Held::Block => super::block::detach(self, file),
-            Held::Nbd { mut server } => super::nbd::detach(self, file, &mut server),
-            Held::Fuse {
-                nr,
-                export,
-                mut daemon,
-            } => super::fuse::detach(self, file, nr, export, &mut daemon),
-        };
+        let released = device.release();
         Error::collect(
             [released.err(), fault.err()]
                 .into_iter()
@@ -206,9 +245,21 @@ impl Device {
                 .collect(),
         )
     }
+
+    /// Lets go without detaching ([`Ops::disarm`]); false (and nothing
+    /// done) if the backend's helper would die with this process.
+    pub(crate) fn disarm(&mut self) -> bool {
+        match self.device.take().map(Ops::disarm) {
+            Some(Ok(())) | None => true,
+            Some(Err(device)) => {
+                self.device = Some(device);
+                false
+            }
+        }
+    }
 }
 
-impl Drop for Device {
+impl<D: Ops> Drop for Held<D> {
     fn drop(&mut self) {
         if let Err(e) = self.release() {
             warn!("teardown: {e}");

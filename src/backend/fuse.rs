@@ -38,14 +38,15 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::device::{Device, Held};
-use super::{Backend, BackendKind, sealed};
+use super::device::{Core, Found};
+use super::r#loop::{LoopDevice, unbind_core};
+use super::{Backend, BackendKind, Device, sealed};
 use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
 use crate::image::Image;
+use crate::kernel::{mountinfo, sysfs};
 use crate::options::AttachOptions;
 use crate::retry::{Backoff, RetryPolicy};
-use crate::sys::block as blk;
 use crate::sys::process::{spawn_detached, spawn_tied};
 
 /// Any qemu image format, through qemu-storage-daemon's FUSE export and a
@@ -53,13 +54,101 @@ use crate::sys::process::{spawn_detached, spawn_tied};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fuse;
 
+impl sealed::Sealed for Fuse {}
+
 impl Backend for Fuse {
     const NAME: &'static str = "fuse";
+    type Device = FuseDevice;
 }
 
-impl sealed::Attach for Fuse {
-    fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
+/// A loop device over the FUSE export of the qemu-storage-daemon that
+/// serves the image.
+#[derive(Debug)]
+pub struct FuseDevice {
+    // Field order is teardown order: the loop device, then the daemon.
+    lo: LoopDevice,
+    daemon: Daemon,
+}
+
+impl Device for FuseDevice {}
+
+impl sealed::Ops for FuseDevice {
+    fn attach(image: &Image, options: &AttachOptions) -> Result<Self> {
         attach(image, options)
+    }
+
+    /// A loop device whose backing file is a FUSE mount exported by a
+    /// qemu-storage-daemon: the daemon is found from the export's path on
+    /// its command line, and stopped at teardown like ours.
+    fn adopt(found: &Found) -> Option<Result<Self>> {
+        let nr = sysfs::loop_number(&found.name)?;
+        let info = sysfs::loop_info(&found.name)?;
+        let export = info.backing_file;
+        if !mountinfo::on(&export).is_some_and(|m| m.fstype.starts_with("fuse")) {
+            return None;
+        }
+        let pid = daemon_exporting(&export)?;
+        let image = image_of(pid).unwrap_or_else(|| export.clone());
+        let daemon = Daemon {
+            child: Proc::Other(pid),
+            running: true,
+            found_dir: export
+                .parent()
+                .filter(|d| {
+                    d.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("diskmount-fuse-"))
+                })
+                .map(Path::to_path_buf),
+            log: PathBuf::new(),
+            dir: None,
+            export: export.clone(),
+            image: image.clone(),
+            persistent: true,
+        };
+        let backing = super::device::open_node(&export, found.read_only, Step::Open).ok();
+        Some(
+            found
+                .core(BackendKind::Fuse, image, backing)
+                .map(|core| FuseDevice {
+                    lo: LoopDevice::from_parts(core, nr),
+                    daemon,
+                }),
+        )
+    }
+
+    fn core(&self) -> &Core {
+        self.lo.core()
+    }
+
+    fn core_mut(&mut self) -> &mut Core {
+        self.lo.core_mut()
+    }
+
+    fn check(&mut self, step: Step) -> Result<()> {
+        self.daemon.check_alive(step)?;
+        self.lo.core().check_image(step)
+    }
+
+    fn record_fields(&self) -> Vec<(&'static str, String)> {
+        self.daemon.record_fields()
+    }
+
+    fn disarm(mut self) -> std::result::Result<(), Self> {
+        if !self.daemon.is_persistent() {
+            return Err(self);
+        }
+        self.daemon.disown();
+        Ok(())
+    }
+
+    /// The loop device over the export (flush, `fsync` of the export,
+    /// which qemu turns into a flush of the image), then the daemon.
+    fn release(self) -> Result<()> {
+        let FuseDevice { lo, mut daemon } = self;
+        let (core, nr) = lo.into_parts();
+        let mut errors = unbind_core(Step::Detach, core, nr);
+        daemon.stop_into(&mut errors);
+        Error::collect(errors)
     }
 }
 
@@ -78,8 +167,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const TERM_RESEND: Duration = Duration::from_millis(250);
 
 /// A running qemu-storage-daemon exporting one image.
-pub(crate) struct Daemon {
-    child: Child,
+#[derive(Debug)]
+struct Daemon {
+    child: Proc,
+    /// Until stopped or disowned.
+    running: bool,
+    /// The export's directory of a daemon found on the system (adopted):
+    /// its known files are removed after the stop.
+    found_dir: Option<PathBuf>,
     /// Where its standard error goes (a file: a pipe would break once a
     /// persistent daemon outlives us).
     log: PathBuf,
@@ -94,7 +189,7 @@ fn qemu_escape(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
 }
 
-pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
+fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
     let path = image.path();
     let info = super::check_qemu_image(image, Fuse::NAME)?;
     debug!(
@@ -133,35 +228,26 @@ pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
             return Err(e);
         }
     };
-    let node = PathBuf::from(format!("/dev/loop{nr}"));
-    let size = blk::getsize64(&file).unwrap_or(info.virtual_size);
-    let diskseq = blk::getdiskseq(&file).ok();
+    let lo = match LoopDevice::new(image, nr, file, export, BackendKind::Fuse) {
+        Ok(lo) => lo,
+        Err(e) => {
+            daemon.stop_into(&mut Vec::new());
+            return Err(e);
+        }
+    };
     info!(
         "attached {} ({}) to {} through {DAEMON} (pid {})",
         path.display(),
         image.format(),
-        node.display(),
+        sealed::Ops::core(&lo).path().display(),
         daemon.child.id()
     );
-    Ok(Device::new(
-        BackendKind::Fuse,
-        node,
-        path.to_path_buf(),
-        image.is_read_only(),
-        size,
-        diskseq,
-        file,
-        Held::Fuse {
-            nr,
-            export,
-            daemon: Box::new(daemon),
-        },
-    ))
+    Ok(FuseDevice { lo, daemon })
 }
 
 impl Daemon {
     /// The daemon's pid and directory, for the cleanup record.
-    pub(crate) fn record_fields(&self) -> Vec<(&'static str, String)> {
+    fn record_fields(&self) -> Vec<(&'static str, String)> {
         let mut f = vec![("daemon_pid", self.child.id().to_string())];
         if let Some(dir) = &self.dir {
             f.push(("export_dir", dir.path().display().to_string()));
@@ -170,13 +256,14 @@ impl Daemon {
     }
 
     /// Whether the daemon is not tied to this process.
-    pub(crate) fn is_persistent(&self) -> bool {
+    fn is_persistent(&self) -> bool {
         self.persistent
     }
 
     /// Lets the daemon run on after this value (a persistent mount): its
     /// directory is kept, and `diskmount umount` or `cleanup` stops it.
-    pub(crate) fn disown(&mut self) {
+    fn disown(&mut self) {
+        self.running = false;
         if let Some(dir) = self.dir.take() {
             let _ = dir.keep();
         }
@@ -250,7 +337,9 @@ impl Daemon {
             )
         })?;
         let mut daemon = Daemon {
-            child,
+            child: Proc::Child(child),
+            running: true,
+            found_dir: None,
             log,
             dir: Some(dir),
             export,
@@ -288,7 +377,7 @@ impl Daemon {
             if pidfile.exists() {
                 return Ok(());
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.child.try_wait() {
                 return Err(Error::Command {
                     step: Step::Attach,
                     path: self.image.clone(),
@@ -323,9 +412,9 @@ impl Daemon {
 
     /// An error of `step` if the daemon has exited (it serves the export
     /// under the loop device: nothing through it works any more).
-    pub(crate) fn check_alive(&mut self, step: Step) -> Result<()> {
+    fn check_alive(&mut self, step: Step) -> Result<()> {
         match self.child.try_wait() {
-            Ok(Some(status)) => Err(Error::Command {
+            Some(status) => Err(Error::Command {
                 step,
                 path: self.image.clone(),
                 command: format!("{DAEMON} (pid {})", self.child.id()),
@@ -341,9 +430,9 @@ impl Daemon {
 
     /// Stops the daemon (SIGTERM, bounded wait, SIGKILL), makes sure its
     /// FUSE mount is gone and removes its directory. Pushes every error.
-    pub(crate) fn stop_into(&mut self, errors: &mut Vec<Error>) {
+    fn stop_into(&mut self, errors: &mut Vec<Error>) {
         let pid = self.child.id();
-        let already = self.child.try_wait().ok().flatten();
+        let already = self.child.try_wait();
         if already.is_none() {
             debug!("detach: stop {DAEMON} (pid {pid})");
             if let Err(e) = kill(Pid::from_raw(pid as i32), Signal::SIGTERM) {
@@ -403,6 +492,10 @@ impl Daemon {
                 errors.push(Error::os(Step::Detach, path, "remove export directory", e));
             }
         }
+        if let Some(dir) = self.found_dir.take() {
+            remove_found_dir(&dir, errors);
+        }
+        self.running = false;
     }
 
     fn died(&self, status: String) -> Error {
@@ -422,9 +515,12 @@ impl Daemon {
         let pid = self.child.id();
         loop {
             let left = bound.saturating_sub(start.elapsed());
-            let waited = wait_timeout(&mut self.child, left.min(TERM_RESEND)).map_err(|e| {
-                Error::os(Step::Detach, &self.image, format!("wait for {DAEMON}"), e)
-            })?;
+            let waited = self
+                .child
+                .wait_timeout(left.min(TERM_RESEND))
+                .map_err(|e| {
+                    Error::os(Step::Detach, &self.image, format!("wait for {DAEMON}"), e)
+                })?;
             if let Some(status) = waited {
                 return Ok(status);
             }
@@ -441,8 +537,7 @@ impl Daemon {
             "detach: {DAEMON} (pid {}) ignores SIGTERM; killing it",
             self.child.id()
         );
-        let _ = self.child.kill();
-        let status = self.child.wait();
+        let status = self.child.kill();
         Err(Error::invalid(
             Step::Detach,
             &self.image,
@@ -457,7 +552,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.dir.is_some() {
+        if self.running {
             let mut errors = Vec::new();
             self.stop_into(&mut errors);
             for e in errors {
@@ -488,29 +583,145 @@ fn suffix(log: &str) -> String {
 }
 
 fn is_mount_point(path: &Path) -> bool {
-    crate::adopt::mounts()
-        .map(|m| m.iter().any(|m| m.target == path))
-        .unwrap_or(false)
+    mountinfo::is_mount_point(path)
 }
 
-/// Detaches a Fuse device: the loop device over the export, then the daemon.
-pub(crate) fn detach(
-    dev: &Device,
-    file: File,
-    nr: u32,
-    export: File,
-    daemon: &mut Daemon,
-) -> Result<()> {
-    let mut errors = super::r#loop::unbind(
-        Step::Detach,
-        dev.path(),
-        &dev.image,
-        file,
-        nr,
-        !dev.read_only,
-        Some(&export),
-    );
-    drop(export);
-    daemon.stop_into(&mut errors);
-    Error::collect(errors)
+/// The qemu-storage-daemon whose FUSE export is `export`: the process
+/// running that program with `mountpoint=EXPORT` among its arguments.
+fn daemon_exporting(export: &Path) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+        if exe.file_name()? != DAEMON {
+            return None;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        cmdline
+            .split(|b| *b == 0)
+            .any(|arg| {
+                let arg = String::from_utf8_lossy(arg);
+                arg.match_indices("mountpoint=").any(|(i, m)| {
+                    (i == 0 || arg[..i].ends_with(','))
+                        && Path::new(&qemu_unescape(&arg[i + m.len()..])) == export
+                })
+            })
+            .then_some(pid)
+    })
+}
+
+/// The image a daemon serves: the `filename=` of its `driver=file` node.
+fn image_of(pid: u32) -> Option<PathBuf> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    cmdline.split(|b| *b == 0).find_map(|arg| {
+        let arg = String::from_utf8_lossy(arg);
+        let rest = arg.strip_prefix("driver=file,")?;
+        let at = rest.find("filename=")? + "filename=".len();
+        Some(PathBuf::from(qemu_unescape(&rest[at..])))
+    })
+}
+
+/// Undoes [`qemu_escape`] up to the first unescaped comma.
+fn qemu_unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            (',', Some(',')) => {
+                out.push(',');
+                chars.next();
+            }
+            (',', _) => break,
+            (c, _) => out.push(c),
+        }
+    }
+    out
+}
+
+/// Removes what an adopted daemon's export directory holds (the files a
+/// daemon of ours makes there, and nothing else), then the directory.
+fn remove_found_dir(dir: &Path, errors: &mut Vec<Error>) {
+    for name in ["export", "pid", "daemon.log"] {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(Error::os(Step::Detach, dir.join(name), "remove", e)),
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        errors.push(Error::os(Step::Detach, dir, "remove export directory", e));
+    }
+}
+
+/// The daemon's process: our child, or one found on the system.
+#[derive(Debug)]
+enum Proc {
+    Child(Child),
+    /// Another process's daemon (adopted): its exit status is not ours to
+    /// collect, so "gone" counts as a clean exit.
+    Other(u32),
+}
+
+impl Proc {
+    fn id(&self) -> u32 {
+        match self {
+            Proc::Child(c) => c.id(),
+            Proc::Other(pid) => *pid,
+        }
+    }
+
+    /// Its exit status if it has exited.
+    fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        match self {
+            Proc::Child(c) => c.try_wait().ok().flatten(),
+            Proc::Other(pid) => other_gone(*pid).then(clean_exit),
+        }
+    }
+
+    /// Waits for the exit, up to `bound`.
+    fn wait_timeout(
+        &mut self,
+        bound: Duration,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
+        match self {
+            Proc::Child(c) => wait_timeout(c, bound),
+            Proc::Other(pid) => {
+                let pid = *pid;
+                Ok(crate::retry::poll_until(bound, || {
+                    other_gone(pid).then(clean_exit)
+                }))
+            }
+        }
+    }
+
+    /// SIGKILL, and the status once it is gone.
+    fn kill(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Proc::Child(c) => {
+                let _ = c.kill();
+                c.wait()
+            }
+            Proc::Other(pid) => {
+                let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+                let pid = *pid;
+                crate::retry::poll_until(STOP_TIMEOUT, || other_gone(pid).then(clean_exit))
+                    .ok_or_else(|| std::io::Error::other("still running after SIGKILL"))
+            }
+        }
+    }
+}
+
+/// Whether process `pid` (not our child) has exited: gone, or a zombie
+/// waiting for its parent.
+fn other_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
+fn clean_exit() -> std::process::ExitStatus {
+    std::os::unix::process::ExitStatusExt::from_raw(0)
 }

@@ -34,11 +34,12 @@ use log::{debug, info, warn};
 use nix::errno::Errno;
 use nix::libc;
 
-use super::device::{Device, Held};
-use super::{Backend, BackendKind, sealed};
+use super::device::{Core, Found, open_node};
+use super::{Backend, BackendKind, Device, sealed};
 use crate::error::{Error, Result, Step};
 use crate::format::describe;
 use crate::image::{Image, ImageKind};
+use crate::kernel::sysfs;
 use crate::options::AttachOptions;
 use crate::retry::{Backoff, poll_until};
 use crate::sys::block as blk;
@@ -49,14 +50,130 @@ use crate::sys::loop_dev;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Loop;
 
+impl sealed::Sealed for Loop {}
+
 impl Backend for Loop {
     const NAME: &'static str = "loop";
+    type Device = LoopDevice;
 }
 
-impl sealed::Attach for Loop {
-    fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
-        attach(image, options)
+/// A loop device bound to an image file, with autoclear: it goes with
+/// its last user even if this process is killed.
+#[derive(Debug)]
+pub struct LoopDevice {
+    core: Core,
+    nr: u32,
+}
+
+impl Device for LoopDevice {}
+
+impl sealed::Ops for LoopDevice {
+    fn attach(image: &Image, options: &AttachOptions) -> Result<Self> {
+        let path = image.path();
+        debug!("attach: {} to a loop device", path.display());
+        let backing = open_backing(image)?;
+        let (nr, file) = attach_backing(
+            Step::Attach,
+            &backing,
+            image.is_read_only(),
+            options,
+            path,
+            0,
+            0,
+        )?;
+        LoopDevice::new(image, nr, file, backing, BackendKind::Loop)
     }
+
+    /// A bound loop device (one over a FUSE export is the Fuse backend's:
+    /// adoption asks it first).
+    fn adopt(found: &Found) -> Option<Result<Self>> {
+        let nr = sysfs::loop_number(&found.name)?;
+        let info = sysfs::loop_info(&found.name)?;
+        // A deleted backing file cannot be reopened: its writes are made
+        // durable by the device flush alone.
+        let backing = if info.deleted {
+            None
+        } else {
+            open_node(&info.backing_file, found.read_only, Step::Open).ok()
+        };
+        Some(
+            found
+                .core(BackendKind::Loop, info.backing_file, backing)
+                .map(|core| LoopDevice { core, nr }),
+        )
+    }
+
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    /// Writes what the device buffered into the image and makes the image
+    /// durable, unbinds the device, closes it, and checks it is gone.
+    fn release(self) -> Result<()> {
+        let (core, nr) = self.into_parts();
+        Error::collect(unbind_core(Step::Detach, core, nr))
+    }
+}
+
+impl LoopDevice {
+    /// Wraps loop device `nr`, configured over `backing` (the image, or
+    /// for `kind` Fuse the export of the image).
+    pub(crate) fn new(
+        image: &Image,
+        nr: u32,
+        file: File,
+        backing: File,
+        kind: BackendKind,
+    ) -> Result<LoopDevice> {
+        let node = PathBuf::from(format!("/dev/loop{nr}"));
+        let core = Core::new(
+            Step::Attach,
+            kind,
+            node,
+            image.path().to_path_buf(),
+            image.is_read_only(),
+            file,
+            Some(backing),
+        )?;
+        info!(
+            "attached {} to {} ({} bytes{}{})",
+            image.path().display(),
+            core.path.display(),
+            core.size,
+            if image.is_read_only() {
+                ", read-only"
+            } else {
+                ""
+            },
+            core.diskseq
+                .map(|s| format!(", diskseq {s}"))
+                .unwrap_or_default()
+        );
+        Ok(LoopDevice { core, nr })
+    }
+
+    /// The device taken apart (for the Fuse backend, whose device is a
+    /// loop device over its export): the core and the device number.
+    pub(crate) fn into_parts(self) -> (Core, u32) {
+        (self.core, self.nr)
+    }
+
+    /// A loop device found on the system, wrapped as `kind`'s (Fuse).
+    pub(crate) fn from_parts(core: Core, nr: u32) -> LoopDevice {
+        LoopDevice { core, nr }
+    }
+}
+
+/// [`unbind`] for a device's core: flush (unless read-only), unbind,
+/// close, check.
+pub(crate) fn unbind_core(step: Step, core: Core, nr: u32) -> Vec<Error> {
+    let (node, image, write) = (core.path.clone(), core.image.clone(), !core.read_only);
+    let (file, backing) = core.into_files();
+    unbind(step, &node, &image, file, nr, write, backing.as_ref())
 }
 
 const LOOP_CONTROL: &str = "/dev/loop-control";
@@ -167,58 +284,29 @@ pub(crate) fn lock_briefly(file: &File, lock: Lock) -> std::result::Result<(), E
 /// bound with a size of zero (an offset at the very end) cannot serve the
 /// image's data and is not listed.
 fn bound_elsewhere(meta: &std::fs::Metadata, read_only: bool) -> Option<PathBuf> {
-    let names: Vec<String> = match std::fs::read_to_string("/proc/partitions") {
-        // "major minor #blocks name"
-        Ok(text) => text
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(3))
-            .filter(|n| is_loop_disk(n))
-            .map(str::to_owned)
-            .collect(),
-        Err(_) => std::fs::read_dir("/sys/block")
-            .ok()?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .filter(|n| is_loop_disk(n))
-            .collect(),
-    };
-    for name in names {
-        let dir = Path::new("/sys/block").join(&name);
-        let Ok(backing) = std::fs::read_to_string(dir.join("loop/backing_file")) else {
+    for name in sysfs::sized_disks() {
+        if !sysfs::is_loop_disk(&name) {
+            continue;
+        }
+        let Some(info) = sysfs::loop_info(&name) else {
             continue;
         };
-        let backing = backing.trim_end_matches('\n');
-        let Ok(other) = std::fs::metadata(backing) else {
+        let Ok(other) = std::fs::metadata(&info.backing_file) else {
             continue;
         };
         if other.dev() != meta.dev() || other.ino() != meta.ino() {
             continue;
         }
-        let other_ro = std::fs::read_to_string(dir.join("ro"))
-            .map(|s| s.trim() == "1")
-            .unwrap_or(false);
-        if !(read_only && other_ro) {
+        if !(read_only && sysfs::is_read_only(&name)) {
             return Some(PathBuf::from(format!("/dev/{name}")));
         }
     }
     None
 }
 
-/// Whether `name` is a loop device itself (`loop7`), not one of its
-/// partitions (`loop7p1`).
-fn is_loop_disk(name: &str) -> bool {
-    name.strip_prefix("loop")
-        .is_some_and(|nr| !nr.is_empty() && nr.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// Whether `/dev/loop<nr>` has a backing file bound.
-pub(crate) fn is_bound(nr: u32) -> bool {
-    Path::new(&format!("/sys/block/loop{nr}/loop/backing_file")).exists()
-}
-
 /// Waits (bounded) until `/dev/loop<nr>` is unbound; true if it is.
 fn wait_unbound(nr: u32, bound: Duration) -> bool {
-    poll_until(bound, || (!is_bound(nr)).then_some(())).is_some()
+    poll_until(bound, || (!sysfs::loop_is_bound(nr)).then_some(())).is_some()
 }
 
 fn is_transient(e: Errno) -> bool {
@@ -226,64 +314,6 @@ fn is_transient(e: Errno) -> bool {
         e,
         Errno::EBUSY | Errno::EAGAIN | Errno::ENXIO | Errno::ENOENT | Errno::ENODEV
     )
-}
-
-/// Attaches `image` to a free loop device.
-pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
-    let path = image.path();
-    debug!("attach: {} to a loop device", path.display());
-    let backing = open_backing(image)?;
-    let (nr, file) = attach_backing(
-        Step::Attach,
-        &backing,
-        image.is_read_only(),
-        options,
-        path,
-        0,
-        0,
-    )?;
-    device(image, nr, file, backing, BackendKind::Loop)
-}
-
-/// Wraps a configured loop device into a [`Device`].
-pub(crate) fn device(
-    image: &Image,
-    nr: u32,
-    file: File,
-    backing: File,
-    kind: BackendKind,
-) -> Result<Device> {
-    let node = PathBuf::from(format!("/dev/loop{nr}"));
-    let size =
-        blk::getsize64(&file).map_err(|e| Error::os(Step::Attach, &node, "BLKGETSIZE64", e))?;
-    let diskseq = blk::getdiskseq(&file).ok();
-    info!(
-        "attached {} to {} ({} bytes{}{})",
-        image.path().display(),
-        node.display(),
-        size,
-        if image.is_read_only() {
-            ", read-only"
-        } else {
-            ""
-        },
-        diskseq
-            .map(|s| format!(", diskseq {s}"))
-            .unwrap_or_default()
-    );
-    Ok(Device::new(
-        kind,
-        node,
-        image.path().to_path_buf(),
-        image.is_read_only(),
-        size,
-        diskseq,
-        file,
-        Held::Loop {
-            nr,
-            backing: Some(backing),
-        },
-    ))
 }
 
 /// Binds `backing` (bytes `offset..offset+size_limit`, 0 = to the end) to a
@@ -424,12 +454,11 @@ fn try_attach(
     Ok((nr, dev))
 }
 
-/// 4096 if `backing` holds a GPT written for 4096-byte sectors (its header
-/// at byte 4096, none at 512), else 0 (the default, 512).
+/// 4096 if `backing` holds a GPT written for 4096-byte sectors, else 0
+/// (the default, 512).
 fn gpt_sector_size(backing: &File) -> u32 {
-    let mut head = [0u8; 4104];
-    match crate::read_at::ReadAt::read_at_most(backing, &mut head, 0) {
-        Ok(4104) if &head[4096..] == b"EFI PART" && &head[512..520] != b"EFI PART" => 4096,
+    match crate::partition::gpt::written_sector_size(backing) {
+        Some(4096) => 4096,
         _ => 0,
     }
 }
@@ -487,20 +516,6 @@ fn verify(dev: &File, want: &loop_dev::LoopInfo64, node: &str) -> Attempt<()> {
 
 fn errno(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-/// Detaches a loop device: writes what it buffered into the image and makes
-/// the image durable, unbinds it, closes it, and checks it is gone.
-pub(crate) fn detach(dev: &Device, file: File, nr: u32, backing: Option<File>) -> Result<()> {
-    Error::collect(unbind(
-        Step::Detach,
-        dev.path(),
-        &dev.image,
-        file,
-        nr,
-        !dev.read_only,
-        backing.as_ref(),
-    ))
 }
 
 /// Unbinds loop device `nr` (open as `file`): when `write`, `BLKFLSBUF`

@@ -1,15 +1,22 @@
 //! Backends: how an [`Image`] becomes a block device.
 //!
 //! A backend is a type parameter of the lifecycle types ([`crate::Unattached`]
-//! and the rest), chosen at compile time:
+//! and the rest), chosen at compile time. Each backend is one file that
+//! owns the whole life of its device type ([`Backend::Device`]): attach,
+//! the checks before each step, release, and adoption from what the kernel
+//! shows.
 //!
-//! | backend | serves | attach | detach |
-//! |---|---|---|---|
-//! | [`Loop`] | raw image files | `LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE` | `LOOP_CLR_FD` |
-//! | [`Block`] | existing block devices | open the device | close it |
-//! | [`Auto`] | whatever it is given | picks one of the above at run time | as picked |
+//! | backend | device type | serves | attach | detach |
+//! |---|---|---|---|---|
+//! | [`Loop`] | [`LoopDevice`] | raw image files | `LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE` | `LOOP_CLR_FD` |
+//! | [`Block`] | [`BlockDevice`] | existing block devices | open the device | close it |
+//! | [`Nbd`] | [`NbdDevice`] | any qemu format | `qemu-nbd --connect` | `qemu-nbd --disconnect` |
+//! | [`Fuse`] | [`FuseDevice`] | any qemu format | qemu-storage-daemon's FUSE export + a loop device | both, in reverse |
+//! | [`Auto`] | [`AutoDevice`] | whatever it is given | picks one of the above at run time | as picked |
 //!
-//! The trait is sealed: the set of backends is part of diskmount.
+//! Adding a backend is adding its file and one line in `auto.rs`'s list
+//! (which also names its [`BackendKind`]). The traits are sealed: the set
+//! of backends is part of diskmount.
 
 mod auto;
 mod block;
@@ -18,29 +25,84 @@ mod fuse;
 pub(crate) mod r#loop;
 pub mod nbd;
 
-use std::fmt;
-
-pub use auto::Auto;
-pub use block::Block;
-pub(crate) use device::Device;
-pub use fuse::Fuse;
-pub use r#loop::Loop;
-pub use nbd::Nbd;
+pub use auto::{Auto, AutoDevice, BackendKind};
+pub use block::{Block, BlockDevice};
+pub(crate) use device::{Core, Found, Held};
+pub use fuse::{Fuse, FuseDevice};
+pub use r#loop::{Loop, LoopDevice};
+pub use nbd::{Nbd, NbdDevice};
 
 use crate::error::Result;
 use crate::image::Image;
-use crate::options::AttachOptions;
 
 pub(crate) mod sealed {
-    use super::*;
+    use super::{Core, Found};
+    use crate::error::{Result, Step};
+    use crate::image::Image;
+    use crate::options::AttachOptions;
 
-    /// The attach step of a backend. Not nameable outside the crate, which
-    /// seals [`super::Backend`].
-    pub trait Attach {
+    /// Seals [`super::Backend`].
+    pub trait Sealed {}
+
+    /// What a backend's device type does over its life. Not nameable
+    /// outside the crate, which seals [`super::Device`].
+    pub trait Ops: Send + Sized + 'static {
         /// Turns `image` into an attached block device.
-        fn attach(image: &Image, options: &AttachOptions) -> Result<Device>;
+        fn attach(image: &Image, options: &AttachOptions) -> Result<Self>;
+
+        /// This backend's device, if `found` is one (`None`: another
+        /// backend's), rebuilt from what the kernel shows.
+        fn adopt(found: &Found) -> Option<Result<Self>>;
+
+        /// What every device has.
+        fn core(&self) -> &Core;
+
+        /// The same, to change.
+        fn core_mut(&mut self) -> &mut Core;
+
+        /// Checks before a step that uses the device (errors of `step`):
+        /// the image file was not deleted or truncated, and a helper
+        /// serving the device still runs.
+        fn check(&mut self, step: Step) -> Result<()> {
+            self.core().check_image(step)
+        }
+
+        /// What a crash-recovery record needs to find this device's helper
+        /// process again.
+        fn record_fields(&self) -> Vec<(&'static str, String)> {
+            Vec::new()
+        }
+
+        /// Lets go without detaching: the descriptors close, and the
+        /// kernel's autoclear releases a loop device once its last user
+        /// (the mount) is gone; a persistent helper is left running.
+        /// `Err(self)` (nothing done) if a helper is tied to this process
+        /// and would die with it.
+        fn disarm(self) -> std::result::Result<(), Self> {
+            Ok(())
+        }
+
+        /// Detaches: flushes what the device buffered into the image and
+        /// releases what the backend holds, reporting every error.
+        fn release(self) -> Result<()>;
     }
 }
+
+/// A way of turning an [`Image`] into a block device: [`Loop`], [`Block`],
+/// [`Nbd`], [`Fuse`], or [`Auto`] to pick one at run time. Sealed.
+pub trait Backend: sealed::Sealed + Send + Sync + 'static {
+    /// The backend's name, for messages.
+    const NAME: &'static str;
+
+    /// What the backend holds while an image is attached: a loop device,
+    /// a daemon with its export and loop device, ... ([`crate::Attached`]
+    /// owns one).
+    type Device: Device;
+}
+
+/// A backend's attached device (the [`Backend::Device`] of each backend).
+/// Sealed; reached through [`crate::Attached`].
+pub trait Device: sealed::Ops {}
 
 /// What the qemu-based backends check before starting qemu: an image file,
 /// the format's safety rules ([`crate::format::check`]), and that a
@@ -59,44 +121,4 @@ pub(crate) fn check_qemu_image(image: &Image, backend: &str) -> Result<crate::fo
     let info = crate::format::check(path, image.format(), image.allows_backing_file())?;
     crate::format::require_writable(&info, path, image.is_read_only())?;
     Ok(info)
-}
-
-/// A way of turning an [`Image`] into a block device. Implemented by
-/// [`Loop`], [`Block`] and [`Auto`]; sealed.
-pub trait Backend: sealed::Attach + Send + Sync + 'static {
-    /// The backend's name, for messages.
-    const NAME: &'static str;
-}
-
-/// Which backend actually attached an image (for [`Auto`], the one it
-/// picked).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum BackendKind {
-    /// A loop device over an image file.
-    Loop,
-    /// An existing block device.
-    Block,
-    /// qemu-storage-daemon's FUSE export of the image, under a loop device.
-    Fuse,
-    /// qemu-nbd and the kernel's nbd driver.
-    Nbd,
-}
-
-impl BackendKind {
-    /// The name used in messages and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Loop => "loop",
-            BackendKind::Block => "block",
-            BackendKind::Fuse => "fuse",
-            BackendKind::Nbd => "nbd",
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }

@@ -30,12 +30,13 @@ use log::{debug, info, warn};
 use nix::errno::Errno;
 use nix::libc;
 
-use super::device::{Device, Held};
-use super::{Backend, BackendKind, sealed};
+use super::device::{Core, Found};
+use super::{Backend, BackendKind, Device, sealed};
 use crate::command::run;
 use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
 use crate::image::Image;
+use crate::kernel::sysfs;
 use crate::options::AttachOptions;
 use crate::retry::{Backoff, RetryPolicy, poll_until, random};
 use crate::sys::block as blk;
@@ -46,13 +47,89 @@ use crate::sys::process::{spawn_detached, spawn_tied};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Nbd;
 
+impl sealed::Sealed for Nbd {}
+
 impl Backend for Nbd {
     const NAME: &'static str = "nbd";
+    type Device = NbdDevice;
 }
 
-impl sealed::Attach for Nbd {
-    fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
+/// An nbd device connected to the qemu-nbd serving the image.
+#[derive(Debug)]
+pub struct NbdDevice {
+    core: Core,
+    server: Server,
+}
+
+impl Device for NbdDevice {}
+
+impl sealed::Ops for NbdDevice {
+    fn attach(image: &Image, options: &AttachOptions) -> Result<Self> {
         attach(image, options)
+    }
+
+    /// A connected nbd device; its server is found from the device's
+    /// `pid` attribute, and the image is the server's last argument.
+    fn adopt(found: &Found) -> Option<Result<Self>> {
+        if !found.name.starts_with("nbd") {
+            return None;
+        }
+        let pid = sysfs::nbd_pid(&found.name)?;
+        let image = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|c| {
+                c.split(|b| *b == 0).rfind(|a| !a.is_empty()).map(|a| {
+                    PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a))
+                })
+            })
+            .unwrap_or_else(|| found.node.clone());
+        let server = adopted(&found.node, &image);
+        Some(
+            found
+                .core(BackendKind::Nbd, image, None)
+                .map(|core| NbdDevice { core, server }),
+        )
+    }
+
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    fn check(&mut self, step: Step) -> Result<()> {
+        self.server.check_alive(step)?;
+        self.core.check_image(step)
+    }
+
+    fn record_fields(&self) -> Vec<(&'static str, String)> {
+        self.server.record_fields()
+    }
+
+    fn disarm(mut self) -> std::result::Result<(), Self> {
+        if !self.server.is_persistent() {
+            return Err(self);
+        }
+        self.server.disown();
+        Ok(())
+    }
+
+    /// Flush, disconnect, stop qemu-nbd, release the device (closing our
+    /// locked descriptor).
+    fn release(self) -> Result<()> {
+        let NbdDevice { core, mut server } = self;
+        let mut errors = Vec::new();
+        if !core.read_only
+            && let Err(e) = blk::flsbuf(core.file())
+        {
+            errors.push(Error::os(Step::Detach, core.path(), "BLKFLSBUF", e));
+        }
+        // The kernel keeps the device configured while anyone has it open.
+        drop(core);
+        server.stop_into(&mut errors);
+        Error::collect(errors)
     }
 }
 
@@ -89,7 +166,8 @@ pub fn available() -> bool {
 }
 
 /// A qemu-nbd serving one device, our child.
-pub(crate) struct Server {
+#[derive(Debug)]
+struct Server {
     /// Our qemu-nbd; `None` for a device adopted from another process.
     child: Option<Child>,
     /// True until stopped.
@@ -101,10 +179,6 @@ pub(crate) struct Server {
     log: PathBuf,
     device: PathBuf,
     image: PathBuf,
-}
-
-fn sys(name: &str, attr: &str) -> PathBuf {
-    Path::new("/sys/block").join(name).join(attr)
 }
 
 /// Claims a free nbd device: open and exclusively locked, not connected.
@@ -132,9 +206,7 @@ fn claim(image: &Path) -> Result<std::result::Result<(String, File), usize>> {
     names.rotate_left(start);
     let count = names.len();
     for name in names {
-        if sys(&name, "pid").exists()
-            || std::fs::read_to_string(sys(&name, "size")).is_ok_and(|s| s.trim() != "0")
-        {
+        if sysfs::has(&name, "pid") || sysfs::number(&name, "size").is_some_and(|n| n != 0) {
             continue;
         }
         let node = PathBuf::from("/dev").join(&name);
@@ -152,7 +224,7 @@ fn claim(image: &Path) -> Result<std::result::Result<(String, File), usize>> {
             Err(e) => return Err(Error::os(Step::Attach, &node, "flock", e)),
         }
         // Check again under the lock: someone may have connected it between.
-        if sys(&name, "pid").exists() {
+        if sysfs::has(&name, "pid") {
             continue;
         }
         debug!("attach: claimed {}", node.display());
@@ -192,7 +264,7 @@ fn claim_within(image: &Path, policy: RetryPolicy) -> Result<(String, File)> {
     }
 }
 
-pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
+fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
     let path = image.path();
     let info = super::check_qemu_image(image, Nbd::NAME)?;
     let (name, file) = claim_within(path, options.retry)?;
@@ -218,27 +290,30 @@ pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
             node.display()
         );
     }
-    let size = blk::getsize64(&file).unwrap_or(info.virtual_size);
-    let diskseq = blk::getdiskseq(&file).ok();
-    info!(
-        "attached {} ({}) to {} through {QEMU_NBD} (pid {})",
-        path.display(),
-        image.format(),
-        node.display(),
-        server.child.as_ref().map_or(0, Child::id)
-    );
-    Ok(Device::new(
+    let core = match Core::new(
+        Step::Attach,
         BackendKind::Nbd,
         node,
         path.to_path_buf(),
         image.is_read_only(),
-        size,
-        diskseq,
         file,
-        Held::Nbd {
-            server: Box::new(server),
-        },
-    ))
+        None,
+    ) {
+        Ok(core) => core,
+        Err(e) => {
+            let mut errors = vec![e];
+            server.stop_into(&mut errors);
+            return Err(errors.remove(0));
+        }
+    };
+    info!(
+        "attached {} ({}) to {} through {QEMU_NBD} (pid {})",
+        path.display(),
+        image.format(),
+        core.path().display(),
+        server.child.as_ref().map_or(0, Child::id)
+    );
+    Ok(NbdDevice { core, server })
 }
 
 impl Server {
@@ -338,10 +413,8 @@ impl Server {
     /// exits.
     fn wait_ready(&mut self, name: &str, size: u64) -> Result<()> {
         let state = |name: &str| {
-            let pid = sys(name, "pid").exists();
-            let sectors = std::fs::read_to_string(sys(name, "size"))
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok());
+            let pid = sysfs::has(name, "pid");
+            let sectors = sysfs::number(name, "size");
             (pid, sectors)
         };
         let done = poll_until(READY_TIMEOUT, || {
@@ -466,7 +539,7 @@ impl Server {
             .unwrap_or_default();
         // The kernel removes the pid attribute once the server is gone; an
         // adopted server is not our child, so give it a moment.
-        let gone = poll_until(EXIT_TIMEOUT, || (!sys(&name, "pid").exists()).then_some(()));
+        let gone = poll_until(EXIT_TIMEOUT, || (!sysfs::has(&name, "pid")).then_some(()));
         if gone.is_none() {
             errors.push(Error::invalid(
                 Step::Detach,
@@ -486,7 +559,7 @@ impl Server {
 
 /// The server of an nbd device another process connected (adoption): it
 /// is disconnected on teardown, like ours.
-pub(crate) fn adopted(device: &Path, image: &Path) -> Server {
+fn adopted(device: &Path, image: &Path) -> Server {
     Server {
         child: None,
         persistent: true,
@@ -508,19 +581,4 @@ impl Drop for Server {
             }
         }
     }
-}
-
-/// Detaches an nbd device: flush, disconnect, stop qemu-nbd, release the
-/// device (closing our locked descriptor).
-pub(crate) fn detach(dev: &Device, file: File, server: &mut Server) -> Result<()> {
-    let mut errors = Vec::new();
-    if !dev.read_only
-        && let Err(e) = blk::flsbuf(&file)
-    {
-        errors.push(Error::os(Step::Detach, dev.path(), "BLKFLSBUF", e));
-    }
-    // The kernel keeps the device configured while anyone has it open.
-    drop(file);
-    server.stop_into(&mut errors);
-    Error::collect(errors)
 }

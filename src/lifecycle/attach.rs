@@ -5,7 +5,8 @@ use std::path::Path;
 
 use log::debug;
 
-use crate::backend::{Backend, BackendKind, Device};
+use crate::backend::sealed::Ops;
+use crate::backend::{Backend, BackendKind, Core, Held};
 use crate::error::{Error, Result};
 use crate::image::{Format, Image, ImageKind};
 use crate::options::AttachOptions;
@@ -15,6 +16,7 @@ use crate::record::Keeper;
 ///
 /// `B` is the backend ([`crate::Loop`], [`crate::Block`], [`crate::Auto`]).
 #[derive(Debug, Clone)]
+#[must_use = "an Unattached does nothing until attach() is called"]
 pub struct Unattached<B: Backend> {
     image: Image,
     options: AttachOptions,
@@ -52,17 +54,20 @@ impl<B: Backend> Unattached<B> {
             self.image.path().display(),
             B::NAME
         );
-        let mut device = B::attach(&self.image, &self.options)?;
-        if let Some(file) = image_file(&self.image, &device) {
-            device.watch_image(file, self.image.format() == Format::Raw);
+        let mut device = B::Device::attach(&self.image, &self.options)?;
+        if let Some(file) = image_file(&self.image, device.core()) {
+            device
+                .core_mut()
+                .watch_image(file, self.image.format() == Format::Raw);
         }
         let mut fields = vec![
             ("image", self.image.path().display().to_string()),
-            ("backend", device.kind.as_str().to_string()),
-            ("device", device.path().display().to_string()),
+            ("backend", device.core().kind.as_str().to_string()),
+            ("device", device.core().path().display().to_string()),
         ];
-        fields.extend(device.helper());
+        fields.extend(device.record_fields());
         let record = Keeper::start(&fields);
+        let device = Held::new(device);
         Ok(Attached {
             device,
             record,
@@ -76,7 +81,7 @@ impl<B: Backend> Unattached<B> {
 /// The attached image file, to watch for deletion or truncation: the loop
 /// device's own backing file, or (qemu helpers) the file at the path,
 /// opened `O_PATH` (only ever `fstat`ed: never blocks, reads nothing).
-fn image_file(image: &Image, device: &Device) -> Option<std::fs::File> {
+fn image_file(image: &Image, device: &Core) -> Option<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     match device.kind {
         BackendKind::Block => None,
@@ -97,8 +102,9 @@ fn image_file(image: &Image, device: &Device) -> Option<std::fs::File> {
 }
 
 /// An image attached as a block device. Dropping it detaches.
+#[must_use = "dropping an Attached detaches it at once"]
 pub struct Attached<B: Backend> {
-    pub(crate) device: Device,
+    pub(crate) device: Held<B::Device>,
     /// Dropped after the device: a record outlives a teardown that did
     /// not finish.
     pub(crate) record: Keeper,
@@ -110,8 +116,8 @@ pub struct Attached<B: Backend> {
 impl<B: Backend> std::fmt::Debug for Attached<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Attached")
-            .field("backend", &self.device.kind)
-            .field("device", &self.device.path)
+            .field("backend", &self.device.core().kind)
+            .field("device", &self.device.core().path)
             .field("image", &self.image.path())
             .finish()
     }
@@ -119,9 +125,9 @@ impl<B: Backend> std::fmt::Debug for Attached<B> {
 
 impl<B: Backend> Attached<B> {
     /// Wraps a device found on the system (adoption).
-    pub(crate) fn from_parts(device: Device, image: Image) -> Self {
+    pub(crate) fn from_parts(device: B::Device, image: Image) -> Self {
         Attached {
-            device,
+            device: Held::new(device),
             record: Keeper::none(),
             image,
             options: AttachOptions::default(),
@@ -131,7 +137,7 @@ impl<B: Backend> Attached<B> {
 
     /// The block device, e.g. `/dev/loop3`.
     pub fn device(&self) -> &Path {
-        self.device.path()
+        self.device.core().path()
     }
 
     /// The image.
@@ -141,22 +147,22 @@ impl<B: Backend> Attached<B> {
 
     /// The backend that attached it (for [`crate::Auto`], the one it picked).
     pub fn backend(&self) -> BackendKind {
-        self.device.kind
+        self.device.core().kind
     }
 
     /// The device size in bytes.
     pub fn size(&self) -> u64 {
-        self.device.size
+        self.device.core().size
     }
 
     /// The device's disk sequence number, where the kernel has them (5.15+).
     pub fn diskseq(&self) -> Option<u64> {
-        self.device.diskseq
+        self.device.core().diskseq
     }
 
     /// Whether the device is read-only.
     pub fn is_read_only(&self) -> bool {
-        self.device.read_only
+        self.device.core().read_only
     }
 
     /// Releases the device and gives the image back, ready to attach again.

@@ -5,6 +5,7 @@ use std::path::Path;
 use log::debug;
 
 use super::attach::Attached;
+use crate::backend::sealed::Ops;
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result, Step};
 use crate::mapping::{self, MapOptions, MappedPart, Mapping};
@@ -12,6 +13,7 @@ use crate::partition::{self, Partition, PartitionInfo};
 
 /// The chosen partition of an attached image, as a block device. Dropping
 /// it unmaps, then detaches.
+#[must_use = "dropping a Mapped unmaps and detaches it at once"]
 pub struct Mapped<B: Backend> {
     // Field order is teardown order.
     pub(crate) part: MappedPart,
@@ -45,8 +47,8 @@ impl<B: Backend> Attached<B> {
     /// [`Attached::map`] with explicit [`MapOptions`].
     pub fn map_with(mut self, partition: Partition, options: &MapOptions) -> Result<Mapped<B>> {
         debug!("map: {} of {}", partition, self.device().display());
-        self.device.check(Step::Map)?;
-        let device = &self.device;
+        self.device.get_mut().check(Step::Map)?;
+        let device = self.device.core();
         let chosen = match partition {
             Partition::Whole => None,
             ref wanted => {

@@ -10,6 +10,7 @@ use nix::libc;
 use nix::mount::{MntFlags, MsFlags};
 
 use super::map::Mapped;
+use crate::backend::sealed::Ops;
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result, Step};
 use crate::fs::{Detected, FsType, probe};
@@ -139,10 +140,7 @@ impl MountGuard {
     /// still showing our filesystem there.
     fn relocated(&self) -> Option<PathBuf> {
         let id = self.mnt_id?;
-        let entry = crate::adopt::mounts()
-            .ok()?
-            .into_iter()
-            .find(|m| m.id == id)?;
+        let entry = crate::kernel::mountinfo::by_id(id)?;
         let shows = std::fs::metadata(&entry.target).is_ok_and(|m| m.dev() == self.root_dev);
         (entry.target != self.target && shows).then_some(entry.target)
     }
@@ -254,7 +252,7 @@ impl<B: Backend> Mapped<B> {
     pub fn mount(mut self, dir: impl AsRef<Path>, options: &MountOptions) -> Result<Mounted<B>> {
         let dir = dir.as_ref();
         let device = self.device().to_path_buf();
-        self.attached.device.check(Step::Mount)?;
+        self.attached.device.get_mut().check(Step::Mount)?;
         let target = std::fs::canonicalize(dir)
             .map_err(|e| Error::os(Step::Mount, dir, "resolve mount point", e))?;
         let meta = std::fs::metadata(&target)

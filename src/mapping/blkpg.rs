@@ -11,15 +11,16 @@ use log::{debug, warn};
 use nix::errno::Errno;
 
 use super::kernel_node::lookup;
-use super::{MappedPart, Mapping, Undo, sysfs, wait_for_node};
-use crate::backend::Device;
+use super::{MappedPart, Mapping, Undo, wait_for_node};
+use crate::backend::Core;
 use crate::error::{Error, Result, Step};
+use crate::kernel::sysfs;
 use crate::partition::PartitionInfo;
 use crate::retry::poll_until;
 use crate::sys::block as blk;
 use std::os::fd::AsFd;
 
-pub(crate) fn add(device: &Device, part: &PartitionInfo) -> Result<MappedPart> {
+pub(crate) fn add(device: &Core, part: &PartitionInfo) -> Result<MappedPart> {
     let created = match blk::add_partition(device.file(), part.number, part.start, part.size) {
         Ok(()) => true,
         // The kernel (or someone) made it first: fine if the geometry matches.

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{MappedPart, Mapping, Undo, open_node, sysfs, wait_for_node};
-use crate::backend::Device;
+use super::{MappedPart, Mapping, Undo, open_node, wait_for_node};
+use crate::backend::Core;
 use crate::command::run;
 use crate::error::{Error, Result, Step};
+use crate::kernel::sysfs;
 use crate::partition::PartitionInfo;
 
 const CONTROL: &str = "/dev/mapper/control";
@@ -29,7 +30,7 @@ pub(crate) fn available() -> bool {
         .is_ok()
 }
 
-pub(crate) fn create(device: &Device, part: &PartitionInfo) -> Result<MappedPart> {
+pub(crate) fn create(device: &Core, part: &PartitionInfo) -> Result<MappedPart> {
     if !available() {
         return Err(Error::invalid(
             Step::Map,

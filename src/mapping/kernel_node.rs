@@ -7,13 +7,14 @@ use std::path::PathBuf;
 
 use log::{debug, warn};
 
-use super::{MappedPart, Mapping, Undo, open_node, sysfs};
-use crate::backend::Device;
+use super::{MappedPart, Mapping, Undo, open_node};
+use crate::backend::Core;
 use crate::error::{Error, Result, Step};
+use crate::kernel::sysfs;
 use crate::partition::PartitionInfo;
 
 /// The kernel's node for `part`, checked, or `None` if there is no usable one.
-pub(crate) fn find(device: &Device, part: &PartitionInfo) -> Result<Option<MappedPart>> {
+pub(crate) fn find(device: &Core, part: &PartitionInfo) -> Result<Option<MappedPart>> {
     let Some(found) = lookup(device, part)? else {
         return Ok(None);
     };
@@ -34,7 +35,7 @@ pub(crate) struct Node {
 impl Node {
     pub(crate) fn into_mapped(
         self,
-        device: &Device,
+        device: &Core,
         part: &PartitionInfo,
         mapping: Mapping,
         undo: Undo,
@@ -46,7 +47,7 @@ impl Node {
 /// Finds the kernel's partition `part.number` of `device` and checks it:
 /// same parent (by device number), same geometry as our parse, same medium
 /// (diskseq), and the /dev node is that very device.
-pub(crate) fn lookup(device: &Device, part: &PartitionInfo) -> Result<Option<Node>> {
+pub(crate) fn lookup(device: &Core, part: &PartitionInfo) -> Result<Option<Node>> {
     let Some(disk) = sysfs::name_of(device.rdev) else {
         return Ok(None);
     };

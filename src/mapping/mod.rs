@@ -16,7 +16,6 @@ mod blkpg;
 mod device_mapper;
 mod kernel_node;
 mod offset_loop;
-pub(crate) mod sysfs;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -26,7 +25,7 @@ use std::time::Duration;
 use log::{debug, warn};
 use nix::libc;
 
-use crate::backend::Device;
+use crate::backend::Core;
 use crate::error::{Error, Result, Step};
 use crate::partition::PartitionInfo;
 use crate::retry::poll_until;
@@ -121,7 +120,7 @@ impl MappedPart {
         path: PathBuf,
         part: Option<&PartitionInfo>,
         mapping: Mapping,
-        device: &Device,
+        device: &Core,
         file: File,
         undo: Undo,
     ) -> Self {
@@ -186,7 +185,7 @@ impl Drop for MappedPart {
 }
 
 /// The whole attached device as the "partition".
-pub(crate) fn whole(device: &Device) -> Result<MappedPart> {
+pub(crate) fn whole(device: &Core) -> Result<MappedPart> {
     let file = device
         .file()
         .try_clone()
@@ -203,7 +202,7 @@ pub(crate) fn whole(device: &Device) -> Result<MappedPart> {
 
 /// Gives `part` of `device` a block device with `strategy`.
 pub(crate) fn map(
-    device: &Device,
+    device: &Core,
     part: &PartitionInfo,
     strategy: MapStrategy,
 ) -> Result<MappedPart> {

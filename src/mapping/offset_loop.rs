@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 
 use super::{MappedPart, Mapping, Undo};
-use crate::backend::Device;
+use crate::backend::Core;
 use crate::backend::r#loop::attach_backing;
 use crate::error::{Error, Result, Step};
 use crate::options::AttachOptions;
 use crate::partition::PartitionInfo;
 
-pub(crate) fn attach(device: &Device, part: &PartitionInfo) -> Result<MappedPart> {
+pub(crate) fn attach(device: &Core, part: &PartitionInfo) -> Result<MappedPart> {
     // Over the image file itself where there is one (no loop over loop),
     // else over the attached device.
     let backing = device.backing().unwrap_or(device.file());

@@ -140,24 +140,35 @@ fn check_header<R: ReadAt + ?Sized>(
     Ok(())
 }
 
-/// The sector size the GPT was written for: where its header is.
+/// The sector size the GPT was written for: where its header is (512 if
+/// neither header is found).
 fn sector_size<R: ReadAt + ?Sized>(device: &R, size: u64, head: &[u8]) -> u64 {
+    header_sector_size(device, size, head).unwrap_or(512)
+}
+
+/// The sector size of the GPT header found at the start of `device` (`head`
+/// holds its first bytes) or, the primary header gone, in its last
+/// sector; `None` if there is no GPT header at either place.
+fn header_sector_size<R: ReadAt + ?Sized>(device: &R, size: u64, head: &[u8]) -> Option<u64> {
     for s in [512u64, 4096] {
         if head.get(s as usize..s as usize + 8) == Some(b"EFI PART") {
-            return s;
+            return Some(s);
         }
     }
     // Primary header gone: look for the backup in the last sector.
-    for s in [512u64, 4096] {
+    [512u64, 4096].into_iter().find(|&s| {
         let mut sig = [0u8; 8];
-        if size >= s
-            && device.read_at_most(&mut sig, size - s).ok() == Some(8)
-            && &sig == b"EFI PART"
-        {
-            return s;
-        }
-    }
-    512
+        size >= s && device.read_at_most(&mut sig, size - s).ok() == Some(8) && &sig == b"EFI PART"
+    })
+}
+
+/// The sector size a GPT on `device` was written for (512 or 4096), if it
+/// holds one: a loop device must have that logical sector size for the
+/// kernel's own partition scan to find the table.
+pub(crate) fn written_sector_size<R: ReadAt + ?Sized>(device: &R) -> Option<u64> {
+    let mut head = [0u8; 4096 + 8];
+    let n = device.read_at_most(&mut head, 0).ok()?;
+    header_sector_size(device, device.size().ok()?, &head[..n])
 }
 
 /// Reads the GPT of `device` (`size` bytes, first sectors in `head`).

@@ -15,6 +15,7 @@ pub mod block;
 pub mod flock;
 pub mod loop_dev;
 pub mod process;
+pub mod statx;
 
 /// The request-number type that `nix`'s ioctl macros expect.
 type Request = nix::sys::ioctl::ioctl_num_type;
