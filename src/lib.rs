@@ -125,6 +125,7 @@ pub mod image;
 pub mod kernel;
 mod lifecycle;
 pub mod mapping;
+mod mount;
 pub mod options;
 pub mod partition;
 mod read_at;

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use nix::errno::Errno;
 use nix::libc;
-use nix::mount::MntFlags;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{Signal, kill};
@@ -46,7 +45,7 @@ use crate::error::{Error, Result, Step};
 use crate::image::Image;
 use crate::kernel::{mountinfo, sysfs};
 use crate::options::AttachOptions;
-use crate::retry::{Backoff, RetryPolicy};
+use crate::retry::RetryPolicy;
 use crate::sys::process::{spawn_detached, spawn_tied};
 
 /// Any qemu image format, through qemu-storage-daemon's FUSE export and a
@@ -464,26 +463,13 @@ impl Daemon {
             // The loop device that was over the export lets go of it a
             // moment after it shows unbound (the kernel drops the backing
             // file last): until then the mount is busy.
-            let mut backoff = Backoff::new(RetryPolicy::UNMOUNT);
-            loop {
-                backoff.attempt();
-                match nix::mount::umount2(&self.export, MntFlags::UMOUNT_NOFOLLOW) {
-                    Ok(()) => break,
-                    Err(Errno::EBUSY) if backoff.wait() => {}
-                    Err(e) => {
-                        errors.push(Error::os(
-                            Step::Detach,
-                            &self.export,
-                            format!(
-                                "umount2 stale FUSE export ({} attempts in {:.1?})",
-                                backoff.attempts(),
-                                backoff.elapsed()
-                            ),
-                            e,
-                        ));
-                        break;
-                    }
-                }
+            if let Err(e) = crate::mount::unmount::unmount(
+                Step::Detach,
+                &self.export,
+                "stale FUSE export",
+                RetryPolicy::UNMOUNT,
+            ) {
+                errors.push(e);
             }
         }
         if let Some(dir) = self.dir.take() {

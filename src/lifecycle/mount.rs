@@ -1,179 +1,20 @@
 //! Mount and unmount: [`Mapped`] → [`Mounted`] → back.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use log::{debug, info, warn};
-use nix::errno::Errno;
-use nix::libc;
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MntFlags;
 
 use super::map::Mapped;
 use crate::backend::sealed::Ops;
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result, Step};
-use crate::fs::{Detected, FsType, probe};
 use crate::image::Image;
+use crate::mount::guard::{MountGuard, mount_id, open_root};
+use crate::mount::{fstype, plan};
 use crate::options::MountOptions;
-use crate::retry::{Backoff, RetryPolicy};
-use crate::sys::block as blk;
-
-/// A filesystem we mounted, unmounted once.
-pub(crate) struct MountGuard {
-    target: PathBuf,
-    device: PathBuf,
-    /// A descriptor of the mounted device, for the flush after unmount.
-    device_file: File,
-    fstype: String,
-    read_only: bool,
-    /// `st_dev` of the mount's root right after mounting: proves later that
-    /// the path still shows our mount and not one stacked over it.
-    root_dev: u64,
-    /// The mount's root directory, opened right after mounting (read-write
-    /// mounts only): `syncfs` through it reports every write-back error
-    /// since the mount, also one that another `syncfs` caller already saw
-    /// (a descriptor opened at unmount time would miss those). Closed just
-    /// before `umount2`.
-    root: Option<File>,
-    /// The mount's id (mountinfo), to find it again if the mount point's
-    /// directory was moved (its parent renamed) while mounted.
-    mnt_id: Option<u64>,
-    retry: RetryPolicy,
-    mounted: bool,
-}
-
-impl MountGuard {
-    /// Flushes, unmounts (retrying `EBUSY` within the bound) and flushes the
-    /// device. Runs at most once.
-    fn release(&mut self) -> Result<()> {
-        if !self.mounted {
-            return Ok(());
-        }
-        self.mounted = false;
-        let target = &self.target;
-        debug!("unmount: {}", target.display());
-        let mut errors = Vec::new();
-        // Flush through our own descriptor first: it reaches our filesystem
-        // even if the path no longer shows it.
-        if let Some(root) = self.root.take() {
-            if let Err(e) = nix::unistd::syncfs(&root) {
-                errors.push(Error::os(Step::Unmount, target, "syncfs", e));
-            }
-            // Our descriptor would keep the mount busy.
-            drop(root);
-        }
-        let shown = match std::fs::metadata(target) {
-            Ok(m) if m.dev() == self.root_dev => Ok(()),
-            Ok(_) => Err(Error::invalid(
-                Step::Unmount,
-                target,
-                "no longer shows the filesystem diskmount mounted (it was unmounted, or \
-                 something was mounted over it); leaving it alone",
-            )),
-            Err(e) => Err(Error::os(Step::Unmount, target, "stat mount point", e)),
-        };
-        // Not at its path: our mount may still be mounted elsewhere (its
-        // directory moved with a renamed parent); it is ours by its id.
-        let moved = match shown {
-            Ok(()) => None,
-            Err(e) => match self.relocated() {
-                Some(at) => {
-                    warn!(
-                        "unmount: {} was moved to {} while mounted; unmounting it there",
-                        target.display(),
-                        at.display()
-                    );
-                    Some(at)
-                }
-                None => {
-                    errors.push(e);
-                    return Error::collect(errors);
-                }
-            },
-        };
-        let target = moved.as_ref().unwrap_or(target);
-        let mut backoff = Backoff::new(self.retry);
-        loop {
-            backoff.attempt();
-            match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
-                Ok(()) => break,
-                Err(Errno::EBUSY) if backoff.wait() => {
-                    warn!(
-                        "unmount: {}: busy (a process has a file open or its working directory \
-                         there); retrying (attempt {})",
-                        target.display(),
-                        backoff.attempts() + 1
-                    );
-                }
-                Err(Errno::EBUSY) => {
-                    errors.push(Error::Exhausted {
-                        step: Step::Unmount,
-                        path: target.clone(),
-                        operation: "umount2 (still busy: a process has a file open or its \
-                                    working directory there)"
-                            .into(),
-                        attempts: backoff.attempts(),
-                        elapsed: backoff.elapsed(),
-                        source: Errno::EBUSY.into(),
-                    });
-                    return Error::collect(errors);
-                }
-                Err(e) => {
-                    errors.push(Error::os(Step::Unmount, target, "umount2", e));
-                    return Error::collect(errors);
-                }
-            }
-        }
-        if !self.read_only
-            && let Err(e) = blk::flsbuf(&self.device_file)
-        {
-            errors.push(Error::os(Step::Unmount, &self.device, "BLKFLSBUF", e));
-        }
-        debug!("unmounted {}", target.display());
-        Error::collect(errors)
-    }
-}
-
-impl MountGuard {
-    /// Where our mount (by its id) is mounted now, if not at its path and
-    /// still showing our filesystem there.
-    fn relocated(&self) -> Option<PathBuf> {
-        let id = self.mnt_id?;
-        let entry = crate::kernel::mountinfo::by_id(id)?;
-        let shows = std::fs::metadata(&entry.target).is_ok_and(|m| m.dev() == self.root_dev);
-        (entry.target != self.target && shows).then_some(entry.target)
-    }
-}
-
-/// The mount id of the mount `file` is on (from /proc/self/fdinfo).
-fn mount_id(file: &File) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd()))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("mnt_id:"))?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Opens the root directory of the mount on `target` (`step` for errors).
-fn open_root(step: Step, target: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(target)
-        .map_err(|e| Error::os(step, target, "open mount point", e))
-}
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self.release() {
-            warn!("teardown: {e}");
-        }
-    }
-}
+use crate::retry::RetryPolicy;
 
 /// A mounted filesystem. Dropping it unmounts, unmaps and detaches;
 /// [`Mounted::close`] does the same and reports every error.
@@ -181,6 +22,7 @@ impl Drop for MountGuard {
 /// A read-write mount keeps its root directory open while this value
 /// lives (to hear of every write-back error), so a plain `umount` by
 /// another program fails with "target is busy" until it is closed.
+#[must_use = "dropping a Mounted unmounts, unmaps and detaches it at once"]
 pub struct Mounted<B: Backend> {
     // Field order is teardown order.
     mount: MountGuard,
@@ -194,47 +36,6 @@ impl<B: Backend> std::fmt::Debug for Mounted<B> {
             .field("fstype", &self.mount.fstype)
             .field("mapped", &self.mapped)
             .finish()
-    }
-}
-
-/// Decides the filesystem type: the caller's, or the probed one if it is on
-/// the allow-list.
-fn choose_fstype(
-    device: &Path,
-    file: &File,
-    options: &MountOptions,
-) -> Result<(String, Option<FsType>)> {
-    if let Some(name) = &options.fstype {
-        return Ok((name.clone(), FsType::from_name(name)));
-    }
-    let detected =
-        probe::probe(file).map_err(|e| Error::os(Step::Probe, device, "read superblock", e))?;
-    debug!("probe: {}: {}", device.display(), detected.describe());
-    match detected {
-        Detected::Filesystem { fstype, .. } if fstype.is_allowed() => {
-            Ok((fstype.driver().to_string(), Some(fstype)))
-        }
-        Detected::Filesystem { fstype, .. } => Err(Error::invalid(
-            Step::Mount,
-            device,
-            format!(
-                "holds {fstype}, which is not on the allow-list ({}); pass MountOptions::fstype(\"{fstype}\") to mount it anyway",
-                crate::fs::ALLOWED.map(FsType::as_str).join(", ")
-            ),
-        )),
-        Detected::PartitionTable(_) => Err(Error::invalid(
-            Step::Mount,
-            device,
-            format!(
-                "holds {}; choose a partition (Partition::Number or Partition::Auto)",
-                detected.describe()
-            ),
-        )),
-        other => Err(Error::invalid(
-            Step::Mount,
-            device,
-            format!("holds {}; there is nothing to mount", other.describe()),
-        )),
     }
 }
 
@@ -264,52 +65,26 @@ impl<B: Backend> Mapped<B> {
                 "the mount point is not a directory",
             ));
         }
-        let (driver, fstype) = choose_fstype(&device, self.part.file(), options)?;
-        let read_only = options.read_only
-            || self.attached.is_read_only()
-            || fstype.is_some_and(FsType::is_read_only);
-        let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
-        if read_only {
-            flags |= MsFlags::MS_RDONLY;
-        }
-        if options.noexec {
-            flags |= MsFlags::MS_NOEXEC;
-        }
-        let mut data: Vec<&str> = Vec::new();
-        if read_only {
-            data.extend(fstype.and_then(FsType::no_replay_option));
-        }
-        if let Some(extra) = options.options.as_deref().filter(|s| !s.is_empty()) {
-            data.push(extra);
-        }
-        let data = data.join(",");
-        let describe = format!(
-            "mount -t {driver} -o {}{}{} on {}",
-            if read_only { "ro" } else { "rw" },
-            if options.noexec { ",noexec" } else { "" },
-            if data.is_empty() {
-                String::new()
-            } else {
-                format!(",{data}")
-            },
-            target.display()
-        );
+        let (driver, fstype) = fstype::choose(&device, self.part.file(), options)?;
+        let plan = plan::plan(options, driver, fstype, self.attached.is_read_only());
+        let describe = plan.describe(&target);
         debug!("mount: {}: {describe}", device.display());
         nix::mount::mount(
             Some(&device),
             &target,
-            Some(driver.as_str()),
-            flags,
-            Some(data.as_str()),
+            Some(plan.driver.as_str()),
+            plan.flags,
+            Some(plan.data.as_str()),
         )
         .map_err(|e| {
             Error::os(
                 Step::Mount,
                 &device,
-                format!("{describe}{}", mount_hint(e)),
+                format!("{describe}{}", plan::hint(e)),
                 e,
             )
         })?;
+        let (driver, read_only) = (plan.driver, plan.read_only);
         let device_file = self
             .part
             .file()
@@ -359,18 +134,6 @@ impl<B: Backend> Mapped<B> {
             },
             mapped,
         })
-    }
-}
-
-/// What the kernel's terse mount errors mean here.
-fn mount_hint(e: Errno) -> &'static str {
-    match e {
-        Errno::EINVAL => " (the filesystem is corrupt, not of this type, or an option is wrong)",
-        Errno::EUCLEAN => " (the filesystem is corrupt)",
-        Errno::EROFS | Errno::EACCES => " (the device is read-only; mount read-only)",
-        Errno::ENODEV => " (the kernel does not support this filesystem type)",
-        Errno::EBUSY => " (the device or the mount point is busy)",
-        _ => "",
     }
 }
 
