@@ -99,6 +99,8 @@ pub enum Error {
         path: PathBuf,
         /// Why, and what to try instead.
         reason: String,
+        /// What kind of refusal it is ([`Error::kind`]).
+        kind: ErrorKind,
     },
     /// An operation kept failing with a transient error until its retry
     /// bound ran out.
@@ -158,6 +160,84 @@ fn join(errors: &[Error]) -> String {
         .join("; ")
 }
 
+/// What kind of failure an [`Error`] is, for callers that decide what to
+/// do next by it ([`Error::kind`]); the message says the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Something named does not exist: the image, a partition, a label, a
+    /// device node, a volume.
+    NotFound,
+    /// Another user holds the image or device: a loop device, a qemu
+    /// process, another diskmount user, a mount.
+    InUse,
+    /// What was asked is not supported: this backend for this kind of
+    /// image, a filesystem off the allow-list, a volume layout diskmount
+    /// does not map.
+    Unsupported,
+    /// The image (its format header, partition table, filesystem or
+    /// volume metadata) is damaged, hostile or against the safety rules.
+    InvalidImage,
+    /// A resource stayed busy past its retry bound (a mount with a
+    /// process in it, a partition still open).
+    Busy,
+    /// Every device of a kind was taken for the whole retry bound.
+    Exhausted,
+    /// This kernel lacks what the step needs (a driver, a system call).
+    KernelFeatureMissing,
+    /// A helper program (qemu-nbd, qemu-storage-daemon, dmsetup) failed or
+    /// died.
+    HelperFailed,
+    /// Not allowed: the step needs root (CAP_SYS_ADMIN), or write access
+    /// to the image.
+    PermissionDenied,
+    /// Any other input this step cannot use (a mount point that is not a
+    /// directory, a bad option).
+    InvalidInput,
+    /// Any other system error.
+    Io,
+}
+
+impl ErrorKind {
+    /// A short name, for programs (`--json`) and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::InUse => "in-use",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::InvalidImage => "invalid-image",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Exhausted => "exhausted",
+            ErrorKind::KernelFeatureMissing => "kernel-feature-missing",
+            ErrorKind::HelperFailed => "helper-failed",
+            ErrorKind::PermissionDenied => "permission-denied",
+            ErrorKind::InvalidInput => "invalid-input",
+            ErrorKind::Io => "io",
+        }
+    }
+
+    /// The kind of a failed system call, by its error number.
+    fn of_errno(errno: Option<i32>) -> ErrorKind {
+        use nix::libc;
+        match errno {
+            Some(libc::ENOENT) => ErrorKind::NotFound,
+            Some(libc::EBUSY) => ErrorKind::Busy,
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => ErrorKind::PermissionDenied,
+            Some(libc::ENOTTY | libc::ENOSYS | libc::EOPNOTSUPP | libc::ENODEV) => {
+                ErrorKind::KernelFeatureMissing
+            }
+            Some(libc::EUCLEAN | libc::EBADMSG) => ErrorKind::InvalidImage,
+            _ => ErrorKind::Io,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Error {
     pub(crate) fn os(
         step: Step,
@@ -178,6 +258,44 @@ impl Error {
             step,
             path: path.into(),
             reason: reason.into(),
+            kind: ErrorKind::InvalidInput,
+        }
+    }
+
+    /// A damaged, hostile or disallowed image: its header, table,
+    /// filesystem or volume metadata.
+    pub(crate) fn invalid_image(
+        step: Step,
+        path: impl Into<PathBuf>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::refused(ErrorKind::InvalidImage, step, path, reason)
+    }
+
+    /// A refusal of `kind` (see [`Error::invalid`]).
+    pub(crate) fn refused(
+        kind: ErrorKind,
+        step: Step,
+        path: impl Into<PathBuf>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Invalid {
+            step,
+            path: path.into(),
+            reason: reason.into(),
+            kind,
+        }
+    }
+
+    /// What kind of failure this is. For [`Error::Teardown`], the kind of
+    /// the first error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Os { source, .. } => ErrorKind::of_errno(source.raw_os_error()),
+            Error::Invalid { kind, .. } => *kind,
+            Error::Exhausted { .. } => ErrorKind::Exhausted,
+            Error::Command { .. } => ErrorKind::HelperFailed,
+            Error::Teardown(errors) => errors.first().map_or(ErrorKind::Io, Error::kind),
         }
     }
 

@@ -137,7 +137,7 @@ pub mod sys;
 
 pub use adopt::{Adopted, adopt};
 pub use backend::{Auto, Backend, BackendKind, Block, Fuse, Loop, Nbd};
-pub use error::{Error, Result, Step};
+pub use error::{Error, ErrorKind, Result, Step};
 pub use image::{Format, Image, ImageKind};
 pub use lifecycle::{Attached, Mapped, Mounted, Unattached, with_mounted, with_mounted_opts};
 pub use mapping::{MapOptions, MapStrategy, Mapping};

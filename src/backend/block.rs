@@ -10,7 +10,7 @@ use nix::libc;
 use super::device::{Core, Found};
 use super::r#loop::lock_briefly;
 use super::{Backend, BackendKind, Device, sealed};
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::format::describe;
 use crate::image::{Image, ImageKind};
 use crate::options::AttachOptions;
@@ -81,7 +81,8 @@ fn attach(image: &Image, _options: &AttachOptions) -> Result<BlockDevice> {
     let path = image.path();
     debug!("attach: {} as a block device", path.display());
     if image.kind() != ImageKind::Block {
-        return Err(Error::invalid(
+        return Err(Error::refused(
+            ErrorKind::Unsupported,
             Step::Attach,
             path,
             "the block backend serves block devices; use the Loop backend for image files",
@@ -104,7 +105,8 @@ fn attach(image: &Image, _options: &AttachOptions) -> Result<BlockDevice> {
     match open(libc::O_EXCL) {
         Ok(probe) => drop(probe),
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-            return Err(Error::invalid(
+            return Err(Error::refused(
+                ErrorKind::InUse,
                 Step::Attach,
                 path,
                 "the device is in use (mounted, or claimed by another program)",
@@ -132,7 +134,8 @@ fn attach(image: &Image, _options: &AttachOptions) -> Result<BlockDevice> {
         Lock::Exclusive
     };
     lock_briefly(&file, lock).map_err(|e| match e {
-        Errno::EWOULDBLOCK => Error::invalid(
+        Errno::EWOULDBLOCK => Error::refused(
+            ErrorKind::InUse,
             Step::Attach,
             path,
             "the device is locked by another program (udev or another diskmount user)",

@@ -36,7 +36,7 @@ use nix::libc;
 
 use super::device::{Core, Found, open_node};
 use super::{Backend, BackendKind, Device, sealed};
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::format::describe;
 use crate::image::{Image, ImageKind};
 use crate::kernel::sysfs;
@@ -187,7 +187,8 @@ static CONFIGURE_MISSING: AtomicBool = AtomicBool::new(false);
 pub(crate) fn open_backing(image: &Image) -> Result<File> {
     let path = image.path();
     if image.kind() != ImageKind::File {
-        return Err(Error::invalid(
+        return Err(Error::refused(
+            ErrorKind::Unsupported,
             Step::Attach,
             path,
             "the loop backend serves image files; use the Block backend for block devices",
@@ -239,7 +240,8 @@ pub(crate) fn open_backing(image: &Image) -> Result<File> {
         Lock::Exclusive
     };
     lock_briefly(&backing, lock).map_err(|e| match e {
-        Errno::EWOULDBLOCK => Error::invalid(
+        Errno::EWOULDBLOCK => Error::refused(
+            ErrorKind::InUse,
             Step::Attach,
             path,
             "the image is already in use: another diskmount user has it attached \
@@ -248,7 +250,8 @@ pub(crate) fn open_backing(image: &Image) -> Result<File> {
         e => Error::os(Step::Attach, path, "flock image", e),
     })?;
     if let Some(other) = bound_elsewhere(&meta, image.is_read_only()) {
-        return Err(Error::invalid(
+        return Err(Error::refused(
+            ErrorKind::InUse,
             Step::Attach,
             path,
             format!(
@@ -559,7 +562,8 @@ pub(crate) fn unbind(
     // device goes all the same, and a caller (the crash-recovery record)
     // must not see it still bound for a moment and think it stays.
     if cleared.is_ok() && !wait_unbound(nr, Duration::from_secs(1)) {
-        errors.push(Error::invalid(
+        errors.push(Error::refused(
+            ErrorKind::Busy,
             step,
             node,
             "is still bound after LOOP_CLR_FD: something still has it open (a mount?); \

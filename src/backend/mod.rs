@@ -110,7 +110,8 @@ pub trait Device: sealed::Ops {}
 pub(crate) fn check_qemu_image(image: &Image, backend: &str) -> Result<crate::format::ImageInfo> {
     let path = image.path();
     if image.kind() != crate::image::ImageKind::File {
-        return Err(crate::error::Error::invalid(
+        return Err(crate::error::Error::refused(
+            crate::error::ErrorKind::Unsupported,
             crate::error::Step::Attach,
             path,
             format!(

@@ -34,7 +34,7 @@ use super::device::{Core, Found};
 use super::{Backend, BackendKind, Device, sealed};
 use crate::command::run;
 use crate::command::{describe_status, wait_timeout};
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::image::Image;
 use crate::kernel::sysfs;
 use crate::options::AttachOptions;
@@ -541,7 +541,8 @@ impl Server {
         // adopted server is not our child, so give it a moment.
         let gone = poll_until(EXIT_TIMEOUT, || (!sysfs::has(&name, "pid")).then_some(()));
         if gone.is_none() {
-            errors.push(Error::invalid(
+            errors.push(Error::refused(
+                ErrorKind::Busy,
                 Step::Detach,
                 &self.device,
                 "is still connected after qemu-nbd --disconnect",

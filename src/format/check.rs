@@ -34,7 +34,7 @@ fn link(
     depth: usize,
     seen: &mut Vec<(u64, u64)>,
 ) -> Result<ImageInfo> {
-    let refuse = |reason: String| Error::invalid(Step::Probe, path, reason);
+    let refuse = |reason: String| Error::invalid_image(Step::Probe, path, reason);
     let (file, meta) = open(path, depth)?;
     let id = (meta.dev(), meta.ino());
     if seen.contains(&id) {
@@ -120,7 +120,7 @@ fn open(path: &Path, depth: usize) -> Result<(File, Metadata)> {
         .map_err(|e| Error::os(Step::Probe, path, "fstat", e))?;
     let ft = meta.file_type();
     if !(ft.is_file() || depth == 1 && ft.is_block_device()) {
-        return Err(Error::invalid(
+        return Err(Error::invalid_image(
             Step::Probe,
             path,
             format!(
@@ -139,7 +139,7 @@ fn open(path: &Path, depth: usize) -> Result<(File, Metadata)> {
 
 /// The refusals that do not depend on other files.
 fn policy(path: &Path, info: &ImageInfo, allow_backing_file: bool) -> Result<()> {
-    let refuse = |reason: String| Err(Error::invalid(Step::Probe, path, reason));
+    let refuse = |reason: String| Err(Error::invalid_image(Step::Probe, path, reason));
     if let Some(data) = &info.data_file {
         return refuse(format!(
             "the qcow2 header names an external data file, {}: qemu would read and write \
@@ -231,7 +231,7 @@ fn backing_path(image: &Path, name: &Path) -> Result<PathBuf> {
     if let Some(colon) = colon
         && slash.is_none_or(|slash| colon < slash)
     {
-        return Err(Error::invalid(
+        return Err(Error::invalid_image(
             Step::Probe,
             image,
             format!(
@@ -246,7 +246,7 @@ fn backing_path(image: &Path, name: &Path) -> Result<PathBuf> {
 /// An error about a backing file of `image`: it names both.
 fn in_chain(image: &Path, err: Error) -> Error {
     match err {
-        Error::Invalid { path, reason, .. } => Error::invalid(
+        Error::Invalid { path, reason, .. } => Error::invalid_image(
             Step::Probe,
             image,
             format!("backing file {}: {reason}", path.display()),

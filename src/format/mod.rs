@@ -189,7 +189,7 @@ pub fn check(path: &Path, format: Format, allow_backing_file: bool) -> Result<Im
 /// place (writes would fail as I/O errors inside the mounted filesystem).
 pub fn require_writable(info: &ImageInfo, path: &Path, read_only: bool) -> Result<()> {
     if !read_only && info.create_type.as_deref() == Some("streamOptimized") {
-        return Err(crate::error::Error::invalid(
+        return Err(crate::error::Error::invalid_image(
             crate::error::Step::Attach,
             path,
             "a streamOptimized vmdk can only be read: open it read-only \

@@ -85,10 +85,19 @@ pub(crate) fn inspect<R: ReadAt + ?Sized>(src: &Src<'_, R>) -> Result<ImageInfo>
     let body = header_body(src, &h, version, cluster_bits);
     let mut info = match (body, &backing) {
         (Ok(info), _) => info,
-        (Err(Error::Invalid { step, path, reason }), Some(name)) => {
+        (
+            Err(Error::Invalid {
+                step,
+                path,
+                reason,
+                kind,
+            }),
+            Some(name),
+        ) => {
             return Err(Error::Invalid {
                 step,
                 path,
+                kind,
                 reason: format!(
                     "{reason} (the header also names a backing file, {})",
                     name.display()

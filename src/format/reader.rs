@@ -36,7 +36,7 @@ impl<'a, R: ReadAt + ?Sized> Src<'a, R> {
 
     /// An [`Error::Invalid`] at [`Step::Probe`] naming the image.
     pub(crate) fn refuse(&self, reason: impl Into<String>) -> Error {
-        Error::invalid(Step::Probe, self.path, reason)
+        Error::invalid_image(Step::Probe, self.path, reason)
     }
 
     /// Checks that bytes `offset..offset + len` lie inside the file.

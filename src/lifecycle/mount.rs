@@ -9,7 +9,7 @@ use nix::mount::MntFlags;
 use super::map::Mapped;
 use crate::backend::sealed::Ops;
 use crate::backend::{Backend, BackendKind};
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::image::Image;
 use crate::mount::guard::{MountGuard, mount_id, open_root};
 use crate::mount::{fstype, plan};
@@ -231,7 +231,8 @@ impl<B: Backend> Mounted<B> {
         } = self;
         if !mapped.attached.device.disarm() {
             let backend = mapped.backend();
-            return Err(Error::invalid(
+            return Err(Error::refused(
+                ErrorKind::Unsupported,
                 Step::Mount,
                 &mount.target,
                 format!(

@@ -13,7 +13,7 @@ use nix::errno::Errno;
 use super::kernel_node::lookup;
 use super::{MappedPart, Mapping, Undo, wait_for_node};
 use crate::backend::Core;
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::kernel::sysfs;
 use crate::partition::PartitionInfo;
 use crate::retry::poll_until;
@@ -114,7 +114,8 @@ pub(crate) fn delete(parent: &File, parent_path: &Path, number: u32, node: &Path
     .unwrap_or(Err(Errno::EBUSY));
     match deleted {
         Ok(()) => Ok(()),
-        Err(Errno::EBUSY) => Err(Error::invalid(
+        Err(Errno::EBUSY) => Err(Error::refused(
+            ErrorKind::Busy,
             Step::Unmap,
             node,
             format!(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{MappedPart, Mapping, Undo, open_node, wait_for_node};
 use crate::backend::Core;
 use crate::command::run;
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::kernel::sysfs;
 use crate::partition::PartitionInfo;
 
@@ -32,7 +32,8 @@ pub(crate) fn available() -> bool {
 
 pub(crate) fn create(device: &Core, part: &PartitionInfo) -> Result<MappedPart> {
     if !available() {
-        return Err(Error::invalid(
+        return Err(Error::refused(
+            ErrorKind::KernelFeatureMissing,
             Step::Map,
             device.path(),
             format!(

@@ -26,7 +26,7 @@ use log::{debug, warn};
 use nix::libc;
 
 use crate::backend::Core;
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::partition::PartitionInfo;
 use crate::retry::poll_until;
 
@@ -208,7 +208,8 @@ pub(crate) fn map(
 ) -> Result<MappedPart> {
     match strategy {
         MapStrategy::KernelNode => kernel_node::find(device, part)?.ok_or_else(|| {
-            Error::invalid(
+            Error::refused(
+                ErrorKind::KernelFeatureMissing,
                 Step::Map,
                 device.path(),
                 format!(

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use log::debug;
 
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::fs::{Detected, FsType, probe};
 use crate::options::MountOptions;
 
@@ -29,7 +29,8 @@ pub(crate) fn choose(
         Detected::Filesystem { fstype, .. } if fstype.is_allowed() => {
             Ok((fstype.driver().to_string(), Some(fstype)))
         }
-        Detected::Filesystem { fstype, .. } => Err(Error::invalid(
+        Detected::Filesystem { fstype, .. } => Err(Error::refused(
+            ErrorKind::Unsupported,
             Step::Mount,
             device,
             format!(
@@ -45,7 +46,8 @@ pub(crate) fn choose(
                 detected.describe()
             ),
         )),
-        other => Err(Error::invalid(
+        other => Err(Error::refused(
+            ErrorKind::InvalidImage,
             Step::Mount,
             device,
             format!("holds {}; there is nothing to mount", other.describe()),

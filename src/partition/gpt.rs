@@ -182,7 +182,8 @@ pub(crate) fn read<R: ReadAt + ?Sized>(
     let last = (size / sector).saturating_sub(1);
     let primary = check_header(device, sector, 1, size);
     let backup = check_header(device, sector, last, size);
-    let refuse = |why: String| Error::invalid(Step::Map, path, format!("unusable GPT: {why}"));
+    let refuse =
+        |why: String| Error::invalid_image(Step::Map, path, format!("unusable GPT: {why}"));
     if let (Err(p), Err(b)) = (&primary, &backup) {
         return Err(refuse(format!("primary header: {p}; backup header: {b}")));
     }

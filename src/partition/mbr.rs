@@ -113,7 +113,7 @@ pub(crate) fn read<R: ReadAt + ?Sized>(
     size: u64,
 ) -> Result<PartitionTable> {
     let refuse = |why: String| {
-        Error::invalid(
+        Error::invalid_image(
             Step::Map,
             path,
             format!("cannot read the MBR partition table: {why}"),

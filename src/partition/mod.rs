@@ -5,6 +5,7 @@ use std::fmt;
 
 /// The partition that [`crate::Attached::map`] gives a device to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Partition {
     /// The whole device: an image without a partition table, or a
     /// partitioned disk taken as a whole on purpose.
@@ -97,6 +98,7 @@ impl PartitionType {
 
 /// One partition of a table, with its geometry in bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct PartitionInfo {
     /// The number the kernel gives it (MBR logical partitions from 5, GPT
     /// entries by index).
@@ -230,7 +232,7 @@ fn detect(head: &[u8]) -> Option<TableKind> {
 /// Refuses entries that are empty, beyond the disk, or overlapping.
 fn validate(table: &PartitionTable, path: &std::path::Path, size: u64) -> Result<()> {
     let refuse = |why: String| {
-        Err(Error::invalid(
+        Err(Error::invalid_image(
             Step::Map,
             path,
             format!(

@@ -18,7 +18,7 @@ use log::debug;
 
 use super::gpt::{LINUX_GENERIC, ROOT_NATIVE, USR_NATIVE};
 use super::{Partition, PartitionInfo, PartitionTable, PartitionType};
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::fs::{Detected, FsType, probe_at};
 use crate::read_at::ReadAt;
 
@@ -153,7 +153,8 @@ fn by_label<R: ReadAt + ?Sized>(
                     (!both.is_empty()).then(|| format!("{}: {}", p.number, both.join(", ")))
                 })
                 .collect();
-            Err(Error::invalid(
+            Err(Error::refused(
+                ErrorKind::NotFound,
                 Step::Map,
                 path,
                 format!(
@@ -190,7 +191,8 @@ fn auto<R: ReadAt + ?Sized>(
     };
     match candidates.as_slice() {
         [] => {
-            return Err(Error::invalid(
+            return Err(Error::refused(
+                ErrorKind::NotFound,
                 Step::Map,
                 path,
                 format!(

@@ -61,6 +61,47 @@ pub struct Root<'m> {
     mounted: std::marker::PhantomData<&'m ()>,
 }
 
+/// A `Root` holds a descriptor inside the mount, which keeps it busy, so
+/// the borrow of the [`crate::Mounted`] it came from lasts until the `Root`
+/// is dropped, not only until its last use: unmounting while a `Root` is
+/// alive does not compile.
+///
+/// ```compile_fail
+/// # fn f(mounted: diskmount::Mounted<diskmount::Loop>) -> diskmount::Result<()> {
+/// let root = mounted.root()?;
+/// root.write("/etc/motd", "hi\n", 0o644)?;
+/// mounted.close()?; // error: cannot move out of `mounted` because it is borrowed
+/// # Ok(())
+/// # }
+/// ```
+///
+/// ```compile_fail
+/// # fn f(mounted: diskmount::Mounted<diskmount::Loop>) -> diskmount::Result<()> {
+/// let root = mounted.root()?;
+/// let moved = mounted; // error: cannot move out of `mounted` because it is borrowed
+/// # drop(moved);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Dropping the `Root` first is what compiles:
+///
+/// ```no_run
+/// # fn f(mounted: diskmount::Mounted<diskmount::Loop>) -> diskmount::Result<()> {
+/// let root = mounted.root()?;
+/// root.write("/etc/motd", "hi\n", 0o644)?;
+/// drop(root);
+/// mounted.close()?;
+/// # Ok(())
+/// # }
+/// ```
+impl Drop for Root<'_> {
+    fn drop(&mut self) {
+        // The descriptor closes with the field; the impl exists for the
+        // borrow checker (see above).
+    }
+}
+
 /// How many symbolic links one resolution may follow (as the kernel).
 const MAX_LINKS: usize = 40;
 
