@@ -41,13 +41,13 @@ fn syscalls(img: &Path, mnt: &Path, claim_like_library: bool) {
     info.lo_flags = loop_dev::LO_FLAGS_AUTOCLEAR;
     if claim_like_library {
         info.lo_flags |= loop_dev::LO_FLAGS_PARTSCAN;
-        flock(&control, Lock::Exclusive, true).unwrap();
+        flock(control.as_fd(), Lock::Exclusive, true).unwrap();
     }
     let (node, dev) = loop {
-        let nr = loop_dev::ctl_get_free(&control).unwrap();
+        let nr = loop_dev::ctl_get_free(control.as_fd()).unwrap();
         let node = format!("/dev/loop{nr}");
         let dev = common::open_rw(&node);
-        match loop_dev::configure(&dev, &loop_dev::config(backing.as_fd(), info)) {
+        match loop_dev::configure(dev.as_fd(), backing.as_fd(), &info, 0) {
             Ok(()) => break (node, dev),
             Err(nix::errno::Errno::EBUSY) => continue,
             Err(e) => panic!("LOOP_CONFIGURE {node}: {e}"),
@@ -64,9 +64,9 @@ fn syscalls(img: &Path, mnt: &Path, claim_like_library: bool) {
     .unwrap();
     nix::unistd::syncfs(File::open(mnt).unwrap()).unwrap();
     nix::mount::umount2(mnt, MntFlags::UMOUNT_NOFOLLOW).unwrap();
-    blk::flsbuf(&dev).unwrap();
+    blk::flsbuf(dev.as_fd()).unwrap();
     backing.sync_all().unwrap();
-    loop_dev::clr_fd(&dev).unwrap();
+    loop_dev::clr_fd(dev.as_fd()).unwrap();
 }
 
 /// `threads` threads doing `cycles` cycles each on their own image; returns

@@ -134,10 +134,10 @@ fn floor_attach_flags(backing: &File, range: Option<(u64, u64)>, flags: u32) -> 
     // Other processes on the machine claim loop devices too: EBUSY means
     // one took this device first; ask for another at once.
     loop {
-        let nr = loop_dev::ctl_get_free(&control).unwrap();
+        let nr = loop_dev::ctl_get_free(control.as_fd()).unwrap();
         let node = format!("/dev/loop{nr}");
         let dev = common::open_rw(&node);
-        match loop_dev::configure(&dev, &loop_dev::config(backing.as_fd(), info)) {
+        match loop_dev::configure(dev.as_fd(), backing.as_fd(), &info, 0) {
             Ok(()) => return (node, dev),
             Err(nix::errno::Errno::EBUSY) => continue,
             Err(e) => panic!("LOOP_CONFIGURE {node}: {e}"),
@@ -163,10 +163,10 @@ fn floor_mount(node: &str, mnt: &Path, flush: bool) {
 
 fn floor_detach(backing: &File, dev: File, flush: bool) {
     if flush {
-        blk::flsbuf(&dev).unwrap();
+        blk::flsbuf(dev.as_fd()).unwrap();
         backing.sync_all().unwrap();
     }
-    loop_dev::clr_fd(&dev).unwrap();
+    loop_dev::clr_fd(dev.as_fd()).unwrap();
 }
 
 fn syscalls(img: &Path, mnt: &Path, flush: bool) {
@@ -198,13 +198,13 @@ fn syscalls_scan_probe(img: &Path, mnt: &Path) {
 fn syscalls_blkpg(img: &Path, mnt: &Path, number: u32, start: u64, size: u64) {
     let backing = common::open_rw(img);
     let (node, dev) = floor_attach(&backing, None);
-    blk::add_partition(&dev, number, start, size).unwrap();
+    blk::add_partition(dev.as_fd(), number, start, size).unwrap();
     let part_node = format!("{node}p{number}");
     let part = common::open_rw(&part_node);
     floor_mount(&part_node, mnt, true);
-    blk::flsbuf(&part).unwrap();
+    blk::flsbuf(part.as_fd()).unwrap();
     drop(part);
-    blk::del_partition(&dev, number).unwrap();
+    blk::del_partition(dev.as_fd(), number).unwrap();
     floor_detach(&backing, dev, true);
 }
 

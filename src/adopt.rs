@@ -11,6 +11,7 @@
 //! offset loop devices over the same image as an attached one).
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -296,7 +297,7 @@ fn adopt_device(given: &Path, rdev: u64, read_only: bool) -> Result<Mapped<Auto>
                 let nr = sysfs::loop_number(&name)
                     .ok_or_else(|| invalid(given, "unexpected loop device name"))?;
                 let file = open_dev(&node, read_only)?;
-                let size = blk::getsize64(&file).unwrap_or(limit);
+                let size = blk::getsize64(file.as_fd()).unwrap_or(limit);
                 let info = partition::read_table(
                     attached.device.core().file(),
                     attached.device(),

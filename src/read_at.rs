@@ -21,7 +21,8 @@ impl ReadAt for File {
     fn size(&self) -> io::Result<u64> {
         let meta = self.metadata()?;
         if meta.file_type().is_block_device() {
-            return crate::sys::block::getsize64(self).map_err(io::Error::from);
+            return crate::sys::block::getsize64(std::os::fd::AsFd::as_fd(self))
+                .map_err(io::Error::from);
         }
         Ok(meta.len())
     }

@@ -1,6 +1,7 @@
 //! [`Block`]: an existing block device, used as it is.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 
 use log::{debug, info};
@@ -66,7 +67,7 @@ impl sealed::Ops for BlockDevice {
         debug!("detach: {} (block device, kept)", core.path().display());
         let mut errors = Vec::new();
         if !core.read_only {
-            if let Err(e) = blk::flsbuf(core.file()) {
+            if let Err(e) = blk::flsbuf(core.file().as_fd()) {
                 errors.push(Error::os(Step::Detach, core.path(), "BLKFLSBUF", e));
             }
             if let Err(e) = core.file().sync_all() {

@@ -4,6 +4,7 @@
 //! implements, and [`Held`], the guard that releases a device exactly once.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -53,8 +54,9 @@ impl Core {
         file: File,
         backing: Option<File>,
     ) -> Result<Core> {
-        let size = blk::getsize64(&file).map_err(|e| Error::os(step, &path, "BLKGETSIZE64", e))?;
-        let diskseq = blk::getdiskseq(&file).ok();
+        let size =
+            blk::getsize64(file.as_fd()).map_err(|e| Error::os(step, &path, "BLKGETSIZE64", e))?;
+        let diskseq = blk::getdiskseq(file.as_fd()).ok();
         // fstat of an open descriptor does not fail in practice; 0 matches no device.
         let rdev = file.metadata().map(|m| m.rdev()).unwrap_or(0);
         Ok(Core {

@@ -268,7 +268,7 @@ pub(crate) fn open_backing(image: &Image) -> Result<File> {
 /// copy of every descriptor (and so of the lock) until the child execs.
 pub(crate) fn lock_briefly(file: &File, lock: Lock) -> std::result::Result<(), Errno> {
     poll_until(Duration::from_millis(500), || {
-        match flock(file, lock, false) {
+        match flock(file.as_fd(), lock, false) {
             Err(Errno::EWOULDBLOCK) => None,
             other => Some(other),
         }
@@ -410,8 +410,10 @@ fn try_attach(
     info: &loop_dev::LoopInfo64,
     block_size: u32,
 ) -> Attempt<(u32, File)> {
-    flock(control, Lock::Exclusive, true).map_err(|e| (format!("flock {LOOP_CONTROL}"), e))?;
-    let nr = loop_dev::ctl_get_free(control).map_err(|e| ("LOOP_CTL_GET_FREE".to_string(), e))?;
+    flock(control.as_fd(), Lock::Exclusive, true)
+        .map_err(|e| (format!("flock {LOOP_CONTROL}"), e))?;
+    let nr = loop_dev::ctl_get_free(control.as_fd())
+        .map_err(|e| ("LOOP_CTL_GET_FREE".to_string(), e))?;
     let node = format!("/dev/loop{nr}");
     debug!("attach: {LOOP_CONTROL} offered {node}");
     let dev = OpenOptions::new()
@@ -434,11 +436,9 @@ fn try_attach(
             e => (format!("open {node}"), e),
         })?;
     // udev holds a shared lock while it probes a device; wait for nobody.
-    flock(&dev, Lock::Exclusive, false).map_err(|e| (format!("flock {node}"), e))?;
+    flock(dev.as_fd(), Lock::Exclusive, false).map_err(|e| (format!("flock {node}"), e))?;
     if !CONFIGURE_MISSING.load(Ordering::Relaxed) {
-        let mut config = loop_dev::config(backing.as_fd(), *info);
-        config.block_size = block_size;
-        match loop_dev::configure(&dev, &config) {
+        match loop_dev::configure(dev.as_fd(), backing.as_fd(), info, block_size) {
             Ok(()) => {}
             Err(Errno::ENOTTY | Errno::EINVAL) => {
                 debug!("attach: LOOP_CONFIGURE unsupported, using LOOP_SET_FD + LOOP_SET_STATUS64");
@@ -453,7 +453,7 @@ fn try_attach(
     verify(&dev, info, &node)?;
     // Set up: from now on, let udev (and others who follow the protocol)
     // probe the device alongside us.
-    flock(&dev, Lock::Shared, true).map_err(|e| (format!("flock {node}"), e))?;
+    flock(dev.as_fd(), Lock::Shared, true).map_err(|e| (format!("flock {node}"), e))?;
     Ok((nr, dev))
 }
 
@@ -474,7 +474,8 @@ fn set_fd_and_status(
     info: &loop_dev::LoopInfo64,
     node: &str,
 ) -> Attempt<()> {
-    loop_dev::set_fd(dev, backing.as_fd()).map_err(|e| (format!("LOOP_SET_FD {node}"), e))?;
+    loop_dev::set_fd(dev.as_fd(), backing.as_fd())
+        .map_err(|e| (format!("LOOP_SET_FD {node}"), e))?;
     let set = poll_until(Duration::from_secs(2), || {
         match loop_dev::set_status64(dev.as_fd(), info) {
             Err(Errno::EAGAIN) => None,
@@ -493,14 +494,15 @@ fn set_fd_and_status(
 /// Checks that the kernel applied what we asked for (5.8 ignored some
 /// fields of `LOOP_CONFIGURE`); unbinds the device if it did not.
 fn verify(dev: &File, want: &loop_dev::LoopInfo64, node: &str) -> Attempt<()> {
-    let got = loop_dev::get_status64(dev).map_err(|e| (format!("LOOP_GET_STATUS64 {node}"), e))?;
+    let got = loop_dev::get_status64(dev.as_fd())
+        .map_err(|e| (format!("LOOP_GET_STATUS64 {node}"), e))?;
     let must =
         loop_dev::LO_FLAGS_AUTOCLEAR | loop_dev::LO_FLAGS_READ_ONLY | loop_dev::LO_FLAGS_PARTSCAN;
     if got.lo_flags & must != want.lo_flags & must
         || got.lo_offset != want.lo_offset
         || got.lo_sizelimit != want.lo_sizelimit
     {
-        let _ = loop_dev::clr_fd(dev);
+        let _ = loop_dev::clr_fd(dev.as_fd());
         return Err((
             format!(
                 "verify {node} (flags {:#x}, offset {}, limit {}; asked {:#x}, {}, {})",
@@ -536,14 +538,14 @@ pub(crate) fn unbind(
     debug!("{step}: unbind {}", node.display());
     let mut errors = Vec::new();
     if write {
-        if let Err(e) = blk::flsbuf(&file) {
+        if let Err(e) = blk::flsbuf(file.as_fd()) {
             errors.push(Error::os(step, node, "BLKFLSBUF", e));
         }
         if let Some(Err(e)) = backing.map(File::sync_all) {
             errors.push(Error::os(step, image, "fsync image", e));
         }
     }
-    let cleared = loop_dev::clr_fd(&file);
+    let cleared = loop_dev::clr_fd(file.as_fd());
     match cleared {
         Ok(()) => {}
         Err(Errno::ENXIO) => errors.push(Error::invalid(

@@ -21,6 +21,7 @@
 //! is an error of this step, not a hang.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -122,7 +123,7 @@ impl sealed::Ops for NbdDevice {
         let NbdDevice { core, mut server } = self;
         let mut errors = Vec::new();
         if !core.read_only
-            && let Err(e) = blk::flsbuf(core.file())
+            && let Err(e) = blk::flsbuf(core.file().as_fd())
         {
             errors.push(Error::os(Step::Detach, core.path(), "BLKFLSBUF", e));
         }
@@ -218,7 +219,7 @@ fn claim(image: &Path) -> Result<std::result::Result<(String, File), usize>> {
         else {
             continue;
         };
-        match flock(&file, Lock::Exclusive, false) {
+        match flock(file.as_fd(), Lock::Exclusive, false) {
             Ok(()) => {}
             Err(Errno::EWOULDBLOCK) => continue,
             Err(e) => return Err(Error::os(Step::Attach, &node, "flock", e)),

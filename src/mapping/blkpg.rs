@@ -21,22 +21,23 @@ use crate::sys::block as blk;
 use std::os::fd::AsFd;
 
 pub(crate) fn add(device: &Core, part: &PartitionInfo) -> Result<MappedPart> {
-    let created = match blk::add_partition(device.file(), part.number, part.start, part.size) {
-        Ok(()) => true,
-        // The kernel (or someone) made it first: fine if the geometry matches.
-        Err(Errno::EBUSY) => false,
-        Err(e) => {
-            return Err(Error::os(
-                Step::Map,
-                device.path(),
-                format!(
-                    "BLKPG_ADD_PARTITION {} (bytes {}+{})",
-                    part.number, part.start, part.size
-                ),
-                e,
-            ));
-        }
-    };
+    let created =
+        match blk::add_partition(device.file().as_fd(), part.number, part.start, part.size) {
+            Ok(()) => true,
+            // The kernel (or someone) made it first: fine if the geometry matches.
+            Err(Errno::EBUSY) => false,
+            Err(e) => {
+                return Err(Error::os(
+                    Step::Map,
+                    device.path(),
+                    format!(
+                        "BLKPG_ADD_PARTITION {} (bytes {}+{})",
+                        part.number, part.start, part.size
+                    ),
+                    e,
+                ));
+            }
+        };
     debug!(
         "map: {} partition {} of {}",
         if created { "added" } else { "found existing" },
@@ -50,7 +51,7 @@ pub(crate) fn add(device: &Core, part: &PartitionInfo) -> Result<MappedPart> {
             .map_err(|e| Error::os(Step::Map, device.path(), "dup device", e))
     };
     let undo_on_error = |e: Error| {
-        if created && let Err(d) = blk::del_partition(device.file(), part.number) {
+        if created && let Err(d) = blk::del_partition(device.file().as_fd(), part.number) {
             warn!(
                 "map: BLKPG_DEL_PARTITION {} after a failed map: {d}",
                 part.number

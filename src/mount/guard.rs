@@ -2,6 +2,7 @@
 //! exactly once.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -92,7 +93,7 @@ impl MountGuard {
             return Error::collect(errors);
         }
         if !self.read_only
-            && let Err(e) = blk::flsbuf(&self.device_file)
+            && let Err(e) = blk::flsbuf(self.device_file.as_fd())
         {
             errors.push(Error::os(Step::Unmount, &self.device, "BLKFLSBUF", e));
         }

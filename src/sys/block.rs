@@ -6,7 +6,7 @@
 //! - [`include/uapi/linux/blkpg.h`](https://github.com/torvalds/linux/blob/master/include/uapi/linux/blkpg.h)
 
 use std::ffi::{c_int, c_void};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use linux_raw_sys::ioctl as uapi;
 
@@ -24,9 +24,9 @@ nix::ioctl_write_ptr_bad!(raw_blkpg, uapi::BLKPG as Request, BlkpgIoctlArg);
 /// # References
 /// - [`blockdev(8)`](https://man7.org/linux/man-pages/man8/blockdev.8.html) `--flushbufs`
 #[doc(alias = "BLKFLSBUF")]
-pub fn flsbuf(device: impl AsFd) -> nix::Result<()> {
+pub fn flsbuf(device: BorrowedFd<'_>) -> nix::Result<()> {
     // SAFETY: BLKFLSBUF takes no argument.
-    unsafe { raw_flsbuf(device.as_fd().as_raw_fd()) }.map(drop)
+    unsafe { raw_flsbuf(device.as_raw_fd()) }.map(drop)
 }
 
 /// Asks the kernel to re-read the partition table.
@@ -34,9 +34,9 @@ pub fn flsbuf(device: impl AsFd) -> nix::Result<()> {
 /// # References
 /// - [`blockdev(8)`](https://man7.org/linux/man-pages/man8/blockdev.8.html) `--rereadpt`
 #[doc(alias = "BLKRRPART")]
-pub fn rrpart(device: impl AsFd) -> nix::Result<()> {
+pub fn rrpart(device: BorrowedFd<'_>) -> nix::Result<()> {
     // SAFETY: BLKRRPART takes no argument.
-    unsafe { raw_rrpart(device.as_fd().as_raw_fd()) }.map(drop)
+    unsafe { raw_rrpart(device.as_raw_fd()) }.map(drop)
 }
 
 /// The device size in bytes.
@@ -44,10 +44,10 @@ pub fn rrpart(device: impl AsFd) -> nix::Result<()> {
 /// # References
 /// - [`blockdev(8)`](https://man7.org/linux/man-pages/man8/blockdev.8.html) `--getsize64`
 #[doc(alias = "BLKGETSIZE64")]
-pub fn getsize64(device: impl AsFd) -> nix::Result<u64> {
+pub fn getsize64(device: BorrowedFd<'_>) -> nix::Result<u64> {
     let mut size = 0u64;
     // SAFETY: BLKGETSIZE64 writes a u64 into `size`.
-    unsafe { raw_getsize64(device.as_fd().as_raw_fd(), &mut size)? };
+    unsafe { raw_getsize64(device.as_raw_fd(), &mut size)? };
     Ok(size)
 }
 
@@ -56,10 +56,10 @@ pub fn getsize64(device: impl AsFd) -> nix::Result<u64> {
 /// # References
 /// - [`blockdev(8)`](https://man7.org/linux/man-pages/man8/blockdev.8.html) `--getss`
 #[doc(alias = "BLKSSZGET")]
-pub fn sszget(device: impl AsFd) -> nix::Result<u32> {
+pub fn sszget(device: BorrowedFd<'_>) -> nix::Result<u32> {
     let mut size: c_int = 0;
     // SAFETY: BLKSSZGET writes an int into `size`.
-    unsafe { raw_sszget(device.as_fd().as_raw_fd(), &mut size)? };
+    unsafe { raw_sszget(device.as_raw_fd(), &mut size)? };
     Ok(size as u32)
 }
 
@@ -70,10 +70,10 @@ pub fn sszget(device: impl AsFd) -> nix::Result<u32> {
 /// # References
 /// - [`BLKGETDISKSEQ`](https://github.com/torvalds/linux/commit/7957d93bf32bc211415827e44fdd9cdf1388df59)
 #[doc(alias = "BLKGETDISKSEQ")]
-pub fn getdiskseq(device: impl AsFd) -> nix::Result<u64> {
+pub fn getdiskseq(device: BorrowedFd<'_>) -> nix::Result<u64> {
     let mut seq = 0u64;
     // SAFETY: BLKGETDISKSEQ writes a u64 into `seq`.
-    unsafe { raw_getdiskseq(device.as_fd().as_raw_fd(), &mut seq)? };
+    unsafe { raw_getdiskseq(device.as_raw_fd(), &mut seq)? };
     Ok(seq)
 }
 
@@ -99,7 +99,13 @@ struct BlkpgPartition {
 const BLKPG_ADD_PARTITION: c_int = 1;
 const BLKPG_DEL_PARTITION: c_int = 2;
 
-fn blkpg(device: impl AsFd, op: c_int, number: u32, start: u64, length: u64) -> nix::Result<()> {
+fn blkpg(
+    device: BorrowedFd<'_>,
+    op: c_int,
+    number: u32,
+    start: u64,
+    length: u64,
+) -> nix::Result<()> {
     let mut part = BlkpgPartition {
         start: start as i64,
         length: length as i64,
@@ -116,7 +122,7 @@ fn blkpg(device: impl AsFd, op: c_int, number: u32, start: u64, length: u64) -> 
     // SAFETY: BLKPG reads a `struct blkpg_ioctl_arg` whose `data` points to a
     // `struct blkpg_partition` of `datalen` bytes; both live on this stack
     // frame for the duration of the call.
-    unsafe { raw_blkpg(device.as_fd().as_raw_fd(), &arg) }.map(drop)
+    unsafe { raw_blkpg(device.as_raw_fd(), &arg) }.map(drop)
 }
 
 /// Adds partition `number` covering `length` bytes from byte `start` of the
@@ -125,7 +131,12 @@ fn blkpg(device: impl AsFd, op: c_int, number: u32, start: u64, length: u64) -> 
 /// # References
 /// - [`addpart(8)`](https://man7.org/linux/man-pages/man8/addpart.8.html)
 #[doc(alias = "BLKPG_ADD_PARTITION")]
-pub fn add_partition(device: impl AsFd, number: u32, start: u64, length: u64) -> nix::Result<()> {
+pub fn add_partition(
+    device: BorrowedFd<'_>,
+    number: u32,
+    start: u64,
+    length: u64,
+) -> nix::Result<()> {
     blkpg(device, BLKPG_ADD_PARTITION, number, start, length)
 }
 
@@ -135,6 +146,6 @@ pub fn add_partition(device: impl AsFd, number: u32, start: u64, length: u64) ->
 /// # References
 /// - [`delpart(8)`](https://man7.org/linux/man-pages/man8/delpart.8.html)
 #[doc(alias = "BLKPG_DEL_PARTITION")]
-pub fn del_partition(device: impl AsFd, number: u32) -> nix::Result<()> {
+pub fn del_partition(device: BorrowedFd<'_>, number: u32) -> nix::Result<()> {
     blkpg(device, BLKPG_DEL_PARTITION, number, 0, 0)
 }

@@ -4,7 +4,7 @@
 //! A lock belongs to the open file description and is released when the last
 //! descriptor of it is closed, so there is no unlock guard: close the file.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
 use nix::libc;
@@ -26,7 +26,7 @@ pub enum Lock {
 /// - [`flock(2)`](https://man7.org/linux/man-pages/man2/flock.2.html)
 #[doc(alias = "LOCK_EX")]
 #[doc(alias = "LOCK_SH")]
-pub fn flock(fd: impl AsFd, lock: Lock, wait: bool) -> nix::Result<()> {
+pub fn flock(fd: BorrowedFd<'_>, lock: Lock, wait: bool) -> nix::Result<()> {
     let mut op = match lock {
         Lock::Shared => libc::LOCK_SH,
         Lock::Exclusive => libc::LOCK_EX,
@@ -36,6 +36,6 @@ pub fn flock(fd: impl AsFd, lock: Lock, wait: bool) -> nix::Result<()> {
     }
     // SAFETY: `flock` takes a file descriptor and an integer operation; the
     // descriptor is borrowed for the duration of the call, so it is open.
-    let res = unsafe { libc::flock(fd.as_fd().as_raw_fd(), op) };
+    let res = unsafe { libc::flock(fd.as_raw_fd(), op) };
     Errno::result(res).map(drop)
 }

@@ -8,7 +8,7 @@
 //! - [`loop(4)`](https://man7.org/linux/man-pages/man4/loop.4.html)
 //! - [`include/uapi/linux/loop.h`](https://github.com/torvalds/linux/blob/master/include/uapi/linux/loop.h)
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use linux_raw_sys::loop_device as uapi;
 pub use linux_raw_sys::loop_device::{loop_config as LoopConfig, loop_info64 as LoopInfo64};
@@ -46,10 +46,10 @@ nix::ioctl_none_bad!(raw_clr_fd, uapi::LOOP_CLR_FD as Request);
 /// # References
 /// - [`loop(4)`](https://man7.org/linux/man-pages/man4/loop.4.html), `LOOP_CTL_GET_FREE`
 #[doc(alias = "LOOP_CTL_GET_FREE")]
-pub fn ctl_get_free(control: impl AsFd) -> nix::Result<u32> {
+pub fn ctl_get_free(control: BorrowedFd<'_>) -> nix::Result<u32> {
     // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns the device
     // number (non-negative) or fails; the descriptor is open while borrowed.
-    let nr = unsafe { raw_ctl_get_free(control.as_fd().as_raw_fd())? };
+    let nr = unsafe { raw_ctl_get_free(control.as_raw_fd())? };
     Ok(nr as u32)
 }
 
@@ -58,21 +58,34 @@ pub fn ctl_get_free(control: impl AsFd) -> nix::Result<u32> {
 /// # References
 /// - [`loop(4)`](https://man7.org/linux/man-pages/man4/loop.4.html), `LOOP_CTL_REMOVE`
 #[doc(alias = "LOOP_CTL_REMOVE")]
-pub fn ctl_remove(control: impl AsFd, nr: u32) -> nix::Result<()> {
+pub fn ctl_remove(control: BorrowedFd<'_>, nr: u32) -> nix::Result<()> {
     // SAFETY: LOOP_CTL_REMOVE takes the device number as an integer argument.
-    unsafe { raw_ctl_remove(control.as_fd().as_raw_fd(), nr as i32) }.map(drop)
+    unsafe { raw_ctl_remove(control.as_raw_fd(), nr as i32) }.map(drop)
 }
 
-/// Binds `config.fd` to the loop device and sets its status in one step
-/// (Linux 5.8 and later).
+/// Binds `backing` to the loop device and sets its status (`info`, and
+/// the logical block size, 0 for the default) in one step (Linux 5.8 and
+/// later).
 ///
 /// # References
 /// - [`loop(4)`](https://man7.org/linux/man-pages/man4/loop.4.html), `LOOP_CONFIGURE`
 #[doc(alias = "LOOP_CONFIGURE")]
-pub fn configure(device: impl AsFd, config: &LoopConfig) -> nix::Result<()> {
+pub fn configure(
+    device: BorrowedFd<'_>,
+    backing: BorrowedFd<'_>,
+    info: &LoopInfo64,
+    block_size: u32,
+) -> nix::Result<()> {
+    let config = LoopConfig {
+        fd: backing.as_raw_fd() as u32,
+        block_size,
+        info: *info,
+        __reserved: [0; 8],
+    };
     // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which `config`
-    // points to for the duration of the call.
-    unsafe { raw_configure(device.as_fd().as_raw_fd(), config) }.map(drop)
+    // points to for the duration of the call; its descriptor is `backing`,
+    // borrowed, so it names an open file until the call returns.
+    unsafe { raw_configure(device.as_raw_fd(), &config) }.map(drop)
 }
 
 /// Binds `backing` to the loop device (the pre-5.8 first half of
@@ -81,10 +94,10 @@ pub fn configure(device: impl AsFd, config: &LoopConfig) -> nix::Result<()> {
 /// # References
 /// - [`loop(4)`](https://man7.org/linux/man-pages/man4/loop.4.html), `LOOP_SET_FD`
 #[doc(alias = "LOOP_SET_FD")]
-pub fn set_fd(device: impl AsFd, backing: BorrowedFd<'_>) -> nix::Result<()> {
+pub fn set_fd(device: BorrowedFd<'_>, backing: BorrowedFd<'_>) -> nix::Result<()> {
     // SAFETY: LOOP_SET_FD takes an open file descriptor as its integer
     // argument; `backing` is borrowed, so it stays open during the call.
-    unsafe { raw_set_fd(device.as_fd().as_raw_fd(), backing.as_raw_fd()) }.map(drop)
+    unsafe { raw_set_fd(device.as_raw_fd(), backing.as_raw_fd()) }.map(drop)
 }
 
 /// Sets offset, size limit and flags of a bound loop device.
@@ -92,9 +105,9 @@ pub fn set_fd(device: impl AsFd, backing: BorrowedFd<'_>) -> nix::Result<()> {
 /// # References
 /// - [`loop(4)`](https://man7.org/linux/man-pages/man4/loop.4.html), `LOOP_SET_STATUS64`
 #[doc(alias = "LOOP_SET_STATUS64")]
-pub fn set_status64(device: impl AsFd, info: &LoopInfo64) -> nix::Result<()> {
+pub fn set_status64(device: BorrowedFd<'_>, info: &LoopInfo64) -> nix::Result<()> {
     // SAFETY: LOOP_SET_STATUS64 reads a `struct loop_info64` from `info`.
-    unsafe { raw_set_status64(device.as_fd().as_raw_fd(), info) }.map(drop)
+    unsafe { raw_set_status64(device.as_raw_fd(), info) }.map(drop)
 }
 
 /// Reads the status of a loop device; fails with `ENXIO` when it is unbound.
@@ -102,11 +115,11 @@ pub fn set_status64(device: impl AsFd, info: &LoopInfo64) -> nix::Result<()> {
 /// # References
 /// - [`loop(4)`](https://man7.org/linux/man-pages/man4/loop.4.html), `LOOP_GET_STATUS64`
 #[doc(alias = "LOOP_GET_STATUS64")]
-pub fn get_status64(device: impl AsFd) -> nix::Result<LoopInfo64> {
+pub fn get_status64(device: BorrowedFd<'_>) -> nix::Result<LoopInfo64> {
     let mut info = empty_info();
     // SAFETY: LOOP_GET_STATUS64 writes a `struct loop_info64` into `info`,
     // which is a valid, exclusively borrowed value of that type.
-    unsafe { raw_get_status64(device.as_fd().as_raw_fd(), &mut info)? };
+    unsafe { raw_get_status64(device.as_raw_fd(), &mut info)? };
     Ok(info)
 }
 
@@ -116,12 +129,12 @@ pub fn get_status64(device: impl AsFd) -> nix::Result<LoopInfo64> {
 /// # References
 /// - [`loop(4)`](https://man7.org/linux/man-pages/man4/loop.4.html), `LOOP_CLR_FD`
 #[doc(alias = "LOOP_CLR_FD")]
-pub fn clr_fd(device: impl AsFd) -> nix::Result<()> {
+pub fn clr_fd(device: BorrowedFd<'_>) -> nix::Result<()> {
     // SAFETY: LOOP_CLR_FD takes no argument.
-    unsafe { raw_clr_fd(device.as_fd().as_raw_fd()) }.map(drop)
+    unsafe { raw_clr_fd(device.as_raw_fd()) }.map(drop)
 }
 
-/// An all-zero `loop_info64`, the starting point for [`LoopConfig`].
+/// An all-zero `loop_info64`, the starting point for [`configure`].
 pub fn empty_info() -> LoopInfo64 {
     LoopInfo64 {
         lo_device: 0,
@@ -137,15 +150,5 @@ pub fn empty_info() -> LoopInfo64 {
         lo_crypt_name: [0; 64],
         lo_encrypt_key: [0; 32],
         lo_init: [0; 2],
-    }
-}
-
-/// A `loop_config` for `backing` with `info` and the default block size.
-pub fn config(backing: BorrowedFd<'_>, info: LoopInfo64) -> LoopConfig {
-    LoopConfig {
-        fd: backing.as_raw_fd() as u32,
-        block_size: 0,
-        info,
-        __reserved: [0; 8],
     }
 }

@@ -122,7 +122,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         let file =
             File::open(image.path()).map_err(|e| format!("{}: {e}", image.path().display()))?;
         let size = match image.kind() {
-            ImageKind::Block => diskmount::sys::block::getsize64(&file)?,
+            ImageKind::Block => diskmount::format::ReadAt::size(&file)?,
             _ => file.metadata()?.len(),
         };
         examine(&file, image.path(), size, image.format())?
