@@ -13,6 +13,7 @@ use crate::error::{Error, Result, Step};
 pub(crate) fn run(step: Step, path: &Path, cmd: &mut Command) -> Result<String> {
     let line = format!("{cmd:?}").replace('"', "");
     debug!("{step}: run {line}");
+    unblock_signals(cmd);
     let out = cmd
         .output()
         .map_err(|e| Error::os(step, path, format!("run {line}"), e))?;
@@ -27,6 +28,16 @@ pub(crate) fn run(step: Step, path: &Path, cmd: &mut Command) -> Result<String> 
         status,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// Makes `cmd`'s child start with no blocked signals, whatever the mask of
+/// the thread that spawns it. A child inherits the signal mask, std does
+/// not reset it (measured: a SIGTERM blocked in the parent stays blocked in
+/// a `Command`'s child), and programs rarely reset it themselves: a child
+/// of a process that blocks SIGTERM to tear down cleanly (as the diskmount
+/// command does) would otherwise not die of SIGTERM.
+pub fn unblock_signals(cmd: &mut Command) {
+    crate::sys::process::unblock_signals_in_child(cmd);
 }
 
 /// "exited with status N" or "was killed by signal N".

@@ -117,7 +117,7 @@
 
 pub mod adopt;
 pub mod backend;
-mod command;
+pub mod command;
 pub mod error;
 pub mod format;
 pub mod fs;
@@ -144,7 +144,9 @@ pub use adopt::{Adopted, adopt};
 pub use backend::{Auto, Backend, BackendKind, Block, Fuse, Loop, Nbd};
 pub use error::{Error, ErrorKind, Result, Step};
 pub use image::{Format, Image, ImageKind};
-pub use lifecycle::{Attached, Mapped, Mounted, Unattached, with_mounted, with_mounted_opts};
+pub use lifecycle::{
+    Attached, Mapped, Mount, Mounted, Unattached, with_mounted, with_mounted_opts,
+};
 pub use mapping::{MapOptions, MapStrategy, Mapping};
 pub use options::{AttachOptions, MountOptions};
 pub use partition::{Partition, PartitionInfo, PartitionTable, TableKind};

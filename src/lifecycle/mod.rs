@@ -6,6 +6,7 @@
 //! | `map.rs` | [`Attached::map`] | [`Mapped::unmap`] | [`Mapped`] |
 //! | `mount.rs` | [`Mapped::mount`] | [`Mounted::unmount`] | [`Mounted`] |
 //! | `with_mounted.rs` | all three, then the closure, then all back | | |
+//! | `builder.rs` | [`Mount`]: the same with every choice spelled out | | |
 //!
 //! Each state owns the state before it plus what its own step acquired, in a
 //! guard that releases it on drop. Struct fields drop in declaration order,
@@ -13,11 +14,13 @@
 //! path: explicit drop, `?`, or a panic unwinding.
 
 pub(crate) mod attach;
+mod builder;
 pub(crate) mod map;
 pub(crate) mod mount;
 mod with_mounted;
 
 pub use attach::{Attached, Unattached};
+pub use builder::Mount;
 pub use map::Mapped;
 pub use mount::Mounted;
 pub use with_mounted::{with_mounted, with_mounted_opts};

@@ -7,9 +7,12 @@ use std::path::Path;
 use log::{debug, warn};
 
 use super::attach::Unattached;
-use crate::backend::Auto;
+use super::mount::Mounted;
+use crate::backend::{Auto, Backend};
 use crate::error::{Error, Result, Step};
 use crate::image::Image;
+use crate::mapping::MapOptions;
+use crate::options::AttachOptions;
 use crate::options::MountOptions;
 use crate::partition::Partition;
 
@@ -44,26 +47,62 @@ pub fn with_mounted_opts<R>(
     options: &MountOptions,
     f: impl FnOnce(&Path) -> R,
 ) -> Result<R> {
-    let dir = tempfile::Builder::new()
-        .prefix(".diskmount-")
-        .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir()
-        .map_err(|e| {
-            Error::os(
-                Step::Mount,
-                std::env::temp_dir(),
-                "create temporary mount point",
-                e,
-            )
-        })?;
-    let mounted = Unattached::<Auto>::new(image.clone())
+    let (value, teardown) = run_mounted::<Auto, R>(
+        image,
+        partition,
+        &AttachOptions::default(),
+        &MapOptions::default(),
+        options,
+        None,
+        |m| f(m.path()),
+    )?;
+    teardown.map(|()| value)
+}
+
+/// Attaches with `B`, maps, mounts on `at` (or a fresh `0700` temporary
+/// directory, removed afterwards), runs `f`, and tears everything down.
+/// `Err`: a step before `f` failed (nothing is left). `Ok((value,
+/// teardown))`: `f` ran, and teardown gave `teardown`. A panic in `f` is
+/// resumed after the teardown (whose errors are then logged).
+pub(crate) fn run_mounted<B: Backend, R>(
+    image: &Image,
+    partition: Partition,
+    attach: &AttachOptions,
+    map: &MapOptions,
+    options: &MountOptions,
+    at: Option<&Path>,
+    f: impl FnOnce(&Mounted<B>) -> R,
+) -> Result<(R, Result<()>)> {
+    let dir = match at {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix(".diskmount-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir()
+                .map_err(|e| {
+                    Error::os(
+                        Step::Mount,
+                        std::env::temp_dir(),
+                        "create temporary mount point",
+                        e,
+                    )
+                })?,
+        ),
+    };
+    let target = at
+        .or(dir.as_ref().map(|d| d.path()))
+        .unwrap_or(Path::new("."));
+    let mounted = Unattached::<B>::with_options(image.clone(), attach.clone())
         .attach()
-        .and_then(|a| a.map(partition))
-        .and_then(|m| m.mount(dir.path(), options));
+        .and_then(|a| a.map_with(partition, map))
+        .and_then(|m| m.mount(target, options));
     let mounted = match mounted {
         Ok(m) => m,
         Err(e) => {
-            remove_dir(dir).unwrap_or_else(|rm| warn!("teardown: {rm}"));
+            if let Some(dir) = dir {
+                remove_dir(dir).unwrap_or_else(|rm| warn!("teardown: {rm}"));
+            }
             return Err(e);
         }
     };
@@ -71,7 +110,7 @@ pub fn with_mounted_opts<R>(
         "with_mounted: running the closure in {}",
         mounted.path().display()
     );
-    let outcome = catch_unwind(AssertUnwindSafe(|| f(mounted.path())));
+    let outcome = catch_unwind(AssertUnwindSafe(|| f(&mounted)));
     let mut errors = Vec::new();
     if let Err(e) = mounted.close() {
         errors.extend(match e {
@@ -79,11 +118,13 @@ pub fn with_mounted_opts<R>(
             other => vec![other],
         });
     }
-    if let Err(e) = remove_dir(dir) {
+    if let Some(dir) = dir
+        && let Err(e) = remove_dir(dir)
+    {
         errors.push(e);
     }
     match outcome {
-        Ok(value) => Error::collect(errors).map(|()| value),
+        Ok(value) => Ok((value, Error::collect(errors))),
         Err(panic) => {
             for e in errors {
                 warn!("teardown after a panic: {e}");
@@ -92,7 +133,6 @@ pub fn with_mounted_opts<R>(
         }
     }
 }
-
 fn remove_dir(dir: tempfile::TempDir) -> Result<()> {
     let path = dir.path().to_path_buf();
     dir.close()

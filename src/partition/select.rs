@@ -76,7 +76,7 @@ pub fn select<R: ReadAt + ?Sized>(
     table: Option<&PartitionTable>,
     wanted: &Partition,
 ) -> Result<Option<PartitionInfo>> {
-    let fail = |why: String| Err(Error::invalid(Step::Map, path, why));
+    let fail = |why: String| Err(Error::refused(ErrorKind::NotFound, Step::Map, path, why));
     match (wanted, table) {
         (Partition::Whole, _) => Ok(None),
         (Partition::Number(0), _) => {

@@ -48,11 +48,11 @@ pub fn spawn_tied(cmd: Command) -> io::Result<Child> {
 fn spawn_with_pdeathsig(cmd: &mut Command) -> io::Result<Child> {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe calls are allowed; prctl and getppid are plain
-    // system calls, and nothing is allocated. (std has already emptied the
-    // child's signal mask by then.)
+    // only async-signal-safe calls are allowed; sigprocmask, prctl and
+    // getppid are plain system calls, and nothing is allocated.
     unsafe {
         cmd.pre_exec(move || {
+            unblock_all_signals()?;
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGTERM as libc::c_ulong,
@@ -73,11 +73,38 @@ fn spawn_with_pdeathsig(cmd: &mut Command) -> io::Result<Child> {
     cmd.spawn()
 }
 
-/// Spawns `cmd` in its own process group, not tied to this process: for
-/// helpers that must outlive it (a persistent mount). Something else must
-/// stop them later. (Like every child std spawns, it starts with no blocked
-/// signals, whatever the spawning thread's mask.)
+/// Empties the signal mask of the calling thread. Only async-signal-safe
+/// calls, so it may run between fork and exec.
+fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: sigemptyset initialises the set before pthread_sigmask reads
+    // it; both are async-signal-safe and touch only this stack frame.
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        let rc = libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+    }
+    Ok(())
+}
+
+/// Makes `cmd`'s child start with no blocked signals, whatever the mask of
+/// the thread that spawns it (a child inherits the mask, and a program
+/// rarely resets it: a blocked SIGTERM would make it unkillable by default).
+pub fn unblock_signals_in_child(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only calls
+    // async-signal-safe functions (sigemptyset, pthread_sigmask).
+    unsafe {
+        cmd.pre_exec(unblock_all_signals);
+    }
+}
+
+/// Spawns `cmd` in its own process group, not tied to this process, with
+/// no blocked signals: for helpers that must outlive it (a persistent
+/// mount). Something else must stop them later.
 pub fn spawn_detached(mut cmd: Command) -> io::Result<Child> {
+    unblock_signals_in_child(&mut cmd);
     cmd.process_group(0);
     cmd.spawn()
 }

@@ -56,6 +56,7 @@ impl WithMounted for Job {
             .current_dir(root)
             .env("DISKMOUNT_ROOT", root);
         // diskmount blocks these signals for itself; the command must not.
+        diskmount::command::unblock_signals(&mut cmd);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot run {:?}: {e}", self.command[0]))?;
