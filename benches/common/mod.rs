@@ -4,24 +4,15 @@
 //! by hand (a few lines of SVG need no plotting crate).
 #![allow(dead_code)]
 
+#[path = "../../tests/common/system.rs"]
+pub mod system;
+
+#[allow(unused_imports)]
+pub use system::{ext4_image, run};
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// Runs a command and panics with its output if it fails; returns stdout.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The value after `--name` on the command line, parsed.
 pub fn arg<T: std::str::FromStr>(name: &str) -> Option<T> {
@@ -38,10 +29,7 @@ pub fn flag(name: &str) -> bool {
 
 /// Fails unless root.
 pub fn require_root(bench: &str) {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the {bench} benchmark needs root (loop devices, mounts)"
-    );
+    system::require_root_for(&format!("the {bench} benchmark"));
 }
 
 /// Cores, CPU, kernel and load, one line each (printed and recorded).
@@ -557,50 +545,10 @@ fn num_short(v: f64) -> String {
     }
 }
 
-/// A sparse file of `size` bytes with an ext4 filesystem made by mkfs.
-pub fn ext4_image(path: &Path, size: u64) {
-    std::fs::File::create(path).unwrap().set_len(size).unwrap();
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-        .arg(path));
-    // What mkfs left in the page cache goes to disk now, not in a timed
-    // teardown.
-    std::fs::File::open(path).unwrap().sync_all().unwrap();
-}
-
-/// Loop devices still bound to a file under `dir`, and mounts under it: the
-/// benchmark's own leftovers (it asserts there are none before exiting).
-pub fn leftovers(dir: &Path) -> Vec<String> {
-    let root = dir.to_string_lossy().into_owned();
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/sys/block") {
-        for e in entries.flatten() {
-            let b = std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
-            if b.starts_with(&root) {
-                out.push(format!(
-                    "loop device {} bound to {}",
-                    e.file_name().to_string_lossy(),
-                    b.trim()
-                ));
-            }
-        }
-    }
-    for line in std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-    {
-        if let Some(target) = line.split(' ').nth(4)
-            && target.starts_with(&root)
-        {
-            out.push(format!("mount on {target}"));
-        }
-    }
-    out
-}
-
-/// Panics if the benchmark left a loop device or mount under `dir`.
+/// Panics if the benchmark left a loop device, mount or qemu process that
+/// refers to a file under `dir` (the same check as the tests').
 pub fn assert_clean(dir: &Path) {
-    let left = leftovers(dir);
+    let left = system::leaks_under(dir);
     assert!(left.is_empty(), "the benchmark left: {left:?}");
 }
 

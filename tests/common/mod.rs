@@ -3,33 +3,17 @@
 #![allow(dead_code)]
 
 pub mod durability;
+pub mod system;
 
-use std::collections::BTreeSet;
+#[allow(unused_imports)]
+pub use system::{bound_loops, is_mount_point, mounts, qemu_processes, run};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Fails (never skips) when not root: these tests need real devices.
 pub fn require_root() {
-    if !nix::unistd::geteuid().is_root() {
-        panic!(
-            "this test needs root (loop devices, mount): run the suite as root, e.g. `sudo -E cargo test`"
-        );
-    }
-}
-
-/// Runs a command and panics with its output if it fails.
-pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    system::require_root_for("this test");
 }
 
 /// One test's private directory for images; checks on drop that the test
@@ -139,75 +123,7 @@ impl Fixture {
     /// bound loop devices and mounts (by mount point or by a source device
     /// whose backing file is ours).
     pub fn leaks(&self) -> Vec<String> {
-        let root = self.path().to_string_lossy().into_owned();
-        let mut leaks = Vec::new();
-        let mut our_loops = BTreeSet::new();
-        for (dev, backing) in bound_loops() {
-            if backing.starts_with(&root) {
-                leaks.push(format!("loop device {dev} still bound to {backing}"));
-                our_loops.insert(dev);
-            }
-        }
-        let bound: BTreeSet<String> = bound_loops().into_iter().map(|(d, _)| d).collect();
-        // Partition nodes: on our devices, or on a loop device that stays
-        // unbound (checked twice: other tests bind and unbind concurrently).
-        for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
-            let disk = entry.file_name().to_string_lossy().into_owned();
-            if !disk.starts_with("loop") {
-                continue;
-            }
-            let dev = format!("/dev/{disk}");
-            let unbound = || !entry.path().join("loop/backing_file").exists();
-            for part in std::fs::read_dir(entry.path()).unwrap().flatten() {
-                let pname = part.file_name().to_string_lossy().into_owned();
-                let is_part = || part.path().join("partition").exists();
-                let stale = || {
-                    unbound() && is_part() && {
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                        unbound() && is_part()
-                    }
-                };
-                if is_part() && (our_loops.contains(&dev) || stale()) {
-                    leaks.push(format!("partition node {pname} of {dev}"));
-                }
-            }
-        }
-        // Device-mapper targets over our devices.
-        if let Ok(entries) = std::fs::read_dir("/sys/block") {
-            for entry in entries.flatten() {
-                let Ok(slaves) = std::fs::read_dir(entry.path().join("slaves")) else {
-                    continue;
-                };
-                let name =
-                    std::fs::read_to_string(entry.path().join("dm/name")).unwrap_or_default();
-                for slave in slaves.flatten() {
-                    let dev = format!("/dev/{}", slave.file_name().to_string_lossy());
-                    if our_loops.contains(&dev)
-                        || (dev.starts_with("/dev/loop") && !bound.contains(&dev))
-                    {
-                        leaks.push(format!("device-mapper target {} over {dev}", name.trim()));
-                    }
-                }
-            }
-        }
-        // qemu processes working on our files.
-        for (pid, cmdline) in qemu_processes() {
-            if cmdline.contains(&root) {
-                leaks.push(format!("process {pid}: {cmdline}"));
-            }
-        }
-        for (source, target) in mounts() {
-            let ours_by_source = our_loops.iter().any(|d| {
-                source == *d
-                    || source
-                        .strip_prefix(d.as_str())
-                        .is_some_and(|r| r.starts_with('p'))
-            });
-            if target.starts_with(&root) || ours_by_source {
-                leaks.push(format!("mount of {source} on {target}"));
-            }
-        }
-        leaks
+        system::leaks_under(self.path())
     }
 
     /// Panics if this test left anything behind.
@@ -239,48 +155,6 @@ impl Drop for Fixture {
             }
         }
     }
-}
-
-/// `(device, backing file)` of every bound loop device.
-pub fn bound_loops() -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("loop") {
-            continue;
-        }
-        if let Ok(b) = std::fs::read_to_string(entry.path().join("loop/backing_file")) {
-            out.push((format!("/dev/{name}"), b.trim_end().to_string()));
-        }
-    }
-    out
-}
-
-/// `(source, mount point)` of every mount, from /proc/self/mountinfo.
-pub fn mounts() -> Vec<(String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let target = unescape(fields.get(4)?);
-            let sep = fields.iter().position(|f| *f == "-")?;
-            let source = unescape(fields.get(sep + 2)?);
-            Some((source, target))
-        })
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
-/// Whether `path` is a mount point right now.
-pub fn is_mount_point(path: &Path) -> bool {
-    let p = path.to_string_lossy();
-    mounts().iter().any(|(_, t)| *t == p)
 }
 
 /// One partition of a test image: its sfdisk line and, optionally, the
@@ -528,25 +402,6 @@ pub fn kernel_parses_partitions() -> bool {
 pub fn kernel_has_device_mapper() -> bool {
     let _ = Command::new("modprobe").arg("dm-mod").output();
     Path::new("/sys/module/dm_mod").exists() || Path::new("/sys/class/misc/device-mapper").exists()
-}
-
-/// `(pid, command line)` of every qemu-nbd / qemu-storage-daemon process.
-pub fn qemu_processes() -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        let exe = cmdline.split(' ').next().unwrap_or("");
-        if exe.ends_with("qemu-nbd") || exe.ends_with("qemu-storage-daemon") {
-            out.push((pid, cmdline.trim().to_string()));
-        }
-    }
-    out
 }
 
 /// The raw image file `img`, attached with backend `B`, whole disk, mounted
