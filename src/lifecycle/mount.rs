@@ -1,9 +1,10 @@
 //! Mount and unmount: [`Mapped`] → [`Mounted`] → back.
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use log::{debug, info, warn};
+use log::{info, warn};
 use nix::mount::MntFlags;
 
 use super::map::Mapped;
@@ -12,7 +13,7 @@ use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, ErrorKind, Result, Step};
 use crate::image::Image;
 use crate::mount::guard::{MountGuard, mount_id, open_root};
-use crate::mount::{fstype, plan};
+use crate::mount::{by_fd, fstype, plan};
 use crate::options::MountOptions;
 use crate::retry::RetryPolicy;
 
@@ -54,59 +55,29 @@ impl<B: Backend> Mapped<B> {
         let dir = dir.as_ref();
         let device = self.device().to_path_buf();
         self.attached.device.get_mut().check(Step::Mount)?;
-        let target = std::fs::canonicalize(dir)
-            .map_err(|e| Error::os(Step::Mount, dir, "resolve mount point", e))?;
-        let meta = std::fs::metadata(&target)
-            .map_err(|e| Error::os(Step::Mount, &target, "stat mount point", e))?;
-        if !meta.is_dir() {
-            return Err(Error::invalid(
-                Step::Mount,
-                &target,
-                "the mount point is not a directory",
-            ));
-        }
+        let target = by_fd::resolve_mount_point(dir)?;
         let (driver, fstype) = fstype::choose(&device, self.part.file(), options)?;
         let plan = plan::plan(options, driver, fstype, self.attached.is_read_only());
-        let describe = plan.describe(&target);
-        debug!("mount: {}: {describe}", device.display());
-        nix::mount::mount(
-            Some(&device),
-            &target,
-            Some(plan.driver.as_str()),
-            plan.flags,
-            Some(plan.data.as_str()),
-        )
-        .map_err(|e| {
-            Error::os(
-                Step::Mount,
-                &device,
-                format!("{describe}{}", plan::hint(e)),
-                e,
-            )
-        })?;
-        let (driver, read_only) = (plan.driver, plan.read_only);
+        let at = by_fd::open_mount_point(&target)?;
         let device_file = self
             .part
             .file()
             .try_clone()
-            .map_err(|e| Error::os(Step::Mount, &device, "dup device", e));
-        let root = open_root(Step::Mount, &target).and_then(|f| {
-            let dev = f
-                .metadata()
-                .map_err(|e| Error::os(Step::Mount, &target, "stat mount point", e))?
-                .dev();
-            Ok((f, dev))
-        });
-        let (device_file, (root, root_dev)) = match (device_file, root) {
-            (Ok(f), Ok(r)) => (f, r),
-            (Err(e), _) | (_, Err(e)) => {
+            .map_err(|e| Error::os(Step::Mount, &device, "dup device", e))?;
+        let root = by_fd::mount(&device, &plan, at.as_fd(), &target)?;
+        drop(at);
+        let (driver, read_only) = (plan.driver, plan.read_only);
+        let root_dev = match root.metadata() {
+            Ok(m) => m.dev(),
+            Err(e) => {
+                drop(root);
                 if let Err(u) = nix::mount::umount2(&target, MntFlags::UMOUNT_NOFOLLOW) {
                     warn!(
                         "mount: {}: umount2 after a failed mount: {u}",
                         target.display()
                     );
                 }
-                return Err(e);
+                return Err(Error::os(Step::Mount, &target, "stat mount point", e));
             }
         };
         info!(

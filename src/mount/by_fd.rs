@@ -1,0 +1,222 @@
+//! Mounting by file descriptor, never by path: the mount point is opened
+//! once (`O_PATH`, no symbolic link anywhere on its path), and the mount is
+//! made with the new mount API (`fsopen`, `fsconfig`, `fsmount`,
+//! `move_mount`) onto that descriptor, so a symbolic link swapped into the
+//! mount point's path after it was checked cannot redirect the mount (the
+//! runc CVE-2021-30465 class). The kernel's own error text (what
+//! `fsconfig` writes into the filesystem context) goes into the error.
+//!
+//! On a kernel without the new API (before 5.2) `mount(2)` is given the
+//! descriptor's `/proc/self/fd/N` path, which names the same directory.
+//!
+//! rustix wraps the new mount API safely; nix does not have it.
+//!
+//! # References
+//! - [`fsopen(2)`](https://man7.org/linux/man-pages/man2/fsopen.2.html),
+//!   [`fsconfig(2)`](https://man7.org/linux/man-pages/man2/fsconfig.2.html),
+//!   [`fsmount(2)`](https://man7.org/linux/man-pages/man2/fsmount.2.html),
+//!   [`move_mount(2)`](https://man7.org/linux/man-pages/man2/move_mount.2.html)
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use log::debug;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::mount::MsFlags;
+use nix::sys::stat::Mode;
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+    fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+};
+
+use super::plan::{MountPlan, hint};
+use crate::error::{Error, Result, Step};
+
+/// The absolute path of the mount point `dir`: its parent directory
+/// resolved (symbolic links in it are followed, once, here), its last
+/// component kept as it is. A mount point that is itself a symbolic link
+/// is then refused by [`open_mount_point`], where `mount(8)` would follow
+/// it: whoever can swap that link could choose where the image is mounted.
+pub(crate) fn resolve_mount_point(dir: &Path) -> Result<std::path::PathBuf> {
+    let resolved = match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            std::fs::canonicalize(parent)
+                .map(|p| p.join(name))
+                .and_then(|p| std::fs::symlink_metadata(&p).map(|_| p))
+        }
+        // "/", "..", "x/..": nothing to keep unresolved.
+        _ => std::fs::canonicalize(dir),
+    };
+    resolved.map_err(|e| Error::os(Step::Mount, dir, "resolve mount point", e))
+}
+
+/// Opens the mount point `target` (an absolute, resolved path) as an
+/// `O_PATH` directory descriptor, refusing a symbolic link anywhere on the
+/// path (`RESOLVE_NO_SYMLINKS`): the directory the mount will go on, fixed
+/// from here on.
+pub(crate) fn open_mount_point(target: &Path) -> Result<OwnedFd> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let how = OpenHow::new()
+        .flags(flags)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let opened = match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, target, how) {
+        // No openat2 (Linux < 5.6): O_NOFOLLOW guards the last component.
+        Err(Errno::ENOSYS) => nix::fcntl::open(target, flags, Mode::empty()),
+        other => other,
+    };
+    opened.map_err(|e| match e {
+        Errno::ELOOP => Error::invalid(
+            Step::Mount,
+            target,
+            "the mount point's path holds a symbolic link (swapped in after it was \
+             resolved?); refusing to mount through it",
+        ),
+        Errno::ENOTDIR => Error::invalid(Step::Mount, target, "the mount point is not a directory"),
+        e => Error::os(Step::Mount, target, "open mount point", e),
+    })
+}
+
+/// Mounts `device` as `plan` says on the directory `target` (from
+/// [`open_mount_point`]; `path` names it in messages). Returns a
+/// descriptor of the new mount's root directory (read-only, `O_DIRECTORY`).
+pub(crate) fn mount(
+    device: &Path,
+    plan: &MountPlan,
+    target: BorrowedFd<'_>,
+    path: &Path,
+) -> Result<File> {
+    let describe = plan.describe(path);
+    debug!("mount: {}: {describe} (by descriptor)", device.display());
+    match new_api(device, plan, target) {
+        Ok(root) => Ok(root),
+        Err(Failed::NoNewApi) => {
+            debug!("mount: no fsopen on this kernel; mount(2) on /proc/self/fd");
+            legacy(device, plan, target, path)
+        }
+        Err(Failed::At(op, e, kernel)) => Err(Error::os(
+            Step::Mount,
+            device,
+            format!(
+                "{describe}: {op}{}{}",
+                kernel.map(|k| format!(" ({k})")).unwrap_or_default(),
+                hint(e)
+            ),
+            e,
+        )),
+    }
+}
+
+/// How the new mount API failed.
+enum Failed {
+    /// `fsopen` does not exist here.
+    NoNewApi,
+    /// `op` failed with an errno, and the kernel said why (if it did).
+    At(&'static str, Errno, Option<String>),
+}
+
+fn errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
+fn new_api(device: &Path, plan: &MountPlan, target: BorrowedFd<'_>) -> Result<File, Failed> {
+    let fs = match fsopen(plan.driver.as_str(), FsOpenFlags::FSOPEN_CLOEXEC) {
+        Ok(fd) => fd,
+        Err(e) if e == rustix::io::Errno::NOSYS => return Err(Failed::NoNewApi),
+        Err(e) => return Err(Failed::At("fsopen", errno(e), None)),
+    };
+    let failed = |op: &'static str, e: rustix::io::Errno| Failed::At(op, errno(e), messages(&fs));
+    fsconfig_set_string(&fs, "source", device).map_err(|e| failed("fsconfig source", e))?;
+    if plan.read_only {
+        fsconfig_set_flag(&fs, "ro").map_err(|e| failed("fsconfig ro", e))?;
+    }
+    for option in plan.data.split(',').filter(|o| !o.is_empty()) {
+        let set = match option.split_once('=') {
+            Some((key, value)) => fsconfig_set_string(&fs, key, value),
+            None => fsconfig_set_flag(&fs, option),
+        };
+        set.map_err(|e| failed("fsconfig", e))?;
+    }
+    fsconfig_create(&fs).map_err(|e| failed("fsconfig create", e))?;
+    let mut attrs = MountAttrFlags::empty();
+    for (flag, attr) in [
+        (MsFlags::MS_RDONLY, MountAttrFlags::MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NODEV, MountAttrFlags::MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOSUID, MountAttrFlags::MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NOEXEC, MountAttrFlags::MOUNT_ATTR_NOEXEC),
+    ] {
+        if plan.flags.contains(flag) {
+            attrs |= attr;
+        }
+    }
+    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| failed("fsmount", e))?;
+    // Until it is moved into place the mount is attached nowhere: a
+    // failure from here on needs no unmount (closing `mnt` drops it).
+    move_mount(
+        &mnt,
+        "",
+        target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| Failed::At("move_mount", errno(e), None))?;
+    // `mnt` is the mount's root (O_PATH); a directory descriptor of the same
+    // inode, for syncfs and path resolution, through /proc/self/fd (the
+    // descriptor already points inside the mount).
+    let root = nix::fcntl::open(
+        format!("/proc/self/fd/{}", mnt.as_raw_fd()).as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Failed::At("open the new mount's root", e, None))?;
+    Ok(File::from(root))
+}
+
+/// What the kernel wrote into the filesystem context `fs` about the
+/// failure (lines `e <message>`, `w <warning>`), joined.
+fn messages(fs: &OwnedFd) -> Option<String> {
+    let mut file = File::from(fs.try_clone().ok()?);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Each read returns one message; ENODATA when there are no more.
+    for _ in 0..8 {
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let line = String::from_utf8_lossy(&buf[..n]);
+                let line = line.trim();
+                out.push(line.strip_prefix("e ").unwrap_or(line).to_string());
+            }
+        }
+    }
+    (!out.is_empty()).then(|| out.join("; "))
+}
+
+/// `mount(2)` on the descriptor's `/proc/self/fd/N` path, for kernels
+/// without the new API; the root is opened through the same path.
+fn legacy(device: &Path, plan: &MountPlan, target: BorrowedFd<'_>, path: &Path) -> Result<File> {
+    let at = format!("/proc/self/fd/{}", target.as_raw_fd());
+    nix::mount::mount(
+        Some(device),
+        at.as_str(),
+        Some(plan.driver.as_str()),
+        plan.flags,
+        Some(plan.data.as_str()),
+    )
+    .map_err(|e| {
+        Error::os(
+            Step::Mount,
+            device,
+            format!("{}{}", plan.describe(path), hint(e)),
+            e,
+        )
+    })?;
+    super::guard::open_root(Step::Mount, path)
+}
