@@ -1,0 +1,19 @@
+//! `--json`: results as one JSON object on stdout (docs/cli.md has the
+//! schema of each command). Paths that are not UTF-8 are printed lossily.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::opts::Error;
+
+/// Prints `value` as one line of JSON on stdout.
+pub fn print<T: Serialize>(value: &T) -> Result<(), Error> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// A path as JSON shows it.
+pub fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
