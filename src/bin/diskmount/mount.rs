@@ -144,7 +144,13 @@ pub fn umount(args: UmountArgs, as_json: bool) -> Result<(), Error> {
         if rec.persistent()
             && rec.get("mountpoint").map(PathBuf::from).as_deref() == Some(target.as_path())
         {
-            for e in crate::cleanup::release_helpers(&rec) {
+            // release_helpers tells people what it stops, on stdout.
+            let errors = if as_json {
+                json::keep_stdout_clean(|| crate::cleanup::release_helpers(&rec))?
+            } else {
+                crate::cleanup::release_helpers(&rec)
+            };
+            for e in errors {
                 eprintln!("diskmount: warning: {e}");
             }
             rec.remove()?;
