@@ -79,10 +79,7 @@ fn completions_for_bash_zsh_and_fish() {
         let path = dir.path().join(file);
         assert_eq!(written, [path.display().to_string()]);
         let script = std::fs::read_to_string(&path).unwrap();
-        for word in COMMANDS
-            .iter()
-            .chain(&["read-only", "partition", "json"])
-        {
+        for word in COMMANDS.iter().chain(&["read-only", "partition", "json"]) {
             assert!(script.contains(word), "{shell}: {word} missing");
         }
     }

@@ -208,6 +208,9 @@ pub fn kind(e: &Dyn) -> Kind {
     match e {
         diskmount::Error::Os { source, .. } => io_kind(source),
         diskmount::Error::Invalid { step, reason, .. } => invalid_kind(*step, reason),
+        // Busy all the way to the retry bound: still busy (a mount someone
+        // keeps using), which is what a caller acts on.
+        diskmount::Error::Exhausted { source, .. } if io_kind(source) == Kind::Busy => Kind::Busy,
         diskmount::Error::Exhausted { .. } => Kind::Exhausted,
         diskmount::Error::Command { .. } => Kind::HelperFailed,
         diskmount::Error::Teardown(list) => list.first().map_or(Kind::Other, |e| kind(e)),
@@ -380,4 +383,156 @@ pub fn usage(err: clap::Error) -> ! {
         serde_json::to_string(&obj).unwrap_or_else(|_| "{}".into())
     );
     std::process::exit(exit::USAGE.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use diskmount::Error;
+    use diskmount::error::Step;
+
+    use super::*;
+
+    fn os(errno: nix::errno::Errno) -> Error {
+        Error::Os {
+            step: Step::Attach,
+            path: "/img".into(),
+            operation: "open image".into(),
+            source: io::Error::from_raw_os_error(errno as i32),
+        }
+    }
+
+    fn invalid(step: Step, reason: &str) -> Error {
+        Error::Invalid {
+            step,
+            path: "/img".into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn kind_of(e: impl std::error::Error + 'static) -> Kind {
+        let boxed: Box<Dyn> = Box::new(e);
+        kind(&*boxed)
+    }
+
+    #[test]
+    fn each_error_has_its_kind_and_exit_status() {
+        use nix::errno::Errno;
+        let cases: Vec<(Box<Dyn>, Kind, u8)> = vec![
+            (Box::new(os(Errno::ENOENT)), Kind::NotFound, 1),
+            (Box::new(os(Errno::EACCES)), Kind::PermissionDenied, 1),
+            (Box::new(os(Errno::EPERM)), Kind::PermissionDenied, 1),
+            (Box::new(os(Errno::EROFS)), Kind::ReadOnly, 1),
+            (Box::new(os(Errno::EBUSY)), Kind::Busy, 3),
+            (Box::new(os(Errno::ENODEV)), Kind::KernelFeatureMissing, 1),
+            (
+                Box::new(invalid(
+                    Step::Attach,
+                    "the image is already in use: /dev/loop3 serves it",
+                )),
+                Kind::InUse,
+                3,
+            ),
+            (
+                Box::new(invalid(
+                    Step::Attach,
+                    "nbd is unavailable: the module is not loaded",
+                )),
+                Kind::KernelFeatureMissing,
+                1,
+            ),
+            (
+                Box::new(invalid(
+                    Step::Mount,
+                    "holds xfs, which is not on the allow-list (ext4)",
+                )),
+                Kind::Unsupported,
+                1,
+            ),
+            (
+                Box::new(invalid(Step::Mount, "only zeros")),
+                Kind::InvalidImage,
+                1,
+            ),
+            (
+                Box::new(Error::Exhausted {
+                    step: Step::Unmount,
+                    path: "/mnt".into(),
+                    operation: "umount2".into(),
+                    attempts: 9,
+                    elapsed: Duration::from_secs(2),
+                    source: io::Error::from_raw_os_error(Errno::EBUSY as i32),
+                }),
+                Kind::Busy,
+                3,
+            ),
+            (
+                Box::new(Error::Exhausted {
+                    step: Step::Attach,
+                    path: "/img".into(),
+                    operation: "LOOP_CONFIGURE".into(),
+                    attempts: 9,
+                    elapsed: Duration::from_secs(2),
+                    source: io::Error::from_raw_os_error(Errno::EAGAIN as i32),
+                }),
+                Kind::Exhausted,
+                1,
+            ),
+            (
+                Box::new(Error::Command {
+                    step: Step::Attach,
+                    path: "/img".into(),
+                    command: "qemu-nbd".into(),
+                    status: "exited with status 1".into(),
+                    stderr: String::new(),
+                }),
+                Kind::HelperFailed,
+                1,
+            ),
+            (
+                Box::new(Error::Teardown(vec![os(Errno::EBUSY), os(Errno::ENOENT)])),
+                Kind::Busy,
+                3,
+            ),
+            (Box::new(Usage("--partition x".into())), Kind::Usage, 2),
+            (
+                Box::new(Failed::new(
+                    "run",
+                    Path::new("nope"),
+                    "run command",
+                    io::Error::from_raw_os_error(Errno::ENOENT as i32),
+                )),
+                Kind::NotFound,
+                1,
+            ),
+            ("a plain message".into(), Kind::Other, 1),
+        ];
+        for (e, k, code) in cases {
+            assert_eq!((kind(&*e), kind(&*e).exit_code()), (k, code), "{e}");
+        }
+        assert_eq!(kind_of(os(Errno::ENOENT)).as_str(), "not_found");
+    }
+
+    #[test]
+    fn the_json_object_has_step_path_kind_and_message() {
+        let e: Box<Dyn> = Box::new(os(nix::errno::Errno::ENOENT));
+        let (step, path) = step_and_path(&*e);
+        assert_eq!(
+            (step, path.as_deref()),
+            (Some("attach"), Some(Path::new("/img")))
+        );
+        let obj = Json {
+            step,
+            path: Some("/a \"quoted\"\npath".into()),
+            kind: kind(&*e).as_str(),
+            message: e.to_string(),
+            hint: None,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&obj).unwrap()).unwrap();
+        assert_eq!(v["path"], "/a \"quoted\"\npath");
+        assert_eq!(v["kind"], "not_found");
+        assert!(v["hint"].is_null());
+    }
 }
