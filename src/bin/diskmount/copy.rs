@@ -17,7 +17,7 @@ pub struct InArgs {
     #[command(flatten)]
     opts: Opts,
     /// Host files or directories, then the directory in the image to copy them into.
-    #[arg(required = true, num_args = 2..)]
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
     paths: Vec<PathBuf>,
 }
 
@@ -109,7 +109,7 @@ pub fn copy_in(mut args: InArgs, json: bool) -> Result<(), Error> {
     log::info!("copied {n} bytes in");
     if json {
         crate::json::print(&Copied {
-            image: crate::json::path(&args.image),
+            image: crate::json::absolute(&args.image),
             bytes: n,
         })?;
     }
@@ -128,7 +128,7 @@ pub fn copy_out(args: OutArgs, json: bool) -> Result<(), Error> {
     log::info!("copied {n} bytes out");
     if json {
         crate::json::print(&Copied {
-            image: crate::json::path(&args.image),
+            image: crate::json::absolute(&args.image),
             bytes: n,
         })?;
     }

@@ -18,6 +18,11 @@ pub fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// A path given on the command line, made absolute (not resolved).
+pub fn absolute(p: &Path) -> String {
+    path(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
 /// Runs `f` with this process's stdout pointing at stderr, so that what
 /// `f` prints for people cannot corrupt the JSON on stdout.
 pub fn keep_stdout_clean<T>(f: impl FnOnce() -> T) -> Result<T, Error> {

@@ -24,7 +24,7 @@ Exit status:
   2        usage error: a wrong option or value
   3        in use: the image, device or mount is used by someone else, or stayed busy
   N        run: the command's own status (128+N when a signal N killed it)
-  130/143  interrupted by SIGINT/SIGTERM (after everything was torn down)";
+  130/143  run: the command was interrupted by SIGINT/SIGTERM (passed on to it)";
 
 /// Mount virtual disk images, and always take everything down again.
 #[derive(Parser)]

@@ -94,7 +94,7 @@ fn mount_with<B: Backend>(args: &MountArgs, as_json: bool) -> Result<(), Error> 
     // qemu-storage-daemon's FUSE export of the image (record.rs names it so).
     mount_points.extend(field("export_dir").map(|d| format!("{d}/export")));
     json::print(&Mounted {
-        image: json::path(&args.image),
+        image: json::absolute(&args.image),
         device: json::path(&device),
         mountpoint: json::path(&path),
         mount_points,
@@ -159,7 +159,7 @@ pub fn umount(args: UmountArgs, as_json: bool) -> Result<(), Error> {
     }
     if as_json {
         return json::print(&Unmounted {
-            mountpoint: json::path(&args.mountpoint),
+            mountpoint: json::path(&target),
             device: json::path(&device),
             backend,
             mapping,
