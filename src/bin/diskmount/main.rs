@@ -100,8 +100,8 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     // Ctrl-C and SIGTERM must not kill diskmount between attach and
-    // teardown: they are blocked before any thread starts, passed on to the
-    // command by `run`, and answered with an exit after teardown elsewhere.
+    // teardown: they are blocked before any thread starts and passed on to
+    // the command by `run`; the other commands finish and tear down.
     let signals = match run::block_signals() {
         Ok(s) => s,
         Err(e) => {
