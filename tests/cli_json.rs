@@ -162,7 +162,7 @@ fn mount_and_umount_json_name_device_mount_points_backend_and_record() {
 }
 
 #[test]
-fn copy_json_counts_bytes_and_progress_stays_off_a_pipe() {
+fn copy_json_counts_bytes_and_progress_shows_on_a_terminal_only() {
     let mut fx = Fixture::new();
     let records = fx.tree("records", &[]);
     let img = fx.ext4("disk.img", &[]);
@@ -211,6 +211,32 @@ fn copy_json_counts_bytes_and_progress_stays_off_a_pipe() {
         stdout(&out).contains("copying into /srv2"),
         "{}",
         stdout(&out)
+    );
+    // inspect of a qcow2 image shows what it waits for (qemu), on a
+    // terminal only.
+    let q = fx.path().join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&img)
+        .arg(&q));
+    let cmd = format!(
+        "{} inspect {}",
+        env!("CARGO_BIN_EXE_diskmount"),
+        q.display()
+    );
+    let out = output(
+        Command::new("script")
+            .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+            .env("DISKMOUNT_RUN_DIR", &records)
+            .stdin(std::process::Stdio::null()),
+    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("attaching "), "{}", stdout(&out));
+    let out = output(dm(&records).env("RUST_LOG", "off").arg("inspect").arg(&q));
+    assert!(
+        out.status.success() && stderr(&out).is_empty(),
+        "{}",
+        stderr(&out)
     );
     fx.assert_clean();
 }
@@ -431,5 +457,37 @@ fn an_image_that_cannot_be_written_suggests_read_only() {
             .args(["--", "true"]),
     );
     assert!(!stderr(&out).contains("hint"), "{}", stderr(&out));
+    fx.assert_clean();
+}
+
+#[test]
+fn a_mount_kept_busy_is_exit_status_3_and_umount_works_once_free() {
+    let mut fx = Fixture::new();
+    let records = fx.tree("records", &[]);
+    let img = fx.ext4("disk.img", &[]);
+    let mnt = fx.tree("mnt", &[]);
+    let out = output(dm(&records).arg("mount").arg(&img).arg(&mnt));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A process sitting in the mount keeps it busy.
+    let mut sleeper = Command::new("sleep")
+        .arg("60")
+        .current_dir(&mnt)
+        .spawn()
+        .unwrap();
+    let out = output(
+        dm(&records)
+            .env("RUST_LOG", "off")
+            .args(["--json", "umount"])
+            .arg(&mnt),
+    );
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let v = json_err(&out);
+    assert_eq!(v["kind"], "busy", "{v}");
+    assert_eq!(v["step"], "unmount", "{v}");
+    assert!(is_mount_point(&mnt));
+    let out = output(dm(&records).arg("umount").arg(&mnt));
+    assert!(out.status.success(), "{}", stderr(&out));
     fx.assert_clean();
 }
