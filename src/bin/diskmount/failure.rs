@@ -288,8 +288,9 @@ pub fn hint(e: &Dyn, cx: &Context) -> Option<String> {
     let attaching = cx.attaches || matches!(step_and_path(e).0, Some("attach" | "map" | "mount"));
     if denied && attaching && !has_cap_sys_admin() {
         return Some(
-            "attaching and mounting an image needs root (CAP_SYS_ADMIN): run diskmount as root, \
-             e.g. with sudo; `diskmount inspect` reads raw images without it"
+            "attaching, mounting and unmounting images needs root (CAP_SYS_ADMIN): \
+             run diskmount as root, e.g. with sudo; `diskmount inspect` reads raw images \
+             without it"
                 .into(),
         );
     }
