@@ -259,7 +259,7 @@ fn errors_are_one_json_object_and_the_exit_status_tells_the_class() {
     let v = json_err(&out);
     assert_eq!(v["step"], "open");
     assert_eq!(v["path"], missing.to_string_lossy().as_ref());
-    assert_eq!(v["kind"], "not_found");
+    assert_eq!(v["kind"], "not-found");
     assert!(
         v["message"].as_str().unwrap().contains("No such file"),
         "{v}"
@@ -270,7 +270,7 @@ fn errors_are_one_json_object_and_the_exit_status_tells_the_class() {
     assert_eq!(out.status.code(), Some(1));
     let v = json_err(&out);
     assert_eq!(v["step"], "mount");
-    assert_eq!(v["kind"], "invalid_image");
+    assert_eq!(v["kind"], "invalid-image");
 
     // Usage: 2, from the parser or from an option's value.
     for args in [
@@ -328,7 +328,7 @@ fn errors_are_one_json_object_and_the_exit_status_tells_the_class() {
     run(Command::new("losetup").args(["-d", &dev]));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let v = json_err(&out);
-    assert_eq!(v["kind"], "in_use");
+    assert_eq!(v["kind"], "in-use");
     assert_eq!(v["step"], "attach");
     assert_eq!(out_people.status.code(), Some(3));
     assert!(
@@ -403,7 +403,7 @@ fn a_normal_user_is_told_attaching_needs_root_and_can_still_inspect() {
     ] {
         let out = as_nobody(&args);
         let v = json_err(&out);
-        assert_eq!(v["kind"], "permission_denied", "{v}");
+        assert_eq!(v["kind"], "permission-denied", "{v}");
         assert!(v["hint"].as_str().unwrap().contains("CAP_SYS_ADMIN"), "{v}");
     }
     let out = as_nobody(&[OsStr::new("inspect"), OsStr::new("--json"), img.as_os_str()]);

@@ -2,13 +2,14 @@
 //! program can match on), the exit status it maps to, a hint saying what to
 //! do next, and the JSON object `--json` prints on stderr.
 //!
-//! The classification lives here, in one place, over the library's
-//! [`diskmount::Error`] variants and the I/O error kinds; it is meant to
-//! become a mapping of the library's own error kind when it has one.
+//! The kind is the library's [`ErrorKind`] (its `as_str` is what `--json`
+//! prints), and `usage` for a command line the command refuses; errors of
+//! the command's own are classified like the library's system-call errors.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+use diskmount::ErrorKind;
 use serde::Serialize;
 
 /// The exit statuses besides 0 (docs/cli.md lists them all).
@@ -26,29 +27,8 @@ pub mod exit {
 pub enum Kind {
     /// The command line was wrong.
     Usage,
-    /// A file, device or mount point does not exist.
-    NotFound,
-    /// Not allowed: not root, or the file's permissions.
-    PermissionDenied,
-    /// The image is attached by someone else, or the device claimed.
-    InUse,
-    /// A device or mount stayed busy (EBUSY).
-    Busy,
-    /// Refused on purpose: not on the allow-list, the wrong backend, a
-    /// format that can only be read.
-    Unsupported,
-    /// The image, its partition table or its filesystem is unusable.
-    InvalidImage,
-    /// A transient error outlasted its retry bound.
-    Exhausted,
-    /// The kernel lacks what this needs (nbd, device-mapper, a driver).
-    KernelFeatureMissing,
-    /// An external program (qemu-nbd, qemu-storage-daemon, mkfs) failed.
-    HelperFailed,
-    /// A read-only filesystem or image refused a write.
-    ReadOnly,
-    /// Anything else.
-    Other,
+    /// What the library (or the command, for its own errors) says.
+    Error(ErrorKind),
 }
 
 impl Kind {
@@ -56,17 +36,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Usage => "usage",
-            Kind::NotFound => "not_found",
-            Kind::PermissionDenied => "permission_denied",
-            Kind::InUse => "in_use",
-            Kind::Busy => "busy",
-            Kind::Unsupported => "unsupported",
-            Kind::InvalidImage => "invalid_image",
-            Kind::Exhausted => "exhausted",
-            Kind::KernelFeatureMissing => "kernel_feature_missing",
-            Kind::HelperFailed => "helper_failed",
-            Kind::ReadOnly => "read_only",
-            Kind::Other => "other",
+            Kind::Error(k) => k.as_str(),
         }
     }
 
@@ -74,8 +44,8 @@ impl Kind {
     pub fn exit_code(self) -> u8 {
         match self {
             Kind::Usage => exit::USAGE,
-            Kind::InUse | Kind::Busy => exit::IN_USE,
-            _ => exit::FAILURE,
+            Kind::Error(ErrorKind::InUse | ErrorKind::Busy) => exit::IN_USE,
+            Kind::Error(_) => exit::FAILURE,
         }
     }
 }
@@ -145,49 +115,18 @@ impl std::error::Error for Failed {
 
 type Dyn = dyn std::error::Error + 'static;
 
-/// The kind of an I/O error.
-fn io_kind(e: &io::Error) -> Kind {
+/// The kind of an I/O error of the command's own, by the library's rules
+/// for a failed system call.
+fn io_kind(e: &io::Error) -> ErrorKind {
     use nix::errno::Errno;
     match e.raw_os_error().map(Errno::from_raw) {
-        Some(Errno::EROFS) => Kind::ReadOnly,
-        Some(Errno::EBUSY) => Kind::Busy,
-        Some(Errno::ENODEV | Errno::ENXIO | Errno::ENOSYS) => Kind::KernelFeatureMissing,
-        _ => match e.kind() {
-            io::ErrorKind::NotFound => Kind::NotFound,
-            io::ErrorKind::PermissionDenied => Kind::PermissionDenied,
-            io::ErrorKind::ReadOnlyFilesystem => Kind::ReadOnly,
-            io::ErrorKind::ResourceBusy => Kind::Busy,
-            _ => Kind::Other,
-        },
-    }
-}
-
-/// The kind of a library error whose reason is prose: the words the
-/// library uses for each case.
-fn invalid_kind(step: diskmount::error::Step, reason: &str) -> Kind {
-    use diskmount::error::Step;
-    let has = |w: &str| reason.contains(w);
-    if has("in use") {
-        Kind::InUse
-    } else if has("locked by another") || has("still connected") || has("still bound") {
-        Kind::Busy
-    } else if has("unavailable") || has("is not available") || has("modprobe") {
-        Kind::KernelFeatureMissing
-    } else if has("did not") {
-        Kind::HelperFailed
-    } else if has("allow-list")
-        || has("refuses")
-        || has("can only")
-        || has("backend serves")
-        || has("not a block device")
-        || has("not a regular file")
-        || has("symbolic link")
-    {
-        Kind::Unsupported
-    } else if matches!(step, Step::Open | Step::Probe | Step::Map | Step::Mount) {
-        Kind::InvalidImage
-    } else {
-        Kind::Other
+        Some(Errno::ENOENT) => ErrorKind::NotFound,
+        Some(Errno::EBUSY) => ErrorKind::Busy,
+        Some(Errno::EACCES | Errno::EPERM | Errno::EROFS) => ErrorKind::PermissionDenied,
+        Some(Errno::ENOTTY | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::ENODEV) => {
+            ErrorKind::KernelFeatureMissing
+        }
+        _ => ErrorKind::Io,
     }
 }
 
@@ -197,24 +136,25 @@ pub fn kind(e: &Dyn) -> Kind {
         return Kind::Usage;
     }
     if let Some(f) = e.downcast_ref::<Failed>() {
-        return io_kind(&f.source);
+        return Kind::Error(io_kind(&f.source));
     }
     if let Some(e) = e.downcast_ref::<io::Error>() {
-        return io_kind(e);
+        return Kind::Error(io_kind(e));
     }
     let Some(e) = e.downcast_ref::<diskmount::Error>() else {
-        return Kind::Other;
+        return Kind::Error(ErrorKind::Io);
     };
-    match e {
-        diskmount::Error::Os { source, .. } => io_kind(source),
-        diskmount::Error::Invalid { step, reason, .. } => invalid_kind(*step, reason),
-        // Busy all the way to the retry bound: still busy (a mount someone
-        // keeps using), which is what a caller acts on.
-        diskmount::Error::Exhausted { source, .. } if io_kind(source) == Kind::Busy => Kind::Busy,
-        diskmount::Error::Exhausted { .. } => Kind::Exhausted,
-        diskmount::Error::Command { .. } => Kind::HelperFailed,
-        diskmount::Error::Teardown(list) => list.first().map_or(Kind::Other, |e| kind(e)),
-        _ => Kind::Other,
+    let first = e.errors()[0];
+    match (e.kind(), first) {
+        // A mount still busy when the unmount's retry bound ran out is
+        // what ErrorKind::Busy describes; the library calls every spent
+        // retry bound Exhausted.
+        (ErrorKind::Exhausted, diskmount::Error::Exhausted { source, .. })
+            if source.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) =>
+        {
+            Kind::Error(ErrorKind::Busy)
+        }
+        (k, _) => Kind::Error(k),
     }
 }
 
@@ -390,12 +330,12 @@ pub fn usage(err: clap::Error) -> ! {
 mod tests {
     use std::time::Duration;
 
-    use diskmount::Error;
-    use diskmount::error::Step;
+    use diskmount::{Error, ErrorKind, Step};
+    use nix::errno::Errno;
 
     use super::*;
 
-    fn os(errno: nix::errno::Errno) -> Error {
+    fn os(errno: Errno) -> Error {
         Error::Os {
             step: Step::Attach,
             path: "/img".into(),
@@ -404,82 +344,43 @@ mod tests {
         }
     }
 
-    fn invalid(step: Step, reason: &str) -> Error {
+    fn refused(kind: ErrorKind) -> Error {
         Error::Invalid {
-            step,
+            step: Step::Attach,
             path: "/img".into(),
-            reason: reason.into(),
+            reason: "the image is already in use".into(),
+            kind,
         }
     }
 
-    fn kind_of(e: impl std::error::Error + 'static) -> Kind {
-        let boxed: Box<Dyn> = Box::new(e);
-        kind(&*boxed)
+    fn exhausted(errno: Errno) -> Error {
+        Error::Exhausted {
+            step: Step::Unmount,
+            path: "/mnt".into(),
+            operation: "umount2".into(),
+            attempts: 9,
+            elapsed: Duration::from_secs(2),
+            source: io::Error::from_raw_os_error(errno as i32),
+        }
     }
 
     #[test]
     fn each_error_has_its_kind_and_exit_status() {
-        use nix::errno::Errno;
-        let cases: Vec<(Box<Dyn>, Kind, u8)> = vec![
-            (Box::new(os(Errno::ENOENT)), Kind::NotFound, 1),
-            (Box::new(os(Errno::EACCES)), Kind::PermissionDenied, 1),
-            (Box::new(os(Errno::EPERM)), Kind::PermissionDenied, 1),
-            (Box::new(os(Errno::EROFS)), Kind::ReadOnly, 1),
-            (Box::new(os(Errno::EBUSY)), Kind::Busy, 3),
-            (Box::new(os(Errno::ENODEV)), Kind::KernelFeatureMissing, 1),
+        let cases: Vec<(Box<Dyn>, &str, u8)> = vec![
+            (Box::new(os(Errno::ENOENT)), "not-found", 1),
+            (Box::new(os(Errno::EACCES)), "permission-denied", 1),
+            (Box::new(os(Errno::EROFS)), "permission-denied", 1),
+            (Box::new(os(Errno::EBUSY)), "busy", 3),
+            (Box::new(refused(ErrorKind::InUse)), "in-use", 3),
+            (Box::new(refused(ErrorKind::Busy)), "busy", 3),
+            (Box::new(refused(ErrorKind::Unsupported)), "unsupported", 1),
             (
-                Box::new(invalid(
-                    Step::Attach,
-                    "the image is already in use: /dev/loop3 serves it",
-                )),
-                Kind::InUse,
-                3,
-            ),
-            (
-                Box::new(invalid(
-                    Step::Attach,
-                    "nbd is unavailable: the module is not loaded",
-                )),
-                Kind::KernelFeatureMissing,
+                Box::new(refused(ErrorKind::InvalidImage)),
+                "invalid-image",
                 1,
             ),
-            (
-                Box::new(invalid(
-                    Step::Mount,
-                    "holds xfs, which is not on the allow-list (ext4)",
-                )),
-                Kind::Unsupported,
-                1,
-            ),
-            (
-                Box::new(invalid(Step::Mount, "only zeros")),
-                Kind::InvalidImage,
-                1,
-            ),
-            (
-                Box::new(Error::Exhausted {
-                    step: Step::Unmount,
-                    path: "/mnt".into(),
-                    operation: "umount2".into(),
-                    attempts: 9,
-                    elapsed: Duration::from_secs(2),
-                    source: io::Error::from_raw_os_error(Errno::EBUSY as i32),
-                }),
-                Kind::Busy,
-                3,
-            ),
-            (
-                Box::new(Error::Exhausted {
-                    step: Step::Attach,
-                    path: "/img".into(),
-                    operation: "LOOP_CONFIGURE".into(),
-                    attempts: 9,
-                    elapsed: Duration::from_secs(2),
-                    source: io::Error::from_raw_os_error(Errno::EAGAIN as i32),
-                }),
-                Kind::Exhausted,
-                1,
-            ),
+            (Box::new(exhausted(Errno::EBUSY)), "busy", 3),
+            (Box::new(exhausted(Errno::EAGAIN)), "exhausted", 1),
             (
                 Box::new(Error::Command {
                     step: Step::Attach,
@@ -488,15 +389,18 @@ mod tests {
                     status: "exited with status 1".into(),
                     stderr: String::new(),
                 }),
-                Kind::HelperFailed,
+                "helper-failed",
                 1,
             ),
             (
-                Box::new(Error::Teardown(vec![os(Errno::EBUSY), os(Errno::ENOENT)])),
-                Kind::Busy,
+                Box::new(Error::Teardown(vec![
+                    exhausted(Errno::EBUSY),
+                    os(Errno::ENOENT),
+                ])),
+                "busy",
                 3,
             ),
-            (Box::new(Usage("--partition x".into())), Kind::Usage, 2),
+            (Box::new(Usage("--partition x".into())), "usage", 2),
             (
                 Box::new(Failed::new(
                     "run",
@@ -504,20 +408,20 @@ mod tests {
                     "run command",
                     io::Error::from_raw_os_error(Errno::ENOENT as i32),
                 )),
-                Kind::NotFound,
+                "not-found",
                 1,
             ),
-            ("a plain message".into(), Kind::Other, 1),
+            ("a plain message".into(), "io", 1),
         ];
-        for (e, k, code) in cases {
-            assert_eq!((kind(&*e), kind(&*e).exit_code()), (k, code), "{e}");
+        for (e, name, code) in cases {
+            let k = kind(&*e);
+            assert_eq!((k.as_str(), k.exit_code()), (name, code), "{e}");
         }
-        assert_eq!(kind_of(os(Errno::ENOENT)).as_str(), "not_found");
     }
 
     #[test]
     fn the_json_object_has_step_path_kind_and_message() {
-        let e: Box<Dyn> = Box::new(os(nix::errno::Errno::ENOENT));
+        let e: Box<Dyn> = Box::new(os(Errno::ENOENT));
         let (step, path) = step_and_path(&*e);
         assert_eq!(
             (step, path.as_deref()),
@@ -533,7 +437,7 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&obj).unwrap()).unwrap();
         assert_eq!(v["path"], "/a \"quoted\"\npath");
-        assert_eq!(v["kind"], "not_found");
+        assert_eq!(v["kind"], "not-found");
         assert!(v["hint"].is_null());
     }
 }
