@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 
 use diskmount::{Backend, Mounted};
-use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 
+use crate::failure::Context;
 use crate::opts::{self, Error, Opts, WithMounted};
+use crate::progress;
 
 #[derive(clap::Args)]
 pub struct InArgs {
@@ -15,7 +17,7 @@ pub struct InArgs {
     #[command(flatten)]
     opts: Opts,
     /// Host files or directories, then the directory in the image to copy them into.
-    #[arg(required = true, num_args = 2..)]
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
     paths: Vec<PathBuf>,
 }
 
@@ -31,16 +33,26 @@ pub struct OutArgs {
     host_dest: PathBuf,
 }
 
-/// A spinner with the bytes copied, on stderr when it is a terminal.
-fn progress(what: &str) -> ProgressBar {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.set_message(what.to_string());
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    bar
+impl InArgs {
+    /// What the hints on failure need to know.
+    pub fn context(&self) -> Context {
+        self.opts.context(&self.image)
+    }
+}
+
+impl OutArgs {
+    /// What the hints on failure need to know.
+    pub fn context(&self) -> Context {
+        self.opts.context(&self.image)
+    }
+}
+
+/// `--json` of copy-in and copy-out.
+#[derive(Serialize)]
+struct Copied {
+    image: String,
+    /// Bytes of file data copied.
+    bytes: u64,
 }
 
 struct CopyIn(Vec<PathBuf>, PathBuf);
@@ -49,16 +61,21 @@ impl WithMounted for CopyIn {
     type Output = u64;
     fn run<B: Backend>(self, mounted: &Mounted<B>) -> Result<u64, Error> {
         let root = mounted.root()?;
+        // The bar counts the host files' bytes against what the image's
+        // filesystem gains as the copy goes.
+        let size = if progress::enabled() {
+            self.0.iter().map(|p| progress::tree_size(p)).sum()
+        } else {
+            0
+        };
+        let bar = progress::bytes(size, &format!("copying into {}", self.1.display()));
         let mut total = 0;
         for src in &self.0 {
-            let bar = progress(&format!(
-                "copying {} into {}",
-                src.display(),
-                self.1.display()
-            ));
-            total += root.copy_in(src, &self.1)?;
-            bar.finish_and_clear();
+            total +=
+                progress::follow_fs(&bar, total, mounted.path(), || root.copy_in(src, &self.1))?;
+            bar.set_position(total);
         }
+        bar.finish_and_clear();
         Ok(total)
     }
 }
@@ -68,7 +85,7 @@ struct CopyOut(PathBuf, PathBuf);
 impl WithMounted for CopyOut {
     type Output = u64;
     fn run<B: Backend>(self, mounted: &Mounted<B>) -> Result<u64, Error> {
-        let bar = progress(&format!(
+        let bar = progress::spinner(&format!(
             "copying {} out to {}",
             self.0.display(),
             self.1.display()
@@ -79,7 +96,7 @@ impl WithMounted for CopyOut {
     }
 }
 
-pub fn copy_in(mut args: InArgs) -> Result<(), Error> {
+pub fn copy_in(mut args: InArgs, json: bool) -> Result<(), Error> {
     let dest = args.paths.pop().expect("clap requires two paths");
     let dir = opts::temp_mount_point()?;
     let n = opts::mounted(
@@ -90,10 +107,16 @@ pub fn copy_in(mut args: InArgs) -> Result<(), Error> {
     )?;
     dir.close()?;
     log::info!("copied {n} bytes in");
+    if json {
+        crate::json::print(&Copied {
+            image: crate::json::absolute(&args.image),
+            bytes: n,
+        })?;
+    }
     Ok(())
 }
 
-pub fn copy_out(args: OutArgs) -> Result<(), Error> {
+pub fn copy_out(args: OutArgs, json: bool) -> Result<(), Error> {
     let dir = opts::temp_mount_point()?;
     let n = opts::mounted(
         &args.opts,
@@ -103,5 +126,11 @@ pub fn copy_out(args: OutArgs) -> Result<(), Error> {
     )?;
     dir.close()?;
     log::info!("copied {n} bytes out");
+    if json {
+        crate::json::print(&Copied {
+            image: crate::json::absolute(&args.image),
+            bytes: n,
+        })?;
+    }
     Ok(())
 }

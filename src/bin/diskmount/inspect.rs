@@ -9,6 +9,9 @@ use diskmount::fs::{Detected, probe};
 use diskmount::partition::{PartitionTable, PartitionType, find_filesystems, read_table};
 use diskmount::{Auto, Format, Image, ImageKind, Unattached};
 
+use serde::Serialize;
+
+use crate::failure::{Context, Failed};
 use crate::opts::Error;
 
 #[derive(clap::Args)]
@@ -18,26 +21,35 @@ pub struct Args {
     /// The format: auto (probed, with the safety rules), raw, qcow2, ...
     #[arg(long, default_value = "auto")]
     format: String,
-    /// Print JSON for programs instead of a table for people.
-    #[arg(long)]
-    json: bool,
 }
 
+/// One partition, as `--json` prints it (docs/cli.md).
+#[derive(Serialize)]
 struct Part {
     number: u32,
     start: u64,
     size: u64,
     /// The type GUID or MBR id, and its name where known.
+    #[serde(rename = "type")]
     kind: String,
+    #[serde(rename = "type_name")]
     kind_name: Option<String>,
     label: Option<String>,
     fstype: Option<String>,
 }
 
+fn format_name<S: serde::Serializer>(f: &Format, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(f.as_str())
+}
+
+/// What `inspect` found, as `--json` prints it (docs/cli.md).
+#[derive(Serialize)]
 struct Report {
+    #[serde(serialize_with = "format_name")]
     format: Format,
     virtual_size: u64,
     table: Option<&'static str>,
+    #[serde(rename = "partitions")]
     parts: Vec<Part>,
     fstype: Option<String>,
 }
@@ -102,12 +114,27 @@ impl Args {
         Args {
             image: image.to_path_buf(),
             format: "auto".into(),
-            json: false,
+        }
+    }
+
+    /// What the hints on failure need to know (inspect reads; it attaches
+    /// only images that are not raw).
+    pub fn context(&self) -> Context {
+        Context {
+            image: Some(self.image.clone()),
+            read_only: true,
+            attaches: false,
         }
     }
 }
 
+/// `inspect` for people (the demo calls it).
 pub fn run(args: Args) -> Result<(), Error> {
+    inspect(args, false)
+}
+
+/// `inspect`, as a table or (`json`) for programs.
+pub fn inspect(args: Args, json: bool) -> Result<(), Error> {
     let opts = crate::opts::Opts {
         format: args.format.clone(),
         partition: "none".into(),
@@ -119,8 +146,8 @@ pub fn run(args: Args) -> Result<(), Error> {
     let image: Image = opts.image(&args.image)?;
     let report = if image.kind() == ImageKind::Block || image.format() == Format::Raw {
         // Raw bytes: read the file or device itself.
-        let file =
-            File::open(image.path()).map_err(|e| format!("{}: {e}", image.path().display()))?;
+        let file = File::open(image.path())
+            .map_err(|e| Failed::new("probe", image.path(), "open image", e))?;
         let size = match image.kind() {
             ImageKind::Block => diskmount::format::ReadAt::size(&file)?,
             _ => file.metadata()?.len(),
@@ -128,64 +155,29 @@ pub fn run(args: Args) -> Result<(), Error> {
         examine(&file, image.path(), size, image.format())?
     } else {
         // Other formats: the disk as qemu shows it, attached read-only.
+        let bar = crate::progress::spinner(&format!(
+            "attaching {} ({}) read-only to read it",
+            image.path().display(),
+            image.format()
+        ));
         let attached = Unattached::<Auto>::new(image.clone()).attach()?;
-        let file = File::open(attached.device())?;
+        bar.set_message(format!("reading {}", attached.device().display()));
+        let file = File::open(attached.device())
+            .map_err(|e| Failed::new("probe", attached.device(), "open device", e))?;
         let report = examine(&file, attached.device(), attached.size(), image.format());
         drop(file);
-        attached.close()?;
+        bar.set_message("detaching");
+        let closed = attached.close();
+        bar.finish_and_clear();
+        closed?;
         report?
     };
-    if args.json {
-        println!("{}", json(&report));
+    if json {
+        crate::json::print(&report)?;
     } else {
         print!("{}", table(&args.image, &report));
     }
     Ok(())
-}
-
-fn esc(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn opt(s: &Option<String>) -> String {
-    s.as_deref().map_or("null".into(), esc)
-}
-
-fn json(r: &Report) -> String {
-    let parts: Vec<String> = r
-        .parts
-        .iter()
-        .map(|p| {
-            format!(
-                                "{{\"number\":{},\"start\":{},\"size\":{},\"type\":{},\"type_name\":{},\"label\":{},\"fstype\":{}}}",
-                p.number,
-                p.start,
-                p.size,
-                esc(&p.kind),
-                opt(&p.kind_name),
-                opt(&p.label),
-                opt(&p.fstype)
-            )
-        })
-        .collect();
-    format!(
-        "{{\"format\":{},\"virtual_size\":{},\"table\":{},\"partitions\":[{}],\"fstype\":{}}}",
-        esc(r.format.as_str()),
-        r.virtual_size,
-        r.table.map_or("null".into(), esc),
-        parts.join(","),
-        opt(&r.fstype)
-    )
 }
 
 fn human(bytes: u64) -> String {

@@ -3,23 +3,44 @@
 mod cleanup;
 mod copy;
 mod demo;
+mod failure;
+mod generate;
 mod hold;
 mod inspect;
+mod json;
 mod mount;
 mod opts;
+mod progress;
 mod run;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+const EXIT_STATUS: &str = "\
+Exit status:
+  0        done
+  1        failed (the message names the step, the path and the cause)
+  2        usage error: a wrong option or value
+  3        in use: the image, device or mount is used by someone else, or stayed busy
+  N        run: the command's own status (128+N when a signal N killed it)
+  130/143  run: the command was interrupted by SIGINT/SIGTERM (passed on to it)";
 
 /// Mount virtual disk images, and always take everything down again.
 #[derive(Parser)]
-#[command(name = "diskmount", version, about)]
+#[command(
+    name = "diskmount",
+    version,
+    about = "Mount virtual disk images, and always take everything down again",
+    after_long_help = EXIT_STATUS
+)]
 struct Cli {
     /// Show the library's log (-v: info, -vv: debug). RUST_LOG also works.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Print results (inspect, mount, umount, copy-in, copy-out) and errors as JSON for programs.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,10 +66,31 @@ enum Command {
     /// Test helper: take an image to a state and wait there until killed.
     #[command(hide = true)]
     Hold(hold::Args),
+    /// Write the man pages or a shell completion script (for packagers).
+    #[command(hide = true)]
+    Generate(generate::Args),
+}
+
+impl Command {
+    /// What the hints on failure need to know.
+    fn context(&self) -> failure::Context {
+        match self {
+            Command::Inspect(a) => a.context(),
+            Command::Run(a) => a.context(),
+            Command::CopyIn(a) => a.context(),
+            Command::CopyOut(a) => a.context(),
+            Command::Mount(a) => a.context(),
+            Command::Generate(_) => failure::Context::default(),
+            _ => failure::Context {
+                attaches: true,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| failure::usage(e));
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -58,22 +100,24 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     // Ctrl-C and SIGTERM must not kill diskmount between attach and
-    // teardown: they are blocked before any thread starts, passed on to the
-    // command by `run`, and answered with an exit after teardown elsewhere.
+    // teardown: they are blocked before any thread starts and passed on to
+    // the command by `run`; the other commands finish and tear down.
     let signals = match run::block_signals() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("diskmount: cannot set up signal handling: {e}");
-            return ExitCode::FAILURE;
+            let cx = failure::Context::default();
+            return ExitCode::from(failure::report(&*e, &cx, cli.json));
         }
     };
+    let json = cli.json;
+    let cx = cli.command.context();
     let result = match cli.command {
-        Command::Inspect(a) => inspect::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Inspect(a) => inspect::inspect(a, json).map(|()| ExitCode::SUCCESS),
         Command::Run(a) => run::run(a, signals),
-        Command::CopyIn(a) => copy::copy_in(a).map(|()| ExitCode::SUCCESS),
-        Command::CopyOut(a) => copy::copy_out(a).map(|()| ExitCode::SUCCESS),
-        Command::Mount(a) => mount::mount(a).map(|()| ExitCode::SUCCESS),
-        Command::Umount(a) => mount::umount(a).map(|()| ExitCode::SUCCESS),
+        Command::CopyIn(a) => copy::copy_in(a, json).map(|()| ExitCode::SUCCESS),
+        Command::CopyOut(a) => copy::copy_out(a, json).map(|()| ExitCode::SUCCESS),
+        Command::Mount(a) => mount::mount(a, json).map(|()| ExitCode::SUCCESS),
+        Command::Umount(a) => mount::umount(a, json).map(|()| ExitCode::SUCCESS),
         Command::Cleanup(a) => cleanup::run(a).map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run().map(|()| ExitCode::SUCCESS),
         Command::Hold(a) => {
@@ -81,12 +125,10 @@ fn main() -> ExitCode {
             let _ = run::signals().thread_unblock();
             hold::run(a).map(|()| ExitCode::SUCCESS)
         }
+        Command::Generate(a) => generate::run(a, Cli::command()).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("diskmount: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => ExitCode::from(failure::report(&*e, &cx, json)),
     }
 }

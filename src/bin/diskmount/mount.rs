@@ -4,8 +4,12 @@
 
 use std::path::PathBuf;
 
+use diskmount::record::Record;
 use diskmount::{AttachOptions, Auto, Backend, Block, Fuse, Loop, Nbd, Unattached};
+use serde::Serialize;
 
+use crate::failure::Context;
+use crate::json;
 use crate::opts::{Error, Opts};
 
 #[derive(clap::Args)]
@@ -24,7 +28,48 @@ pub struct UmountArgs {
     mountpoint: PathBuf,
 }
 
-fn mount_with<B: Backend>(args: &MountArgs) -> Result<(), Error> {
+impl MountArgs {
+    /// What the hints on failure need to know.
+    pub fn context(&self) -> Context {
+        self.opts.context(&self.image)
+    }
+}
+
+/// `mount --json`.
+#[derive(Serialize)]
+struct Mounted {
+    image: String,
+    /// The device the filesystem is mounted from (a partition's own).
+    device: String,
+    /// Where the filesystem is mounted.
+    mountpoint: String,
+    /// Every mount this left: the filesystem's, then the FUSE export of
+    /// the image where the backend made one.
+    mount_points: Vec<String>,
+    backend: &'static str,
+    /// How the partition got its device (`whole`, `kernel`, ...).
+    mapping: &'static str,
+    partition: Option<u32>,
+    fstype: String,
+    read_only: bool,
+    /// The record `umount` and `cleanup` find it by, if records are on.
+    record: Option<String>,
+    /// The qemu helper serving the image (nbd, fuse), which outlives diskmount.
+    helper_pid: Option<u32>,
+}
+
+/// The record this process left for the mount on `target`.
+fn own_record(target: &std::path::Path) -> Option<Record> {
+    let pid = std::process::id().to_string();
+    Record::all().into_iter().find(|r| {
+        r.persistent()
+            && r.get("pid") == Some(pid.as_str())
+            && r.get("mountpoint").map(PathBuf::from).as_deref() == Some(target)
+    })
+}
+
+fn mount_with<B: Backend>(args: &MountArgs, as_json: bool) -> Result<(), Error> {
+    args.opts.validate()?;
     let image = args.opts.image(&args.image)?;
     // qemu helpers must survive this process.
     let options = AttachOptions::default().persistent(true);
@@ -33,44 +78,93 @@ fn mount_with<B: Backend>(args: &MountArgs) -> Result<(), Error> {
         .map(args.opts.partition()?)?
         .mount(&args.mountpoint, &args.opts.mount_options())?;
     let device = mounted.device().to_path_buf();
+    let backend = mounted.backend().as_str();
+    let mapping = mounted.mapped().mapping().as_str();
+    let partition = mounted.mapped().partition();
+    let fstype = mounted.fstype().to_string();
+    let read_only = mounted.is_read_only();
     let path = mounted.persist()?;
-    println!("{} mounted on {}", device.display(), path.display());
-    Ok(())
+    if !as_json {
+        println!("{} mounted on {}", device.display(), path.display());
+        return Ok(());
+    }
+    let record = own_record(&path);
+    let field = |k: &str| record.as_ref().and_then(|r| r.get(k)).map(str::to_string);
+    let mut mount_points = vec![json::path(&path)];
+    // qemu-storage-daemon's FUSE export of the image (record.rs names it so).
+    mount_points.extend(field("export_dir").map(|d| format!("{d}/export")));
+    json::print(&Mounted {
+        image: json::absolute(&args.image),
+        device: json::path(&device),
+        mountpoint: json::path(&path),
+        mount_points,
+        backend,
+        mapping,
+        partition,
+        fstype,
+        read_only,
+        record: record.as_ref().map(|r| json::path(&r.file)),
+        helper_pid: field("daemon_pid").and_then(|p| p.parse().ok()),
+    })
 }
 
-pub fn mount(args: MountArgs) -> Result<(), Error> {
+pub fn mount(args: MountArgs, json: bool) -> Result<(), Error> {
     match args.opts.backend.as_str() {
-        "auto" => mount_with::<Auto>(&args),
-        "loop" => mount_with::<Loop>(&args),
-        "block" => mount_with::<Block>(&args),
-        "nbd" => mount_with::<Nbd>(&args),
-        "fuse" => mount_with::<Fuse>(&args),
-        other => {
-            Err(format!("--backend {other:?}: expected auto, loop, nbd, fuse or block").into())
-        }
+        "auto" => mount_with::<Auto>(&args, json),
+        "loop" => mount_with::<Loop>(&args, json),
+        "block" => mount_with::<Block>(&args, json),
+        "nbd" => mount_with::<Nbd>(&args, json),
+        "fuse" => mount_with::<Fuse>(&args, json),
+        _ => args.opts.validate(),
     }
 }
 
-pub fn umount(args: UmountArgs) -> Result<(), Error> {
+/// `umount --json`.
+#[derive(Serialize)]
+struct Unmounted {
+    mountpoint: String,
+    device: String,
+    backend: String,
+    mapping: &'static str,
+    /// The records of `diskmount mount` removed with it.
+    records_removed: Vec<String>,
+}
+
+pub fn umount(args: UmountArgs, as_json: bool) -> Result<(), Error> {
     let adopted = diskmount::adopt(&args.mountpoint)?;
-    let what = format!(
-        "{} ({}, {})",
-        adopted.device().display(),
-        adopted.backend(),
-        adopted.mapping().as_str()
-    );
+    let device = adopted.device().to_path_buf();
+    let backend = adopted.backend().to_string();
+    let mapping = adopted.mapping().as_str();
+    let what = format!("{} ({backend}, {mapping})", device.display());
     adopted.close()?;
     // The record `mount` left, if any, is done with.
     let target = std::fs::canonicalize(&args.mountpoint).unwrap_or(args.mountpoint.clone());
-    for rec in diskmount::record::Record::all() {
+    let mut removed = Vec::new();
+    for rec in Record::all() {
         if rec.persistent()
             && rec.get("mountpoint").map(PathBuf::from).as_deref() == Some(target.as_path())
         {
-            for e in crate::cleanup::release_helpers(&rec) {
+            // release_helpers tells people what it stops, on stdout.
+            let errors = if as_json {
+                json::keep_stdout_clean(|| crate::cleanup::release_helpers(&rec))?
+            } else {
+                crate::cleanup::release_helpers(&rec)
+            };
+            for e in errors {
                 eprintln!("diskmount: warning: {e}");
             }
             rec.remove()?;
+            removed.push(json::path(&rec.file));
         }
+    }
+    if as_json {
+        return json::print(&Unmounted {
+            mountpoint: json::path(&target),
+            device: json::path(&device),
+            backend,
+            mapping,
+            records_removed: removed,
+        });
     }
     println!(
         "unmounted {} and released {what}",

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::failure::{Context, Failed, Usage};
 use diskmount::{
     Auto, Backend, Block, Format, Fuse, Image, Loop, MountOptions, Mounted, Nbd, Partition,
     Unattached,
@@ -33,7 +34,34 @@ pub struct Opts {
 
 pub type Error = Box<dyn std::error::Error>;
 
+/// The `--backend` names.
+const BACKENDS: &str = "expected auto, loop, nbd, fuse or block";
+
 impl Opts {
+    /// What the hints on failure need to know about a command on `image`.
+    pub fn context(&self, image: &Path) -> Context {
+        Context {
+            image: Some(image.to_path_buf()),
+            read_only: self.read_only,
+            attaches: true,
+        }
+    }
+
+    /// Refuses option values that name nothing (a usage error, exit
+    /// status 2) before anything is opened.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.partition()?;
+        if self.format != "auto" {
+            self.format
+                .parse::<Format>()
+                .map_err(|e| Usage(format!("--format: {e}")))?;
+        }
+        match self.backend.as_str() {
+            "auto" | "loop" | "nbd" | "fuse" | "block" => Ok(()),
+            other => Err(Usage(format!("--backend {other:?}: {BACKENDS}")).into()),
+        }
+    }
+
     /// The image, opened as the options say.
     pub fn image(&self, path: &Path) -> Result<Image, Error> {
         let is_block = std::fs::metadata(path)
@@ -43,15 +71,18 @@ impl Opts {
             Image::block(path)?
         } else if self.format == "auto" {
             if self.allow_backing_file {
-                let file =
-                    std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let file = std::fs::File::open(path)
+                    .map_err(|e| Failed::new("open", path, "open image", e))?;
                 let format = diskmount::format::probe(&file, path)?;
                 Image::file(path, format)?.allow_backing_file(true)
             } else {
                 Image::probe(path)?
             }
         } else {
-            let format: Format = self.format.parse()?;
+            let format: Format = self
+                .format
+                .parse()
+                .map_err(|e| Usage(format!("--format: {e}")))?;
             Image::file(path, format)?.allow_backing_file(self.allow_backing_file)
         };
         Ok(image.read_only(self.read_only))
@@ -63,7 +94,9 @@ impl Opts {
             "none" | "whole" => Partition::Whole,
             s if s.starts_with("label=") => Partition::Label(s["label=".len()..].to_string()),
             s => Partition::Number(s.parse().map_err(|_| {
-                format!("--partition {s:?}: expected auto, none, a number or label=NAME")
+                Usage(format!(
+                    "--partition {s:?}: expected auto, none, a number or label=NAME"
+                ))
             })?),
         })
     }
@@ -92,6 +125,7 @@ pub fn mounted<J: WithMounted>(
     dir: &Path,
     job: J,
 ) -> Result<J::Output, Error> {
+    opts.validate()?;
     let image = opts.image(image)?;
     match opts.backend.as_str() {
         "auto" => go::<Auto, J>(opts, image, dir, job),
@@ -99,9 +133,7 @@ pub fn mounted<J: WithMounted>(
         "nbd" => go::<Nbd, J>(opts, image, dir, job),
         "fuse" => go::<Fuse, J>(opts, image, dir, job),
         "block" => go::<Block, J>(opts, image, dir, job),
-        other => {
-            Err(format!("--backend {other:?}: expected auto, loop, nbd, fuse or block").into())
-        }
+        other => Err(Usage(format!("--backend {other:?}: {BACKENDS}")).into()),
     }
 }
 

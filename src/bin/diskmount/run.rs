@@ -14,6 +14,7 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
+use crate::failure::{Context, Failed};
 use crate::opts::{self, Error, Opts, WithMounted};
 
 #[derive(clap::Args)]
@@ -25,6 +26,13 @@ pub struct Args {
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true)]
     command: Vec<OsString>,
+}
+
+impl Args {
+    /// What the hints on failure need to know.
+    pub fn context(&self) -> Context {
+        self.opts.context(&self.image)
+    }
 }
 
 /// The signals diskmount passes on instead of dying of them.
@@ -59,7 +67,7 @@ impl WithMounted for Job {
         diskmount::command::unblock_signals(&mut cmd);
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot run {:?}: {e}", self.command[0]))?;
+            .map_err(|e| Failed::new("run", self.command[0].as_ref(), "run command", e))?;
         let pid = Pid::from_raw(child.id() as i32);
         loop {
             if let Some(status) = child.try_wait()? {
