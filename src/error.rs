@@ -293,6 +293,13 @@ impl Error {
         match self {
             Error::Os { source, .. } => ErrorKind::of_errno(source.raw_os_error()),
             Error::Invalid { kind, .. } => *kind,
+            // A teardown step that stayed busy to its bound: the resource
+            // is in use (a process in the mount), nothing ran out.
+            Error::Exhausted { step, source, .. }
+                if step.is_teardown() && source.raw_os_error() == Some(nix::libc::EBUSY) =>
+            {
+                ErrorKind::Busy
+            }
             Error::Exhausted { .. } => ErrorKind::Exhausted,
             Error::Command { .. } => ErrorKind::HelperFailed,
             Error::Teardown(errors) => errors.first().map_or(ErrorKind::Io, Error::kind),

@@ -144,18 +144,7 @@ pub fn kind(e: &Dyn) -> Kind {
     let Some(e) = e.downcast_ref::<diskmount::Error>() else {
         return Kind::Error(ErrorKind::Io);
     };
-    let first = e.errors()[0];
-    match (e.kind(), first) {
-        // A mount still busy when the unmount's retry bound ran out is
-        // what ErrorKind::Busy describes; the library calls every spent
-        // retry bound Exhausted.
-        (ErrorKind::Exhausted, diskmount::Error::Exhausted { source, .. })
-            if source.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) =>
-        {
-            Kind::Error(ErrorKind::Busy)
-        }
-        (k, _) => Kind::Error(k),
-    }
+    Kind::Error(e.kind())
 }
 
 /// The step and path an error names, where it names them.
