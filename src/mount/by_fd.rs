@@ -79,6 +79,17 @@ pub(crate) fn open_mount_point(target: &Path) -> Result<OwnedFd> {
             "the mount point's path holds a symbolic link (swapped in after it was \
              resolved?); refusing to mount through it",
         ),
+        // O_NOFOLLOW | O_DIRECTORY on a link answers ENOTDIR.
+        Errno::ENOTDIR
+            if std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink()) =>
+        {
+            Error::invalid(
+                Step::Mount,
+                target,
+                "the mount point is a symbolic link; refusing to mount through it (give the \
+                 directory it points to, if that is meant)",
+            )
+        }
         Errno::ENOTDIR => Error::invalid(Step::Mount, target, "the mount point is not a directory"),
         e => Error::os(Step::Mount, target, "open mount point", e),
     })
