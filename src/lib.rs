@@ -145,7 +145,7 @@ pub use backend::{Auto, Backend, BackendKind, Block, Fuse, Loop, Nbd};
 pub use error::{Error, ErrorKind, Result, Step};
 pub use image::{Format, Image, ImageKind};
 pub use lifecycle::{
-    Attached, Mapped, Mount, Mounted, Unattached, with_mounted, with_mounted_opts,
+    Attached, Mapped, Mount, Mounted, Unattached, UnmountError, with_mounted, with_mounted_opts,
 };
 pub use mapping::{MapOptions, MapStrategy, Mapping};
 pub use options::{AttachOptions, MountOptions};

@@ -30,16 +30,32 @@ fn a_swapped_in_symlink_never_takes_the_mount_elsewhere() {
             let mut swaps = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 // EBUSY while `mnt` is a mount point: nothing to swap then.
-                match renameat2(AT_FDCWD, &mnt, AT_FDCWD, &other, RenameFlags::RENAME_EXCHANGE) {
+                match renameat2(
+                    AT_FDCWD,
+                    &mnt,
+                    AT_FDCWD,
+                    &other,
+                    RenameFlags::RENAME_EXCHANGE,
+                ) {
                     Ok(()) => swaps += 1,
                     Err(nix::errno::Errno::EBUSY) => std::thread::yield_now(),
                     Err(e) => panic!("swap: {e}"),
                 }
             }
             // Leave `mnt` a directory.
-            if std::fs::symlink_metadata(&mnt).unwrap().file_type().is_symlink() {
-                renameat2(AT_FDCWD, &mnt, AT_FDCWD, &other, RenameFlags::RENAME_EXCHANGE)
-                    .unwrap();
+            if std::fs::symlink_metadata(&mnt)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+            {
+                renameat2(
+                    AT_FDCWD,
+                    &mnt,
+                    AT_FDCWD,
+                    &other,
+                    RenameFlags::RENAME_EXCHANGE,
+                )
+                .unwrap();
             }
             swaps
         })
@@ -71,7 +87,8 @@ fn a_swapped_in_symlink_never_takes_the_mount_elsewhere() {
                 refused += 1;
                 let msg = e.to_string();
                 assert!(
-                    msg.contains("symbolic link") || msg.contains("not a directory")
+                    msg.contains("symbolic link")
+                        || msg.contains("not a directory")
                         || msg.contains("No such file"),
                     "unexpected refusal: {msg}"
                 );

@@ -133,6 +133,12 @@ macro_rules! backends {
                 }
             }
 
+            fn disown(self) {
+                match self {
+                    $(AutoDevice::$kind(d) => d.disown(),)*
+                }
+            }
+
             fn release(self) -> Result<()> {
                 match self {
                     $(AutoDevice::$kind(d) => d.release(),)*

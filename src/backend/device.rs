@@ -261,6 +261,16 @@ impl<D: Ops> Held<D> {
     }
 }
 
+impl<D: Ops> Held<D> {
+    /// Lets go without detaching and without stopping a helper, whatever
+    /// it is ([`Ops::abandon`]): for a device a live mount still uses.
+    pub(crate) fn abandon(&mut self) {
+        if let Some(device) = self.device.take() {
+            device.abandon();
+        }
+    }
+}
+
 impl<D: Ops> Drop for Held<D> {
     fn drop(&mut self) {
         if let Err(e) = self.release() {

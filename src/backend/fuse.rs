@@ -132,6 +132,10 @@ impl sealed::Ops for FuseDevice {
         self.daemon.record_fields()
     }
 
+    fn disown(mut self) {
+        self.daemon.disown();
+    }
+
     fn disarm(mut self) -> std::result::Result<(), Self> {
         if !self.daemon.is_persistent() {
             return Err(self);

@@ -82,6 +82,19 @@ pub(crate) mod sealed {
             Ok(())
         }
 
+        /// Lets go without detaching, also of a helper tied to this
+        /// process (which then still ends with it): for a device that a
+        /// mount still uses and that must not be torn down under it.
+        fn abandon(self) {
+            if let Err(device) = self.disarm() {
+                device.disown();
+            }
+        }
+
+        /// Leaves a helper that is tied to this process running when the
+        /// device is dropped without a release (see [`Ops::abandon`]).
+        fn disown(self) {}
+
         /// Detaches: flushes what the device buffered into the image and
         /// releases what the backend holds, reporting every error.
         fn release(self) -> Result<()>;

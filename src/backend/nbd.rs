@@ -109,6 +109,10 @@ impl sealed::Ops for NbdDevice {
         self.server.record_fields()
     }
 
+    fn disown(mut self) {
+        self.server.disown();
+    }
+
     fn disarm(mut self) -> std::result::Result<(), Self> {
         if !self.server.is_persistent() {
             return Err(self);

@@ -148,6 +148,19 @@ impl<B: Backend> Mapped<B> {
         Error::collect(errors)
     }
 
+    /// Lets go of everything without unmapping or detaching: for a
+    /// filesystem still mounted on it, which must not lose its device. The
+    /// record stays (its mount is still there) for `diskmount cleanup`.
+    pub(crate) fn abandon(self) {
+        let Mapped {
+            mut part,
+            mut attached,
+            ..
+        } = self;
+        part.disarm();
+        attached.device.abandon();
+    }
+
     pub(crate) fn close_into(self, errors: &mut Vec<Error>) {
         let Mapped {
             mut part, attached, ..

@@ -22,5 +22,5 @@ mod with_mounted;
 pub use attach::{Attached, Unattached};
 pub use builder::Mount;
 pub use map::Mapped;
-pub use mount::Mounted;
+pub use mount::{Mounted, UnmountError};
 pub use with_mounted::{with_mounted, with_mounted_opts};

@@ -25,17 +25,135 @@ use crate::retry::RetryPolicy;
 /// another program fails with "target is busy" until it is closed.
 #[must_use = "dropping a Mounted unmounts, unmaps and detaches it at once"]
 pub struct Mounted<B: Backend> {
-    // Field order is teardown order.
+    /// `None` only once torn down or handed on (unmount, close, persist).
+    inner: Option<Parts<B>>,
+}
+
+/// What a [`Mounted`] owns: the mount, and the mapped partition under it.
+struct Parts<B: Backend> {
     mount: MountGuard,
     mapped: Mapped<B>,
+}
+
+impl<B: Backend> Parts<B> {
+    /// Unmounts, then unmaps and detaches, pushing every error. Unmap and
+    /// detach never run under a live mount: if the filesystem is still
+    /// mounted (busy past the retry bound), everything under it is left
+    /// for it (descriptors closed, helpers left running, the record kept
+    /// for `diskmount cleanup`): a loop device goes by itself once the
+    /// mount does.
+    fn teardown(self, errors: &mut Vec<Error>) {
+        let Parts { mut mount, mapped } = self;
+        if let Err(e) = mount.release() {
+            errors.push(e);
+        }
+        if mount.is_mounted() {
+            warn!(
+                "teardown: {} is still mounted; leaving {} and the device under it for the mount",
+                mount.target.display(),
+                mapped.device().display()
+            );
+            mapped.abandon();
+            return;
+        }
+        drop(mount);
+        mapped.close_into(errors);
+    }
+}
+
+impl<B: Backend> Drop for Mounted<B> {
+    fn drop(&mut self) {
+        if let Some(parts) = self.inner.take() {
+            let mut errors = Vec::new();
+            parts.teardown(&mut errors);
+            for e in errors {
+                warn!("teardown: {e}");
+            }
+        }
+    }
+}
+
+/// A failed [`Mounted::unmount`]: the error, and the mounted value back if
+/// the filesystem is still mounted (busy past the retry bound, covered by
+/// another mount), so that the caller can retry once the holder is gone.
+/// It dereferences to the [`Error`], and converts into one (dropping the
+/// mounted value, whose teardown then tries once more).
+#[must_use = "dropping an UnmountError tries the teardown once more and then leaves the mount"]
+pub struct UnmountError<B: Backend> {
+    error: Error,
+    mounted: Option<Box<Mounted<B>>>,
+}
+
+impl<B: Backend> UnmountError<B> {
+    /// The error.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The mounted value, if the filesystem is still mounted.
+    pub fn mounted(&self) -> Option<&Mounted<B>> {
+        self.mounted.as_deref()
+    }
+
+    /// The error and the mounted value (if still mounted), apart.
+    pub fn into_parts(self) -> (Error, Option<Mounted<B>>) {
+        (self.error, self.mounted.map(|m| *m))
+    }
+
+    /// Tries the unmount again (the first error is gone if it works).
+    ///
+    /// # Errors
+    /// The new failure; the original error if the filesystem was not
+    /// mounted any more (nothing to retry).
+    pub fn retry(self) -> Result<Mapped<B>, UnmountError<B>> {
+        match self.mounted {
+            Some(m) => (*m).unmount(),
+            None => Err(self),
+        }
+    }
+}
+
+impl<B: Backend> std::ops::Deref for UnmountError<B> {
+    type Target = Error;
+
+    fn deref(&self) -> &Error {
+        &self.error
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for UnmountError<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnmountError")
+            .field("error", &self.error)
+            .field("still_mounted", &self.mounted.is_some())
+            .finish()
+    }
+}
+
+impl<B: Backend> std::fmt::Display for UnmountError<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<B: Backend> std::error::Error for UnmountError<B> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
+impl<B: Backend> From<UnmountError<B>> for Error {
+    fn from(e: UnmountError<B>) -> Error {
+        e.error
+    }
 }
 
 impl<B: Backend> std::fmt::Debug for Mounted<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mounted")
-            .field("path", &self.mount.target)
-            .field("fstype", &self.mount.fstype)
-            .field("mapped", &self.mapped)
+            .field("path", &self.mount().target)
+            .field("fstype", &self.mount().fstype)
+            .field("mapped", self.mapped())
             .finish()
     }
 }
@@ -90,7 +208,7 @@ impl<B: Backend> Mapped<B> {
             .attached
             .record
             .set(&[("mountpoint", target.display().to_string())]);
-        Ok(Mounted {
+        Ok(Mounted::from_parts(Parts {
             mount: MountGuard {
                 target,
                 device,
@@ -104,7 +222,7 @@ impl<B: Backend> Mapped<B> {
                 mounted: true,
             },
             mapped,
-        })
+        }))
     }
 }
 
@@ -128,7 +246,7 @@ impl<B: Backend> Mounted<B> {
             .metadata()
             .map_err(|e| Error::os(Step::Unmount, &target, "stat mount point", e))?
             .dev();
-        Ok(Mounted {
+        Ok(Mounted::from_parts(Parts {
             mount: MountGuard {
                 target,
                 device,
@@ -142,48 +260,68 @@ impl<B: Backend> Mounted<B> {
                 mounted: true,
             },
             mapped,
-        })
+        }))
     }
 
     /// A handle on the mounted filesystem's root through which every path
     /// stays inside the image (guest links resolve against the image root).
     pub fn root(&self) -> Result<crate::root::Root<'_>> {
-        crate::root::Root::open(&self.mount.target)
+        crate::root::Root::open(&self.mount().target)
     }
 
     /// The mount point.
     pub fn path(&self) -> &Path {
-        &self.mount.target
+        &self.mount().target
     }
 
     /// The mounted block device.
     pub fn device(&self) -> &Path {
-        &self.mount.device
+        &self.mount().device
     }
 
     /// The filesystem driver it was mounted with (`ext4`, `xfs`, ...).
     pub fn fstype(&self) -> &str {
-        &self.mount.fstype
+        &self.mount().fstype
     }
 
     /// Whether the mount is read-only.
     pub fn is_read_only(&self) -> bool {
-        self.mount.read_only
+        self.mount().read_only
     }
 
     /// The image.
     pub fn image(&self) -> &Image {
-        self.mapped.attached.image()
+        self.mapped().attached.image()
     }
 
     /// The backend that attached the image.
     pub fn backend(&self) -> BackendKind {
-        self.mapped.backend()
+        self.mapped().backend()
     }
 
     /// The mapped partition underneath.
     pub fn mapped(&self) -> &Mapped<B> {
-        &self.mapped
+        &self.parts().mapped
+    }
+
+    fn from_parts(parts: Parts<B>) -> Self {
+        Mounted { inner: Some(parts) }
+    }
+
+    fn parts(&self) -> &Parts<B> {
+        self.inner
+            .as_ref()
+            .expect("a Mounted is only emptied when it is consumed")
+    }
+
+    fn mount(&self) -> &MountGuard {
+        &self.parts().mount
+    }
+
+    fn take(mut self) -> Parts<B> {
+        self.inner
+            .take()
+            .expect("a Mounted is only emptied when it is consumed")
     }
 
     /// Leaves the filesystem mounted after this value is gone, as `mount`
@@ -196,16 +334,19 @@ impl<B: Backend> Mounted<B> {
     /// Fuse and Nbd attaches made without [`crate::AttachOptions::persistent`]
     /// are refused (and torn down): their qemu process would end with this one.
     pub fn persist(self) -> Result<PathBuf> {
-        let Mounted {
+        let Parts {
             mut mount,
             mut mapped,
-        } = self;
+        } = self.take();
         if !mapped.attached.device.disarm() {
             let backend = mapped.backend();
+            let target = mount.target.clone();
+            // Torn down the ordinary way (never under a live mount).
+            drop(Mounted::from_parts(Parts { mount, mapped }));
             return Err(Error::refused(
                 ErrorKind::Unsupported,
                 Step::Mount,
-                &mount.target,
+                &target,
                 format!(
                     "a {backend} mount can only outlive this process if it was attached with \
                      AttachOptions::persistent(true) (its qemu process would end with this one)"
@@ -228,28 +369,43 @@ impl<B: Backend> Mounted<B> {
     ///
     /// # Errors
     /// [`Step::Unmount`]: the flush failed (writes may not have reached the
-    /// image) or the mount stayed busy past the retry bound. The mapping and
-    /// device are then released as far as possible.
-    pub fn unmount(self) -> Result<Mapped<B>> {
-        let Mounted {
+    /// image) or the mount stayed busy past the retry bound. If the
+    /// filesystem is still mounted, the [`UnmountError`] gives this value
+    /// back ([`UnmountError::retry`], [`UnmountError::into_parts`]);
+    /// otherwise the mapping and device are released as far as possible.
+    pub fn unmount(self) -> Result<Mapped<B>, UnmountError<B>> {
+        let Parts {
             mut mount,
             mut mapped,
-        } = self;
-        mount.release()?;
-        mapped.attached.record.unset(&["mountpoint"]);
-        Ok(mapped)
+        } = self.take();
+        match mount.release() {
+            Ok(()) => {
+                mapped.attached.record.unset(&["mountpoint"]);
+                Ok(mapped)
+            }
+            Err(error) if mount.is_mounted() => Err(UnmountError {
+                error,
+                mounted: Some(Box::new(Mounted::from_parts(Parts { mount, mapped }))),
+            }),
+            Err(error) => {
+                drop(mount);
+                drop(mapped);
+                Err(UnmountError {
+                    error,
+                    mounted: None,
+                })
+            }
+        }
     }
 
     /// Unmounts, unmaps and detaches, trying every step even when one fails,
-    /// and reports every error ([`Error::Teardown`] if more than one).
+    /// and reports every error ([`Error::Teardown`] if more than one). If
+    /// the filesystem stays mounted (busy past the retry bound), the
+    /// mapping and the device under it are left for it, never torn down
+    /// under a live mount (see [`Mounted::unmount`] to retry instead).
     pub fn close(self) -> Result<()> {
-        let Mounted { mut mount, mapped } = self;
         let mut errors = Vec::new();
-        if let Err(e) = mount.release() {
-            errors.push(e);
-        }
-        drop(mount);
-        mapped.close_into(&mut errors);
+        self.take().teardown(&mut errors);
         Error::collect(errors)
     }
 }

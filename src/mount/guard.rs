@@ -41,11 +41,37 @@ pub(crate) struct MountGuard {
 impl MountGuard {
     /// Flushes, unmounts (retrying `EBUSY` within the bound) and flushes the
     /// device. Runs at most once.
+    ///
+    /// A mount that is still there afterwards (busy past the retry bound,
+    /// or covered by another mount) stays ours: [`MountGuard::is_mounted`]
+    /// is then true and `release` may be called again.
     pub(crate) fn release(&mut self) -> Result<()> {
         if !self.mounted {
             return Ok(());
         }
-        self.mounted = false;
+        let result = self.release_once();
+        self.mounted = result.is_err() && self.still_mounted();
+        result
+    }
+
+    /// Whether our filesystem is (still) mounted.
+    pub(crate) fn is_mounted(&self) -> bool {
+        self.mounted
+    }
+
+    /// Whether our mount is in this namespace's mount table: by its id,
+    /// or (no id) a mount on the target that shows our filesystem.
+    fn still_mounted(&self) -> bool {
+        match self.mnt_id {
+            Some(id) => crate::kernel::mountinfo::by_id(id).is_some(),
+            None => {
+                crate::kernel::mountinfo::is_mount_point(&self.target)
+                    && std::fs::metadata(&self.target).is_ok_and(|m| m.dev() == self.root_dev)
+            }
+        }
+    }
+
+    fn release_once(&mut self) -> Result<()> {
         let target = &self.target;
         debug!("unmount: {}", target.display());
         let mut errors = Vec::new();
