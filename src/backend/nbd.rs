@@ -33,8 +33,8 @@ use nix::libc;
 
 use super::device::{Core, Found};
 use super::{Backend, BackendKind, Device, sealed};
-use crate::command::run;
 use crate::command::{describe_status, wait_timeout};
+use crate::command::{run, run_within};
 use crate::error::{Error, ErrorKind, Result, Step};
 use crate::image::Image;
 use crate::kernel::sysfs;
@@ -163,11 +163,16 @@ pub fn available() -> bool {
         return false;
     }
     debug!("attach: loading the nbd module");
-    Command::new("modprobe")
-        .args(["nbd", "max_part=16"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-        && Path::new("/sys/block/nbd0").exists()
+    let loaded = run_within(
+        Step::Attach,
+        Path::new("/dev/nbd0"),
+        Command::new("modprobe").args(["nbd", "max_part=16"]),
+        Duration::from_secs(10),
+    );
+    if let Err(e) = &loaded {
+        debug!("attach: {e}");
+    }
+    loaded.is_ok() && Path::new("/sys/block/nbd0").exists()
 }
 
 /// A qemu-nbd serving one device, our child.

@@ -61,7 +61,10 @@ pub(crate) fn create(device: &Core, part: &PartitionInfo) -> Result<MappedPart> 
         part.start / 512
     );
     let mut cmd = Command::new("dmsetup");
-    cmd.args(["create", &name, "--table", &table]);
+    // --noudevsync: without udev (containers, initramfs, the test VM),
+    // dmsetup would wait for a udev cookie nobody releases; the node is
+    // waited for (or made with `mknodes`) below instead.
+    cmd.args(["create", "--noudevsync", &name, "--table", &table]);
     if device.read_only {
         cmd.arg("--readonly");
     }
@@ -126,7 +129,7 @@ pub(crate) fn remove(name: &str, path: &Path) -> Result<()> {
     run(
         Step::Unmap,
         path,
-        Command::new("dmsetup").args(["remove", "--retry", name]),
+        Command::new("dmsetup").args(["remove", "--noudevsync", "--retry", name]),
     )?;
     if path.exists() {
         // No udev to remove the node: have dmsetup make /dev/mapper agree
