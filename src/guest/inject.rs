@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
+use super::context::Guest;
 use super::owner::OwnerSpec;
 use super::ssh::KeyTarget;
-use super::users::Users;
 use super::{hostname, password, selinux};
 use crate::error::Result;
 use crate::root::{Labels, NewEntry, Ownership, Root};
@@ -63,9 +63,9 @@ impl Injection {
     /// missing files, symlinked `.ssh`, bad host names), and only then
     /// writes: files, SSH keys, host name, password, `/.autorelabel`.
     pub fn apply(&self, root: &Root) -> Result<Applied> {
-        let users = Users::read(root)?;
-        let labels = selinux::labels(root)?;
-        let labels = labels.as_ref();
+        let guest = Guest::read(root)?;
+        let users = guest.users(root)?;
+        let labels = guest.labels();
         // Checks: nothing has been written yet.
         let writes = self
             .writes
@@ -75,7 +75,7 @@ impl Injection {
         let keys = self
             .ssh_keys
             .iter()
-            .map(|(user, keys)| Ok((KeyTarget::check(root, &users, user)?, keys)))
+            .map(|(user, keys)| Ok((KeyTarget::check(root, users, user)?, keys)))
             .collect::<Result<Vec<_>>>()?;
         if let Some(name) = &self.hostname {
             hostname::validate(name).map_err(|e| root.refuse(hostname::HOSTNAME.as_ref(), e))?;

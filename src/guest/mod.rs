@@ -3,7 +3,8 @@
 //! `etc/shadow`, never the host's NSS), its SELinux policy, and what
 //! `diskmount inject` puts in (SSH keys, host name, password hash, files).
 //!
-//! One file per concern: `file.rs` (bounded reads of guest files),
+//! One file per concern: `context.rs` (a guest's policy and users, as
+//! creating files needs them), `file.rs` (bounded reads of guest files),
 //! `passwd.rs`, `group.rs`, `shadow.rs` (the parsers), `users.rs` (the
 //! user database and owner resolution), `owner.rs` (`USER[:GROUP]`),
 //! `selinux.rs` (whether the guest uses SELinux, its file contexts),
@@ -15,6 +16,7 @@
 //! its path ([`crate::root::Labels`]); guest files are edited by rename
 //! ([`crate::root::Root::edit`]), keeping their owner, mode and label.
 
+mod context;
 mod file;
 pub mod group;
 pub mod hostname;
@@ -27,9 +29,10 @@ pub mod shadow;
 pub mod ssh;
 pub mod users;
 
+pub use context::Guest;
 pub use file::GUEST_FILE_LIMIT;
 pub use group::GroupEntry;
 pub use inject::{Applied, FileWrite, Injection};
-pub use owner::{Owner, OwnerSpec};
+pub use owner::{Owner, OwnerSpec, parse_mode};
 pub use passwd::PasswdEntry;
 pub use users::Users;

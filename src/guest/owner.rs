@@ -93,6 +93,18 @@ impl fmt::Display for OwnerSpec {
     }
 }
 
+/// Parses permission bits given in octal (`600`, `0600`, `0o600`), at most
+/// `7777`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) => Ok(m),
+        _ => Err(format!(
+            "mode {s:?}: expected octal permission bits such as 644 or 0600"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +127,11 @@ mod tests {
         );
         for bad in ["", ":", "a:", ":b", "a:b:c", "a b", "99999999999"] {
             assert!(OwnerSpec::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert_eq!(parse_mode("0o4755"), Ok(0o4755));
+        for bad in ["", "8", "17777", "rw", "0o", "+644"] {
+            assert!(parse_mode(bad).is_err(), "{bad:?}");
         }
     }
 }

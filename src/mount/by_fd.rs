@@ -28,8 +28,8 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::mount::MsFlags;
 use nix::sys::stat::Mode;
 use rustix::mount::{
-    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
-    fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create, fsconfig_set_flag,
+    fsconfig_set_string, fsmount, fsopen, move_mount,
 };
 
 use super::plan::{MountPlan, hint};
@@ -156,7 +156,8 @@ fn new_api(device: &Path, plan: &MountPlan, target: BorrowedFd<'_>) -> Result<Fi
             attrs |= attr;
         }
     }
-    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| failed("fsmount", e))?;
+    let mnt =
+        fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| failed("fsmount", e))?;
     // Until it is moved into place the mount is attached nowhere: a
     // failure from here on needs no unmount (closing `mnt` drops it).
     move_mount(
