@@ -544,3 +544,84 @@ fn copy_in_owner_and_mode_and_write_with_mode_and_owner() {
     });
     fx.assert_clean();
 }
+
+/// The library side, with both resolvers: guest files linked to host paths
+/// are read and edited inside the image only, and an edit through a guest
+/// link lands on the file it leads to in the image, keeping its owner and
+/// mode, the link left as it was.
+#[test]
+fn guest_links_never_lead_reads_or_edits_out_of_the_image() {
+    use diskmount::guest::{OwnerSpec, Users};
+    use diskmount::root::{NewEntry, Ownership, Resolver};
+    let mut fx = Fixture::new();
+    let host = fx.tree(
+        "host",
+        &[
+            ("passwd", "hostonly:x:7777:7777::/h:/bin/sh\n"),
+            ("hosts", "host file\n"),
+        ],
+    );
+    for resolver in [Resolver::Auto, Resolver::Walker] {
+        let img = fx.guest_image(&format!("links-{resolver:?}.img"), false, &[]);
+        fx.util_mount(&img, false, |d| {
+            std::fs::remove_file(d.join("etc/passwd")).unwrap();
+            std::os::unix::fs::symlink(host.join("passwd"), d.join("etc/passwd")).unwrap();
+            std::fs::rename(d.join("etc/hosts"), d.join("etc/hosts.real")).unwrap();
+            std::os::unix::fs::symlink("/etc/hosts.real", d.join("etc/hosts")).unwrap();
+            std::os::unix::fs::symlink(host.join("hosts"), d.join("etc/motd")).unwrap();
+            std::os::unix::fs::chown(d.join("etc/hosts.real"), Some(UID), Some(GID)).unwrap();
+        });
+        let mnt = fx.tree(&format!("mnt-{resolver:?}"), &[]);
+        let m = common::mount_whole::<diskmount::Loop>(&img, &mnt);
+        {
+            let root = m.root().unwrap().with_resolver(resolver);
+            // etc/passwd leads to a host path: inside the image there is
+            // nothing there, so the host's file is never read.
+            let users = Users::read(&root).unwrap();
+            let e = users
+                .resolve(&OwnerSpec::parse("hostonly").unwrap())
+                .unwrap_err();
+            assert!(e.to_string().contains("no etc/passwd"), "{e}");
+            let e = root
+                .edit("/etc/motd", |_| Ok(Some(b"x".to_vec())))
+                .unwrap_err();
+            assert_eq!(e.errno(), Some(nix::libc::ENOENT), "{e}");
+            // The link inside the image is followed there.
+            assert!(
+                root.edit("/etc/hosts", |old| {
+                    assert_eq!(old, HOSTS.as_bytes());
+                    Ok(Some(b"edited\n".to_vec()))
+                })
+                .unwrap()
+            );
+            // Unchanged content is no write at all.
+            assert!(
+                !root
+                    .edit("/etc/hosts", |old| Ok((old != b"edited\n").then(Vec::new)))
+                    .unwrap()
+            );
+            // New entries get the owner and mode asked for.
+            let how = NewEntry::new().mode(0o4750).owner(Ownership::new(UID, GID));
+            root.mkdir_all_with("/opt/a/b", &how).unwrap();
+            root.write_with("/opt/a/b/tool", b"#!/bin/sh\n", &how)
+                .unwrap();
+        }
+        m.close().unwrap();
+        fx.util_mount(&img, true, |d| {
+            assert_eq!(read(d, "etc/hosts.real"), "edited\n");
+            assert_eq!(owner_mode(&d.join("etc/hosts.real")), (0o644, UID, GID));
+            assert_eq!(
+                std::fs::read_link(d.join("etc/hosts")).unwrap(),
+                Path::new("/etc/hosts.real")
+            );
+            // The set-id bit survives the change of owner (mode after chown).
+            assert_eq!(owner_mode(&d.join("opt/a/b/tool")), (0o4750, UID, GID));
+            assert_eq!(owner_mode(&d.join("opt/a")), (0o4750, UID, GID));
+        });
+    }
+    assert_eq!(
+        std::fs::read_to_string(host.join("hosts")).unwrap(),
+        "host file\n"
+    );
+    fx.assert_clean();
+}
