@@ -625,3 +625,55 @@ fn guest_links_never_lead_reads_or_edits_out_of_the_image() {
     );
     fx.assert_clean();
 }
+
+/// SELINUX=disabled labels nothing; a policy libselinux cannot read is an
+/// error naming the guest's file, before anything is written.
+#[test]
+fn a_disabled_or_unreadable_selinux_policy() {
+    let mut fx = Fixture::new();
+    let key = host_file(&fx, "key.pub", &format!("{KEY}\n"));
+    let img = fx.guest_image("disabled.img", true, &[]);
+    fx.util_mount(&img, false, |d| {
+        std::fs::write(
+            d.join("etc/selinux/config"),
+            "SELINUX=disabled\nSELINUXTYPE=targeted\n",
+        )
+        .unwrap();
+    });
+    ok(&diskmount(
+        &fx,
+        &[
+            os("inject"),
+            img.as_os_str(),
+            os("--ssh-key"),
+            os(&arg("root=", &key)),
+        ],
+    ));
+    fx.util_mount(&img, true, |d| {
+        assert_eq!(label(&d.join("root/.ssh")), None);
+        assert_eq!(label(&d.join("root/.ssh/authorized_keys")), None);
+    });
+    let img = fx.guest_image("broken.img", true, &[]);
+    fx.util_mount(&img, false, |d| {
+        std::fs::write(
+            d.join("etc/selinux/targeted/contexts/files/file_contexts"),
+            "/root\t-z\tsystem_u:object_r:admin_home_t:s0\n",
+        )
+        .unwrap();
+    });
+    let err = failed(&diskmount(
+        &fx,
+        &[
+            os("inject"),
+            img.as_os_str(),
+            os("--ssh-key"),
+            os(&arg("root=", &key)),
+        ],
+    ));
+    assert!(
+        err.contains("etc/selinux/targeted/contexts/files/file_contexts"),
+        "{err}"
+    );
+    fx.util_mount(&img, true, |d| assert!(!d.join("root/.ssh").exists()));
+    fx.assert_clean();
+}

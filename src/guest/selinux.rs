@@ -129,7 +129,19 @@ pub fn labels(root: &Root) -> Result<Option<Labels>> {
             write_private(Path::new(&dest), &data)?;
         }
     }
-    let labels = Labels::open(&copy)?;
+    // Named by its guest path: the private copy is gone by the time anyone reads the error.
+    let labels = Labels::open(&copy).map_err(|e| {
+        let cause = match e {
+            Error::Os {
+                operation, source, ..
+            } => format!("{operation}: {source}"),
+            other => other.to_string(),
+        };
+        root.refuse(
+            &contexts,
+            format!("libselinux cannot read the guest's file contexts: {cause}"),
+        )
+    })?;
     log::info!(
         "the guest uses SELinux ({}, policy {}): labelling from its {}",
         config.mode,
