@@ -6,7 +6,7 @@ use std::path::Path;
 
 use nix::errno::Errno;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::root::Root;
 
 /// The largest user-database or configuration file read from a guest.
@@ -38,4 +38,21 @@ pub(crate) fn read_bounded(root: &Root, path: &Path, limit: u64) -> Result<Optio
 /// lines diskmount looks at are ASCII).
 pub(crate) fn read_text(root: &Root, path: &Path, limit: u64) -> Result<Option<String>> {
     Ok(read_bounded(root, path, limit)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// A refusal naming the guest file `path`: something the guest's files do
+/// not have (an unknown user, a missing file).
+pub(crate) fn not_found(root: &Root, path: &Path, why: impl Into<String>) -> Error {
+    Error::refused(ErrorKind::NotFound, Step::Access, root.display(path), why)
+}
+
+/// A refusal naming the guest path `path`: what the guest holds there is
+/// against the safety rules (a link where none may be) or inconsistent.
+pub(crate) fn against_rules(root: &Root, path: &Path, why: impl Into<String>) -> Error {
+    Error::refused(
+        ErrorKind::InvalidImage,
+        Step::Access,
+        root.display(path),
+        why,
+    )
 }

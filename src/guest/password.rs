@@ -57,7 +57,7 @@ pub fn hash_from_file_text(text: &str) -> Result<String, String> {
 pub fn check(root: &Root, user: &str) -> Result<()> {
     let path = Path::new(SHADOW);
     let text = super::file::read_bounded(root, path, super::file::GUEST_FILE_LIMIT)?
-        .ok_or_else(|| root.refuse(path, "the guest has no etc/shadow"))?;
+        .ok_or_else(|| super::file::not_found(root, path, "the guest has no etc/shadow"))?;
     // Any valid hash: only whether the line is there is asked.
     match shadow::replace_hash(&text, user, "$6$check$check") {
         Ok(_) => Ok(()),
@@ -66,10 +66,11 @@ pub fn check(root: &Root, user: &str) -> Result<()> {
 }
 
 fn shadow_error(root: &Root, user: &str, e: ShadowError) -> crate::Error {
-    root.refuse(
-        Path::new(SHADOW),
-        format!("the guest's etc/shadow {e} {user:?}"),
-    )
+    let why = format!("the guest's etc/shadow {e} {user:?}");
+    match e {
+        ShadowError::NoSuchUser => super::file::not_found(root, Path::new(SHADOW), why),
+        _ => super::file::against_rules(root, Path::new(SHADOW), why),
+    }
 }
 
 /// Sets `user`'s password hash in the guest's `etc/shadow` to `hash`
@@ -78,7 +79,11 @@ pub fn set(root: &Root, user: &str, hash: &str) -> Result<bool> {
     let path = Path::new(SHADOW);
     validate_hash(hash).map_err(|e| root.refuse(path, e))?;
     if !root.exists(path)? {
-        return Err(root.refuse(path, "the guest has no etc/shadow"));
+        return Err(super::file::not_found(
+            root,
+            path,
+            "the guest has no etc/shadow",
+        ));
     }
     let changed = root.edit(path, |old| {
         shadow::replace_hash(old, user, hash).map_err(|e| shadow_error(root, user, e))

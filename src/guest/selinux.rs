@@ -137,7 +137,8 @@ pub fn labels(root: &Root) -> Result<Option<Labels>> {
             } => format!("{operation}: {source}"),
             other => other.to_string(),
         };
-        root.refuse(
+        super::file::against_rules(
+            root,
             &contexts,
             format!("libselinux cannot read the guest's file contexts: {cause}"),
         )

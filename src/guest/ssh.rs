@@ -130,7 +130,8 @@ impl KeyTarget {
     fn home_dir(&self, root: &Root) -> Result<OwnedFd> {
         let meta = root.metadata(&self.home).map_err(|e| {
             if e.errno() == Some(Errno::ENOENT as i32) {
-                root.refuse(
+                super::file::not_found(
+                    root,
                     &self.home,
                     format!(
                         "home directory of {:?} (the guest's etc/passwd) does not exist",
@@ -161,7 +162,11 @@ impl KeyTarget {
         match kind_at(home, OsStr::new(".ssh")) {
             Ok(nix::libc::S_IFDIR) => {}
             Ok(nix::libc::S_IFLNK) => {
-                return Err(root.refuse(&path, "is a symbolic link; refused (never followed)"));
+                return Err(super::file::against_rules(
+                    root,
+                    &path,
+                    "is a symbolic link; refused (never followed)",
+                ));
             }
             Ok(_) => return Err(root.refuse(&path, "exists and is not a directory")),
             Err(Errno::ENOENT) => return Ok(None),
@@ -182,9 +187,11 @@ impl KeyTarget {
         let path = self.keys_path();
         match kind_at(ssh, OsStr::new("authorized_keys")) {
             Ok(nix::libc::S_IFREG) | Err(Errno::ENOENT) => Ok(()),
-            Ok(nix::libc::S_IFLNK) => {
-                Err(root.refuse(&path, "is a symbolic link; refused (never followed)"))
-            }
+            Ok(nix::libc::S_IFLNK) => Err(super::file::against_rules(
+                root,
+                &path,
+                "is a symbolic link; refused (never followed)",
+            )),
             Ok(_) => Err(root.refuse(&path, "exists and is not a regular file")),
             Err(e) => Err(root.err(&path, "lstat", e)),
         }

@@ -8,7 +8,7 @@ use super::file::{GUEST_FILE_LIMIT, read_text};
 use super::group::{self, GroupEntry};
 use super::owner::{Owner, OwnerSpec};
 use super::passwd::{self, PasswdEntry};
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::root::{Ownership, Root};
 
 /// The guest's `etc/passwd`.
@@ -53,7 +53,8 @@ impl Users {
 
     fn passwd(&self, wanted: &str) -> Result<&[PasswdEntry]> {
         self.passwd.as_deref().ok_or_else(|| {
-            Error::invalid(
+            Error::refused(
+                ErrorKind::NotFound,
                 Step::Access,
                 &self.passwd_path,
                 format!("the guest has no etc/passwd (needed for {wanted})"),
@@ -63,7 +64,8 @@ impl Users {
 
     fn groups(&self, wanted: &str) -> Result<&[GroupEntry]> {
         self.groups.as_deref().ok_or_else(|| {
-            Error::invalid(
+            Error::refused(
+                ErrorKind::NotFound,
                 Step::Access,
                 &self.group_path,
                 format!("the guest has no etc/group (needed for {wanted})"),
@@ -79,7 +81,8 @@ impl Users {
             .iter()
             .find(|u| u.name == name)
             .ok_or_else(|| {
-                Error::invalid(
+                Error::refused(
+                    ErrorKind::NotFound,
                     Step::Access,
                     &self.passwd_path,
                     format!("no user {name:?} in the guest's etc/passwd"),
@@ -98,7 +101,8 @@ impl Users {
         match user {
             Owner::Name(n) => self.user(n),
             Owner::Id(uid) => self.user_by_id(*uid)?.ok_or_else(|| {
-                Error::invalid(
+                Error::refused(
+                    ErrorKind::NotFound,
                     Step::Access,
                     &self.passwd_path,
                     format!("no user with uid {uid} in the guest's etc/passwd"),
@@ -114,7 +118,8 @@ impl Users {
             .iter()
             .find(|g| g.name == name)
             .ok_or_else(|| {
-                Error::invalid(
+                Error::refused(
+                    ErrorKind::NotFound,
                     Step::Access,
                     &self.group_path,
                     format!("no group {name:?} in the guest's etc/group"),
@@ -135,7 +140,8 @@ impl Users {
             Owner::Id(uid) => match self.user_by_id(*uid)? {
                 Some(u) => (u.uid, Some(u.gid)),
                 None => {
-                    return Err(Error::invalid(
+                    return Err(Error::refused(
+                        ErrorKind::NotFound,
                         Step::Access,
                         &self.passwd_path,
                         format!(
@@ -192,7 +198,9 @@ mod tests {
     #[test]
     fn unknown_names_and_missing_files_name_the_guest_file() {
         let u = users();
-        let e = resolve(&u, "nobody").unwrap_err().to_string();
+        let e = resolve(&u, "nobody").unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::NotFound);
+        let e = e.to_string();
         assert!(e.contains("etc/passwd") && e.contains("\"nobody\""), "{e}");
         let e = resolve(&u, "cloud-user:staff").unwrap_err().to_string();
         assert!(e.contains("etc/group") && e.contains("\"staff\""), "{e}");
