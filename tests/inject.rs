@@ -524,6 +524,11 @@ fn copy_in_owner_and_mode_and_write_with_mode_and_owner() {
                 "{}:/home/cloud-user/notes::{USER}",
                 motd.display()
             )),
+            os("--write"),
+            os(&format!(
+                "{}:/home/other/.ssh/authorized_keys:640",
+                motd.display()
+            )),
         ],
     ));
     fx.util_mount(&img, true, |d| {
@@ -541,6 +546,10 @@ fn copy_in_owner_and_mode_and_write_with_mode_and_owner() {
             owner_mode(&d.join("home/cloud-user/notes")),
             (0o644, UID, GID)
         );
+        // Existing, only the mode given: the owner kept.
+        let other = d.join("home/other/.ssh/authorized_keys");
+        assert_eq!(owner_mode(&other), (0o640, 4244, 4244));
+        assert_eq!(read(d, "home/other/.ssh/authorized_keys"), "welcome\n");
     });
     fx.assert_clean();
 }

@@ -113,9 +113,11 @@ impl Injection {
     }
 }
 
-/// Writes one file: an existing one is replaced by rename keeping its
-/// owner, mode and label unless others are given; a new one (and any
-/// missing parent directory, `0o755`, root's) is created and labelled.
+/// Writes one file: an existing one (a guest link followed inside the
+/// image) is replaced by rename keeping its label, and its owner and mode
+/// unless others are given; a new one (`0o644` and root's unless given,
+/// and any missing parent directory, `0o755`, root's) is created and
+/// labelled.
 fn write_file(
     root: &Root,
     labels: Option<&Labels>,
@@ -129,18 +131,14 @@ fn write_file(
             .labels(labels);
         root.mkdir_all_with(parent, &dirs)?;
     }
-    let exists = root.symlink_metadata(&w.dest).is_ok_and(|m| m.is_file());
-    if exists && w.mode.is_none() && owner.is_none() {
-        root.edit(&w.dest, |_| Ok(Some(w.data.clone())))?;
-    } else {
-        let mut how = NewEntry::new()
-            .owner(owner.unwrap_or(Ownership::ROOT))
-            .labels(labels);
-        if let Some(m) = w.mode {
-            how = how.mode(m);
-        }
-        root.write_with(&w.dest, &w.data, &how)?;
+    let mut how = NewEntry::new().labels(labels);
+    if let Some(m) = w.mode {
+        how = how.mode(m);
     }
+    if let Some(o) = owner {
+        how = how.owner(o);
+    }
+    root.write_keeping(&w.dest, &w.data, &how)?;
     log::info!("wrote {}", w.dest.display());
     Ok(true)
 }

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, renameat};
-use nix::sys::stat::{FileStat, Mode, fstat};
+use nix::sys::stat::{Mode, fstat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, unlinkat};
 
 use super::label::copy_label;
-use super::owner::{EntryKind, NewEntry};
+use super::owner::{EntryKind, NewEntry, Ownership};
 use super::{Root, temp_name};
 use crate::error::Result;
 
@@ -53,6 +53,24 @@ impl Root<'_> {
     ) -> Result<bool> {
         let (dir, name, path) = self.locate(path.as_ref())?;
         self.edit_at(&dir, &name, &path, Some(how), f)
+    }
+
+    /// Writes `data` to `path` by rename. An existing regular file (a
+    /// link at `path` followed inside the image) keeps its label, and its
+    /// owner and mode except where `how` sets them; a missing one is
+    /// created as `how` says.
+    pub fn write_keeping(
+        &self,
+        path: impl AsRef<Path>,
+        data: impl AsRef<[u8]>,
+        how: &NewEntry,
+    ) -> Result<()> {
+        let (dir, name, path) = self.locate(path.as_ref())?;
+        let data = data.as_ref();
+        self.edit_at_as(&dir, &name, &path, Some(how), true, |_| {
+            Ok(Some(data.to_vec()))
+        })
+        .map(drop)
     }
 
     /// The directory and name of the file `path` names, a symbolic link
@@ -112,6 +130,20 @@ impl Root<'_> {
         how: Option<&NewEntry>,
         f: impl FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>>,
     ) -> Result<bool> {
+        self.edit_at_as(dir, name, path, how, false, f)
+    }
+
+    /// [`Root::edit_at`]; with `override_attrs`, the mode and owner `how`
+    /// sets replace the existing file's.
+    fn edit_at_as(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        how: Option<&NewEntry>,
+        override_attrs: bool,
+        f: impl FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>>,
+    ) -> Result<bool> {
         let old = match openat(
             dir.as_fd(),
             name,
@@ -143,7 +175,12 @@ impl Root<'_> {
         let Some(new) = f(Some(&content))? else {
             return Ok(false);
         };
-        self.replace_at(dir, name, path, &old, &st, &new, how)?;
+        let (mut mode, mut owner) = (st.st_mode & 0o7777, Ownership::new(st.st_uid, st.st_gid));
+        if override_attrs && let Some(how) = how {
+            mode = how.mode_bits().unwrap_or(mode);
+            owner = how.ownership().unwrap_or(owner);
+        }
+        self.replace_at(dir, name, path, &old, (mode, owner), &new, how)?;
         Ok(true)
     }
 
@@ -163,8 +200,8 @@ impl Root<'_> {
         Ok(out)
     }
 
-    /// Writes `data` to a temporary file next to `name`, gives it the
-    /// owner, mode and label of `old` (stat `st`), syncs it and renames it
+    /// Writes `data` to a temporary file next to `name`, gives it the label
+    /// of `old` and the mode and owner `attrs`, syncs it and renames it
     /// over `name`.
     #[allow(clippy::too_many_arguments)]
     fn replace_at(
@@ -173,7 +210,7 @@ impl Root<'_> {
         name: &OsStr,
         path: &Path,
         old: &OwnedFd,
-        st: &FileStat,
+        attrs: (u32, Ownership),
         data: &[u8],
         how: Option<&NewEntry>,
     ) -> Result<()> {
@@ -200,12 +237,12 @@ impl Root<'_> {
             nix::unistd::fchownat(
                 file.as_fd(),
                 "",
-                Some(Uid::from_raw(st.st_uid)),
-                Some(Gid::from_raw(st.st_gid)),
+                Some(Uid::from_raw(attrs.1.uid)),
+                Some(Gid::from_raw(attrs.1.gid)),
                 AtFlags::AT_EMPTY_PATH,
             )
             .map_err(|e| self.err(path, "chown", e))?;
-            nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(st.st_mode & 0o7777))
+            nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(attrs.0))
                 .map_err(|e| self.err(path, "fchmod", e))?;
             file.sync_all().map_err(|e| self.err(path, "fsync", e))?;
             renameat(dir.as_fd(), tmp.as_os_str(), dir.as_fd(), name)
