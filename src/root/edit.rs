@@ -133,15 +133,16 @@ impl Root<'_> {
         self.edit_at_as(dir, name, path, how, false, f)
     }
 
-    /// [`Root::edit_at`]; with `override_attrs`, the mode and owner `how`
-    /// sets replace the existing file's.
+    /// [`Root::edit_at`]; with `replace`, the existing content is not read
+    /// (`f` gets it empty) and the mode and owner `how` sets replace the
+    /// existing file's.
     fn edit_at_as(
         &self,
         dir: &OwnedFd,
         name: &OsStr,
         path: &Path,
         how: Option<&NewEntry>,
-        override_attrs: bool,
+        replace: bool,
         f: impl FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>>,
     ) -> Result<bool> {
         let old = match openat(
@@ -171,12 +172,16 @@ impl Root<'_> {
         if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
             return Err(self.refuse(path, "is not a regular file; not edited"));
         }
-        let content = self.read_bounded(&old, path)?;
+        let content = if replace {
+            Vec::new()
+        } else {
+            self.read_bounded(&old, path)?
+        };
         let Some(new) = f(Some(&content))? else {
             return Ok(false);
         };
         let (mut mode, mut owner) = (st.st_mode & 0o7777, Ownership::new(st.st_uid, st.st_gid));
-        if override_attrs && let Some(how) = how {
+        if replace && let Some(how) = how {
             mode = how.mode_bits().unwrap_or(mode);
             owner = how.ownership().unwrap_or(owner);
         }
