@@ -64,6 +64,18 @@ fn failed(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The message of a run refused as a usage error (exit status 2), before
+/// anything was mounted.
+fn usage(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A host file with `content`.
 fn host_file(fx: &Fixture, name: &str, content: &str) -> PathBuf {
     let p = fx.path().join(name);
@@ -102,15 +114,24 @@ fn ssh_key_twice_is_added_once_owned_by_the_guest_user() {
     }
     // A second key for the same user is appended after the first.
     let key2 = host_file(&fx, "key2.pub", &format!("{KEY2}\n"));
-    ok(&diskmount(
+    let out = diskmount(
         &fx,
         &[
+            os("--json"),
             os("inject"),
             img.as_os_str(),
             os("--ssh-key"),
             os(&arg(&format!("{USER}="), &key2)),
         ],
-    ));
+    );
+    ok(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "{{\"image\":\"{}\",\"changed\":1,\"selinux\":false}}",
+            img.display()
+        )
+    );
     fx.util_mount(&img, true, |d| {
         let home = d.join("home").join(USER);
         assert_eq!(owner_mode(&home.join(".ssh")), (0o700, UID, GID));
@@ -320,7 +341,7 @@ fn hostname_writes_etc_hostname_and_the_debian_hosts_line() {
         assert_eq!(owner_mode(&d.join("etc/hostname")), (0o644, 0, 0));
     });
     for bad in ["-web", "a_b", "x..y", "name.", &"a".repeat(64)] {
-        let err = failed(&diskmount(
+        let err = usage(&diskmount(
             &fx,
             &[
                 os("inject"),
@@ -385,7 +406,7 @@ fn password_hash_replaces_only_that_users_field_and_shadow_keeps_mode_and_owner(
     });
     // A clear-text password is refused before anything is mounted.
     let clear = host_file(&fx, "clear", "hunter2\n");
-    let err = failed(&diskmount(
+    let err = usage(&diskmount(
         &fx,
         &[
             os("inject"),

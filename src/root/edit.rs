@@ -156,8 +156,13 @@ impl Root<'_> {
             Mode::empty(),
         ) {
             Ok(fd) => fd,
-            Err(Errno::ELOOP) => return Err(self.refuse(path, "is a symbolic link; not edited")),
-            Err(Errno::ENOENT) if let Some(how) = how => {
+            Err(Errno::ELOOP) => {
+                return Err(self.refuse(path, "is a symbolic link; not edited"));
+            }
+            Err(Errno::ENOENT) => {
+                let Some(how) = how else {
+                    return Err(self.err(path, "open", Errno::ENOENT));
+                };
                 return match f(None)? {
                     Some(data) => {
                         self.write_file_at(dir, name, path, &mut data.as_slice(), how, true)?;
