@@ -707,3 +707,52 @@ fn a_disabled_or_unreadable_selinux_policy() {
     fx.util_mount(&img, true, |d| assert!(!d.join("root/.ssh").exists()));
     fx.assert_clean();
 }
+
+/// A user whose home directory is missing, and a `.ssh` that is a file:
+/// clear errors naming the guest path, and nothing written.
+#[test]
+fn a_missing_home_or_a_non_directory_ssh_is_refused() {
+    let mut fx = Fixture::new();
+    let key = host_file(&fx, "key.pub", &format!("{KEY}\n"));
+    let img = fx.guest_image("home.img", false, &[]);
+    fx.util_mount(&img, false, |d| {
+        std::fs::remove_dir(d.join("home").join(USER)).unwrap();
+        std::fs::write(d.join("home/other/.ssh2"), "").unwrap();
+        std::fs::remove_dir_all(d.join("home/other/.ssh")).unwrap();
+        std::fs::rename(d.join("home/other/.ssh2"), d.join("home/other/.ssh")).unwrap();
+    });
+    let err = failed(&diskmount(
+        &fx,
+        &[
+            os("inject"),
+            img.as_os_str(),
+            os("--ssh-key"),
+            os(&arg(&format!("{USER}="), &key)),
+        ],
+    ));
+    assert!(
+        err.contains(&format!("home/{USER}")) && err.contains("does not exist"),
+        "{err}"
+    );
+    let err = failed(&diskmount(
+        &fx,
+        &[
+            os("inject"),
+            img.as_os_str(),
+            os("--hostname"),
+            os("changed"),
+            os("--ssh-key"),
+            os(&arg("other=", &key)),
+        ],
+    ));
+    assert!(
+        err.contains("home/other/.ssh") && err.contains("not a directory"),
+        "{err}"
+    );
+    fx.util_mount(&img, true, |d| {
+        assert_eq!(read(d, "etc/hostname"), "debian\n");
+        assert!(!d.join("home").join(USER).exists());
+        assert_eq!(read(d, "home/other/.ssh"), "");
+    });
+    fx.assert_clean();
+}
