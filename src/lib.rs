@@ -121,6 +121,7 @@ pub mod command;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod guest;
 pub mod image;
 pub mod kernel;
 mod lifecycle;

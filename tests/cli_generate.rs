@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 /// The commands a user sees (hidden ones, `hold` and `generate`, left out).
-const COMMANDS: [&str; 8] = [
-    "inspect", "run", "copy-in", "copy-out", "mount", "umount", "cleanup", "demo",
+const COMMANDS: [&str; 9] = [
+    "inspect", "run", "copy-in", "copy-out", "inject", "mount", "umount", "cleanup", "demo",
 ];
 
 fn generate(args: &[&str], dir: &Path) -> Vec<String> {

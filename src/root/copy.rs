@@ -14,6 +14,7 @@ use nix::sys::stat::{FchmodatFlags, Mode, fchmodat, fstat, mkdirat};
 use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
 
 use super::Root;
+use super::owner::NewEntry;
 use crate::error::{Error, Result, Step};
 
 impl Root<'_> {
@@ -35,14 +36,34 @@ impl Root<'_> {
     /// copy can leave files of the tree empty or partly written, as with
     /// `cp -a`.
     pub fn copy_in(&self, host: impl AsRef<Path>, image_dir: impl AsRef<Path>) -> Result<u64> {
+        self.copy_in_with(host, image_dir, &NewEntry::new())
+    }
+
+    /// [`Root::copy_in`], with what `how` says for everything it creates:
+    /// its owner and SELinux label on every file, directory (`image_dir`
+    /// and its missing parents included) and link (links get the owner,
+    /// not a label), and its mode on every regular file (directories keep
+    /// the host's modes, or `0o755` for the missing parents of
+    /// `image_dir`). Entries that already exist keep their owner and label.
+    pub fn copy_in_with(
+        &self,
+        host: impl AsRef<Path>,
+        image_dir: impl AsRef<Path>,
+        how: &NewEntry,
+    ) -> Result<u64> {
         let host = host.as_ref();
         let image_dir = image_dir.as_ref();
-        self.mkdir_all(image_dir, 0o755)?;
+        let dirs = NewEntry::new().mode(0o755).labels(how.labeller());
+        let dirs = match how.ownership() {
+            Some(o) => dirs.owner(o),
+            None => dirs,
+        };
+        self.mkdir_all_with(image_dir, &dirs)?;
         let name = host
             .file_name()
             .ok_or_else(|| Error::invalid(Step::Access, host, "names no file to copy"))?;
         let dir = self.resolve(image_dir, true)?;
-        let total = self.copy_in_at(host, &dir, name, &image_dir.join(name))?;
+        let total = self.copy_in_at(host, &dir, name, &image_dir.join(name), how)?;
         let sync = super::reopen(&self.fd, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
             .map_err(|e| self.err(image_dir, "open image root", e))?;
         nix::unistd::syncfs(&sync).map_err(|e| self.err(image_dir, "syncfs", e))?;
@@ -52,7 +73,14 @@ impl Root<'_> {
     /// Copies `host` to the entry `name` of the image directory `dir`
     /// (`dest` is its path in the image, for messages and for resolving an
     /// entry that already exists).
-    fn copy_in_at(&self, host: &Path, dir: &OwnedFd, name: &OsStr, dest: &Path) -> Result<u64> {
+    fn copy_in_at(
+        &self,
+        host: &Path,
+        dir: &OwnedFd,
+        name: &OsStr,
+        dest: &Path,
+        how: &NewEntry,
+    ) -> Result<u64> {
         let meta = std::fs::symlink_metadata(host)
             .map_err(|e| Error::os(Step::Access, host, "lstat", e))?;
         let mode = meta.permissions().mode() & 0o7777;
@@ -68,17 +96,24 @@ impl Root<'_> {
             }
             symlinkat(target.as_path(), dir.as_fd(), name)
                 .map_err(|e| self.err(dest, "symlink", e))?;
+            if let Some(o) = how.ownership() {
+                self.chown_link_at(dir, name, dest, o)?;
+            }
             Ok(0)
         } else if ft.is_dir() {
             let sub = match mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700)) {
                 // Made just now: open it by its name, never through a link.
-                Ok(()) => openat(
-                    dir.as_fd(),
-                    name,
-                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| self.err(dest, "open new directory", e))?,
+                Ok(()) => {
+                    let sub = openat(
+                        dir.as_fd(),
+                        name,
+                        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| self.err(dest, "open new directory", e))?;
+                    self.set_new_dir_label_owner(&sub, dir, name, dest, how)?;
+                    sub
+                }
                 // There already: resolved inside the image (a link to a
                 // directory is followed there, as mkdir_all does).
                 Err(Errno::EEXIST) => {
@@ -99,7 +134,7 @@ impl Root<'_> {
             entries.sort_by_key(|e| e.file_name());
             for entry in entries {
                 let child = entry.file_name();
-                total += self.copy_in_at(&entry.path(), &sub, &child, &dest.join(&child))?;
+                total += self.copy_in_at(&entry.path(), &sub, &child, &dest.join(&child), how)?;
             }
             // The descriptor is a directory inside the image (not a link):
             // chmod through its /proc entry touches exactly that inode.
@@ -117,7 +152,7 @@ impl Root<'_> {
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(host)
                 .map_err(|e| Error::os(Step::Access, host, "open", e))?;
-            self.write_file_at(dir, name, dest, &mut src, mode, false)
+            self.write_file_at(dir, name, dest, &mut src, &how.or_mode(mode), false)
         } else {
             Err(Error::invalid(
                 Step::Access,

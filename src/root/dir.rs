@@ -1,10 +1,9 @@
 //! Directories inside the image: creating them, and removing entries.
 
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::errno::Errno;
-use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
 
 use super::Root;
@@ -15,45 +14,7 @@ impl Root<'_> {
     /// bits `mode` (links in existing parents are followed inside the
     /// image). Existing directories are left as they are.
     pub fn mkdir_all(&self, path: impl AsRef<Path>, mode: u32) -> Result<()> {
-        let path = path.as_ref();
-        let mut done = PathBuf::new();
-        for part in super::components(&super::relative(path)) {
-            done.push(&part);
-            if part == ".." {
-                continue;
-            }
-            let (dir, name) = self.parent(&done)?;
-            match nix::sys::stat::mkdirat(
-                dir.as_fd(),
-                name.as_os_str(),
-                Mode::from_bits_truncate(mode & 0o7777),
-            ) {
-                Ok(()) => {
-                    // mkdir honours the umask; set the bits asked for.
-                    let created = self.resolve(&done, false)?;
-                    nix::sys::stat::fchmodat(
-                        nix::fcntl::AT_FDCWD,
-                        format!(
-                            "/proc/self/fd/{}",
-                            std::os::fd::AsRawFd::as_raw_fd(&created)
-                        )
-                        .as_str(),
-                        Mode::from_bits_truncate(mode & 0o7777),
-                        nix::sys::stat::FchmodatFlags::FollowSymlink,
-                    )
-                    .map_err(|e| self.err(&done, "chmod", e))?;
-                }
-                Err(Errno::EEXIST) => {
-                    let fd = self.resolve(&done, true)?;
-                    let st = nix::sys::stat::fstat(&fd).map_err(|e| self.err(&done, "fstat", e))?;
-                    if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFDIR {
-                        return Err(self.refuse(&done, "exists and is not a directory"));
-                    }
-                }
-                Err(e) => return Err(self.err(&done, "mkdir", e)),
-            }
-        }
-        Ok(())
+        self.mkdir_all_with(path, &super::owner::NewEntry::new().mode(mode))
     }
 
     /// Removes the file, link or empty directory at `path` (a link itself,

@@ -12,14 +12,20 @@
 //!
 //! One file per operation: `read.rs`, `write.rs` (atomic replace, append),
 //! `dir.rs` (mkdir_all, remove), `meta.rs` (metadata, permissions, owner,
-//! symlink), `copy.rs` (copy_in, copy_out).
+//! symlink), `copy.rs` (copy_in, copy_out); `owner.rs` (the mode, owner and
+//! label of what is created), `create.rs` (creating with them), `label.rs`
+//! (SELinux labels), `edit.rs` (editing guest files by rename).
 //!
 //! # References
 //! - [`openat2(2)`](https://man7.org/linux/man-pages/man2/openat2.2.html)
 
 mod copy;
+mod create;
 mod dir;
+mod edit;
+mod label;
 mod meta;
+mod owner;
 mod read;
 mod write;
 
@@ -34,7 +40,10 @@ use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result, Step};
 
+pub use edit::EDIT_LIMIT;
+pub use label::Labels;
 pub use meta::{FileKind, Metadata};
+pub use owner::{NewEntry, Ownership};
 
 /// How paths are resolved inside the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@ use std::path::Path;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2, renameat};
 use nix::sys::stat::Mode;
 
+use super::owner::{EntryKind, NewEntry};
 use super::{Resolver, Root, temp_name};
 use crate::error::Result;
 
@@ -30,12 +31,13 @@ impl Root<'_> {
     ) -> Result<u64> {
         let path = path.as_ref();
         let (dir, name) = self.parent(path)?;
-        self.write_file_at(&dir, &name, path, reader, mode, true)
+        self.write_file_at(&dir, &name, path, reader, &NewEntry::new().mode(mode), true)
     }
 
     /// Writes the entry `name` of the image directory `dir` (`path` in
     /// the image, for messages) from `reader`: a temporary file next to it,
-    /// written, `fsync`ed if `sync`, renamed over the name. A `File` source
+    /// written, given the mode, owner and label `how` says, `fsync`ed if
+    /// `sync`, renamed over the name. A `File` source
     /// is copied by the kernel (`copy_file_range`/`sendfile`) where it can.
     pub(crate) fn write_file_at<R: Read + ?Sized>(
         &self,
@@ -43,7 +45,7 @@ impl Root<'_> {
         name: &OsStr,
         path: &Path,
         reader: &mut R,
-        mode: u32,
+        how: &NewEntry,
         sync: bool,
     ) -> Result<u64> {
         let tmp = temp_name(name);
@@ -59,8 +61,7 @@ impl Root<'_> {
             // For a `File` source, `std::io::copy` uses the kernel's copy
             // (`copy_file_range`, else `sendfile`).
             let n = std::io::copy(reader, &mut file).map_err(|e| self.err(path, "write", e))?;
-            nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(mode & 0o7777))
-                .map_err(|e| self.err(path, "fchmod", e))?;
+            self.set_new_attrs(file.as_fd(), dir, name, path, EntryKind::File, how)?;
             if sync {
                 file.sync_all().map_err(|e| self.err(path, "fsync", e))?;
             }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod durability;
+pub mod guest;
 pub mod system;
 
 #[allow(unused_imports)]

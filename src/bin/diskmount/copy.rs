@@ -16,6 +16,12 @@ pub struct InArgs {
     image: PathBuf,
     #[command(flatten)]
     opts: Opts,
+    /// Owner of everything copied in: USER[:GROUP], names from the guest's etc/passwd and etc/group, or numbers.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    owner: Option<diskmount::guest::OwnerSpec>,
+    /// Permission bits (octal) of every regular file copied in.
+    #[arg(long, value_name = "OCTAL", value_parser = diskmount::guest::parse_mode)]
+    mode: Option<u32>,
     /// Host files or directories, then the directory in the image to copy them into.
     #[arg(required = true, num_args = 2.., value_name = "PATH")]
     paths: Vec<PathBuf>,
@@ -55,12 +61,20 @@ struct Copied {
     bytes: u64,
 }
 
-struct CopyIn(Vec<PathBuf>, PathBuf);
+struct CopyIn(
+    Vec<PathBuf>,
+    PathBuf,
+    Option<diskmount::guest::OwnerSpec>,
+    Option<u32>,
+);
 
 impl WithMounted for CopyIn {
     type Output = u64;
     fn run<B: Backend>(self, mounted: &Mounted<B>) -> Result<u64, Error> {
         let root = mounted.root()?;
+        // Owner from the guest's files, labels from the guest's policy.
+        let guest = diskmount::guest::Guest::read(&root)?;
+        let how = guest.new_entry(&root, self.2.as_ref(), self.3)?;
         // The bar counts the host files' bytes against what the image's
         // filesystem gains as the copy goes.
         let size = if progress::enabled() {
@@ -71,8 +85,9 @@ impl WithMounted for CopyIn {
         let bar = progress::bytes(size, &format!("copying into {}", self.1.display()));
         let mut total = 0;
         for src in &self.0 {
-            total +=
-                progress::follow_fs(&bar, total, mounted.path(), || root.copy_in(src, &self.1))?;
+            total += progress::follow_fs(&bar, total, mounted.path(), || {
+                root.copy_in_with(src, &self.1, &how)
+            })?;
             bar.set_position(total);
         }
         bar.finish_and_clear();
@@ -103,7 +118,7 @@ pub fn copy_in(mut args: InArgs, json: bool) -> Result<(), Error> {
         &args.opts,
         &args.image,
         dir.path(),
-        CopyIn(args.paths, dest),
+        CopyIn(args.paths, dest, args.owner, args.mode),
     )?;
     dir.close()?;
     log::info!("copied {n} bytes in");

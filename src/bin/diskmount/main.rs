@@ -6,6 +6,7 @@ mod demo;
 mod failure;
 mod generate;
 mod hold;
+mod inject;
 mod inspect;
 mod json;
 mod mount;
@@ -55,6 +56,8 @@ enum Command {
     CopyIn(copy::InArgs),
     /// Copy a file or tree out of the image.
     CopyOut(copy::OutArgs),
+    /// Put SSH keys, a host name, files and a password hash into a guest, in one mount.
+    Inject(inject::Args),
     /// Mount and leave mounted (until `umount`).
     Mount(mount::MountArgs),
     /// Unmount and release what is mounted there, whoever mounted it.
@@ -79,6 +82,7 @@ impl Command {
             Command::Run(a) => a.context(),
             Command::CopyIn(a) => a.context(),
             Command::CopyOut(a) => a.context(),
+            Command::Inject(a) => a.context(),
             Command::Mount(a) => a.context(),
             Command::Generate(_) => failure::Context::default(),
             _ => failure::Context {
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
         Command::Run(a) => run::run(a, signals),
         Command::CopyIn(a) => copy::copy_in(a, json).map(|()| ExitCode::SUCCESS),
         Command::CopyOut(a) => copy::copy_out(a, json).map(|()| ExitCode::SUCCESS),
+        Command::Inject(a) => inject::run(a, json).map(|()| ExitCode::SUCCESS),
         Command::Mount(a) => mount::mount(a, json).map(|()| ExitCode::SUCCESS),
         Command::Umount(a) => mount::umount(a, json).map(|()| ExitCode::SUCCESS),
         Command::Cleanup(a) => cleanup::run(a).map(|()| ExitCode::SUCCESS),
