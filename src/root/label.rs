@@ -13,8 +13,10 @@ use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "selinux")]
+use selinux::FileAccessMode;
+#[cfg(feature = "selinux")]
 use selinux::label::{Labeler, back_end};
-use selinux::{FileAccessMode, SecurityContext};
 
 use super::Root;
 use super::owner::EntryKind;
@@ -27,6 +29,7 @@ use crate::error::{Error, Result, Step};
 /// `.subs_dist` files next to it when it is opened; they can be removed
 /// afterwards.
 pub struct Labels {
+    #[cfg(feature = "selinux")]
     handle: Labeler<back_end::File>,
     source: PathBuf,
 }
@@ -40,6 +43,7 @@ impl std::fmt::Debug for Labels {
 }
 
 /// The cause inside a libselinux error.
+#[cfg(feature = "selinux")]
 fn io(e: selinux::errors::Error) -> std::io::Error {
     use selinux::errors::Error as E;
     match e {
@@ -55,6 +59,24 @@ impl Labels {
     /// Opens the file-contexts file `file_contexts` (a host path, e.g. a
     /// private copy of the guest's
     /// `etc/selinux/TYPE/contexts/files/file_contexts`).
+    ///
+    /// # Errors
+    /// Without the `selinux` feature (libselinux), always: an
+    /// [`crate::ErrorKind::Unsupported`] error, so that an SELinux guest is
+    /// refused rather than left with unlabelled files.
+    #[cfg(not(feature = "selinux"))]
+    pub fn open(file_contexts: impl AsRef<Path>) -> Result<Labels> {
+        Err(Error::refused(
+            crate::ErrorKind::Unsupported,
+            Step::Access,
+            file_contexts.as_ref(),
+            "the guest uses SELinux, and this diskmount was built without the `selinux` \
+             feature (libselinux), so it cannot give new files the guest's labels",
+        ))
+    }
+
+    /// Opens the file-contexts file `file_contexts` (see above).
+    #[cfg(feature = "selinux")]
     pub fn open(file_contexts: impl AsRef<Path>) -> Result<Labels> {
         let path = file_contexts.as_ref();
         let c = CString::new(path.as_os_str().as_encoded_bytes())
@@ -83,6 +105,13 @@ impl Labels {
             .map(|c| c.to_string_lossy().into_owned()))
     }
 
+    #[cfg(not(feature = "selinux"))]
+    fn lookup_kind(&self, _guest_path: &Path, _kind: EntryKind) -> Result<Option<CString>> {
+        // `open` never makes a `Labels` without the feature.
+        Ok(None)
+    }
+
+    #[cfg(feature = "selinux")]
     fn lookup_kind(&self, guest_path: &Path, kind: EntryKind) -> Result<Option<CString>> {
         let mode = FileAccessMode::new(kind.format_bits());
         match self.handle.look_up_by_path(guest_path, mode) {
@@ -130,30 +159,33 @@ impl Labels {
     }
 }
 
-/// Sets `security.selinux` of the entry open as `fd` to `label`.
+/// The extended attribute that holds an SELinux label.
+const XATTR: &str = "security.selinux";
+
+/// Sets `security.selinux` of the entry open as `fd` to `label` (stored
+/// with its trailing NUL, as libselinux's `fsetfilecon` stores it).
 fn set_label(root: &Root, fd: BorrowedFd<'_>, label: &CStr, path: &Path) -> Result<()> {
-    SecurityContext::from_c_str(label, true)
-        .set_for_file(&fd)
-        .map_err(|e| root.err(path, "fsetfilecon (security.selinux)", io(e)))
+    rustix::fs::fsetxattr(
+        fd,
+        XATTR,
+        label.to_bytes_with_nul(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(|e| root.err(path, "fsetxattr security.selinux", std::io::Error::from(e)))
 }
 
 /// The `security.selinux` label of the entry open as `fd`, if it has one
 /// (`None` also where the filesystem keeps no such attributes).
 pub(crate) fn read_label(root: &Root, fd: BorrowedFd<'_>, path: &Path) -> Result<Option<CString>> {
-    match SecurityContext::of_file(&fd, true) {
-        Ok(Some(ctx)) => {
-            let bytes = ctx.as_bytes();
+    let mut buf = vec![0u8; 4096];
+    match rustix::fs::fgetxattr(fd, XATTR, &mut buf) {
+        Ok(n) => {
+            let bytes = &buf[..n];
             let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
             Ok(CString::new(bytes).ok().filter(|c| !c.is_empty()))
         }
-        Ok(None) => Ok(None),
-        Err(e) => {
-            let e = io(e);
-            match e.raw_os_error() {
-                Some(nix::libc::ENOTSUP) | Some(nix::libc::ENODATA) => Ok(None),
-                _ => Err(root.err(path, "fgetfilecon (security.selinux)", e)),
-            }
-        }
+        Err(e) if e == rustix::io::Errno::NODATA || e == rustix::io::Errno::NOTSUP => Ok(None),
+        Err(e) => Err(root.err(path, "fgetxattr security.selinux", std::io::Error::from(e))),
     }
 }
 

@@ -64,6 +64,7 @@ impl EntryKind {
     }
 
     /// The `S_IFMT` bits, as `selabel_lookup` takes them.
+    #[cfg_attr(not(feature = "selinux"), allow(dead_code))]
     pub(crate) fn format_bits(self) -> u32 {
         match self {
             EntryKind::File => nix::libc::S_IFREG,
