@@ -243,3 +243,41 @@ fn attack_images_are_refused_before_anything_starts() {
     a.close().unwrap();
     fx.assert_clean();
 }
+
+#[test]
+fn the_daemon_opens_the_file_that_was_checked_not_the_path() {
+    use std::os::unix::fs::MetadataExt;
+    let mut fx = Fixture::new();
+    let raw = fx.ext4("disk.img", &[("id", "checked")]);
+    let img = convert(&fx, &raw, "disk.qcow2", "qcow2", &[]);
+    let mnt = fx.tree("mnt", &[]);
+    let t = Unattached::<Fuse>::new(Image::file(&img, Format::Qcow2).unwrap())
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    let root = fx.path().to_string_lossy().into_owned();
+    let (pid, line) = common::qemu_processes()
+        .into_iter()
+        .find(|(_, c)| c.contains(&root))
+        .expect("the daemon runs");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(cmdline.contains("filename=/proc/self/fd/3"), "{line}");
+    assert!(
+        !cmdline.contains(&*img.to_string_lossy()),
+        "qemu was given the path: {line}"
+    );
+    // Its descriptor 3 is the image diskmount checked.
+    let passed = std::fs::metadata(format!("/proc/{pid}/fd/3")).unwrap();
+    let image = std::fs::metadata(&img).unwrap();
+    assert_eq!((passed.dev(), passed.ino()), (image.dev(), image.ino()));
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("id")).unwrap(),
+        "checked"
+    );
+    t.close().unwrap();
+    fx.assert_clean();
+}

@@ -194,14 +194,15 @@ fn qemu_escape(path: &Path) -> String {
 
 fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
     let path = image.path();
-    let info = super::check_qemu_image(image, Fuse::NAME)?;
+    let checked = super::check_qemu_image(image, Fuse::NAME)?;
     debug!(
         "attach: {} ({}, {} bytes virtual) through {DAEMON}",
         path.display(),
         image.format(),
-        info.virtual_size
+        checked.info.virtual_size
     );
-    let mut daemon = Daemon::start(image, options.persistent)?;
+    let mut daemon = Daemon::start(image, &checked, options.persistent)?;
+    drop(checked);
     let export = match OpenOptions::new()
         .read(true)
         .write(!image.is_read_only())
@@ -273,7 +274,7 @@ impl Daemon {
     }
 
     /// Starts the daemon and waits until its export is live.
-    fn start(image: &Image, persistent: bool) -> Result<Daemon> {
+    fn start(image: &Image, checked: &super::QemuImage, persistent: bool) -> Result<Daemon> {
         let path = image.path();
         let dir = tempfile::Builder::new()
             .prefix("diskmount-fuse-")
@@ -299,7 +300,7 @@ impl Daemon {
         cmd.arg("--blockdev")
             .arg(format!(
                 "driver=file,node-name=file0,filename={},read-only={ro},locking=on",
-                qemu_escape(path)
+                qemu_escape(&checked.filename(path))
             ))
             .arg("--blockdev")
             .arg(format!(
@@ -326,6 +327,7 @@ impl Daemon {
             )
             .map_err(|e| Error::os(Step::Attach, dir.path(), "inotify_add_watch", e))?;
         debug!("attach: run {cmd:?}");
+        checked.pass_to(&mut cmd);
         let spawned = if persistent {
             spawn_detached(cmd)
         } else {
@@ -606,8 +608,17 @@ fn image_of(pid: u32) -> Option<PathBuf> {
         let arg = String::from_utf8_lossy(arg);
         let rest = arg.strip_prefix("driver=file,")?;
         let at = rest.find("filename=")? + "filename=".len();
-        Some(PathBuf::from(qemu_unescape(&rest[at..])))
+        Some(passed_file(pid, PathBuf::from(qemu_unescape(&rest[at..]))))
     })
+}
+
+/// `name` as the helper `pid` opened it: the file behind its descriptor
+/// where it was handed the checked file (`/proc/self/fd/N`).
+pub(crate) fn passed_file(pid: u32, name: PathBuf) -> PathBuf {
+    match name.strip_prefix("/proc/self/fd/") {
+        Ok(n) => std::fs::read_link(Path::new(&format!("/proc/{pid}/fd")).join(n)).unwrap_or(name),
+        Err(_) => name,
+    }
 }
 
 /// Undoes [`qemu_escape`] up to the first unescaped comma.

@@ -21,7 +21,7 @@
 mod auto;
 mod block;
 pub(crate) mod device;
-mod fuse;
+pub(crate) mod fuse;
 pub(crate) mod r#loop;
 pub mod nbd;
 
@@ -118,9 +118,12 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
 pub trait Device: sealed::Ops {}
 
 /// What the qemu-based backends check before starting qemu: an image file,
-/// the format's safety rules ([`crate::format::check`]), and that a
-/// read-write attach is one qemu can serve.
-pub(crate) fn check_qemu_image(image: &Image, backend: &str) -> Result<crate::format::ImageInfo> {
+/// opened once, the format's safety rules ([`crate::format::check_file`])
+/// on that open file, and that a read-write attach is one qemu can serve.
+/// Returns the header's facts and the file, for qemu to open through
+/// [`QemuImage::filename`].
+pub(crate) fn check_qemu_image(image: &Image, backend: &str) -> Result<QemuImage> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = image.path();
     if image.kind() != crate::image::ImageKind::File {
         return Err(crate::error::Error::refused(
@@ -132,7 +135,46 @@ pub(crate) fn check_qemu_image(image: &Image, backend: &str) -> Result<crate::fo
             ),
         ));
     }
-    let info = crate::format::check(path, image.format(), image.allows_backing_file())?;
+    let mut flags = nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY;
+    if image.is_no_follow() {
+        flags |= nix::libc::O_NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| crate::error::Error::os(crate::error::Step::Probe, path, "open", e))?;
+    let info = crate::format::check_file(&file, path, image.format(), image.allows_backing_file())?;
     crate::format::require_writable(&info, path, image.is_read_only())?;
-    Ok(info)
+    Ok(QemuImage { info, file })
+}
+
+/// An image checked for qemu: what its header says, and the open file the
+/// check read.
+pub(crate) struct QemuImage {
+    pub(crate) info: crate::format::ImageInfo,
+    pub(crate) file: std::fs::File,
+}
+
+impl QemuImage {
+    /// The name qemu opens the image by: the checked file itself
+    /// (`/proc/self/fd/3` in the helper, see [`QemuImage::pass_to`]) where
+    /// the image stands alone; its path where it has a backing chain,
+    /// whose relative names qemu resolves against the image's own
+    /// directory (every file of the chain was checked by path).
+    pub(crate) fn filename(&self, path: &std::path::Path) -> std::path::PathBuf {
+        if self.info.backing_file.is_some() {
+            path.to_path_buf()
+        } else {
+            std::path::PathBuf::from(format!("/proc/self/fd/{}", crate::sys::process::PASSED_FD))
+        }
+    }
+
+    /// Hands the checked file to the helper `cmd` starts (as descriptor 3),
+    /// where [`QemuImage::filename`] names it.
+    pub(crate) fn pass_to(&self, cmd: &mut std::process::Command) {
+        if self.info.backing_file.is_none() {
+            crate::sys::process::pass_fd(cmd, std::os::fd::AsFd::as_fd(&self.file));
+        }
+    }
 }

@@ -80,7 +80,10 @@ impl sealed::Ops for NbdDevice {
             .ok()
             .and_then(|c| {
                 c.split(|b| *b == 0).rfind(|a| !a.is_empty()).map(|a| {
-                    PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a))
+                    let name = PathBuf::from(
+                        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a),
+                    );
+                    super::fuse::passed_file(pid, name)
                 })
             })
             .unwrap_or_else(|| found.node.clone());
@@ -276,10 +279,11 @@ fn claim_within(image: &Path, policy: RetryPolicy) -> Result<(String, File)> {
 
 fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
     let path = image.path();
-    let info = super::check_qemu_image(image, Nbd::NAME)?;
+    let checked = super::check_qemu_image(image, Nbd::NAME)?;
+    let info = &checked.info;
     let (name, file) = claim_within(path, options.retry)?;
     let node = PathBuf::from("/dev").join(&name);
-    let mut server = Server::start(image, &node, options.persistent)?;
+    let mut server = Server::start(image, &checked, &node, options.persistent)?;
     if let Err(e) = server.wait_ready(&name, info.virtual_size) {
         let mut errors = vec![e];
         server.stop_into(&mut errors);
@@ -354,7 +358,12 @@ impl Server {
         }
     }
 
-    fn start(image: &Image, device: &Path, persistent: bool) -> Result<Server> {
+    fn start(
+        image: &Image,
+        checked: &super::QemuImage,
+        device: &Path,
+        persistent: bool,
+    ) -> Result<Server> {
         let path = image.path();
         let dir = tempfile::Builder::new()
             .prefix("diskmount-nbd-")
@@ -382,11 +391,12 @@ impl Server {
                 "--cache=writeback",
             ])
             .args(image.is_read_only().then_some("--read-only"))
-            .arg(path)
+            .arg(checked.filename(path))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
         debug!("attach: run {cmd:?}");
+        checked.pass_to(&mut cmd);
         let spawned = if persistent {
             spawn_detached(cmd)
         } else {

@@ -24,6 +24,29 @@ pub(crate) fn check(path: &Path, format: Format, allow_backing_file: bool) -> Re
     link(path, Some(format), allow_backing_file, 1, &mut seen)
 }
 
+/// [`check`] of the image already open as `file` (what is checked is
+/// then what the caller hands on, not whatever the path names later).
+pub(crate) fn check_file(
+    file: &File,
+    path: &Path,
+    format: Format,
+    allow_backing_file: bool,
+) -> Result<ImageInfo> {
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::os(Step::Probe, path, "fstat", e))?;
+    let mut seen = Vec::new();
+    link_file(
+        file,
+        &meta,
+        path,
+        Some(format),
+        allow_backing_file,
+        1,
+        &mut seen,
+    )
+}
+
 /// Checks the image at `path` (the `depth`th file of its chain) and, if
 /// allowed, the rest of its chain. `format` is `None` where qemu would
 /// probe it.
@@ -34,8 +57,21 @@ fn link(
     depth: usize,
     seen: &mut Vec<(u64, u64)>,
 ) -> Result<ImageInfo> {
-    let refuse = |reason: String| Error::invalid_image(Step::Probe, path, reason);
     let (file, meta) = open(path, depth)?;
+    link_file(&file, &meta, path, format, allow_backing_file, depth, seen)
+}
+
+/// [`link`] of the chain file open as `file`.
+fn link_file(
+    file: &File,
+    meta: &Metadata,
+    path: &Path,
+    format: Option<Format>,
+    allow_backing_file: bool,
+    depth: usize,
+    seen: &mut Vec<(u64, u64)>,
+) -> Result<ImageInfo> {
+    let refuse = |reason: String| Error::invalid_image(Step::Probe, path, reason);
     let id = (meta.dev(), meta.ino());
     if seen.contains(&id) {
         return Err(refuse(
@@ -49,7 +85,7 @@ fn link(
         // into its disk is data.
         Some(Format::Raw) => Format::Raw,
         Some(given) => {
-            let found = super::probe(&file, path)?;
+            let found = super::probe(file, path)?;
             if found != given {
                 let what = match found {
                     Format::Raw => {
@@ -65,10 +101,9 @@ fn link(
             given
         }
         // A backing file of no declared format: qemu would probe it.
-        None => super::probe(&file, path)?,
+        None => super::probe(file, path)?,
     };
-    let info = super::inspect(&file, path, format)?;
-    drop(file);
+    let info = super::inspect(file, path, format)?;
     debug!(
         "probe: {}: {} image of {} bytes{}",
         path.display(),

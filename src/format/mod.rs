@@ -184,6 +184,21 @@ pub fn check(path: &Path, format: Format, allow_backing_file: bool) -> Result<Im
     check::check(path, format, allow_backing_file)
 }
 
+/// [`check`] of the image already open as `file` (`path` names it in
+/// errors, and backing files are found relative to it): what is checked
+/// is the file the caller then hands to qemu.
+///
+/// # Errors
+/// As [`check`].
+pub fn check_file(
+    file: &File,
+    path: &Path,
+    format: Format,
+    allow_backing_file: bool,
+) -> Result<ImageInfo> {
+    check::check_file(file, path, format, allow_backing_file)
+}
+
 /// Refuses a read-write attach of an image qemu can only read: a
 /// streamOptimized vmdk is a compressed stream that cannot be rewritten in
 /// place (writes would fail as I/O errors inside the mounted filesystem).

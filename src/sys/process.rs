@@ -100,6 +100,36 @@ pub fn unblock_signals_in_child(cmd: &mut Command) {
     }
 }
 
+/// The descriptor number a child gets for the file [`pass_fd`] hands it.
+pub const PASSED_FD: i32 = 3;
+
+/// Makes `cmd`'s child find `fd` open as descriptor [`PASSED_FD`] (and so
+/// at `/proc/self/fd/3`): a helper then opens the very file that was
+/// checked, not whatever its path names by then. `fd` must stay open
+/// until the child is spawned (the caller borrows it across the spawn).
+pub fn pass_fd(cmd: &mut Command, fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes async-signal-safe calls (dup2, fcntl) on descriptor numbers;
+    // `raw` is open in the child because the parent holds it open across
+    // the spawn. dup2 clears close-on-exec on the copy; when the number is
+    // already PASSED_FD, fcntl clears it instead.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if raw == PASSED_FD {
+                libc::fcntl(raw, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, PASSED_FD)
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Spawns `cmd` in its own process group, not tied to this process, with
 /// no blocked signals: for helpers that must outlive it (a persistent
 /// mount). Something else must stop them later.

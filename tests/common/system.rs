@@ -81,7 +81,17 @@ pub fn qemu_processes() -> Vec<(u32, String)> {
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
         let exe = cmdline.split(' ').next().unwrap_or("");
         if exe.ends_with("qemu-nbd") || exe.ends_with("qemu-storage-daemon") {
-            out.push((pid, cmdline.trim().to_string()));
+            // The files it has open too: a helper handed the checked image
+            // as a descriptor names only /proc/self/fd/3 on its command line.
+            let files: Vec<String> = std::fs::read_dir(entry.path().join("fd"))
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|f| std::fs::read_link(f.path()).ok())
+                        .map(|t| t.to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((pid, format!("{} {}", cmdline.trim(), files.join(" "))));
         }
     }
     out
