@@ -3,6 +3,10 @@
 //! `etc/shadow`, never the host's NSS), its SELinux policy, and what
 //! `diskmount inject` puts in (SSH keys, host name, password hash, files).
 //!
+//! Also what the guest says about itself, for OS inspection:
+//! `os_release.rs` (which OS, `etc/hostname`) and `fstab.rs` (what it
+//! mounts at boot, and from where).
+//!
 //! One file per concern: `context.rs` (a guest's policy and users, as
 //! creating files needs them), `file.rs` (bounded reads of guest files),
 //! `passwd.rs`, `group.rs`, `shadow.rs` (the parsers), `users.rs` (the
@@ -18,9 +22,11 @@
 
 mod context;
 mod file;
+pub mod fstab;
 pub mod group;
 pub mod hostname;
 pub mod inject;
+pub mod os_release;
 pub mod owner;
 pub mod passwd;
 pub mod password;
