@@ -117,6 +117,7 @@
 
 pub mod adopt;
 pub mod backend;
+pub mod cleanup;
 mod command;
 pub mod error;
 pub mod format;
@@ -126,7 +127,7 @@ mod lifecycle;
 pub mod mapping;
 pub mod options;
 pub mod partition;
-pub mod record;
+pub(crate) mod record;
 pub mod retry;
 pub mod root;
 #[doc(hidden)]
@@ -140,4 +141,5 @@ pub use lifecycle::{Attached, Mapped, Mounted, Unattached, with_mounted, with_mo
 pub use mapping::{MapOptions, MapStrategy, Mapping};
 pub use options::{AttachOptions, MountOptions};
 pub use partition::{Partition, PartitionInfo, PartitionTable, TableKind};
+pub use record::RunDir;
 pub use retry::RetryPolicy;

@@ -24,7 +24,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,7 +103,7 @@ pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
         image.format(),
         info.virtual_size
     );
-    let mut daemon = Daemon::start(image, options.persistent)?;
+    let mut daemon = Daemon::start(image, options)?;
     let export = match OpenOptions::new()
         .read(true)
         .write(!image.is_read_only())
@@ -183,20 +183,10 @@ impl Daemon {
     }
 
     /// Starts the daemon and waits until its export is live.
-    fn start(image: &Image, persistent: bool) -> Result<Daemon> {
+    fn start(image: &Image, options: &AttachOptions) -> Result<Daemon> {
+        let persistent = options.persistent;
         let path = image.path();
-        let dir = tempfile::Builder::new()
-            .prefix("diskmount-fuse-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .map_err(|e| {
-                Error::os(
-                    Step::Attach,
-                    std::env::temp_dir(),
-                    "create export directory",
-                    e,
-                )
-            })?;
+        let dir = crate::record::private_dir(options, "diskmount-fuse-")?;
         let export = dir.path().join("export");
         let pidfile = dir.path().join("pid");
         let log = dir.path().join("daemon.log");

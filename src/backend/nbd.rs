@@ -22,7 +22,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -204,7 +204,7 @@ pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
     let info = super::check_qemu_image(image, Nbd::NAME)?;
     let (name, file) = claim_within(path, options.retry)?;
     let node = PathBuf::from("/dev").join(&name);
-    let mut server = Server::start(image, &node, options.persistent)?;
+    let mut server = Server::start(image, &node, options)?;
     if let Err(e) = server.wait_ready(&name, info.virtual_size) {
         let mut errors = vec![e];
         server.stop_into(&mut errors);
@@ -276,20 +276,10 @@ impl Server {
         }
     }
 
-    fn start(image: &Image, device: &Path, persistent: bool) -> Result<Server> {
+    fn start(image: &Image, device: &Path, options: &AttachOptions) -> Result<Server> {
+        let persistent = options.persistent;
         let path = image.path();
-        let dir = tempfile::Builder::new()
-            .prefix("diskmount-nbd-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .map_err(|e| {
-                Error::os(
-                    Step::Attach,
-                    std::env::temp_dir(),
-                    "create a private directory",
-                    e,
-                )
-            })?;
+        let dir = crate::record::private_dir(options, "diskmount-nbd-")?;
         let log = dir.path().join("qemu-nbd.log");
         let out = File::create(&log).map_err(|e| Error::os(Step::Attach, &log, "create", e))?;
         let err = out

@@ -52,17 +52,12 @@ impl<B: Backend> Unattached<B> {
             self.image.path().display(),
             B::NAME
         );
-        let mut device = B::attach(&self.image, &self.options)?;
+        let mut record = Keeper::start(&self.options, &self.image)?;
+        let mut device = B::attach(&self.image, &record.options(&self.options))?;
         if let Some(file) = image_file(&self.image, &device) {
             device.watch_image(file, self.image.format() == Format::Raw);
         }
-        let mut fields = vec![
-            ("image", self.image.path().display().to_string()),
-            ("backend", device.kind.as_str().to_string()),
-            ("device", device.path().display().to_string()),
-        ];
-        fields.extend(device.helper());
-        let record = Keeper::start(&fields);
+        record.attached(&device);
         Ok(Attached {
             device,
             record,

@@ -9,6 +9,7 @@ use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result, Step};
 use crate::mapping::{self, MapOptions, MappedPart, Mapping};
 use crate::partition::{self, Partition, PartitionInfo};
+use crate::record::{Field, Key};
 
 /// The chosen partition of an attached image, as a block device. Dropping
 /// it unmaps, then detaches.
@@ -66,10 +67,10 @@ impl<B: Backend> Attached<B> {
         );
         let mut attached = self;
         if part.mapping != Mapping::Whole {
-            attached.record.set(&[
-                ("mapped", part.path.display().to_string()),
-                ("mapping", part.mapping.as_str().to_string()),
-            ]);
+            attached.record.set(Field::Mapped {
+                path: &part.path,
+                mapping: part.mapping.as_str(),
+            });
         }
         Ok(Mapped {
             part,
@@ -135,7 +136,7 @@ impl<B: Backend> Mapped<B> {
             ..
         } = self;
         part.release()?;
-        attached.record.unset(&["mapped", "mapping"]);
+        attached.record.unset(Key::Mapped);
         Ok(attached)
     }
 

@@ -15,6 +15,7 @@ use crate::error::{Error, Result, Step};
 use crate::fs::{Detected, FsType, probe};
 use crate::image::Image;
 use crate::options::MountOptions;
+use crate::record::{Field, Key};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::sys::block as blk;
 
@@ -342,10 +343,7 @@ impl<B: Backend> Mapped<B> {
             target.display()
         );
         let mut mapped = self;
-        mapped
-            .attached
-            .record
-            .set(&[("mountpoint", target.display().to_string())]);
+        mapped.attached.record.set(Field::Mountpoint(&target));
         Ok(Mounted {
             mount: MountGuard {
                 target,
@@ -503,7 +501,7 @@ impl<B: Backend> Mounted<B> {
             mut mapped,
         } = self;
         mount.release()?;
-        mapped.attached.record.unset(&["mountpoint"]);
+        mapped.attached.record.unset(Key::Mountpoint);
         Ok(mapped)
     }
 

@@ -49,6 +49,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The run directory is the command line's configuration.
+    diskmount::RunDir::set_default(cleanup::run_dir());
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",

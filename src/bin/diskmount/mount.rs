@@ -62,15 +62,8 @@ pub fn umount(args: UmountArgs) -> Result<(), Error> {
     adopted.close()?;
     // The record `mount` left, if any, is done with.
     let target = std::fs::canonicalize(&args.mountpoint).unwrap_or(args.mountpoint.clone());
-    for rec in diskmount::record::Record::all() {
-        if rec.persistent()
-            && rec.get("mountpoint").map(PathBuf::from).as_deref() == Some(target.as_path())
-        {
-            for e in crate::cleanup::release_helpers(&rec) {
-                eprintln!("diskmount: warning: {e}");
-            }
-            rec.remove()?;
-        }
+    for w in crate::cleanup::release_persistent(&target)? {
+        eprintln!("diskmount: warning: {w}");
     }
     println!(
         "unmounted {} and released {what}",
