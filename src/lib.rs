@@ -124,6 +124,7 @@ pub mod format;
 pub mod fs;
 pub mod image;
 mod lifecycle;
+mod lock;
 pub mod mapping;
 pub mod options;
 pub mod partition;

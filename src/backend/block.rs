@@ -93,6 +93,7 @@ pub(crate) fn attach(image: &Image, _options: &AttachOptions) -> Result<Device> 
         ),
         e => Error::os(Step::Attach, path, "flock device", e),
     })?;
+    crate::lock::hold(&file, path, image.is_read_only())?;
     let size =
         blk::getsize64(&file).map_err(|e| Error::os(Step::Attach, path, "BLKGETSIZE64", e))?;
     let diskseq = blk::getdiskseq(&file).ok();

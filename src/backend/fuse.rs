@@ -97,6 +97,7 @@ fn qemu_escape(path: &Path) -> String {
 pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
     let path = image.path();
     let info = super::check_qemu_image(image, Fuse::NAME)?;
+    crate::lock::check(image)?;
     debug!(
         "attach: {} ({}, {} bytes virtual) through {DAEMON}",
         path.display(),

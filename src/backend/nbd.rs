@@ -202,6 +202,7 @@ fn claim_within(image: &Path, policy: RetryPolicy) -> Result<(String, File)> {
 pub(crate) fn attach(image: &Image, options: &AttachOptions) -> Result<Device> {
     let path = image.path();
     let info = super::check_qemu_image(image, Nbd::NAME)?;
+    crate::lock::check(image)?;
     let (name, file) = claim_within(path, options.retry)?;
     let node = PathBuf::from("/dev").join(&name);
     let mut server = Server::start(image, &node, options)?;
