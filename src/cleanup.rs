@@ -716,7 +716,34 @@ const TERM_RESEND: Duration = Duration::from_millis(250);
 fn carry_out(action: &Action, helper: Option<&Helper>) -> Result<()> {
     info!("cleanup: {action}");
     match action {
-        Action::Unmount { mountpoint } => crate::adopt(mountpoint)?.close(),
+        Action::Unmount { mountpoint } => {
+            // `with_mounted`'s own temporary mount point (`.diskmount-*`):
+            // its parent is pinned now, while the mount is verified there,
+            // and only the empty directory of that name in it is removed.
+            let temp = mountpoint
+                .file_name()
+                .filter(|n| n.as_encoded_bytes().starts_with(b".diskmount-"))
+                .and_then(|n| {
+                    let parent = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                        .open(mountpoint.parent()?)
+                        .ok()?;
+                    Some((parent, n.to_owned()))
+                });
+            crate::adopt(mountpoint)?.close()?;
+            if let Some((parent, name)) = temp {
+                match nix::unistd::unlinkat(
+                    &parent,
+                    name.as_os_str(),
+                    nix::unistd::UnlinkatFlags::RemoveDir,
+                ) {
+                    Ok(()) | Err(Errno::ENOENT | Errno::ENOTEMPTY | Errno::EBUSY) => {}
+                    Err(e) => warn!("cleanup: rmdir {}: {e}", mountpoint.display()),
+                }
+            }
+            Ok(())
+        }
         Action::Release { device } => crate::adopt(device)?.close(),
         Action::StopHelper { pid, .. } => {
             let Some(h) = helper.filter(|h| h.pid == *pid) else {
