@@ -293,6 +293,10 @@ pub fn scan(dir: &RunDir) -> Result<Vec<Found>> {
         return Ok(Vec::new());
     }
     let path = dir.check(Step::Cleanup)?;
+    // The path the kernel reports (loop backing files) is the real one.
+    let real = std::fs::canonicalize(path)
+        .map_err(|e| Error::os(Step::Cleanup, path, "resolve run directory", e))?;
+    let path = real.as_path();
     let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(path)
         .map_err(|e| Error::os(Step::Cleanup, path, "read run directory", e))?
         .flatten()
@@ -443,7 +447,12 @@ fn read_record(dir: &Path, file: PathBuf, stem: &str) -> Found {
         file,
         status,
         plan: survey.plan(),
-        unverified: survey.unverified,
+        unverified: survey
+            .unverified
+            .iter()
+            .chain(&survey.doubtful)
+            .cloned()
+            .collect(),
         data: Some(data),
         dir: dir.to_path_buf(),
         _lock: Some(handle),
@@ -465,7 +474,12 @@ struct Survey {
     export: Option<PathBuf>,
     /// The helper directory, if it exists.
     helper_dir: Option<PathBuf>,
+    /// Named by the record, but verifiably someone else's now (a reused
+    /// device number, pid or mount point): left alone.
     unverified: Vec<String>,
+    /// Named by the record, and whose it is cannot be told: left alone,
+    /// and the record stays.
+    doubtful: Vec<String>,
 }
 
 impl Survey {
@@ -510,6 +524,7 @@ impl Survey {
         if let Some(d) = &self.helper_dir {
             left.push(d.display().to_string());
         }
+        left.extend(self.doubtful.iter().cloned());
         left
     }
 }
@@ -547,6 +562,25 @@ fn loop_backing(file: &File) -> std::result::Result<Option<Inode>, Errno> {
         Err(Errno::ENXIO) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Whether the device `rdev` still has the disk sequence number recorded
+/// (true where the kernel has none).
+fn same_binding(rdev: u64, diskseq: Option<u64>) -> bool {
+    let Some(want) = diskseq else { return true };
+    std::fs::read_to_string(sys_dir(rdev).join("diskseq"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        == Some(want)
+}
+
+/// Whether the loop device `rdev` is bound to the FUSE export of record
+/// `id` (`<dir>/<id>.helper/export`), by the path the kernel reports.
+fn serves_export(rdev: u64, dir: &Path, id: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let export = record::helper_dir(dir, id).join("export");
+    std::fs::read(sys_dir(rdev).join("loop/backing_file"))
+        .is_ok_and(|b| b.strip_suffix(b"\n").unwrap_or(&b) == export.as_os_str().as_bytes())
 }
 
 /// Whether a helper with this pid, start time and executable runs (not a
@@ -590,7 +624,28 @@ fn survey(data: &Data, dir: &Path) -> Survey {
             Some((file, _)) => match data.backend.as_str() {
                 "loop" | "fuse" => match (loop_backing(&file), dev.backing) {
                     (Ok(None), _) => {}
-                    (Ok(Some(b)), Some(want)) if b == want => {
+                    // A FUSE export's inode is no identity (each export
+                    // is inode 1 of a fresh mount, whose anonymous device
+                    // number is reused): its path, derived from the id, or
+                    // the binding's disk sequence number is.
+                    (Ok(Some(b)), Some(want))
+                        if b == want
+                            && same_binding(dev.rdev, dev.diskseq)
+                            && (data.backend == "loop"
+                                || dev.diskseq.is_some()
+                                || serves_export(dev.rdev, dir, &data.id)) =>
+                    {
+                        s.device = Some(path.clone());
+                        device_rdev = Some(dev.rdev);
+                    }
+                    // A loop device over a FUSE export whose daemon died:
+                    // the kernel cannot stat the file (ENOTCONN), but the
+                    // disk sequence number says it is the same binding.
+                    (Err(Errno::ENOTCONN), _)
+                        if data.backend == "fuse"
+                            && dev.diskseq.is_some()
+                            && same_binding(dev.rdev, dev.diskseq) =>
+                    {
                         s.device = Some(path.clone());
                         device_rdev = Some(dev.rdev);
                     }
@@ -600,8 +655,8 @@ fn survey(data: &Data, dir: &Path) -> Survey {
                         b.dev,
                         b.ino
                     )),
-                    (Err(e), _) => s.unverified.push(format!(
-                        "{}: LOOP_GET_STATUS64: {e}; left alone",
+                    (Err(e), _) => s.doubtful.push(format!(
+                        "{}: LOOP_GET_STATUS64: {e}: cannot tell whose it is; left alone",
                         path.display()
                     )),
                 },
@@ -660,6 +715,11 @@ fn survey(data: &Data, dir: &Path) -> Survey {
         let ours = [device_rdev, mapped_rdev].contains(&Some(entry.dev));
         if ours {
             s.mount = Some(mp.0.clone());
+        } else if !s.doubtful.is_empty() {
+            s.doubtful.push(format!(
+                "{} is mounted from a device that cannot be verified; left alone",
+                mp.0.display()
+            ));
         } else {
             s.unverified.push(format!(
                 "{} is a mount of another device; left alone",

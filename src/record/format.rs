@@ -6,7 +6,7 @@
 //! {"version":1,"id":"4242-98765-0","pid":4242,"start":98765,
 //!  "image":{"path":"/srv/guest.img","dev":2049,"ino":1234},
 //!  "backend":"loop",
-//!  "device":{"path":"/dev/loop3","rdev":1795,"backing":{"dev":2049,"ino":1234}},
+//!  "device":{"path":"/dev/loop3","rdev":1795,"backing":{"dev":2049,"ino":1234},"diskseq":42},
 //!  "helper":null,"mapped":null,"mountpoint":"/mnt","persistent":false}
 //! ```
 //!
@@ -80,6 +80,9 @@ pub(crate) struct DeviceId {
     pub path: RawPath,
     pub rdev: u64,
     pub backing: Option<Inode>,
+    /// The disk sequence number (Linux 5.15+): new at every bind, never
+    /// reused until reboot, so it tells this binding from any later one.
+    pub diskseq: Option<u64>,
 }
 
 /// A qemu helper process: pid, start time (clock ticks after boot, field
@@ -254,6 +257,7 @@ mod tests {
                 path: RawPath("/dev/loop3".into()),
                 rdev: 1795,
                 backing: Some(Inode { dev: 40, ino: 2 }),
+                diskseq: Some(7),
             }),
             helper: Some(Helper {
                 pid: 99,

@@ -160,6 +160,9 @@ impl Keeper {
         let Some(dir) = run_dir.ensure(Step::Attach)? else {
             return Ok(Keeper::none());
         };
+        // The path the kernel reports for loop backing files is the real one.
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|e| crate::error::Error::os(Step::Attach, dir, "resolve run directory", e))?;
         let pid = std::process::id();
         let start = *START.get_or_init(|| start_time(pid).unwrap_or(0));
         let id = format!("{pid}-{start}-{}", N.fetch_add(1, Ordering::Relaxed));
@@ -184,7 +187,7 @@ impl Keeper {
         };
         Ok(Keeper {
             live: Some(Live {
-                dir: dir.to_path_buf(),
+                dir,
                 data,
                 file: None,
             }),
@@ -219,6 +222,7 @@ impl Keeper {
             path: RawPath(device.path().to_path_buf()),
             rdev: device.rdev,
             backing,
+            diskseq: device.diskseq,
         });
         d.helper = device
             .helper()
