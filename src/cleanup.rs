@@ -687,24 +687,23 @@ fn survey(data: &Data, dir: &Path) -> Survey {
     }
     // The mapped partition.
     let mut mapped_rdev = None;
-    if let (Some(m), Some(parent)) = (&data.mapped, device_rdev) {
-        if let Some((file, meta)) = open_node(&m.path.0)
-            && meta.rdev() == m.rdev
-        {
-            if mapped_of(&file, m.rdev, parent, data) {
-                mapped_rdev = Some(m.rdev);
-                if data.backend != "block" {
-                    s.mapped = Some(m.path.0.clone());
-                }
-            } else {
-                s.unverified.push(format!(
-                    "{} is not a partition of {}; left alone",
-                    m.path.0.display(),
-                    data.device
-                        .as_ref()
-                        .map_or(String::new(), |d| d.path.0.display().to_string())
-                ));
+    if let (Some(m), Some(parent)) = (&data.mapped, device_rdev)
+        && let Some((file, meta)) = open_node(&m.path.0)
+        && meta.rdev() == m.rdev
+    {
+        if mapped_of(&file, m.rdev, parent, data) {
+            mapped_rdev = Some(m.rdev);
+            if data.backend != "block" {
+                s.mapped = Some(m.path.0.clone());
             }
+        } else {
+            s.unverified.push(format!(
+                "{} is not a partition of {}; left alone",
+                m.path.0.display(),
+                data.device
+                    .as_ref()
+                    .map_or(String::new(), |d| d.path.0.display().to_string())
+            ));
         }
     }
     // The mount.
