@@ -117,6 +117,7 @@
 
 pub mod adopt;
 pub mod backend;
+pub mod cleanup;
 pub mod command;
 pub mod error;
 pub mod format;
@@ -125,12 +126,13 @@ pub mod guest;
 pub mod image;
 pub mod kernel;
 mod lifecycle;
+mod lock;
 pub mod mapping;
 mod mount;
 pub mod options;
 pub mod partition;
 mod read_at;
-pub mod record;
+pub(crate) mod record;
 pub mod retry;
 pub mod root;
 // The benchmarks' hand-made syscall floor uses the very same wrappers; they
@@ -151,4 +153,5 @@ pub use lifecycle::{
 pub use mapping::{MapOptions, MapStrategy, Mapping};
 pub use options::{AttachOptions, MountOptions};
 pub use partition::{Partition, PartitionInfo, PartitionTable, TableKind};
+pub use record::RunDir;
 pub use retry::RetryPolicy;

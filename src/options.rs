@@ -1,5 +1,6 @@
 //! Options of the attach and mount steps.
 
+use crate::record::RunDir;
 use crate::retry::RetryPolicy;
 
 /// How [`crate::Unattached::attach`] sets up the block device.
@@ -8,6 +9,11 @@ pub struct AttachOptions {
     pub(crate) direct_io: bool,
     pub(crate) retry: RetryPolicy,
     pub(crate) persistent: bool,
+    /// `None`: the process default ([`RunDir::current_default`]).
+    pub(crate) run_dir: Option<RunDir>,
+    /// The qemu helper's private directory, named after the record
+    /// (set by the attach step for the backend).
+    pub(crate) helper_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AttachOptions {
@@ -16,6 +22,8 @@ impl Default for AttachOptions {
             direct_io: false,
             retry: RetryPolicy::ATTACH,
             persistent: false,
+            run_dir: None,
+            helper_dir: None,
         }
     }
 }
@@ -36,6 +44,15 @@ impl AttachOptions {
     /// helpers end with this process.
     pub fn persistent(mut self, on: bool) -> Self {
         self.persistent = on;
+        self
+    }
+
+    /// Where the crash-recovery record of this attach and its qemu
+    /// helper's private directory go (default: [`RunDir::current_default`],
+    /// `/run/diskmount` unless the program set another).
+    /// [`RunDir::off`] keeps no record.
+    pub fn run_dir(mut self, dir: RunDir) -> Self {
+        self.run_dir = Some(dir);
         self
     }
 

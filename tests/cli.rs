@@ -325,7 +325,7 @@ fn wait_mounted(backing: &Path) {
 fn cleanup_after_kill_9_restores_a_clean_machine() {
     use std::os::unix::process::CommandExt;
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let img = fx.mbr_image("mbr.img");
     let dm = || {
         let mut c = Command::new(env!("CARGO_BIN_EXE_diskmount"));
@@ -357,11 +357,7 @@ fn cleanup_after_kill_9_restores_a_clean_machine() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("would release mountpoint"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("would unmount"), "{}", stdout(&out));
     assert!(!fx.leaks().is_empty());
     let out = dm().arg("cleanup").output().unwrap();
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
@@ -409,17 +405,14 @@ fn cleanup_after_kill_9_restores_a_clean_machine() {
     .unwrap();
     assert!(line.starts_with("READY"), "{line}");
     // The record names the daemon's private export directory.
+    // (`<id>.helper` next to the record `<id>.json`.)
     let record = std::fs::read_dir(&records)
         .unwrap()
         .flatten()
-        .next()
-        .expect("a record")
-        .path();
-    let export_dir = std::fs::read_to_string(&record)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("export_dir=").map(std::path::PathBuf::from))
-        .expect("export_dir in the record");
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a record");
+    let export_dir = record.with_extension("helper");
     assert!(export_dir.exists());
     holder.kill().unwrap();
     holder.wait().unwrap();
@@ -450,7 +443,7 @@ fn cleanup_after_kill_9_restores_a_clean_machine() {
 #[test]
 fn cleanup_leaves_running_processes_and_deliberate_mounts_alone() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let img = fx.ext4("disk.img", &[]);
     let mnt = fx.tree("mnt", &[]);
     let dm = || {
@@ -499,7 +492,7 @@ fn cleanup_leaves_running_processes_and_deliberate_mounts_alone() {
 #[test]
 fn a_qcow2_mount_outlives_diskmount_until_umount() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let raw = fx.mbr_image("mbr.img");
     let q = fx.path().join("mbr.qcow2");
     run(Command::new("qemu-img")

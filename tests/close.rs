@@ -55,11 +55,10 @@ fn busy_mount_is_retried_then_every_failure_is_reported() {
     // Never a silent lazy unmount: it is still there.
     assert!(is_mount_point(&mnt));
     // And the crash-recovery record stays, for `diskmount cleanup`.
-    let img_s = img.to_string_lossy().into_owned();
     assert!(
-        diskmount::record::Record::all()
+        common::own_records(&fx)
             .iter()
-            .any(|r| r.get("image") == Some(img_s.as_str())),
+            .any(|r| r.image() == Some(img.as_path())),
         "the record of an unfinished teardown is kept"
     );
 

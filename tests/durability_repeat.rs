@@ -172,7 +172,7 @@ fn killed_right_after_close() {
         .args(["convert", "-f", "raw", "-O", "qcow2"])
         .arg(&raw)
         .arg(&qcow2));
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let n = rounds().clamp(1, 10);
     for (backend, img, format) in [("loop", &raw, Format::Raw), ("fuse", &qcow2, Format::Qcow2)] {
         for seed in 1..=n {

@@ -101,7 +101,7 @@ fn a_process_holding_a_file_or_its_cwd_inside_then_adoption_cleans_up() {
 #[test]
 fn run_left_busy_by_a_background_process_then_cleanup() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let img = fx.ext4("disk.img", &[("f", "x")]);
     let pidfile = fx.path().join("bg.pid");
     let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))

@@ -20,8 +20,9 @@ fn dm(records: &Path) -> Command {
 }
 
 /// Starts `diskmount hold` with `args`, waits for READY, returns the
-/// fields of its record, then SIGKILLs and reaps it.
-fn hold_and_kill(records: &Path, args: &[&str], paths: &[&Path]) -> Vec<(String, String)> {
+/// record and the helper directory named after it, then SIGKILLs and
+/// reaps it.
+fn hold_and_kill(records: &Path, args: &[&str], paths: &[&Path]) -> (serde_json::Value, PathBuf) {
     let mut child = dm(records)
         .arg("hold")
         .args(args)
@@ -37,18 +38,13 @@ fn hold_and_kill(records: &Path, args: &[&str], paths: &[&Path]) -> Vec<(String,
     let record = std::fs::read_dir(records)
         .unwrap()
         .flatten()
-        .next()
-        .expect("a record")
-        .path();
-    let fields = std::fs::read_to_string(record)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a record");
+    let fields = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    fields
+    (fields, record.with_extension("helper"))
 }
 
 fn cleanup(records: &Path) -> String {
@@ -66,7 +62,7 @@ fn cleanup(records: &Path) -> String {
 #[test]
 fn every_state_of_loop_and_fuse_killed_then_cleanup() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let raw = fx.mbr_image("mbr.img");
     let qcow2 = fx.path().join("mbr.qcow2");
     run(Command::new("qemu-img")
@@ -99,15 +95,14 @@ fn every_state_of_loop_and_fuse_killed_then_cleanup() {
             if state == "mounted" {
                 paths.push(&mnt);
             }
-            let fields = hold_and_kill(&records, &args, &paths);
-            let get = |k: &str| {
-                fields
-                    .iter()
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| v.clone())
-            };
-            let export: Option<PathBuf> = get("export_dir").map(PathBuf::from);
-            assert_eq!(export.is_some(), backend == "fuse", "{what}: {fields:?}");
+            let (fields, helper_dir) = hold_and_kill(&records, &args, &paths);
+            let export: Option<PathBuf> = helper_dir.exists().then_some(helper_dir);
+            assert_eq!(export.is_some(), backend == "fuse", "{what}: {fields}");
+            assert_eq!(
+                fields["helper"].is_object(),
+                backend == "fuse",
+                "{what}: {fields}"
+            );
             let out = cleanup(&records);
             assert!(
                 fixture_qemu(&fx).is_empty(),

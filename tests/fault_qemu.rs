@@ -62,11 +62,13 @@ fn assert_nothing_left(fx: &mut Fixture) {
 /// The daemon's private directory (from the crash-recovery record): its
 /// FUSE export is mounted there.
 fn export_dir(img: &Path) -> std::path::PathBuf {
-    diskmount::record::Record::all()
+    // `<id>.helper` next to the record `<id>.json`, in the run directory.
+    diskmount::cleanup::scan(&diskmount::RunDir::current_default())
+        .unwrap()
         .into_iter()
-        .find(|r| r.get("image") == img.to_str())
-        .and_then(|r| r.get("export_dir").map(std::path::PathBuf::from))
-        .expect("a record naming the export directory")
+        .find(|r| r.image() == Some(img))
+        .map(|r| r.record().with_extension("helper"))
+        .expect("a record of the image")
 }
 
 /// The export is neither mounted nor on disk any more.

@@ -801,7 +801,7 @@ fn nbd_killed_at_each_state_is_named_by_the_next_step() {
 
 fn nbd_holder_killed_at_each_state_then_cleanup() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let img = fx.mbr_image("mbr.img");
     let mnt = fx.tree("mnt", &[]);
     for state in ["attached", "mapped", "mounted"] {

@@ -461,6 +461,7 @@ fn verify_written(
 }
 
 fn worker(dir: &Path, first_slot: usize, threads: usize, cycles: usize, seed: u64) -> i32 {
+    common::run_dir_from_env();
     log::set_logger(&COUNTER).unwrap();
     log::set_max_level(log::LevelFilter::Warn);
     let default_hook = std::panic::take_hook();

@@ -27,9 +27,15 @@ pub fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
 }
 
-/// Fails unless root.
+/// Fails unless root. Also applies `DISKMOUNT_RUN_DIR` (empty: records
+/// off) the way the command line does: the library never reads it.
 pub fn require_root(bench: &str) {
     system::require_root_for(&format!("the {bench} benchmark"));
+    match std::env::var_os("DISKMOUNT_RUN_DIR") {
+        Some(d) if d.is_empty() => diskmount::RunDir::set_default(diskmount::RunDir::off()),
+        Some(d) => diskmount::RunDir::set_default(diskmount::RunDir::new(d)),
+        None => {}
+    }
 }
 
 /// Cores, CPU, kernel and load, one line each (printed and recorded).

@@ -143,6 +143,7 @@ fn attach(image: &Image, _options: &AttachOptions) -> Result<BlockDevice> {
         ),
         e => Error::os(Step::Attach, path, "flock device", e),
     })?;
+    crate::lock::hold(&file, path, image.is_read_only())?;
     let core = Core::new(
         Step::Attach,
         BackendKind::Block,

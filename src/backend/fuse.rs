@@ -24,7 +24,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -94,8 +94,12 @@ impl sealed::Ops for FuseDevice {
             found_dir: export
                 .parent()
                 .filter(|d| {
-                    d.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("diskmount-fuse-"))
+                    // Ours: `<record id>.helper` in the run directory, or
+                    // (records off) `diskmount-fuse-*`.
+                    d.file_name().is_some_and(|n| {
+                        let n = n.to_string_lossy();
+                        n.ends_with(".helper") || n.starts_with("diskmount-fuse-")
+                    })
                 })
                 .map(Path::to_path_buf),
             log: PathBuf::new(),
@@ -195,13 +199,14 @@ fn qemu_escape(path: &Path) -> String {
 fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
     let path = image.path();
     let checked = super::check_qemu_image(image, Fuse::NAME)?;
+    crate::lock::check(image)?;
     debug!(
         "attach: {} ({}, {} bytes virtual) through {DAEMON}",
         path.display(),
         image.format(),
         checked.info.virtual_size
     );
-    let mut daemon = Daemon::start(image, &checked, options.persistent)?;
+    let mut daemon = Daemon::start(image, &checked, options)?;
     drop(checked);
     let export = match OpenOptions::new()
         .read(true)
@@ -274,20 +279,10 @@ impl Daemon {
     }
 
     /// Starts the daemon and waits until its export is live.
-    fn start(image: &Image, checked: &super::QemuImage, persistent: bool) -> Result<Daemon> {
+    fn start(image: &Image, checked: &super::QemuImage, options: &AttachOptions) -> Result<Daemon> {
+        let persistent = options.persistent;
         let path = image.path();
-        let dir = tempfile::Builder::new()
-            .prefix("diskmount-fuse-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .map_err(|e| {
-                Error::os(
-                    Step::Attach,
-                    std::env::temp_dir(),
-                    "create export directory",
-                    e,
-                )
-            })?;
+        let dir = crate::record::private_dir(options, "diskmount-fuse-")?;
         let export = dir.path().join("export");
         let pidfile = dir.path().join("pid");
         let log = dir.path().join("daemon.log");

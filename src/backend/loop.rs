@@ -72,6 +72,7 @@ impl sealed::Ops for LoopDevice {
         let path = image.path();
         debug!("attach: {} to a loop device", path.display());
         let backing = open_backing(image)?;
+        crate::lock::hold(&backing, path, image.is_read_only())?;
         let (nr, file) = attach_backing(
             Step::Attach,
             &backing,

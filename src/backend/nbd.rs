@@ -22,7 +22,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -280,10 +280,11 @@ fn claim_within(image: &Path, policy: RetryPolicy) -> Result<(String, File)> {
 fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
     let path = image.path();
     let checked = super::check_qemu_image(image, Nbd::NAME)?;
+    crate::lock::check(image)?;
     let info = &checked.info;
     let (name, file) = claim_within(path, options.retry)?;
     let node = PathBuf::from("/dev").join(&name);
-    let mut server = Server::start(image, &checked, &node, options.persistent)?;
+    let mut server = Server::start(image, &checked, &node, options)?;
     if let Err(e) = server.wait_ready(&name, info.virtual_size) {
         let mut errors = vec![e];
         server.stop_into(&mut errors);
@@ -362,21 +363,11 @@ impl Server {
         image: &Image,
         checked: &super::QemuImage,
         device: &Path,
-        persistent: bool,
+        options: &AttachOptions,
     ) -> Result<Server> {
+        let persistent = options.persistent;
         let path = image.path();
-        let dir = tempfile::Builder::new()
-            .prefix("diskmount-nbd-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir()
-            .map_err(|e| {
-                Error::os(
-                    Step::Attach,
-                    std::env::temp_dir(),
-                    "create a private directory",
-                    e,
-                )
-            })?;
+        let dir = crate::record::private_dir(options, "diskmount-nbd-")?;
         let log = dir.path().join("qemu-nbd.log");
         let out = File::create(&log).map_err(|e| Error::os(Step::Attach, &log, "create", e))?;
         let err = out

@@ -54,19 +54,14 @@ impl<B: Backend> Unattached<B> {
             self.image.path().display(),
             B::NAME
         );
-        let mut device = B::Device::attach(&self.image, &self.options)?;
+        let mut record = Keeper::start(&self.options, &self.image)?;
+        let mut device = B::Device::attach(&self.image, &record.options(&self.options))?;
         if let Some(file) = image_file(&self.image, device.core()) {
             device
                 .core_mut()
                 .watch_image(file, self.image.format() == Format::Raw);
         }
-        let mut fields = vec![
-            ("image", self.image.path().display().to_string()),
-            ("backend", device.core().kind.as_str().to_string()),
-            ("device", device.core().path().display().to_string()),
-        ];
-        fields.extend(device.record_fields());
-        let record = Keeper::start(&fields);
+        record.attached(device.core(), &device.record_fields());
         let device = Held::new(device);
         Ok(Attached {
             device,

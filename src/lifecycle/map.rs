@@ -10,6 +10,7 @@ use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result, Step};
 use crate::mapping::{self, MapOptions, MappedPart, Mapping};
 use crate::partition::{self, Partition, PartitionInfo};
+use crate::record::{Field, Key};
 
 /// The chosen partition of an attached image, as a block device. Dropping
 /// it unmaps, then detaches.
@@ -68,10 +69,10 @@ impl<B: Backend> Attached<B> {
         );
         let mut attached = self;
         if part.mapping != Mapping::Whole {
-            attached.record.set(&[
-                ("mapped", part.path.display().to_string()),
-                ("mapping", part.mapping.as_str().to_string()),
-            ]);
+            attached.record.set(Field::Mapped {
+                path: &part.path,
+                mapping: part.mapping.as_str(),
+            });
         }
         Ok(Mapped {
             part,
@@ -137,7 +138,7 @@ impl<B: Backend> Mapped<B> {
             ..
         } = self;
         part.release()?;
-        attached.record.unset(&["mapped", "mapping"]);
+        attached.record.unset(Key::Mapped);
         Ok(attached)
     }
 

@@ -15,6 +15,7 @@ use crate::image::Image;
 use crate::mount::guard::{MountGuard, mount_id, open_root};
 use crate::mount::{by_fd, fstype, plan};
 use crate::options::MountOptions;
+use crate::record::{Field, Key};
 use crate::retry::RetryPolicy;
 
 /// A mounted filesystem. Dropping it unmounts, unmaps and detaches;
@@ -204,10 +205,7 @@ impl<B: Backend> Mapped<B> {
             target.display()
         );
         let mut mapped = self;
-        mapped
-            .attached
-            .record
-            .set(&[("mountpoint", target.display().to_string())]);
+        mapped.attached.record.set(Field::Mountpoint(&target));
         Ok(Mounted::from_parts(Parts {
             mount: MountGuard {
                 target,
@@ -380,7 +378,7 @@ impl<B: Backend> Mounted<B> {
         } = self.take();
         match mount.release() {
             Ok(()) => {
-                mapped.attached.record.unset(&["mountpoint"]);
+                mapped.attached.record.unset(Key::Mountpoint);
                 Ok(mapped)
             }
             Err(error) if mount.is_mounted() => Err(UnmountError {

@@ -123,6 +123,22 @@ pub fn get_status64(device: BorrowedFd<'_>) -> nix::Result<LoopInfo64> {
     Ok(info)
 }
 
+/// The device number (`st_dev`) and inode of the file bound to a loop
+/// device, as the kernel holds it (not a path, which can be renamed or
+/// replaced); fails with `ENXIO` when the device is unbound.
+///
+/// # References
+/// - [`loop(4)`](https://man7.org/linux/man-pages/man4/loop.4.html), `LOOP_GET_STATUS64`
+#[doc(alias = "LOOP_GET_STATUS64")]
+pub fn backing_inode(device: BorrowedFd<'_>) -> nix::Result<(u64, u64)> {
+    let mut info = empty_info();
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` into
+    // `info`, a valid, exclusively borrowed value of that type; `device`
+    // is borrowed, so it stays open during the call.
+    unsafe { raw_get_status64(device.as_raw_fd(), &mut info)? };
+    Ok((info.lo_device, info.lo_inode))
+}
+
 /// Unbinds the backing file (the kernel defers it to the last close when the
 /// device is still open elsewhere).
 ///

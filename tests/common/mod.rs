@@ -28,6 +28,7 @@ impl Fixture {
     pub fn new() -> Fixture {
         require_root();
         let _ = env_logger::builder().is_test(true).try_init();
+        run_dir_from_env();
         let dir = tempfile::Builder::new()
             .prefix("diskmount-test-")
             .tempdir()
@@ -52,6 +53,15 @@ impl Fixture {
             std::fs::write(p, content).unwrap();
         }
         root
+    }
+
+    /// A run directory for records (root's, mode 0700, as diskmount
+    /// requires).
+    pub fn records(&self) -> PathBuf {
+        let dir = self.tree("records", &[]);
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        dir
     }
 
     /// A sparse file of `size` bytes.
@@ -147,13 +157,8 @@ impl Drop for Fixture {
         // A test that makes teardown fail on purpose (a busy mount it then
         // unmounts itself) leaves its record for `cleanup`; once the leak
         // check passed, nothing it names is left, so drop it.
-        for rec in diskmount::record::Record::all() {
-            if rec
-                .get("image")
-                .is_some_and(|i| i.starts_with(&*self.path().to_string_lossy()))
-            {
-                let _ = rec.remove();
-            }
+        for found in own_records(self) {
+            let _ = found.tear_down();
         }
     }
 }
@@ -421,13 +426,36 @@ pub fn mount_whole<B: diskmount::Backend>(img: &Path, dir: &Path) -> diskmount::
 /// Panics if a crash-recovery record still names one of `fx`'s files (in
 /// the record directory this process uses).
 pub fn assert_no_records(fx: &Fixture) {
-    let root = fx.path().to_string_lossy().into_owned();
-    let left: Vec<_> = diskmount::record::Record::all()
-        .into_iter()
-        .filter(|r| r.get("image").is_some_and(|i| i.starts_with(&root)))
-        .map(|r| format!("{}: {:?}", r.file.display(), r.fields))
+    let left: Vec<_> = own_records(fx)
+        .iter()
+        .map(|f| format!("{}: {:?} {:?}", f.record().display(), f.status(), f.plan()))
         .collect();
     assert!(left.is_empty(), "records left: {left:?}");
+}
+
+/// The records in this process's run directory that name one of `fx`'s
+/// files and are not held by a live lifecycle value (released by a
+/// teardown that did not finish, or orphaned).
+pub fn own_records(fx: &Fixture) -> Vec<diskmount::cleanup::Found> {
+    use diskmount::cleanup::Status;
+    let root = fx.path();
+    diskmount::cleanup::scan(&diskmount::RunDir::current_default())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f.image().is_some_and(|i| i.starts_with(root)))
+        .filter(|f| !matches!(f.status(), Status::Live { .. }))
+        .collect()
+}
+
+/// What the command line does with `DISKMOUNT_RUN_DIR`, for test binaries
+/// that run themselves as children with it set (the library never reads
+/// the environment).
+pub fn run_dir_from_env() {
+    match std::env::var_os("DISKMOUNT_RUN_DIR") {
+        Some(d) if d.is_empty() => diskmount::RunDir::set_default(diskmount::RunDir::off()),
+        Some(d) => diskmount::RunDir::set_default(diskmount::RunDir::new(d)),
+        None => {}
+    }
 }
 
 /// The qemu helpers (qemu-nbd, qemu-storage-daemon) working on `fx`'s files.

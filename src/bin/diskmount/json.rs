@@ -22,17 +22,3 @@ pub fn path(p: &Path) -> String {
 pub fn absolute(p: &Path) -> String {
     path(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
 }
-
-/// Runs `f` with this process's stdout pointing at stderr, so that what
-/// `f` prints for people cannot corrupt the JSON on stdout.
-pub fn keep_stdout_clean<T>(f: impl FnOnce() -> T) -> Result<T, Error> {
-    use std::io::Write;
-    use std::os::fd::AsFd;
-    std::io::stdout().flush()?;
-    let saved = std::io::stdout().as_fd().try_clone_to_owned()?;
-    nix::unistd::dup2_stdout(std::io::stderr().as_fd())?;
-    let out = f();
-    std::io::stdout().flush()?;
-    nix::unistd::dup2_stdout(saved.as_fd())?;
-    Ok(out)
-}

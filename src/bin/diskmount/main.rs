@@ -95,6 +95,8 @@ impl Command {
 
 fn main() -> ExitCode {
     let cli = Cli::try_parse().unwrap_or_else(|e| failure::usage(e));
+    // The run directory is the command line's configuration.
+    diskmount::RunDir::set_default(cleanup::run_dir());
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use diskmount::record::Record;
 use diskmount::{AttachOptions, Auto, Backend, Block, Fuse, Loop, Nbd, Unattached};
 use serde::Serialize;
 
@@ -59,13 +58,12 @@ struct Mounted {
 }
 
 /// The record this process left for the mount on `target`.
-fn own_record(target: &std::path::Path) -> Option<Record> {
-    let pid = std::process::id().to_string();
-    Record::all().into_iter().find(|r| {
-        r.persistent()
-            && r.get("pid") == Some(pid.as_str())
-            && r.get("mountpoint").map(PathBuf::from).as_deref() == Some(target)
-    })
+fn own_record(target: &std::path::Path) -> Option<diskmount::cleanup::Found> {
+    let pid = std::process::id();
+    diskmount::cleanup::scan(&diskmount::RunDir::current_default())
+        .ok()?
+        .into_iter()
+        .find(|f| f.is_persistent() && f.pid() == Some(pid) && f.mountpoint() == Some(target))
 }
 
 fn mount_with<B: Backend>(args: &MountArgs, as_json: bool) -> Result<(), Error> {
@@ -89,10 +87,16 @@ fn mount_with<B: Backend>(args: &MountArgs, as_json: bool) -> Result<(), Error> 
         return Ok(());
     }
     let record = own_record(&path);
-    let field = |k: &str| record.as_ref().and_then(|r| r.get(k)).map(str::to_string);
     let mut mount_points = vec![json::path(&path)];
-    // qemu-storage-daemon's FUSE export of the image (record.rs names it so).
-    mount_points.extend(field("export_dir").map(|d| format!("{d}/export")));
+    // qemu-storage-daemon's FUSE export of the image, in the record's
+    // helper directory.
+    if backend == "fuse"
+        && let Some(r) = &record
+    {
+        mount_points.push(json::path(
+            &r.record().with_extension("helper").join("export"),
+        ));
+    }
     json::print(&Mounted {
         image: json::absolute(&args.image),
         device: json::path(&device),
@@ -103,8 +107,8 @@ fn mount_with<B: Backend>(args: &MountArgs, as_json: bool) -> Result<(), Error> 
         partition,
         fstype,
         read_only,
-        record: record.as_ref().map(|r| json::path(&r.file)),
-        helper_pid: field("daemon_pid").and_then(|p| p.parse().ok()),
+        record: record.as_ref().map(|r| json::path(r.record())),
+        helper_pid: record.as_ref().and_then(|r| r.helper_pid()),
     })
 }
 
@@ -139,24 +143,11 @@ pub fn umount(args: UmountArgs, as_json: bool) -> Result<(), Error> {
     adopted.close()?;
     // The record `mount` left, if any, is done with.
     let target = std::fs::canonicalize(&args.mountpoint).unwrap_or(args.mountpoint.clone());
-    let mut removed = Vec::new();
-    for rec in Record::all() {
-        if rec.persistent()
-            && rec.get("mountpoint").map(PathBuf::from).as_deref() == Some(target.as_path())
-        {
-            // release_helpers tells people what it stops, on stdout.
-            let errors = if as_json {
-                json::keep_stdout_clean(|| crate::cleanup::release_helpers(&rec))?
-            } else {
-                crate::cleanup::release_helpers(&rec)
-            };
-            for e in errors {
-                eprintln!("diskmount: warning: {e}");
-            }
-            rec.remove()?;
-            removed.push(json::path(&rec.file));
-        }
+    let (warnings, records) = crate::cleanup::release_persistent(&target)?;
+    for w in warnings {
+        eprintln!("diskmount: warning: {w}");
     }
+    let removed: Vec<String> = records.iter().map(|r| json::path(r)).collect();
     if as_json {
         return json::print(&Unmounted {
             mountpoint: json::path(&target),

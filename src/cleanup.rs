@@ -1,0 +1,875 @@
+//! Finding and tearing down what diskmount processes that died (a crash,
+//! `kill -9`) left behind, from their records in the [`RunDir`], acting
+//! only on what can be verified against the kernel:
+//!
+//! - a loop device only if its node still has the recorded device number
+//!   and `LOOP_GET_STATUS64` reports the recorded backing device and inode
+//!   (the image, or the FUSE export); an nbd device only if it is connected
+//!   to the recorded, verified qemu-nbd;
+//! - a mount only on the recorded mount point and of a verified device;
+//! - a mapped partition only if it is a partition, device-mapper target or
+//!   offset loop device of the verified device;
+//! - a qemu helper only if its pid, start time and executable
+//!   (`/proc/PID/exe`) are the recorded ones;
+//! - directories only inside the run directory, under the name derived
+//!   from the record's id (`<id>.helper`), never a path read from a record.
+//!
+//! A record that cannot be read or does not validate is reported
+//! ([`Status::Unreadable`]), not acted on; so is anything it names that
+//! does not verify ([`Found::unverified`]).
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result, Step};
+use crate::kernel::mountinfo;
+use crate::record::format::{self, Data, Helper, Inode};
+use crate::record::{self, RunDir, start_time};
+use crate::sys::flock::{Lock, flock};
+use crate::sys::loop_dev;
+
+/// Whose a record is, as far as its lock and its owner's pid tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// Its owner holds its lock: in use, left alone.
+    Live {
+        /// The owner's pid.
+        pid: u32,
+    },
+    /// Not locked, but its owner still runs: its teardown did not finish
+    /// and it let go of the record. Left alone by `diskmount cleanup` until
+    /// that process is gone; [`Found::tear_down`] acts on it if asked.
+    Released {
+        /// The owner's pid.
+        pid: u32,
+    },
+    /// A mount left on purpose (`diskmount mount`) that is still there.
+    Persistent,
+    /// Its owner is gone: what it verifiably names is to be torn down.
+    Orphan,
+    /// It cannot be read or trusted; nothing it names is acted on.
+    Unreadable {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Status {
+    /// A short name (`live`, `released`, `persistent`, `orphan`, `unreadable`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Live { .. } => "live",
+            Status::Released { .. } => "released",
+            Status::Persistent => "persistent",
+            Status::Orphan => "orphan",
+            Status::Unreadable { .. } => "unreadable",
+        }
+    }
+}
+
+/// One verified step of a teardown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Unmount the verified mount, then unmap and detach (adoption).
+    Unmount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// Unmap and detach a verified device that is not mounted (adoption).
+    Release {
+        /// The mapped partition's device, or the whole device.
+        device: PathBuf,
+    },
+    /// SIGTERM (repeated), then SIGKILL, a verified qemu helper.
+    StopHelper {
+        /// Its pid.
+        pid: u32,
+        /// Its executable, as verified.
+        exe: PathBuf,
+    },
+    /// Unmount the stale FUSE export inside the helper's directory.
+    UnmountExport {
+        /// The export's path.
+        path: PathBuf,
+    },
+    /// Remove a directory of the run directory (a helper's).
+    RemoveDir {
+        /// Its path.
+        path: PathBuf,
+    },
+    /// Remove a file of the run directory (a half-written record).
+    RemoveFile {
+        /// Its path.
+        path: PathBuf,
+    },
+    /// Remove the record, once nothing it names is left.
+    RemoveRecord {
+        /// Its path.
+        path: PathBuf,
+    },
+}
+
+impl Action {
+    /// A short name (`unmount`, `release`, `stop-helper`, `unmount-export`,
+    /// `remove-dir`, `remove-file`, `remove-record`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Unmount { .. } => "unmount",
+            Action::Release { .. } => "release",
+            Action::StopHelper { .. } => "stop-helper",
+            Action::UnmountExport { .. } => "unmount-export",
+            Action::RemoveDir { .. } => "remove-dir",
+            Action::RemoveFile { .. } => "remove-file",
+            Action::RemoveRecord { .. } => "remove-record",
+        }
+    }
+
+    /// The path it acts on (for a helper, its executable).
+    pub fn path(&self) -> &Path {
+        match self {
+            Action::Unmount { mountpoint } => mountpoint,
+            Action::Release { device } => device,
+            Action::StopHelper { exe, .. } => exe,
+            Action::UnmountExport { path }
+            | Action::RemoveDir { path }
+            | Action::RemoveFile { path }
+            | Action::RemoveRecord { path } => path,
+        }
+    }
+
+    /// The process it signals, if any.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Action::StopHelper { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Unmount { mountpoint } => write!(f, "unmount {}", mountpoint.display()),
+            Action::Release { device } => write!(f, "release {}", device.display()),
+            Action::StopHelper { pid, exe } => {
+                write!(f, "stop qemu helper {pid} ({})", exe.display())
+            }
+            Action::UnmountExport { path } => write!(f, "unmount stale export {}", path.display()),
+            Action::RemoveDir { path } => write!(f, "remove {}", path.display()),
+            Action::RemoveFile { path } => write!(f, "remove {}", path.display()),
+            Action::RemoveRecord { path } => write!(f, "remove record {}", path.display()),
+        }
+    }
+}
+
+/// What a teardown did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The actions that were carried out (their errors aside).
+    pub done: Vec<Action>,
+    /// What went wrong on the way (a dead process's lost writes, often).
+    pub errors: Vec<Error>,
+    /// What the record names that is still there afterwards (verified).
+    pub left: Vec<String>,
+}
+
+/// One entry of the run directory, verified against the system.
+#[derive(Debug)]
+pub struct Found {
+    file: PathBuf,
+    status: Status,
+    data: Option<Data>,
+    dir: PathBuf,
+    plan: Vec<Action>,
+    unverified: Vec<String>,
+    /// The record's lock, held from the scan to the teardown (so two
+    /// cleanups never act on one record).
+    _lock: Option<File>,
+}
+
+impl Found {
+    /// The record file (or the stray file or directory).
+    pub fn record(&self) -> &Path {
+        &self.file
+    }
+
+    /// Whose it is.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// The image, as recorded.
+    pub fn image(&self) -> Option<&Path> {
+        self.data.as_ref().map(|d| d.image.path.0.as_path())
+    }
+
+    /// The backend, as recorded.
+    pub fn backend(&self) -> Option<&str> {
+        self.data.as_ref().map(|d| d.backend.as_str())
+    }
+
+    /// The pid of the qemu helper serving the image, as recorded.
+    pub fn helper_pid(&self) -> Option<u32> {
+        self.data
+            .as_ref()
+            .and_then(|d| d.helper.as_ref())
+            .map(|h| h.pid)
+    }
+
+    /// The pid of the process that wrote it.
+    pub fn pid(&self) -> Option<u32> {
+        self.data.as_ref().map(|d| d.pid)
+    }
+
+    /// The mount point, as recorded.
+    pub fn mountpoint(&self) -> Option<&Path> {
+        self.data
+            .as_ref()
+            .and_then(|d| d.mountpoint.as_ref())
+            .map(|m| m.0.as_path())
+    }
+
+    /// Whether it was a mount left on purpose.
+    pub fn is_persistent(&self) -> bool {
+        self.data.as_ref().is_some_and(|d| d.persistent)
+    }
+
+    /// What [`Found::tear_down`] would do: only verified objects.
+    pub fn plan(&self) -> &[Action] {
+        &self.plan
+    }
+
+    /// What the record names that did not verify, and is left alone.
+    pub fn unverified(&self) -> &[String] {
+        &self.unverified
+    }
+
+    /// Carries out the plan (nothing for a [`Status::Live`] or
+    /// [`Status::Unreadable`] record), then removes the record if nothing
+    /// it names is left.
+    pub fn tear_down(self) -> Outcome {
+        let mut out = Outcome::default();
+        if matches!(self.status, Status::Live { .. } | Status::Unreadable { .. }) {
+            return out;
+        }
+        for action in &self.plan {
+            if let Err(e) = carry_out(action, self.data.as_ref().and_then(|d| d.helper.as_ref())) {
+                out.errors.push(e);
+            }
+            out.done.push(action.clone());
+        }
+        if let Some(data) = &self.data {
+            out.left = still_there(data, &self.dir);
+            if out.left.is_empty() {
+                match std::fs::remove_file(&self.file) {
+                    Ok(()) => out.done.push(Action::RemoveRecord {
+                        path: self.file.clone(),
+                    }),
+                    Err(e) => {
+                        out.errors
+                            .push(Error::os(Step::Cleanup, &self.file, "remove record", e))
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Every entry of `dir`, each verified; nothing is changed.
+///
+/// # Errors
+/// [`Step::Cleanup`]: the run directory is unsafe (not root's, not mode
+/// 0700: its contents cannot be trusted) or unreadable. A missing one has
+/// nothing in it.
+pub fn scan(dir: &RunDir) -> Result<Vec<Found>> {
+    let Some(path) = dir.path() else {
+        return Ok(Vec::new());
+    };
+    if !path.exists() && std::fs::symlink_metadata(path).is_err() {
+        return Ok(Vec::new());
+    }
+    let path = dir.check(Step::Cleanup)?;
+    // The path the kernel reports (loop backing files) is the real one.
+    let real = std::fs::canonicalize(path)
+        .map_err(|e| Error::os(Step::Cleanup, path, "resolve run directory", e))?;
+    let path = real.as_path();
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(path)
+        .map_err(|e| Error::os(Step::Cleanup, path, "read run directory", e))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    let records: Vec<String> = names
+        .iter()
+        .filter_map(|n| n.to_str()?.strip_suffix(".json").map(str::to_owned))
+        .collect();
+    for name in &names {
+        let file = path.join(name);
+        let Some(name) = name.to_str() else {
+            out.push(unreadable(path, file, "not a name diskmount makes"));
+            continue;
+        };
+        if let Some(stem) = name.strip_suffix(".json") {
+            out.push(read_record(path, file, stem));
+        } else if let Some(id) = name.strip_suffix(".helper")
+            && !records.iter().any(|r| r == id)
+        {
+            out.push(stray(path, file, id, true));
+        } else if let Some(id) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
+            out.push(stray(path, file, id, false));
+        } else if name.ends_with(".helper") {
+            // A record's own directory: part of that record.
+        } else {
+            out.push(unreadable(path, file, "not a name diskmount makes"));
+        }
+    }
+    Ok(out)
+}
+
+fn unreadable(dir: &Path, file: PathBuf, reason: impl Into<String>) -> Found {
+    Found {
+        file,
+        status: Status::Unreadable {
+            reason: reason.into(),
+        },
+        data: None,
+        dir: dir.to_path_buf(),
+        plan: Vec::new(),
+        unverified: Vec::new(),
+        _lock: None,
+    }
+}
+
+/// Whether process `pid` that started at `start` still runs.
+fn alive(pid: u32, start: u64) -> bool {
+    start_time(pid) == Some(start)
+}
+
+/// A helper directory without a record, or a temporary file: left by a
+/// process killed between making it and writing its record.
+fn stray(dir: &Path, file: PathBuf, id: &str, is_dir: bool) -> Found {
+    let Some((pid, start)) = format::parse_id(id) else {
+        return unreadable(dir, file, "not a name diskmount makes");
+    };
+    let mut found = unreadable(dir, file.clone(), "");
+    if alive(pid, start) {
+        found.status = Status::Live { pid };
+        return found;
+    }
+    found.status = Status::Orphan;
+    if is_dir {
+        let export = file.join("export");
+        if is_mount_point(&export) {
+            found.plan.push(Action::UnmountExport { path: export });
+        }
+        found.plan.push(Action::RemoveDir { path: file });
+    } else {
+        found.plan.push(Action::RemoveFile { path: file });
+    }
+    found
+}
+
+/// Opens a record, tells whose it is, parses and verifies it.
+fn read_record(dir: &Path, file: PathBuf, stem: &str) -> Found {
+    let mut attempts = 0;
+    let (handle, text) = loop {
+        attempts += 1;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&file);
+        let handle = match opened {
+            Ok(f) => f,
+            Err(e) => return unreadable(dir, file, format!("open: {e}")),
+        };
+        let meta = match handle.metadata() {
+            Ok(m) => m,
+            Err(e) => return unreadable(dir, file, format!("fstat: {e}")),
+        };
+        if !meta.file_type().is_file() || meta.uid() != 0 || meta.len() > format::MAX_SIZE {
+            return unreadable(
+                dir,
+                file,
+                "not a regular file owned by root of at most 64 KiB",
+            );
+        }
+        let pid_of = || format::parse_id(stem).map_or(0, |(p, _)| p);
+        match flock(handle.as_fd(), Lock::Exclusive, false) {
+            Err(Errno::EWOULDBLOCK) => {
+                let mut f = unreadable(dir, file, "");
+                f.status = Status::Live { pid: pid_of() };
+                f.data = std::fs::read(&f.file)
+                    .ok()
+                    .and_then(|t| Data::parse(&t, stem).ok());
+                return f;
+            }
+            Err(e) => return unreadable(dir, file, format!("flock: {e}")),
+            Ok(()) => {}
+        }
+        // Renamed over since we opened it: its owner saved again.
+        let same = std::fs::symlink_metadata(&file)
+            .is_ok_and(|now| now.ino() == meta.ino() && now.dev() == meta.dev());
+        if !same {
+            if attempts < 5 {
+                continue;
+            }
+            return unreadable(dir, file, "keeps being replaced");
+        }
+        let mut text = Vec::new();
+        if let Err(e) = std::io::Read::read_to_end(&mut (&handle), &mut text) {
+            return unreadable(dir, file, format!("read: {e}"));
+        }
+        break (handle, text);
+    };
+    let data = match Data::parse(&text, stem) {
+        Ok(d) => d,
+        Err(reason) => return unreadable(dir, file, reason),
+    };
+    // A persistent record was let go on purpose: whether its writer
+    // still runs does not matter.
+    let status = if !data.persistent && alive(data.pid, data.start) {
+        Status::Released { pid: data.pid }
+    } else {
+        Status::Orphan
+    };
+    let survey = survey(&data, dir);
+    let status = if data.persistent && survey.mount.is_some() {
+        Status::Persistent
+    } else {
+        status
+    };
+    Found {
+        file,
+        status,
+        plan: survey.plan(),
+        unverified: survey
+            .unverified
+            .iter()
+            .chain(&survey.doubtful)
+            .cloned()
+            .collect(),
+        data: Some(data),
+        dir: dir.to_path_buf(),
+        _lock: Some(handle),
+    }
+}
+
+/// What of a record is verifiably still on the machine.
+#[derive(Debug, Default)]
+struct Survey {
+    /// The verified whole device (loop, nbd: ours to release).
+    device: Option<PathBuf>,
+    /// The verified mapped partition's device.
+    mapped: Option<PathBuf>,
+    /// The verified mount point.
+    mount: Option<PathBuf>,
+    /// The verified helper.
+    helper: Option<(u32, PathBuf)>,
+    /// A FUSE export still mounted in the helper directory.
+    export: Option<PathBuf>,
+    /// The helper directory, if it exists.
+    helper_dir: Option<PathBuf>,
+    /// Named by the record, but verifiably someone else's now (a reused
+    /// device number, pid or mount point): left alone.
+    unverified: Vec<String>,
+    /// Named by the record, and whose it is cannot be told: left alone,
+    /// and the record stays.
+    doubtful: Vec<String>,
+}
+
+impl Survey {
+    fn plan(&self) -> Vec<Action> {
+        let mut plan = Vec::new();
+        if let Some(m) = &self.mount {
+            plan.push(Action::Unmount {
+                mountpoint: m.clone(),
+            });
+        } else if let Some(d) = self.mapped.as_ref().or(self.device.as_ref()) {
+            plan.push(Action::Release { device: d.clone() });
+        }
+        if let Some((pid, exe)) = &self.helper {
+            plan.push(Action::StopHelper {
+                pid: *pid,
+                exe: exe.clone(),
+            });
+        }
+        if let Some(e) = &self.export {
+            plan.push(Action::UnmountExport { path: e.clone() });
+        }
+        if let Some(d) = &self.helper_dir {
+            plan.push(Action::RemoveDir { path: d.clone() });
+        }
+        plan
+    }
+
+    fn describe(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        if let Some(m) = &self.mount {
+            left.push(format!("mount on {}", m.display()));
+        }
+        for d in self.mapped.iter().chain(self.device.iter()) {
+            left.push(d.display().to_string());
+        }
+        if let Some((pid, _)) = &self.helper {
+            left.push(format!("qemu process {pid}"));
+        }
+        if let Some(e) = &self.export {
+            left.push(format!("FUSE export mount {}", e.display()));
+        }
+        if let Some(d) = &self.helper_dir {
+            left.push(d.display().to_string());
+        }
+        left.extend(self.doubtful.iter().cloned());
+        left
+    }
+}
+
+/// What `data` (a record in `dir`) names that is verifiably still there,
+/// described (empty: nothing).
+pub(crate) fn still_there(data: &Data, dir: &Path) -> Vec<String> {
+    survey(data, dir).describe()
+}
+
+/// Opens a device node without following links; its metadata. `None` if
+/// it is not there or not a block device.
+fn open_node(path: &Path) -> Option<(File, std::fs::Metadata)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    meta.file_type().is_block_device().then_some((file, meta))
+}
+
+fn sys_dir(rdev: u64) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    ))
+}
+
+/// The file bound to the loop device open as `file`: `Ok(None)` unbound.
+fn loop_backing(file: &File) -> std::result::Result<Option<Inode>, Errno> {
+    match loop_dev::backing_inode(file.as_fd()) {
+        Ok((dev, ino)) => Ok(Some(Inode { dev, ino })),
+        Err(Errno::ENXIO) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the device `rdev` still has the disk sequence number recorded
+/// (true where the kernel has none).
+fn same_binding(rdev: u64, diskseq: Option<u64>) -> bool {
+    let Some(want) = diskseq else { return true };
+    std::fs::read_to_string(sys_dir(rdev).join("diskseq"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        == Some(want)
+}
+
+/// Whether the loop device `rdev` is bound to the FUSE export of record
+/// `id` (`<dir>/<id>.helper/export`), by the path the kernel reports.
+fn serves_export(rdev: u64, dir: &Path, id: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let export = record::helper_dir(dir, id).join("export");
+    std::fs::read(sys_dir(rdev).join("loop/backing_file"))
+        .is_ok_and(|b| b.strip_suffix(b"\n").unwrap_or(&b) == export.as_os_str().as_bytes())
+}
+
+/// Whether a helper with this pid, start time and executable runs (not a
+/// zombie).
+fn helper_runs(h: &Helper) -> bool {
+    alive(h.pid, h.start)
+        && std::fs::read_link(format!("/proc/{}/exe", h.pid)).is_ok_and(|exe| exe == h.exe.0)
+        && !std::fs::read_to_string(format!("/proc/{}/stat", h.pid))
+            .is_ok_and(|s| s.rfind(')').is_some_and(|i| s[i..].starts_with(") Z")))
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    mountinfo::is_mount_point(path)
+}
+
+fn survey(data: &Data, dir: &Path) -> Survey {
+    let mut s = Survey::default();
+    let helper_ok = data.helper.as_ref().filter(|h| helper_runs(h));
+    if let Some(h) = helper_ok {
+        s.helper = Some((h.pid, h.exe.0.clone()));
+    } else if let Some(h) = &data.helper
+        && start_time(h.pid).is_some()
+        && !alive(h.pid, h.start)
+    {
+        debug!("cleanup: pid {} is now another process; left alone", h.pid);
+    }
+    // The whole device.
+    let mut device_rdev = None;
+    if let Some(dev) = &data.device {
+        let path = &dev.path.0;
+        let fast_gone = matches!(data.backend.as_str(), "loop" | "fuse")
+            && !sys_dir(dev.rdev).join("loop/backing_file").exists();
+        match open_node(path).filter(|_| !fast_gone) {
+            None => {}
+            Some((_, meta)) if meta.rdev() != dev.rdev => s.unverified.push(format!(
+                "{} is now another device ({:#x}, recorded {:#x}); left alone",
+                path.display(),
+                meta.rdev(),
+                dev.rdev
+            )),
+            Some((file, _)) => match data.backend.as_str() {
+                "loop" | "fuse" => match (loop_backing(&file), dev.backing) {
+                    (Ok(None), _) => {}
+                    // A FUSE export's inode is no identity (each export
+                    // is inode 1 of a fresh mount, whose anonymous device
+                    // number is reused): its path, derived from the id, or
+                    // the binding's disk sequence number is.
+                    (Ok(Some(b)), Some(want))
+                        if b == want
+                            && same_binding(dev.rdev, dev.diskseq)
+                            && (data.backend == "loop"
+                                || dev.diskseq.is_some()
+                                || serves_export(dev.rdev, dir, &data.id)) =>
+                    {
+                        s.device = Some(path.clone());
+                        device_rdev = Some(dev.rdev);
+                    }
+                    // A loop device over a FUSE export whose daemon died:
+                    // the kernel cannot stat the file (ENOTCONN), but the
+                    // disk sequence number says it is the same binding.
+                    (Err(Errno::ENOTCONN), _)
+                        if data.backend == "fuse"
+                            && dev.diskseq.is_some()
+                            && same_binding(dev.rdev, dev.diskseq) =>
+                    {
+                        s.device = Some(path.clone());
+                        device_rdev = Some(dev.rdev);
+                    }
+                    (Ok(Some(b)), _) => s.unverified.push(format!(
+                        "{} serves another file now (device {:#x}, inode {}); left alone",
+                        path.display(),
+                        b.dev,
+                        b.ino
+                    )),
+                    (Err(e), _) => s.doubtful.push(format!(
+                        "{}: LOOP_GET_STATUS64: {e}: cannot tell whose it is; left alone",
+                        path.display()
+                    )),
+                },
+                "nbd" => {
+                    let served_by = std::fs::read_to_string(sys_dir(dev.rdev).join("pid"))
+                        .ok()
+                        .and_then(|p| p.trim().parse::<u32>().ok());
+                    match (served_by, helper_ok) {
+                        (None, _) => {}
+                        (Some(p), Some(h)) if p == h.pid => {
+                            s.device = Some(path.clone());
+                            device_rdev = Some(dev.rdev);
+                        }
+                        (Some(p), _) => s.unverified.push(format!(
+                            "{} is served by process {p}, not by the recorded qemu-nbd; left alone",
+                            path.display()
+                        )),
+                    }
+                }
+                _ => {
+                    // Block: the image is the device; only its mount is ours.
+                    if std::fs::metadata(&data.image.path.0).is_ok_and(|m| m.rdev() == dev.rdev) {
+                        device_rdev = Some(dev.rdev);
+                    }
+                }
+            },
+        }
+    }
+    // The mapped partition.
+    let mut mapped_rdev = None;
+    if let (Some(m), Some(parent)) = (&data.mapped, device_rdev)
+        && let Some((file, meta)) = open_node(&m.path.0)
+        && meta.rdev() == m.rdev
+    {
+        if mapped_of(&file, m.rdev, parent, data) {
+            mapped_rdev = Some(m.rdev);
+            if data.backend != "block" {
+                s.mapped = Some(m.path.0.clone());
+            }
+        } else {
+            s.unverified.push(format!(
+                "{} is not a partition of {}; left alone",
+                m.path.0.display(),
+                data.device
+                    .as_ref()
+                    .map_or(String::new(), |d| d.path.0.display().to_string())
+            ));
+        }
+    }
+    // The mount.
+    if let Some(mp) = &data.mountpoint
+        && let Ok(mounts) = mountinfo::mounts()
+        && let Some(entry) = mounts.iter().rev().find(|e| e.target == mp.0)
+    {
+        let ours = [device_rdev, mapped_rdev].contains(&Some(entry.dev));
+        if ours {
+            s.mount = Some(mp.0.clone());
+        } else if !s.doubtful.is_empty() {
+            s.doubtful.push(format!(
+                "{} is mounted from a device that cannot be verified; left alone",
+                mp.0.display()
+            ));
+        } else {
+            s.unverified.push(format!(
+                "{} is a mount of another device; left alone",
+                mp.0.display()
+            ));
+        }
+    }
+    // The helper's directory: derived from the id, never read from the record.
+    let hdir = record::helper_dir(dir, &data.id);
+    if std::fs::symlink_metadata(&hdir).is_ok_and(|m| m.is_dir()) {
+        let export = hdir.join("export");
+        if is_mount_point(&export) {
+            s.export = Some(export);
+        }
+        s.helper_dir = Some(hdir);
+    }
+    s
+}
+
+/// Whether the device open as `file` (number `rdev`) is a partition,
+/// device-mapper target or offset loop device of the device `parent`.
+fn mapped_of(file: &File, rdev: u64, parent: u64, data: &Data) -> bool {
+    let sys = sys_dir(rdev);
+    let dev_of = |p: &Path| {
+        std::fs::read_to_string(p.join("dev"))
+            .ok()
+            .and_then(|s| mountinfo::dev_number(s.trim()))
+    };
+    if sys.join("partition").exists() {
+        return std::fs::canonicalize(&sys)
+            .ok()
+            .and_then(|real| dev_of(real.parent()?))
+            == Some(parent);
+    }
+    if sys.join("dm").exists() {
+        let slaves: Vec<PathBuf> = std::fs::read_dir(sys.join("slaves"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        return matches!(slaves.as_slice(), [one] if dev_of(one) == Some(parent));
+    }
+    if sys.join("loop").exists() {
+        let want = data.device.as_ref().and_then(|d| d.backing);
+        return want.is_some() && loop_backing(file).ok().flatten() == want;
+    }
+    false
+}
+
+/// How long a helper may take to stop after SIGTERM before SIGKILL.
+const STOP_BOUND: Duration = Duration::from_secs(5);
+/// How often SIGTERM is sent again (qemu's handler only sets a flag; a
+/// signal landing just before its main loop sleeps goes unseen).
+const TERM_RESEND: Duration = Duration::from_millis(250);
+
+fn carry_out(action: &Action, helper: Option<&Helper>) -> Result<()> {
+    info!("cleanup: {action}");
+    match action {
+        Action::Unmount { mountpoint } => {
+            // `with_mounted`'s own temporary mount point (`.diskmount-*`):
+            // its parent is pinned now, while the mount is verified there,
+            // and only the empty directory of that name in it is removed.
+            let temp = mountpoint
+                .file_name()
+                .filter(|n| n.as_encoded_bytes().starts_with(b".diskmount-"))
+                .and_then(|n| {
+                    let parent = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                        .open(mountpoint.parent()?)
+                        .ok()?;
+                    Some((parent, n.to_owned()))
+                });
+            crate::adopt(mountpoint)?.close()?;
+            if let Some((parent, name)) = temp {
+                match nix::unistd::unlinkat(
+                    &parent,
+                    name.as_os_str(),
+                    nix::unistd::UnlinkatFlags::RemoveDir,
+                ) {
+                    Ok(()) | Err(Errno::ENOENT | Errno::ENOTEMPTY | Errno::EBUSY) => {}
+                    Err(e) => warn!("cleanup: rmdir {}: {e}", mountpoint.display()),
+                }
+            }
+            Ok(())
+        }
+        Action::Release { device } => crate::adopt(device)?.close(),
+        Action::StopHelper { pid, .. } => {
+            let Some(h) = helper.filter(|h| h.pid == *pid) else {
+                return Ok(());
+            };
+            stop_helper(h)
+        }
+        Action::UnmountExport { path } => {
+            let start = Instant::now();
+            loop {
+                match nix::mount::umount2(path.as_path(), nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
+                    Ok(()) => return Ok(()),
+                    Err(Errno::EBUSY) if start.elapsed() < Duration::from_secs(2) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => {
+                        return Err(Error::os(
+                            Step::Cleanup,
+                            path,
+                            "umount2 stale FUSE export",
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+        Action::RemoveDir { path } => std::fs::remove_dir_all(path)
+            .map_err(|e| Error::os(Step::Cleanup, path, "remove directory", e)),
+        Action::RemoveFile { path } | Action::RemoveRecord { path } => {
+            std::fs::remove_file(path).map_err(|e| Error::os(Step::Cleanup, path, "remove file", e))
+        }
+    }
+}
+
+/// Stops a verified helper: SIGTERM, again every [`TERM_RESEND`], SIGKILL
+/// after [`STOP_BOUND`]; verified again before every signal, so a pid
+/// that is reused meanwhile is never signalled.
+fn stop_helper(h: &Helper) -> Result<()> {
+    let pid = Pid::from_raw(h.pid as i32);
+    let start = Instant::now();
+    let mut signalled: Option<Instant> = None;
+    while helper_runs(h) {
+        if start.elapsed() >= STOP_BOUND {
+            warn!("cleanup: qemu helper {} ignores SIGTERM; killing it", h.pid);
+            let _ = kill(pid, Signal::SIGKILL);
+            return Err(Error::invalid(
+                Step::Cleanup,
+                &h.exe.0,
+                format!(
+                    "qemu helper {} did not stop within {STOP_BOUND:?} of SIGTERM and was killed",
+                    h.pid
+                ),
+            ));
+        }
+        if signalled.is_none_or(|t| t.elapsed() >= TERM_RESEND) {
+            let _ = kill(pid, Signal::SIGTERM);
+            signalled = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}

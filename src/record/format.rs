@@ -1,0 +1,319 @@
+//! The record file format: version 1, JSON (serde_json does the escaping,
+//! so no byte of a path can end a field or start another), every path
+//! stored exactly and checked again when read.
+//!
+//! ```json
+//! {"version":1,"id":"4242-98765-0","pid":4242,"start":98765,
+//!  "image":{"path":"/srv/guest.img","dev":2049,"ino":1234},
+//!  "backend":"loop",
+//!  "device":{"path":"/dev/loop3","rdev":1795,"backing":{"dev":2049,"ino":1234},"diskseq":42},
+//!  "helper":null,"mapped":null,"mountpoint":"/mnt","persistent":false}
+//! ```
+//!
+//! A path that is valid UTF-8 is a JSON string; any other is an array of
+//! its bytes. Nothing read from a record is trusted for what it names: the
+//! cleanup code ([`crate::cleanup`]) verifies every object against the
+//! kernel before it acts.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The one version this code writes and reads.
+pub(crate) const VERSION: u32 = 1;
+
+/// The largest record file read (a record is a few hundred bytes).
+pub(crate) const MAX_SIZE: u64 = 64 * 1024;
+
+/// A path, stored losslessly: a string if it is UTF-8, its bytes otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawPath(pub PathBuf);
+
+impl Serialize for RawPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.to_str() {
+            Some(text) => s.serialize_str(text),
+            None => s.collect_seq(self.0.as_os_str().as_bytes()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Text(String),
+            Bytes(Vec<u8>),
+        }
+        Ok(RawPath(match Either::deserialize(d)? {
+            Either::Text(t) => PathBuf::from(t),
+            Either::Bytes(b) => PathBuf::from(OsStr::from_bytes(&b)),
+        }))
+    }
+}
+
+/// A file by path and identity (`st_dev`, `st_ino`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileId {
+    pub path: RawPath,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A file's identity only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Inode {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// The attached device: its node, its number, and (loop devices) the
+/// identity of the file bound to it (the image, or the FUSE export).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeviceId {
+    pub path: RawPath,
+    pub rdev: u64,
+    pub backing: Option<Inode>,
+    /// The disk sequence number (Linux 5.15+): new at every bind, never
+    /// reused until reboot, so it tells this binding from any later one.
+    pub diskseq: Option<u64>,
+}
+
+/// A qemu helper process: pid, start time (clock ticks after boot, field
+/// 22 of `/proc/PID/stat`) and executable, all three checked before it is
+/// signalled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Helper {
+    pub pid: u32,
+    pub start: u64,
+    pub exe: RawPath,
+}
+
+/// The mapped partition's device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MappedId {
+    pub path: RawPath,
+    pub rdev: u64,
+    pub mapping: String,
+}
+
+/// One record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Data {
+    pub version: u32,
+    /// `<pid>-<start>-<n>`; the file is `<id>.json`, the private directory
+    /// of the qemu helper `<id>.helper`, both in the run directory.
+    pub id: String,
+    pub pid: u32,
+    pub start: u64,
+    pub image: FileId,
+    pub backend: String,
+    pub device: Option<DeviceId>,
+    pub helper: Option<Helper>,
+    pub mapped: Option<MappedId>,
+    pub mountpoint: Option<RawPath>,
+    pub persistent: bool,
+}
+
+/// The backends a record may name.
+const BACKENDS: [&str; 4] = ["loop", "block", "fuse", "nbd"];
+
+/// Whether `id` has the form `<pid>-<start>-<n>`; returns pid and start.
+pub(crate) fn parse_id(id: &str) -> Option<(u32, u64)> {
+    let mut parts = id.split('-');
+    let (pid, start, n) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if parts.next().is_some() || !digits(pid) || !digits(start) || !digits(n) {
+        return None;
+    }
+    Some((pid.parse().ok()?, start.parse().ok()?))
+}
+
+/// Why `path` is not an absolute, normal path (no NUL, no `.` or `..`
+/// component, no empty component), or `None` if it is one.
+pub(crate) fn path_fault(path: &Path) -> Option<&'static str> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Some("is not absolute");
+    }
+    if bytes.contains(&0) {
+        return Some("contains a NUL byte");
+    }
+    if bytes.len() > 4096 {
+        return Some("is longer than PATH_MAX");
+    }
+    if bytes.len() > 1 {
+        for part in bytes[1..].split(|b| *b == b'/') {
+            match part {
+                b"" => return Some("has an empty component"),
+                b"." | b".." => return Some("has a . or .. component"),
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+impl Data {
+    /// Parses and checks a record read from the file named `stem.json`.
+    pub(crate) fn parse(text: &[u8], stem: &str) -> Result<Data, String> {
+        let version: serde_json::Value =
+            serde_json::from_slice(text).map_err(|e| format!("not a JSON record: {e}"))?;
+        match version.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(VERSION) => {}
+            Some(v) => {
+                return Err(format!(
+                    "record version {v}; this diskmount reads {VERSION}"
+                ));
+            }
+            None => return Err("no record version".into()),
+        }
+        let data: Data =
+            serde_json::from_value(version).map_err(|e| format!("malformed record: {e}"))?;
+        data.validate(stem)?;
+        Ok(data)
+    }
+
+    /// The record as written.
+    pub(crate) fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).expect("a record always serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Checks what a record must be to be acted on at all.
+    pub(crate) fn validate(&self, stem: &str) -> Result<(), String> {
+        if self.id != stem {
+            return Err(format!(
+                "its id {:?} is not its file name {stem:?}",
+                self.id
+            ));
+        }
+        match parse_id(&self.id) {
+            Some((pid, start)) if pid == self.pid && start == self.start => {}
+            _ => return Err(format!("malformed id {:?}", self.id)),
+        }
+        if !BACKENDS.contains(&self.backend.as_str()) {
+            return Err(format!("unknown backend {:?}", self.backend));
+        }
+        let check = |what: &str, p: &Path| match path_fault(p) {
+            Some(why) => Err(format!("{what} path {:?} {why}", p)),
+            None => Ok(()),
+        };
+        let under_dev = |what: &str, p: &Path| {
+            check(what, p)?;
+            if p.starts_with("/dev") && p != Path::new("/dev") {
+                Ok(())
+            } else {
+                Err(format!("{what} path {p:?} is not under /dev"))
+            }
+        };
+        check("image", &self.image.path.0)?;
+        if let Some(d) = &self.device {
+            under_dev("device", &d.path.0)?;
+        }
+        if let Some(m) = &self.mapped {
+            under_dev("mapped", &m.path.0)?;
+        }
+        if let Some(m) = &self.mountpoint {
+            check("mount point", &m.0)?;
+        }
+        if let Some(h) = &self.helper {
+            check("helper executable", &h.exe.0)?;
+            if h.pid == 0 {
+                return Err("helper pid 0".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Data {
+        Data {
+            version: VERSION,
+            id: "12-34-0".into(),
+            pid: 12,
+            start: 34,
+            image: FileId {
+                path: RawPath(PathBuf::from("/srv/a\nhelper_dir=/etc\nz/guest.img")),
+                dev: 1,
+                ino: 2,
+            },
+            backend: "fuse".into(),
+            device: Some(DeviceId {
+                path: RawPath("/dev/loop3".into()),
+                rdev: 1795,
+                backing: Some(Inode { dev: 40, ino: 2 }),
+                diskseq: Some(7),
+            }),
+            helper: Some(Helper {
+                pid: 99,
+                start: 100,
+                exe: RawPath("/usr/bin/qemu-storage-daemon".into()),
+            }),
+            mapped: None,
+            mountpoint: Some(RawPath(PathBuf::from(OsStr::from_bytes(b"/mnt/\xff\"x")))),
+            persistent: false,
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_byte() {
+        let d = sample();
+        let json = d.to_json();
+        // One line: a newline in a path is escaped, not written.
+        assert_eq!(json.iter().filter(|b| **b == b'\n').count(), 1);
+        assert_eq!(Data::parse(&json, "12-34-0").unwrap(), d);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_trust() {
+        let bad = |edit: &dyn Fn(&mut Data), stem: &str| {
+            let mut d = sample();
+            edit(&mut d);
+            Data::parse(&d.to_json(), stem).unwrap_err()
+        };
+        bad(&|_| {}, "12-34-1");
+        bad(&|d| d.image.path = RawPath("rel/x".into()), "12-34-0");
+        bad(&|d| d.image.path = RawPath("/a/../etc".into()), "12-34-0");
+        bad(&|d| d.image.path = RawPath("/a/\0b".into()), "12-34-0");
+        bad(
+            &|d| d.device.as_mut().unwrap().path = RawPath("/tmp/loop3".into()),
+            "12-34-0",
+        );
+        bad(
+            &|d| d.device.as_mut().unwrap().path = RawPath("/dev/../etc".into()),
+            "12-34-0",
+        );
+        bad(&|d| d.backend = "x".into(), "12-34-0");
+        bad(&|d| d.pid = 13, "12-34-0");
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        v["version"] = 2.into();
+        assert!(Data::parse(v.to_string().as_bytes(), "12-34-0").is_err());
+        v["version"] = 1.into();
+        v["helper_dir"] = "/etc".into();
+        assert!(Data::parse(v.to_string().as_bytes(), "12-34-0").is_err());
+        assert!(Data::parse(b"pid=1\nhelper_dir=/etc\n", "12-34-0").is_err());
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(parse_id("1-2-3"), Some((1, 2)));
+        for bad in ["", "1-2", "1-2-3-4", "a-2-3", "1--3", "../1-2-3"] {
+            assert_eq!(parse_id(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Records of what this process holds, in its [`RunDir`] (default
+//! `/run/diskmount`), so that [`crate::cleanup`] can find and tear down
+//! exactly what a crashed or killed diskmount process left behind, and
+//! nothing else.
+//!
+//! One file per attached image, `<id>.json` with `id` = `<pid>-<start>-<n>`
+//! (the start time tells a reused pid apart), in the versioned JSON of
+//! [`format`]. Every save writes a temporary `.<id>.tmp`, takes an
+//! exclusive `flock` on it and renames it into place, so a reader sees the
+//! old record or the new one, whole, and always a locked one while its
+//! owner lives: the lock is how others tell the owner is alive (its pid and
+//! start time are the second check). Teardown removes the record; one whose
+//! teardown did not finish stays, unlocked, for `diskmount cleanup`. A
+//! record marked `persistent` (`diskmount mount`) is left alone while its
+//! mount is there.
+//!
+//! The qemu helpers' private directory (the FUSE export, logs) is
+//! `<id>.helper` in the same directory: cleanup derives that name from the
+//! record's own file name, and never removes a path read from a record.
+
+pub(crate) mod format;
+mod run_dir;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use log::{debug, warn};
+use nix::libc;
+
+pub use run_dir::RunDir;
+
+use crate::backend::{BackendKind, Core};
+use crate::error::{Result, Step};
+use crate::image::Image;
+use crate::options::AttachOptions;
+use crate::sys::flock::{Lock, flock};
+use format::{Data, DeviceId, FileId, Helper, Inode, MappedId, RawPath};
+
+/// The start time of process `pid` (field 22 of /proc/PID/stat), which
+/// tells a reused pid apart.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: skip past it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// The record file of `id` in `dir`.
+pub(crate) fn record_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.json"))
+}
+
+/// The private directory of `id`'s qemu helper in `dir`.
+pub(crate) fn helper_dir(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.helper"))
+}
+
+/// The temporary file a save of `id` writes before its rename.
+pub(crate) fn temp_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!(".{id}.tmp"))
+}
+
+/// A private `0700` directory for a qemu helper (`prefix`: what the
+/// temporary-directory fallback is named): `<id>.helper` in the run
+/// directory when the attach keeps a record (see [`Keeper::options`]),
+/// else a fresh temporary directory.
+pub(crate) fn private_dir(options: &AttachOptions, prefix: &str) -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut builder = tempfile::Builder::new();
+    builder.permissions(std::fs::Permissions::from_mode(0o700));
+    let made = match &options.helper_dir {
+        Some(dir) => {
+            let (parent, name) = (
+                dir.parent().unwrap_or(dir),
+                dir.file_name().unwrap_or_default(),
+            );
+            builder.prefix(name).rand_bytes(0).tempdir_in(parent)
+        }
+        None => builder.prefix(prefix).tempdir(),
+    };
+    made.map_err(|e| {
+        let at = options
+            .helper_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        crate::error::Error::os(
+            Step::Attach,
+            at,
+            "create the qemu helper's private directory",
+            e,
+        )
+    })
+}
+
+/// What one attached image's record says, held while this process owns it.
+#[derive(Debug)]
+struct Live {
+    dir: PathBuf,
+    data: Data,
+    /// The record file as last renamed into place, exclusively locked.
+    /// `None` until the first save.
+    file: Option<File>,
+}
+
+/// The record this process keeps for one attached image; removed on drop.
+#[derive(Debug)]
+pub(crate) struct Keeper {
+    live: Option<Live>,
+}
+
+/// A field set as the steps go ([`Keeper::set`]).
+pub(crate) enum Field<'a> {
+    /// The mapped partition's device and how it was mapped.
+    Mapped { path: &'a Path, mapping: &'a str },
+    /// Where it is mounted.
+    Mountpoint(&'a Path),
+}
+
+/// A field removed again ([`Keeper::unset`]).
+pub(crate) enum Key {
+    Mapped,
+    Mountpoint,
+}
+
+/// The absolute, normal form of `path`, as far as it can be had.
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn inode(meta: &std::fs::Metadata) -> Inode {
+    Inode {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    }
+}
+
+impl Keeper {
+    /// No record (an adopted device: its record, if any, is someone else's).
+    pub(crate) fn none() -> Keeper {
+        Keeper { live: None }
+    }
+
+    /// Starts the record of an attach of `image` with `options` (nothing is
+    /// written until [`Keeper::attached`]): checks the run directory
+    /// (created if missing) and reserves the record's id.
+    ///
+    /// # Errors
+    /// [`Step::Attach`]: the run directory is unsafe (not root's, or not
+    /// mode 0700) or cannot be created.
+    pub(crate) fn start(options: &AttachOptions, image: &Image) -> Result<Keeper> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        static START: OnceLock<u64> = OnceLock::new();
+        let run_dir = options.run_dir.clone().unwrap_or_default();
+        let Some(dir) = run_dir.ensure(Step::Attach)? else {
+            return Ok(Keeper::none());
+        };
+        // The path the kernel reports for loop backing files is the real one.
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|e| crate::error::Error::os(Step::Attach, dir, "resolve run directory", e))?;
+        let pid = std::process::id();
+        let start = *START.get_or_init(|| start_time(pid).unwrap_or(0));
+        let id = format!("{pid}-{start}-{}", N.fetch_add(1, Ordering::Relaxed));
+        let path = absolute(image.path());
+        let meta = std::fs::metadata(&path).ok();
+        let data = Data {
+            version: format::VERSION,
+            id,
+            pid,
+            start,
+            image: FileId {
+                path: RawPath(path),
+                dev: meta.as_ref().map_or(0, |m| m.dev()),
+                ino: meta.as_ref().map_or(0, |m| m.ino()),
+            },
+            backend: String::new(),
+            device: None,
+            helper: None,
+            mapped: None,
+            mountpoint: None,
+            persistent: false,
+        };
+        Ok(Keeper {
+            live: Some(Live {
+                dir,
+                data,
+                file: None,
+            }),
+        })
+    }
+
+    /// `options` for the backend: with this record's helper directory.
+    pub(crate) fn options(&self, options: &AttachOptions) -> AttachOptions {
+        let mut o = options.clone();
+        o.helper_dir = self.live.as_ref().map(|l| helper_dir(&l.dir, &l.data.id));
+        o
+    }
+
+    /// Records the attached device (and its qemu helper) and writes the
+    /// record.
+    pub(crate) fn attached(&mut self, device: &Core, helper: &[(&'static str, String)]) {
+        let Some(live) = &mut self.live else { return };
+        let d = &mut live.data;
+        d.backend = device.kind.as_str().to_string();
+        let backing = device
+            .backing()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| inode(&m));
+        if device.kind == BackendKind::Loop
+            && let Some(b) = backing
+        {
+            // The file the loop device serves is the image as opened.
+            d.image.dev = b.dev;
+            d.image.ino = b.ino;
+        }
+        d.device = Some(DeviceId {
+            path: RawPath(device.path().to_path_buf()),
+            rdev: device.rdev,
+            backing,
+            diskseq: device.diskseq,
+        });
+        d.helper = helper
+            .iter()
+            .find(|(k, _)| *k == "daemon_pid")
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            .and_then(|pid| {
+                Some(Helper {
+                    pid,
+                    start: start_time(pid)?,
+                    exe: RawPath(std::fs::read_link(format!("/proc/{pid}/exe")).ok()?),
+                })
+            });
+        self.save();
+    }
+
+    /// Sets a field and saves.
+    pub(crate) fn set(&mut self, field: Field<'_>) {
+        let Some(live) = &mut self.live else { return };
+        match field {
+            Field::Mapped { path, mapping } => {
+                live.data.mapped = Some(MappedId {
+                    path: RawPath(path.to_path_buf()),
+                    rdev: std::fs::metadata(path).map_or(0, |m| m.rdev()),
+                    mapping: mapping.to_string(),
+                })
+            }
+            Field::Mountpoint(path) => live.data.mountpoint = Some(RawPath(absolute(path))),
+        }
+        self.save();
+    }
+
+    /// Removes a field and saves.
+    pub(crate) fn unset(&mut self, key: Key) {
+        let Some(live) = &mut self.live else { return };
+        match key {
+            Key::Mapped => live.data.mapped = None,
+            Key::Mountpoint => live.data.mountpoint = None,
+        }
+        self.save();
+    }
+
+    /// Stops managing the record: it stays on disk, unlocked, marked
+    /// persistent (a mount left on purpose).
+    pub(crate) fn keep(&mut self) {
+        if let Some(live) = &mut self.live {
+            live.data.persistent = true;
+        }
+        self.save();
+        self.live = None;
+    }
+
+    /// Writes the record: a temporary file, locked, renamed into place.
+    /// Records are a help for cleanup after a crash: a failure is logged,
+    /// not fatal.
+    fn save(&mut self) {
+        let Some(live) = &mut self.live else { return };
+        let tmp = temp_path(&live.dir, &live.data.id);
+        let path = record_path(&live.dir, &live.data.id);
+        let write = || -> std::io::Result<File> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(&live.data.to_json())?;
+            // A new file nobody else has open: never blocks.
+            flock(f.as_fd(), Lock::Exclusive, false).map_err(std::io::Error::from)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(f)
+        };
+        match write() {
+            // The old file's lock goes with it.
+            Ok(f) => live.file = Some(f),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                warn!(
+                    "record {}: {e} (cleanup after a crash will not find this image)",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        let Some(live) = self.live.take() else { return };
+        if live.file.is_none() {
+            return;
+        }
+        let path = record_path(&live.dir, &live.data.id);
+        let left = crate::cleanup::still_there(&live.data, &live.dir);
+        if !left.is_empty() {
+            // Teardown did not finish (its errors were reported): the
+            // record stays for `diskmount cleanup` once we are gone.
+            warn!(
+                "record {}: teardown left {} behind; kept for `diskmount cleanup`",
+                path.display(),
+                left.join(", ")
+            );
+            return;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => debug!("record {} removed", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("record {}: remove: {e}", path.display()),
+        }
+    }
+}
