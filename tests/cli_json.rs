@@ -62,7 +62,7 @@ fn canonical(p: &Path) -> String {
 #[test]
 fn inspect_json_parses_with_every_partition() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let img = fx.mbr_image("mbr.img");
     // --json before or after the command.
     for args in [
@@ -93,7 +93,7 @@ fn inspect_json_parses_with_every_partition() {
 #[test]
 fn mount_and_umount_json_name_device_mount_points_backend_and_record() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let img = fx.mbr_image("mbr.img");
     let mnt = fx.tree("mnt", &[]);
     let v = json_out(&output(
@@ -164,7 +164,7 @@ fn mount_and_umount_json_name_device_mount_points_backend_and_record() {
 #[test]
 fn copy_json_counts_bytes_and_progress_shows_on_a_terminal_only() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let img = fx.ext4("disk.img", &[]);
     let tree = fx.tree("payload", &[("a", "12345"), ("sub/b", "678")]);
     // stderr is a pipe here: no progress, nothing at all (the library's
@@ -244,7 +244,7 @@ fn copy_json_counts_bytes_and_progress_shows_on_a_terminal_only() {
 #[test]
 fn errors_are_one_json_object_and_the_exit_status_tells_the_class() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let img = fx.ext4("disk.img", &[("id", "x")]);
     let missing = fx.path().join("missing.img");
 
@@ -415,7 +415,7 @@ fn a_normal_user_is_told_attaching_needs_root_and_can_still_inspect() {
 #[test]
 fn an_image_that_cannot_be_written_suggests_read_only() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let img = fx.ext4("disk.img", &[("id", "frozen")]);
     run(Command::new("chattr").arg("+i").arg(&img));
     let _thaw = scopeguard::guard(img.clone(), |img| {
@@ -463,7 +463,7 @@ fn an_image_that_cannot_be_written_suggests_read_only() {
 #[test]
 fn a_mount_kept_busy_is_exit_status_3_and_umount_works_once_free() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     let img = fx.ext4("disk.img", &[]);
     let mnt = fx.tree("mnt", &[]);
     let out = output(dm(&records).arg("mount").arg(&img).arg(&mnt));

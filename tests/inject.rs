@@ -23,9 +23,8 @@ use common::guest::{
 /// file (mount point, copy of the guest's file contexts) behind.
 fn diskmount(fx: &Fixture, args: &[&OsStr]) -> Output {
     let tmp = fx.path().join("tmp");
-    let runs = fx.path().join("run");
+    let runs = fx.records();
     std::fs::create_dir_all(&tmp).unwrap();
-    std::fs::create_dir_all(&runs).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
         .args(args)
         .env("TMPDIR", &tmp)

@@ -254,7 +254,7 @@ fn injected_paths_and_forged_records_are_never_acted_on() {
 #[test]
 fn an_unsafe_run_directory_is_refused() {
     let mut fx = Fixture::new();
-    let records = fx.tree("records", &[]);
+    let records = fx.records();
     std::fs::set_permissions(
         &records,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
