@@ -131,6 +131,7 @@ pub mod retry;
 pub mod root;
 #[doc(hidden)]
 pub mod sys;
+pub mod volume;
 
 pub use adopt::{Adopted, adopt};
 pub use backend::{Auto, Backend, BackendKind, Block, Fuse, Loop, Nbd};
