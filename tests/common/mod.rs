@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod durability;
+pub mod lvm;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
