@@ -54,6 +54,10 @@ impl Drop for LoopDev {
     }
 }
 
+/// A plain filesystem in a partition: (partition number, fstype, UUID,
+/// files as (path, content)).
+pub type PlainFs<'a> = (u32, &'a str, &'a str, Vec<(String, String)>);
+
 /// What goes into a logical volume.
 #[derive(Debug, Clone)]
 pub enum Content {
@@ -330,7 +334,7 @@ impl Fixture {
         name: &str,
         size: u64,
         table: Option<(&str, u32)>,
-        others: &[(u32, &str, &str, Vec<(String, String)>)],
+        others: &[PlainFs<'_>],
         vg: &str,
         lvs: Vec<LvDef>,
     ) -> LvmImage {
