@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::lvm::LvmImage;
+use common::lvm::{LoopDev, LvmImage};
 use common::{Fixture, run};
 use diskmount::partition::read_table_from;
 use diskmount::volume::Region;
@@ -371,5 +371,60 @@ fn corrupt_metadata_is_a_clear_error() {
     let e = scan(&file, &t.path, cut).unwrap_err().to_string();
     assert!(e.contains("beyond the end of the"), "{e}");
     assert!(e.contains("the image is truncated"), "{e}");
+    fx.assert_clean();
+}
+
+#[test]
+fn a_metadata_buffer_that_wrapped_reads_as_lvm_says() {
+    let mut fx = Fixture::new();
+    let img = fx.blank("small.img", 8 << 20);
+    let dev = LoopDev::attach(&img, 0, 8 << 20);
+    let d = dev.dev.as_str();
+    fx.lvm_cmd(
+        "pvcreate",
+        d,
+        &["-q", "--metadatasize", "8k", "--dataalignment", "64k", d],
+    );
+    fx.lvm_cmd(
+        "vgcreate",
+        d,
+        &["-q", "--setautoactivation", "n", "-s", "1M", "wrapvg", d],
+    );
+    // Commit (each commit writes the text after the last one) until the
+    // text runs past the end of the 60 KiB circular buffer.
+    let header = || {
+        let mut h = [0u8; 64];
+        File::open(&img)
+            .unwrap()
+            .read_exact_at(&mut h, 4096)
+            .unwrap();
+        let at = |p: usize| u64::from_le_bytes(h[p..p + 8].try_into().unwrap());
+        (at(32), at(40), at(48))
+    };
+    let mut commits = 0;
+    while {
+        let (size, offset, len) = header();
+        offset + len <= size
+    } {
+        assert!(commits < 300, "the metadata never wrapped: {:?}", header());
+        fx.lvm_cmd(
+            "vgchange",
+            d,
+            &["-q", "--addtag", &format!("t{commits}"), "wrapvg"],
+        );
+        commits += 1;
+    }
+    let seqno: u64 = fx
+        .lvm_cmd("vgs", d, &["--noheadings", "-o", "vg_seqno", "wrapvg"])
+        .trim()
+        .parse()
+        .unwrap();
+    drop(dev);
+    let pv = scan(&File::open(&img).unwrap(), &img, 8 << 20)
+        .unwrap()
+        .unwrap();
+    let vg = pv.vg.unwrap();
+    assert_eq!((vg.name.as_str(), vg.seqno), ("wrapvg", seqno));
+    assert!(seqno > 20, "{seqno}");
     fx.assert_clean();
 }

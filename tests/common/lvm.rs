@@ -260,6 +260,12 @@ pub fn os_root(
 }
 
 impl Fixture {
+    /// Runs LVM2's `command` restricted to `dev`, with this fixture's
+    /// private configuration.
+    pub fn lvm_cmd(&self, command: &str, dev: &str, args: &[&str]) -> String {
+        lvm(&self.lvm_sys_dir(), command, dev, args)
+    }
+
     fn lvm_sys_dir(&self) -> PathBuf {
         let dir = self.path().join("lvm-sys");
         if !dir.exists() {

@@ -20,6 +20,9 @@ use super::{Disk, ReadAt, Result, SECTOR, crc};
 /// The sectors LVM2 looks for its label in.
 pub const LABEL_SECTORS: u64 = 4;
 
+/// The most metadata areas a PV has (`pvcreate --pvmetadatacopies` 0-2).
+pub const MAX_METADATA_AREAS: usize = 2;
+
 /// A stretch of the physical volume, in bytes from its start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Area {
@@ -130,6 +133,12 @@ fn parse<R: ReadAt + ?Sized>(disk: &Disk<'_, R>, sector: u64, b: &[u8]) -> Resul
         }
     }
     let [data_areas, metadata_areas] = lists;
+    if metadata_areas.len() > MAX_METADATA_AREAS {
+        return Err(disk.refuse(at(&format!(
+            "{} metadata areas; LVM2 writes at most {MAX_METADATA_AREAS}",
+            metadata_areas.len()
+        ))));
+    }
     Ok(Label {
         sector,
         id: dashed(uuid),
@@ -246,5 +255,17 @@ pub(crate) mod tests {
         fix(&mut endless[512..1024]);
         let err = find_in(&endless).unwrap_err().to_string();
         assert!(err.contains("runs past the end of the sector"), "{err}");
+
+        let three = label(
+            1,
+            &[(1 << 20, 0)],
+            &[(4096, 512), (8192, 512), (12288, 512)],
+        );
+        img[512..1024].copy_from_slice(&three);
+        let err = find_in(&img).unwrap_err().to_string();
+        assert!(
+            err.contains("3 metadata areas; LVM2 writes at most 2"),
+            "{err}"
+        );
     }
 }
