@@ -284,6 +284,8 @@ impl<B: Backend> Mapped<B> {
         if let Some(extra) = options.options.as_deref().filter(|s| !s.is_empty()) {
             data.push(extra);
         }
+        let subvolume = options.subvolume_option(&device)?;
+        data.extend(subvolume.as_deref());
         let data = data.join(",");
         let describe = format!(
             "mount -t {driver} -o {}{}{} on {}",

@@ -12,6 +12,7 @@
 #![allow(unsafe_code)]
 
 pub mod block;
+pub mod btrfs;
 pub mod flock;
 pub mod loop_dev;
 pub mod process;

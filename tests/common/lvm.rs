@@ -495,11 +495,11 @@ impl Fixture {
     /// `home` (ext4), `swap`, and `data` (ext4 over two segments apart on
     /// the PV). Each filesystem has a file `id` naming it.
     pub fn rocky_image(&self, name: &str) -> LvmImage {
-        let boot = fs_uuid(&format!("{name}-boot"));
-        let root = fs_uuid(&format!("{name}-root"));
-        let home = fs_uuid(&format!("{name}-home"));
-        let swap = fs_uuid(&format!("{name}-swap"));
-        let data = fs_uuid(&format!("{name}-data"));
+        let boot = fs_uuid(&format!("{}/{name}-boot", self.path().display()));
+        let root = fs_uuid(&format!("{}/{name}-root", self.path().display()));
+        let home = fs_uuid(&format!("{}/{name}-home", self.path().display()));
+        let swap = fs_uuid(&format!("{}/{name}-swap", self.path().display()));
+        let data = fs_uuid(&format!("{}/{name}-data", self.path().display()));
         let fstab = format!(
             "# /etc/fstab\n\
              /dev/mapper/rl-root     /                       xfs     defaults        0 0\n\
@@ -564,8 +564,8 @@ impl Fixture {
     /// Ubuntu Server-like: GPT with a BIOS boot partition, ext4 `/boot`,
     /// and a PV holding `ubuntu-vg/ubuntu-lv` (ext4, the OS root).
     pub fn ubuntu_image(&self, name: &str) -> LvmImage {
-        let boot = fs_uuid(&format!("{name}-boot"));
-        let root = fs_uuid(&format!("{name}-root"));
+        let boot = fs_uuid(&format!("{}/{name}-boot", self.path().display()));
+        let root = fs_uuid(&format!("{}/{name}-root", self.path().display()));
         let fstab = format!(
             "/dev/mapper/ubuntu--vg-ubuntu--lv / ext4 defaults 0 1\n\
              /dev/disk/by-uuid/{boot} /boot ext4 defaults 0 1\n\
@@ -605,7 +605,7 @@ impl Fixture {
     /// A whole-disk PV (no partition table): VG `vg0` with `root` (ext4,
     /// the OS root).
     pub fn whole_disk_pv_image(&self, name: &str) -> LvmImage {
-        let root = fs_uuid(&format!("{name}-root"));
+        let root = fs_uuid(&format!("{}/{name}-root", self.path().display()));
         let fstab = format!("UUID={root} / ext4 defaults 0 1\n");
         self.lvm_image(
             name,
