@@ -20,6 +20,9 @@ pub const TOP_LEVEL: u64 = 5;
 /// The most subvolumes diskmount lists on one filesystem.
 pub const MAX_SUBVOLUMES: usize = 1 << 16;
 
+/// The longest subvolume path (`PATH_MAX`): `subvol=` takes no longer.
+const MAX_PATH: usize = 4096;
+
 /// `BTRFS_ROOT_TREE_OBJECTID`: the tree of trees.
 const ROOT_TREE: u64 = 1;
 /// `BTRFS_ROOT_BACKREF_KEY`: "subvolume `objectid` is in subvolume `offset`".
@@ -64,16 +67,53 @@ struct Backref {
 /// [`MAX_SUBVOLUMES`]).
 pub fn list_subvolumes(top: BorrowedFd<'_>, path: &Path) -> Result<Vec<Subvolume>> {
     let refs = backrefs(top, path)?;
+    let out = resolve(&refs, path, |parent, dir| {
+        ino_lookup(top, parent, dir).map_err(|e| {
+            Error::os(
+                Step::Probe,
+                path,
+                format!("BTRFS_IOC_INO_LOOKUP of directory {dir} in subvolume {parent}"),
+                e,
+            )
+        })
+    })?;
+    debug!("btrfs: {}: {} subvolumes", path.display(), out.len());
+    Ok(out)
+}
+
+/// The subvolumes of `refs` with their paths: each is its parent's path,
+/// the directory it sits in (`lookup(parent, dir)`, asked only for
+/// directories other than the parent's top one), and its name. Each
+/// path is made once; a cycle or an unknown parent is an error.
+fn resolve(
+    refs: &[Backref],
+    path: &Path,
+    mut lookup: impl FnMut(u64, u64) -> Result<Vec<u8>>,
+) -> Result<Vec<Subvolume>> {
     let by_id: BTreeMap<u64, &Backref> = refs.iter().map(|r| (r.id, r)).collect();
+    if by_id.len() != refs.len() {
+        return Err(bad(path, "a subvolume has two back references".into()));
+    }
     let mut paths: BTreeMap<u64, PathBuf> = BTreeMap::new();
     paths.insert(TOP_LEVEL, PathBuf::new());
     let mut out = Vec::with_capacity(refs.len());
-    for r in &refs {
-        // The chain of parents up to one whose path is known.
+    for r in refs {
+        if r.name.is_empty()
+            || r.name == b"."
+            || r.name == b".."
+            || r.name.iter().any(|&c| c == b'/' || c == 0)
+        {
+            return Err(bad(
+                path,
+                format!("subvolume {} has an impossible name", r.id),
+            ));
+        }
+        // The chain of parents up to one whose path is known: at most as
+        // long as there are subvolumes, or it is a cycle.
         let mut chain = vec![r.id];
         let mut at = r.parent;
         while !paths.contains_key(&at) {
-            if chain.contains(&at) || chain.len() > refs.len() {
+            if chain.len() > refs.len() {
                 return Err(bad(path, format!("subvolume {} is inside itself", r.id)));
             }
             let Some(p) = by_id.get(&at) else {
@@ -92,20 +132,16 @@ pub fn list_subvolumes(top: BorrowedFd<'_>, path: &Path) -> Result<Vec<Subvolume
             let b = by_id[&id];
             let mut p = paths[&b.parent].clone();
             if b.dir != FIRST_FREE {
-                let dir = ino_lookup(top, b.parent, b.dir).map_err(|e| {
-                    Error::os(
-                        Step::Probe,
-                        path,
-                        format!(
-                            "BTRFS_IOC_INO_LOOKUP of directory {} in subvolume {}",
-                            b.dir, b.parent
-                        ),
-                        e,
-                    )
-                })?;
+                let dir = lookup(b.parent, b.dir)?;
                 p.push(OsStr::from_bytes(dir.strip_suffix(b"/").unwrap_or(&dir)));
             }
             p.push(OsStr::from_bytes(&b.name));
+            if p.as_os_str().len() >= MAX_PATH {
+                return Err(bad(
+                    path,
+                    format!("the path of subvolume {id} is longer than {MAX_PATH} bytes"),
+                ));
+            }
             paths.insert(id, p);
         }
         out.push(Subvolume {
@@ -115,7 +151,6 @@ pub fn list_subvolumes(top: BorrowedFd<'_>, path: &Path) -> Result<Vec<Subvolume
             path: paths[&r.id].clone(),
         });
     }
-    debug!("btrfs: {}: {} subvolumes", path.display(), out.len());
     Ok(out)
 }
 
@@ -209,5 +244,80 @@ fn backrefs(top: BorrowedFd<'_>, path: &Path) -> Result<Vec<Backref>> {
         if key.min_objectid > key.max_objectid {
             return Ok(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(id: u64, parent: u64, dir: u64, name: &str) -> Backref {
+        Backref {
+            id,
+            parent,
+            dir,
+            name: name.as_bytes().to_vec(),
+        }
+    }
+
+    fn paths(refs: &[Backref]) -> Result<Vec<(u64, String)>> {
+        let lookups = std::cell::Cell::new(0);
+        let out = resolve(refs, Path::new("/mnt"), |parent, dir| {
+            lookups.set(lookups.get() + 1);
+            Ok(format!("d{parent}-{dir}/x/").into_bytes())
+        })?;
+        assert!(lookups.get() <= refs.len());
+        Ok(out
+            .into_iter()
+            .map(|s| (s.id, s.path.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    #[test]
+    fn paths_go_through_parents_and_their_directories() {
+        // Children listed before their parents, as ids need not be in order.
+        let refs = [
+            r(258, 257, 300, "machines"),
+            r(256, 5, 256, "root"),
+            r(257, 256, 256, "nested"),
+            r(259, 5, 270, "deep"),
+        ];
+        assert_eq!(
+            paths(&refs).unwrap(),
+            [
+                (258, "root/nested/d257-300/x/machines".to_string()),
+                (256, "root".into()),
+                (257, "root/nested".into()),
+                (259, "d5-270/x/deep".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn cycles_unknown_parents_and_bad_names_are_errors() {
+        let err = |refs: &[Backref]| paths(refs).unwrap_err().to_string();
+        assert!(err(&[r(256, 257, 256, "a"), r(257, 256, 256, "b")]).contains("is inside itself"));
+        assert!(err(&[r(256, 256, 256, "a")]).contains("is inside itself"));
+        assert!(err(&[r(256, 999, 256, "a")]).contains("sits in unknown subvolume 999"));
+        assert!(err(&[r(256, 5, 256, "a/b")]).contains("impossible name"));
+        assert!(err(&[r(256, 5, 256, "..")]).contains("impossible name"));
+        assert!(err(&[r(256, 5, 256, "a"), r(256, 5, 256, "b")]).contains("two back references"));
+    }
+
+    fn chain(n: u64) -> Vec<Backref> {
+        (0..n)
+            .rev()
+            .map(|i| r(256 + i, if i == 0 { TOP_LEVEL } else { 255 + i }, 256, "s"))
+            .collect()
+    }
+
+    #[test]
+    fn a_deep_chain_resolves_once_per_subvolume_and_paths_are_bounded() {
+        let out = paths(&chain(2000)).unwrap();
+        assert_eq!(out[0].1.len(), 3999);
+        let err = paths(&chain(MAX_SUBVOLUMES as u64))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is longer than 4096 bytes"), "{err}");
     }
 }
