@@ -35,6 +35,7 @@ fn scan_image(img: &LvmImage) -> diskmount::Result<Option<PhysicalVolume>> {
 
 /// Our parse agrees with `lvs` on every LV and segment.
 fn assert_agrees_with_lvs(img: &LvmImage, pv: &PhysicalVolume) {
+    img.assert_not_active();
     let vg = pv.vg.as_ref().expect("a volume group");
     assert_eq!(vg.name, img.vg);
     assert_eq!(vg.extent_bytes(), img.extent_size);

@@ -140,6 +140,20 @@ impl LvmImage {
             .collect()
     }
 
+    /// Panics if the host activated any of this image's LVs (a
+    /// `/dev/mapper/VG-LV` or `/dev/VG/LV` node exists).
+    pub fn assert_not_active(&self) {
+        let esc = |s: &str| s.replace('-', "--");
+        for lv in &self.lvs {
+            for node in [
+                PathBuf::from(format!("/dev/mapper/{}-{}", esc(&self.vg), esc(&lv.name))),
+                PathBuf::from(format!("/dev/{}/{}", self.vg, lv.name)),
+            ] {
+                assert!(!node.exists(), "the host activated {}", node.display());
+            }
+        }
+    }
+
     /// Runs an LVM2 reporting command (`lvs`, `pvs`, `vgs`) with `args`
     /// over this image's PV, through a loop device attached for it.
     pub fn report(&self, command: &str, args: &[&str]) -> String {
