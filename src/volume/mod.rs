@@ -5,6 +5,9 @@
 //! bounded parsers; the host's LVM tools never see a guest volume, and no
 //! guest volume group is ever activated in the host's LVM.
 
+// The one place the volume parsers name the reader trait.
+use crate::format::ReadAt;
+
 pub mod btrfs;
 pub mod lvm;
 mod region;

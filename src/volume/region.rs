@@ -1,12 +1,12 @@
 //! A window of a device: the bytes of one partition, read through the
-//! [`ReadAt`] of the whole disk.
+//! [`ReadAt`](crate::format::ReadAt) of the whole disk.
 
 use std::io;
 
-use crate::format::ReadAt;
+use super::ReadAt;
 
 /// The `size` bytes of `inner` that start at `offset` (a partition of a
-/// disk), as a [`ReadAt`] of its own: reads past its end read nothing.
+/// disk), as a [`ReadAt`](crate::format::ReadAt) of its own: reads past its end read nothing.
 #[derive(Debug, Clone, Copy)]
 pub struct Region<'a, R: ReadAt + ?Sized> {
     inner: &'a R,

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | 0..8 | `LABELONE` |
 //! | 8..16 | the sector number the label is in |
-//! | 16..20 | checksum of bytes 20..512 ([`crc`](super::crc)) |
+//! | 16..20 | checksum of bytes 20..512 (LVM2's CRC-32, see `crc.rs`) |
 //! | 20..24 | offset of the PV header in the sector (32) |
 //! | 24..32 | `LVM2 001` |
 //! | +0..32 | PV UUID (32 characters, no dashes) |

@@ -20,8 +20,8 @@ use std::path::Path;
 
 use log::{debug, warn};
 
+use super::ReadAt;
 use crate::error::{Error, Result, Step};
-pub use crate::format::ReadAt;
 
 pub mod config;
 mod crc;
