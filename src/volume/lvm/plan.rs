@@ -238,8 +238,10 @@ fn check_kind(vg: &VolumeGroup, lv: &Lv) -> std::result::Result<(), String> {
 
 /// The device-mapper table of `pieces`: one `START LEN linear MAJ:MIN
 /// OFFSET` line each, in 512-byte sectors, with `device` giving the device
-/// number of each PV (by its name in the metadata) and `pv_start` nothing:
-/// offsets are from the start of the PV's device.
+/// number of each PV (by its name in the metadata, `pv0`). `OFFSET` counts
+/// from the first byte of the PV, so each device must be the PV itself (a
+/// partition's device, or a loop device with the partition's offset), not
+/// the whole disk it is on.
 ///
 /// # Errors
 /// [`Step::Map`], naming `path`: a PV with no device, a piece not aligned
