@@ -7,8 +7,8 @@
 //!
 //! Every LVM command runs with `--devices` naming only the fixture's loop
 //! device, `LVM_SUPPRESS_FD_WARNINGS=1`, and `LVM_SYSTEM_DIR` pointing at
-//! a private `lvm.conf` (no backups or archives under /etc/lvm, locks in
-//! the fixture's directory, no udev). The VG is made with
+//! a private `lvm.conf` (no backups or archives under /etc/lvm, no hints
+//! under /run/lvm, locks in the fixture's directory, no udev). The VG is made with
 //! `--setautoactivation n`, and nothing is ever activated: the host's LVM
 //! never takes a guest VG. Loop devices are detached when their guard
 //! drops, also on a failing assertion.
@@ -289,7 +289,7 @@ impl Fixture {
                 format!(
                     "global {{ locking_dir = \"{}\" }}\n\
                      backup {{ backup = 0 archive = 0 }}\n\
-                     devices {{ use_devicesfile = 0 obtain_device_list_from_udev = 0 }}\n\
+                     devices {{ use_devicesfile = 0 obtain_device_list_from_udev = 0 hints = \"none\" }}\n\
                      activation {{ udev_sync = 0 udev_rules = 0 monitoring = 0 }}\n",
                     dir.join("lock").display()
                 ),
