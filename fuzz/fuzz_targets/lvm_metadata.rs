@@ -1,6 +1,7 @@
-//! LVM2 from untrusted bytes: the input parsed as volume group text
-//! metadata, and scanned as a device holding a physical volume (label,
-//! metadata area, text), then every logical volume planned.
+//! LVM2 from untrusted bytes: the input scanned as a device holding a
+//! physical volume (label, metadata area, text) or, when it holds no
+//! label, parsed as volume group text metadata; then every logical volume
+//! planned.
 //!
 //! Invariants: no panic; refusals are at the probe step (parsing) or the
 //! map step (planning) and name the image; an accepted VG has segments
@@ -15,13 +16,13 @@ use diskmount_fuzz::{Image, check_error, path};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    match VolumeGroup::parse(data, path()) {
-        Ok(vg) => check_vg(&vg),
-        Err(e) => check_error(&e, Step::Probe),
-    }
     let img = Image::new(data);
+    // A device image (sparse, or with a label) has its text parsed by the
+    // scan; anything else is parsed as text.
+    let mut text = matches!(img, Image::Plain(_));
     match scan(&img, path(), img.len()) {
         Ok(Some(pv)) => {
+            text = false;
             assert!(pv.label.sector < 4);
             assert!(pv.label.metadata_areas.len() <= 2);
             if let Some(vg) = &pv.vg {
@@ -33,7 +34,16 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Ok(None) => {}
-        Err(e) => check_error(&e, Step::Probe),
+        Err(e) => {
+            text = false;
+            check_error(&e, Step::Probe);
+        }
+    }
+    if text {
+        match VolumeGroup::parse(data, path()) {
+            Ok(vg) => check_vg(&vg),
+            Err(e) => check_error(&e, Step::Probe),
+        }
     }
 });
 

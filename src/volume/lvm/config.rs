@@ -77,9 +77,64 @@ pub(crate) fn parse(text: &[u8]) -> Result<Vec<Entry<'_>>, ParseError> {
     Ok(entries)
 }
 
+/// Character classes, one table lookup per byte (the tokenizer's loops
+/// stay cheap, also under a fuzzer's comparison tracing).
+const NAME: u8 = 1;
+const BLANK: u8 = 2;
+const DIGIT: u8 = 4;
+
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'.' | b'-') {
+            t[c] |= NAME;
+        }
+        if matches!(b, b' ' | b'\t' | b'\r' | 0x0b | 0x0c) {
+            t[c] |= BLANK;
+        }
+        if b.is_ascii_digit() {
+            t[c] |= DIGIT;
+        }
+        c += 1;
+    }
+    t
+};
+
+fn is(c: u8, class: u8) -> bool {
+    CLASS[c as usize] & class != 0
+}
+
+/// The index of the first byte of `s` that is one of `stops` (or the
+/// length of `s`), looking at 8 bytes per step: a word's bytes equal to
+/// `b` are the zero bytes of `word ^ b * 0x01..01`, and the lowest byte
+/// the zero-byte test flags is always a true one.
+fn find_any(s: &[u8], stops: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    for chunk in s.chunks_exact(8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let mut hits = 0;
+        for &b in stops {
+            let x = w ^ (ONES * u64::from(b));
+            hits |= x.wrapping_sub(ONES) & !x & HIGH;
+        }
+        if hits != 0 {
+            return at + (hits.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    at + s[at..]
+        .iter()
+        .position(|c| stops.contains(c))
+        .unwrap_or(s.len() - at)
+}
+
 /// Whether `c` may appear in a key (LVM2's name characters).
 fn is_name(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'+' | b'.' | b'-')
+    is(c, NAME)
 }
 
 struct Parser<'a> {
@@ -109,20 +164,25 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
+    /// Advances over the bytes of `class`.
+    fn skip(&mut self, class: u8) {
+        let rest = &self.s[self.pos..];
+        self.pos += rest
+            .iter()
+            .position(|&c| !is(c, class))
+            .unwrap_or(rest.len());
+    }
+
     /// Skips white space and `#` comments.
     fn skip_blank(&mut self) {
-        while let Some(c) = self.peek() {
-            match c {
-                b'\n' => {
+        loop {
+            self.skip(BLANK);
+            match self.peek() {
+                Some(b'\n') => {
                     self.line += 1;
                     self.pos += 1;
                 }
-                b' ' | b'\t' | b'\r' | 0x0b | 0x0c => self.pos += 1,
-                b'#' => {
-                    while self.peek().is_some_and(|c| c != b'\n') {
-                        self.pos += 1;
-                    }
-                }
+                Some(b'#') => self.pos += find_any(&self.s[self.pos..], b"\n"),
                 _ => break,
             }
         }
@@ -139,9 +199,7 @@ impl<'a> Parser<'a> {
                 Some(_) => return Err(self.error("expected a name")),
             }
             let start = self.pos;
-            while self.peek().is_some_and(is_name) {
-                self.pos += 1;
-            }
+            self.skip(NAME);
             let key = &self.s[start..self.pos];
             self.count()?;
             self.skip_blank();
@@ -170,6 +228,10 @@ impl<'a> Parser<'a> {
                 }
                 _ => return Err(self.error("expected `=` or `{` after a name")),
             };
+            if out.is_empty() {
+                // Most sections of LVM2 metadata hold 5 to 15 entries.
+                out.reserve(8);
+            }
             out.push(Entry { key, value });
         }
     }
@@ -202,15 +264,15 @@ impl<'a> Parser<'a> {
                 self.pos += 1;
                 let start = self.pos;
                 loop {
+                    self.pos += find_any(&self.s[self.pos.min(self.s.len())..], b"\"\\\n");
                     match self.peek() {
                         None => return Err(self.error("a string is not closed")),
                         Some(b'"') => break,
                         Some(b'\\') => self.pos += 2,
-                        Some(b'\n') => {
+                        _ => {
                             self.line += 1;
                             self.pos += 1;
                         }
-                        Some(_) => self.pos += 1,
                     }
                 }
                 if self.pos > self.s.len() {
@@ -223,16 +285,12 @@ impl<'a> Parser<'a> {
             Some(c) if c == b'-' || c.is_ascii_digit() => {
                 let start = self.pos;
                 self.pos += 1;
-                while self.peek().is_some_and(|c| c.is_ascii_digit()) {
-                    self.pos += 1;
-                }
+                self.skip(DIGIT);
                 let mut float = false;
                 if self.peek() == Some(b'.') {
                     float = true;
                     self.pos += 1;
-                    while self.peek().is_some_and(|c| c.is_ascii_digit()) {
-                        self.pos += 1;
-                    }
+                    self.skip(DIGIT);
                 }
                 let raw = &self.s[start..self.pos];
                 if raw == b"-" || raw.starts_with(b"-.") {
@@ -337,6 +395,25 @@ mod tests {
                 String::from_utf8_lossy(text)
             );
         }
+    }
+
+    #[test]
+    fn find_any_finds_the_first_stop_in_every_position() {
+        for len in 0..40 {
+            for at in 0..=len {
+                let mut s = vec![b'a'; len];
+                if at < len {
+                    s[at] = b'"';
+                    // Stops after the first one, and bytes that borrow
+                    // in the zero-byte test, change nothing.
+                    for (i, b) in s.iter_mut().enumerate().skip(at + 1) {
+                        *b = [b'\n', 0x21, 0x01, 0x80, b'"'][i % 5];
+                    }
+                }
+                assert_eq!(find_any(&s, b"\"\\\n"), at, "{s:?}");
+            }
+        }
+        assert_eq!(find_any(b"ab\\cd", b"\"\\\n"), 2);
     }
 
     #[test]

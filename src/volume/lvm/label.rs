@@ -66,15 +66,17 @@ fn le64(b: &[u8], at: usize) -> u64 {
 /// Looks for the label in the first [`LABEL_SECTORS`] sectors: `None` when
 /// there is none.
 pub(crate) fn find<R: ReadAt + ?Sized>(disk: &Disk<'_, R>) -> Result<Option<Label>> {
-    let mut head = [0u8; (LABEL_SECTORS * SECTOR) as usize];
-    let n = disk.read_clipped(&mut head, 0, "the LVM2 label sectors")?;
     for sector in 0..LABEL_SECTORS {
-        let start = (sector * SECTOR) as usize;
-        let Some(b) = head[..n].get(start..start + SECTOR as usize) else {
+        let at = sector * SECTOR;
+        if disk.size < at + SECTOR {
             break;
-        };
-        if &b[..8] == b"LABELONE" {
-            return parse(disk, sector, b).map(Some);
+        }
+        let mut magic = [0u8; 8];
+        disk.read_exact(&mut magic, at, "the LVM2 label sectors")?;
+        if &magic == b"LABELONE" {
+            let mut b = [0u8; SECTOR as usize];
+            disk.read_exact(&mut b, at, "the LVM2 label")?;
+            return parse(disk, sector, &b).map(Some);
         }
     }
     Ok(None)

@@ -106,13 +106,15 @@ impl VolumeGroup {
     /// Parses LVM2 text metadata (as it is in a metadata area, or as
     /// `vgcfgbackup` writes it); errors name `path`.
     pub fn parse(text: &[u8], path: &Path) -> Result<VolumeGroup> {
-        parse(text).map_err(|reason| {
+        let refuse = |reason: &dyn std::fmt::Display| {
             Error::invalid(
                 Step::Probe,
                 path,
                 format!("the LVM2 metadata is invalid: {reason}"),
             )
-        })
+        };
+        let top = config::parse(text).map_err(|e| refuse(&e))?;
+        from_entries(&top).map_err(|e| refuse(&e))
     }
 
     /// The logical volume called `name`.
@@ -145,11 +147,41 @@ pub(crate) fn same_id(a: &str, b: &str) -> bool {
 
 type R<T> = std::result::Result<T, String>;
 
+/// What a message is about; formatted only when there is an error.
+type What<'a> = &'a dyn std::fmt::Display;
+
+/// Where in the volume group a value is.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    vg: &'a str,
+    part: Option<(&'static str, &'a str)>,
+    segment: Option<u64>,
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "volume group {}", self.vg)?;
+        if let Some((kind, name)) = self.part {
+            write!(f, ": {kind} {name}")?;
+        }
+        if let Some(n) = self.segment {
+            write!(f, ": segment {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A string value with its escapes removed (one allocation).
+fn owned(raw: &[u8]) -> String {
+    String::from_utf8(config::unescape(raw))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 fn text(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
 }
 
-fn string(s: &[Entry<'_>], key: &str, what: &str) -> R<String> {
+fn string(s: &[Entry<'_>], key: &str, what: What<'_>) -> R<String> {
     match s.value(key) {
         Some(Value::Str(raw)) => String::from_utf8(config::unescape(raw))
             .map_err(|_| format!("{what}: `{key}` is not UTF-8")),
@@ -158,7 +190,7 @@ fn string(s: &[Entry<'_>], key: &str, what: &str) -> R<String> {
     }
 }
 
-fn number(s: &[Entry<'_>], key: &str, what: &str) -> R<u64> {
+fn number(s: &[Entry<'_>], key: &str, what: What<'_>) -> R<u64> {
     match s.value(key) {
         Some(Value::Int(v)) => {
             u64::try_from(*v).map_err(|_| format!("{what}: `{key}` is negative"))
@@ -168,13 +200,13 @@ fn number(s: &[Entry<'_>], key: &str, what: &str) -> R<u64> {
     }
 }
 
-fn strings(s: &[Entry<'_>], key: &str, what: &str) -> R<Vec<String>> {
+fn strings(s: &[Entry<'_>], key: &str, what: What<'_>) -> R<Vec<String>> {
     match s.value(key) {
         None => Ok(Vec::new()),
         Some(Value::List(items)) => items
             .iter()
             .map(|v| match v {
-                Value::Str(raw) => Ok(text(&config::unescape(raw))),
+                Value::Str(raw) => Ok(owned(raw)),
                 _ => Err(format!(
                     "{what}: `{key}` holds something other than strings"
                 )),
@@ -217,9 +249,9 @@ fn check_name(name: &str, what: &str) -> R<()> {
     Ok(())
 }
 
-fn parse(text_bytes: &[u8]) -> R<VolumeGroup> {
-    let top = config::parse(text_bytes).map_err(|e| e.to_string())?;
-    if let Ok(contents) = string(&top, "contents", "the metadata")
+/// The volume group of a parsed text's top-level entries.
+fn from_entries(top: &[Entry<'_>]) -> R<VolumeGroup> {
+    if let Ok(contents) = string(&top, "contents", &"the metadata")
         && contents != "Text Format Volume Group"
     {
         return Err(format!("it holds {contents:?}, not a volume group"));
@@ -237,7 +269,11 @@ fn parse(text_bytes: &[u8]) -> R<VolumeGroup> {
         ));
     };
     check_name(name, "the volume group")?;
-    let what = format!("volume group {name}");
+    let what = At {
+        vg: name,
+        part: None,
+        segment: None,
+    };
     let extent_size = number(vg, "extent_size", &what)?;
     if extent_size == 0 || extent_size > 1 << 32 {
         return Err(format!(
@@ -247,14 +283,21 @@ fn parse(text_bytes: &[u8]) -> R<VolumeGroup> {
     let mut pvs = Vec::new();
     if let Some(list) = section(vg, "physical_volumes")? {
         for (pv_name, pv) in subsections(list, "physical volume")? {
-            let what = format!("{what}: physical volume {pv_name}");
-            pvs.push(Pv {
+            let what = At {
+                part: Some(("physical volume", &pv_name)),
+                ..what
+            };
+            let pv = Pv {
                 id: string(pv, "id", &what)?,
                 pe_start: number(pv, "pe_start", &what)?,
                 pe_count: number(pv, "pe_count", &what)?,
                 dev_size: number(pv, "dev_size", &what).unwrap_or(0),
                 missing: strings(pv, "flags", &what)?.iter().any(|f| f == "MISSING"),
+                name: String::new(),
+            };
+            pvs.push(Pv {
                 name: pv_name,
+                ..pv
             });
         }
     }
@@ -262,8 +305,7 @@ fn parse(text_bytes: &[u8]) -> R<VolumeGroup> {
     if let Some(list) = section(vg, "logical_volumes")? {
         for (lv_name, lv) in subsections(list, "logical volume")? {
             check_name(&lv_name, "a logical volume")?;
-            let what = format!("{what}: logical volume {lv_name}");
-            lvs.push(parse_lv(lv_name, lv, &pvs, &what)?);
+            lvs.push(parse_lv(lv_name, lv, &pvs, name)?);
         }
     }
     Ok(VolumeGroup {
@@ -276,7 +318,12 @@ fn parse(text_bytes: &[u8]) -> R<VolumeGroup> {
     })
 }
 
-fn parse_lv(name: String, lv: &[Entry<'_>], pvs: &[Pv], what: &str) -> R<Lv> {
+fn parse_lv(name: String, lv: &[Entry<'_>], pvs: &[Pv], vg: &str) -> R<Lv> {
+    let what = &At {
+        vg,
+        part: Some(("logical volume", &name)),
+        segment: None,
+    };
     let status = strings(lv, "status", what)?;
     let count = number(lv, "segment_count", what)?;
     let mut segments = Vec::new();
@@ -284,14 +331,18 @@ fn parse_lv(name: String, lv: &[Entry<'_>], pvs: &[Pv], what: &str) -> R<Lv> {
         let Value::Section(seg) = &e.value else {
             continue;
         };
-        let key = text(e.key);
-        let Some(n) = key
-            .strip_prefix("segment")
+        let Some(n) = e
+            .key
+            .strip_prefix(b"segment")
+            .and_then(|n| std::str::from_utf8(n).ok())
             .and_then(|n| n.parse::<u64>().ok())
         else {
-            return Err(format!("{what}: unknown section {key}"));
+            return Err(format!("{what}: unknown section {}", text(e.key)));
         };
-        let what = format!("{what}: segment {n}");
+        let what = At {
+            segment: Some(n),
+            ..*what
+        };
         segments.push((n, parse_segment(seg, pvs, &what)?));
     }
     if segments.len() as u64 != count {
@@ -323,7 +374,7 @@ fn parse_lv(name: String, lv: &[Entry<'_>], pvs: &[Pv], what: &str) -> R<Lv> {
     })
 }
 
-fn parse_segment(seg: &[Entry<'_>], pvs: &[Pv], what: &str) -> R<Segment> {
+fn parse_segment(seg: &[Entry<'_>], pvs: &[Pv], what: What<'_>) -> R<Segment> {
     let start_extent = number(seg, "start_extent", what)?;
     let extent_count = number(seg, "extent_count", what)?;
     if extent_count == 0 {
@@ -357,7 +408,7 @@ fn parse_segment(seg: &[Entry<'_>], pvs: &[Pv], what: &str) -> R<Segment> {
                         "{what}: `stripes` is not pairs of PV name and extent"
                     ));
                 };
-                let pv = text(&config::unescape(pv));
+                let pv = owned(pv);
                 if !pvs.iter().any(|p| p.name == pv) {
                     return Err(format!(
                         "{what} is on {pv}, which the volume group does not list"

@@ -64,9 +64,10 @@ impl VolumeGroup {
         path: &Path,
         present: impl Fn(&Pv) -> bool,
     ) -> Result<Vec<Piece>> {
-        let full = format!("{}/{lv}", self.name);
-        let refuse =
-            |why: String| Error::invalid(Step::Map, path, format!("logical volume {full} {why}"));
+        let refuse = |why: String| {
+            let vg = &self.name;
+            Error::invalid(Step::Map, path, format!("logical volume {vg}/{lv} {why}"))
+        };
         let Some(l) = self.lv(lv) else {
             let names: Vec<&str> = self
                 .lvs
