@@ -251,7 +251,7 @@ fn check_name(name: &str, what: &str) -> R<()> {
 
 /// The volume group of a parsed text's top-level entries.
 fn from_entries(top: &[Entry<'_>]) -> R<VolumeGroup> {
-    if let Ok(contents) = string(&top, "contents", &"the metadata")
+    if let Ok(contents) = string(top, "contents", &"the metadata")
         && contents != "Text Format Volume Group"
     {
         return Err(format!("it holds {contents:?}, not a volume group"));
@@ -261,7 +261,7 @@ fn from_entries(top: &[Entry<'_>]) -> R<VolumeGroup> {
     {
         return Err("unknown metadata version (diskmount reads version 1)".into());
     }
-    let groups = subsections(&top, "volume group")?;
+    let groups = subsections(top, "volume group")?;
     let [(name, vg)] = &groups[..] else {
         return Err(format!(
             "it describes {} volume groups; LVM2 writes exactly one",
