@@ -66,7 +66,6 @@ pub(crate) fn parse(text: &[u8]) -> Result<Vec<Entry<'_>>, ParseError> {
     let mut p = Parser {
         s: text,
         pos: 0,
-        line: 1,
         items: 0,
     };
     let entries = p.entries(0)?;
@@ -91,7 +90,7 @@ const CLASS: [u8; 256] = {
         if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'.' | b'-') {
             t[c] |= NAME;
         }
-        if matches!(b, b' ' | b'\t' | b'\r' | 0x0b | 0x0c) {
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
             t[c] |= BLANK;
         }
         if b.is_ascii_digit() {
@@ -140,14 +139,15 @@ fn is_name(c: u8) -> bool {
 struct Parser<'a> {
     s: &'a [u8],
     pos: usize,
-    line: usize,
     items: usize,
 }
 
 impl<'a> Parser<'a> {
+    /// An error at the current position (its line counted only now).
     fn error(&self, what: &'static str) -> ParseError {
+        let before = &self.s[..self.pos.min(self.s.len())];
         ParseError {
-            line: self.line,
+            line: 1 + before.iter().filter(|&&c| c == b'\n').count(),
             what,
         }
     }
@@ -177,14 +177,10 @@ impl<'a> Parser<'a> {
     fn skip_blank(&mut self) {
         loop {
             self.skip(BLANK);
-            match self.peek() {
-                Some(b'\n') => {
-                    self.line += 1;
-                    self.pos += 1;
-                }
-                Some(b'#') => self.pos += find_any(&self.s[self.pos..], b"\n"),
-                _ => break,
+            if self.peek() != Some(b'#') {
+                break;
             }
+            self.pos += find_any(&self.s[self.pos..], b"\n");
         }
     }
 
@@ -264,15 +260,11 @@ impl<'a> Parser<'a> {
                 self.pos += 1;
                 let start = self.pos;
                 loop {
-                    self.pos += find_any(&self.s[self.pos.min(self.s.len())..], b"\"\\\n");
+                    self.pos += find_any(&self.s[self.pos.min(self.s.len())..], b"\"\\");
                     match self.peek() {
                         None => return Err(self.error("a string is not closed")),
                         Some(b'"') => break,
-                        Some(b'\\') => self.pos += 2,
-                        _ => {
-                            self.line += 1;
-                            self.pos += 1;
-                        }
+                        _ => self.pos += 2,
                     }
                 }
                 if self.pos > self.s.len() {
