@@ -142,6 +142,7 @@ pub mod root;
 pub mod sys;
 #[cfg(not(feature = "bench-sys"))]
 mod sys;
+pub mod volume;
 
 pub use adopt::{Adopted, adopt};
 pub use backend::{Auto, Backend, BackendKind, Block, Fuse, Loop, Nbd};

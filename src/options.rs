@@ -75,6 +75,7 @@ pub struct MountOptions {
     pub(crate) fstype: Option<String>,
     pub(crate) options: Option<String>,
     pub(crate) noexec: bool,
+    pub(crate) subvolume: Option<String>,
     pub(crate) unmount_retry: RetryPolicy,
 }
 
@@ -85,6 +86,7 @@ impl Default for MountOptions {
             fstype: None,
             options: None,
             noexec: false,
+            subvolume: None,
             unmount_retry: RetryPolicy::UNMOUNT,
         }
     }
@@ -118,6 +120,41 @@ impl MountOptions {
     pub fn noexec(mut self, noexec: bool) -> Self {
         self.noexec = noexec;
         self
+    }
+
+    /// Mount the btrfs subvolume `name` instead of the top level: adds
+    /// `subvol=NAME` to the mount data. `name` is the subvolume's path from
+    /// the top level (`"root"`, `"home"`, `"root/var/lib/machines"`), as in
+    /// a guest's fstab and as [`crate::volume::btrfs::Subvolume::path`]
+    /// gives it. A subvolume the filesystem does not have fails the mount
+    /// ([`crate::Step::Mount`]); a name holding a comma or a NUL byte, or
+    /// an empty one, is refused before the mount, since the kernel would
+    /// read it as more options.
+    pub fn subvolume(mut self, name: impl Into<String>) -> Self {
+        self.subvolume = Some(name.into());
+        self
+    }
+
+    /// The `subvol=` mount option of [`MountOptions::subvolume`], checked;
+    /// errors name `device`.
+    pub(crate) fn subvolume_option(
+        &self,
+        device: &std::path::Path,
+    ) -> crate::Result<Option<String>> {
+        let Some(name) = &self.subvolume else {
+            return Ok(None);
+        };
+        if name.is_empty() || name.contains([',', '\0']) {
+            return Err(crate::Error::invalid(
+                crate::Step::Mount,
+                device,
+                format!(
+                    "the subvolume name {name:?} cannot be passed to the kernel (empty, or a \
+                     comma or NUL byte in it)"
+                ),
+            ));
+        }
+        Ok(Some(format!("subvol={name}")))
     }
 
     /// The bound on retrying a busy unmount (default [`RetryPolicy::UNMOUNT`]).

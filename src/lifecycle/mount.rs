@@ -176,6 +176,8 @@ impl<B: Backend> Mapped<B> {
         self.attached.device.get_mut().check(Step::Mount)?;
         let target = by_fd::resolve_mount_point(dir)?;
         let (driver, fstype) = fstype::choose(&device, self.part.file(), options)?;
+        // Checked here: a name the kernel would read as more options.
+        options.subvolume_option(&device)?;
         let plan = plan::plan(options, driver, fstype, self.attached.is_read_only());
         let at = by_fd::open_mount_point(&target)?;
         let device_file = self

@@ -30,7 +30,8 @@ pub(crate) struct MountPlan {
 ///   read-only one (squashfs, erofs); then journal replay is skipped where
 ///   the filesystem has an option for it, so that a read-only mount never
 ///   writes to the image;
-/// - `noexec` if asked; the caller's extra options last.
+/// - `noexec` if asked; the caller's extra options, then a btrfs
+///   subvolume (`subvol=`), last.
 pub(crate) fn plan(
     options: &MountOptions,
     driver: String,
@@ -53,6 +54,11 @@ pub(crate) fn plan(
     if let Some(extra) = options.options.as_deref().filter(|s| !s.is_empty()) {
         data.push(extra);
     }
+    let subvolume = options
+        .subvolume
+        .as_ref()
+        .map(|name| format!("subvol={name}"));
+    data.extend(subvolume.as_deref());
     MountPlan {
         driver,
         read_only,
@@ -161,6 +167,19 @@ mod tests {
             p.describe(Path::new("/m")),
             "mount -t ext4 -o ro,noexec,noload,errors=remount-ro on /m"
         );
+    }
+
+    #[test]
+    fn a_subvolume_comes_last() {
+        let p = plan(
+            &MountOptions::default()
+                .subvolume("root")
+                .options("compress=zstd"),
+            "btrfs".into(),
+            Some(FsType::Btrfs),
+            false,
+        );
+        assert_eq!(p.data, "compress=zstd,subvol=root");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 #![cfg_attr(not(feature = "bench-sys"), allow(dead_code))]
 
 pub mod block;
+pub mod btrfs;
 pub mod flock;
 pub mod loop_dev;
 pub mod process;

@@ -4,6 +4,7 @@
 
 pub mod durability;
 pub mod guest;
+pub mod lvm;
 pub mod system;
 
 #[allow(unused_imports)]
