@@ -600,6 +600,19 @@ fn helper_runs(h: &Helper) -> bool {
             .is_ok_and(|s| s.rfind(')').is_some_and(|i| s[i..].starts_with(") Z")))
 }
 
+/// The process (thread group) that thread `tid` belongs to; `tid` itself
+/// if that cannot be read.
+fn thread_group(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
+}
+
 fn is_mount_point(path: &Path) -> bool {
     mountinfo::is_mount_point(path)
 }
@@ -669,9 +682,13 @@ fn survey(data: &Data, dir: &Path) -> Survey {
                     )),
                 },
                 "nbd" => {
+                    // The kernel shows the thread that serves the device
+                    // (qemu-nbd's connection thread): its process is the
+                    // thread group it belongs to.
                     let served_by = std::fs::read_to_string(sys_dir(dev.rdev).join("pid"))
                         .ok()
-                        .and_then(|p| p.trim().parse::<u32>().ok());
+                        .and_then(|p| p.trim().parse::<u32>().ok())
+                        .map(thread_group);
                     match (served_by, helper_ok) {
                         (None, _) => {}
                         (Some(p), Some(h)) if p == h.pid => {

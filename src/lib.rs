@@ -115,7 +115,7 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod adopt;
+mod adopt;
 pub mod backend;
 pub mod cleanup;
 pub mod command;

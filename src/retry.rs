@@ -3,10 +3,10 @@
 //! - [`RetryPolicy`] and `Backoff`: retries with randomized back-off, for
 //!   the races that the kernel reports as `EBUSY`/`EAGAIN` and that clear
 //!   up by themselves (claiming a loop or nbd device, unmounting);
-//! - [`poll_until`]: waiting for a condition that holds soon but gives no
+//! - `poll_until`: waiting for a condition that holds soon but gives no
 //!   signal of its own (a device node appearing, a device unbinding, a
 //!   short-lived lock holder letting go);
-//! - [`random`]: the one source of jitter and unique names.
+//! - `random`: the one source of jitter and unique names.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};

@@ -179,6 +179,10 @@ pub(crate) fn unbind_core(step: Step, core: Core, nr: u32) -> Vec<Error> {
 
 const LOOP_CONTROL: &str = "/dev/loop-control";
 
+/// How long one attempt waits for the lock of `/dev/loop-control`, which
+/// other attaches hold for a fraction of a millisecond each.
+const CONTROL_LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// Set once `LOOP_CONFIGURE` turned out to be missing, so later attaches go
 /// straight to the two-ioctl fallback.
 static CONFIGURE_MISSING: AtomicBool = AtomicBool::new(false);
@@ -411,8 +415,17 @@ fn try_attach(
     info: &loop_dev::LoopInfo64,
     block_size: u32,
 ) -> Attempt<(u32, File)> {
-    flock(control.as_fd(), Lock::Exclusive, true)
-        .map_err(|e| (format!("flock {LOOP_CONTROL}"), e))?;
+    // Bounded like every wait: a holder that never lets go (a hung
+    // process) makes this attempt fail as busy, and the attach's retry
+    // policy decides from there.
+    poll_until(CONTROL_LOCK_WAIT, || {
+        match flock(control.as_fd(), Lock::Exclusive, false) {
+            Err(Errno::EWOULDBLOCK) => None,
+            other => Some(other),
+        }
+    })
+    .unwrap_or(Err(Errno::EWOULDBLOCK))
+    .map_err(|e| (format!("flock {LOOP_CONTROL}"), e))?;
     let nr = loop_dev::ctl_get_free(control.as_fd())
         .map_err(|e| ("LOOP_CTL_GET_FREE".to_string(), e))?;
     let node = format!("/dev/loop{nr}");

@@ -1,5 +1,5 @@
 //! The guest's `etc/fstab`, parsed and classified: which entries
-//! [`crate::Partition::Os`] mounts (and from what), and which it skips
+//! `Partition::Os` (to come) mounts (and from what), and which it skips
 //! (and why). Parsing is pure and bounded; reading the file goes through
 //! [`crate::root::Root`].
 
@@ -173,7 +173,7 @@ impl Entry {
         self.has_option("ro")
     }
 
-    /// Why [`crate::Partition::Os`] does not mount it; `None`: it does.
+    /// Why `Partition::Os` (to come) does not mount it; `None`: it does.
     pub fn skip(&self) -> Option<Skip> {
         let t = self.fstype.as_str();
         if t == "swap" {

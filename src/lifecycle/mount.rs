@@ -265,8 +265,27 @@ impl<B: Backend> Mounted<B> {
 
     /// A handle on the mounted filesystem's root through which every path
     /// stays inside the image (guest links resolve against the image root).
+    ///
+    /// The handle is checked to be the root of this very mount (by its
+    /// mount id), not of one stacked over the mount point since, nor of
+    /// the directory under it.
+    ///
+    /// # Errors
+    /// [`Step::Access`]: the mount point does not show this mount any more.
     pub fn root(&self) -> Result<crate::root::Root<'_>> {
-        crate::root::Root::open(&self.mount().target)
+        let m = self.mount();
+        let root = crate::root::Root::open(&m.target)?;
+        if let Some(ours) = m.mnt_id
+            && crate::kernel::mountinfo::mount_id(root.dir_fd()) != Some(ours)
+        {
+            return Err(Error::invalid(
+                Step::Access,
+                &m.target,
+                "no longer shows the filesystem diskmount mounted (something was mounted over \
+                 it, or it was unmounted); refusing to read or write there",
+            ));
+        }
+        Ok(root)
     }
 
     /// The mount point.

@@ -132,6 +132,11 @@ impl Root<'_> {
         })
     }
 
+    /// The descriptor of the root directory.
+    pub(crate) fn dir_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// Chooses the resolver (default [`Resolver::Auto`]).
     pub fn with_resolver(mut self, resolver: Resolver) -> Self {
         self.resolver = resolver;
