@@ -88,6 +88,13 @@ fn fedora_image(fx: &Fixture, name: &str) -> Fedora {
         std::fs::write(mnt.join("id"), "top").unwrap();
     });
     run(Command::new("umount").arg(&mnt));
+    // mkfs.btrfs and the mount registered the loop device as this fsid's
+    // device in the kernel; unregistered, a later mount of the same fsid
+    // from another device never reaches for this one (its number may by
+    // then serve another test's image).
+    run(Command::new("btrfs")
+        .args(["device", "scan", "--forget"])
+        .arg(&dev.dev));
     drop(dev);
     if let Err(p) = made {
         std::panic::resume_unwind(p);
@@ -136,8 +143,18 @@ fn open_dir(dir: &Path) -> std::fs::File {
     std::fs::File::open(dir).unwrap()
 }
 
+/// The tests of this file run one at a time: btrfs keeps a registry of
+/// devices by filesystem id in the kernel, and two tests making, mounting
+/// and detaching btrfs loop devices at once left one test's loop device
+/// held (bound past its teardown) about one run in two.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn lists_the_subvolumes_as_btrfs_progs_does() {
+    let _one_at_a_time = serial();
     let mut fx = Fixture::new();
     let img = fedora_image(&fx, "fedora.img");
     let (ours, theirs) = independent(&fx, &img, None, |top| {
@@ -184,6 +201,7 @@ fn lists_the_subvolumes_as_btrfs_progs_does() {
 
 #[test]
 fn listing_a_filesystem_that_is_not_btrfs_is_a_clear_error() {
+    let _one_at_a_time = serial();
     let mut fx = Fixture::new();
     let img = fedora_image(&fx, "fedora.img");
     let err = mount_part(&fx, &img.path, img.boot, None, |boot| {
@@ -200,6 +218,7 @@ fn listing_a_filesystem_that_is_not_btrfs_is_a_clear_error() {
 
 #[test]
 fn mounts_a_subvolume_and_writes_land_in_it_only() {
+    let _one_at_a_time = serial();
     let mut fx = Fixture::new();
     let img = fedora_image(&fx, "fedora.img");
     let image = Image::file(&img.path, Format::Raw).unwrap();
@@ -251,6 +270,7 @@ fn mounts_a_subvolume_and_writes_land_in_it_only() {
 
 #[test]
 fn an_unknown_or_unpassable_subvolume_is_a_clear_error() {
+    let _one_at_a_time = serial();
     let mut fx = Fixture::new();
     let img = fedora_image(&fx, "fedora.img");
     let image = Image::file(&img.path, Format::Raw).unwrap();
