@@ -20,22 +20,21 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{info, warn};
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result, Step};
-use crate::kernel::mountinfo;
-use crate::record::format::{self, Data, Helper, Inode};
-use crate::record::{self, RunDir, start_time};
+use crate::record::RunDir;
+use crate::record::format::{self, Data, Helper};
+use crate::record::verify::{Survey, alive, helper_runs, is_mount_point, still_there, survey};
 use crate::sys::flock::{Lock, flock};
-use crate::sys::loop_dev;
 
 /// Whose a record is, as far as its lock and its owner's pid tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,10 +353,6 @@ fn unreadable(dir: &Path, file: PathBuf, reason: impl Into<String>) -> Found {
 }
 
 /// Whether process `pid` that started at `start` still runs.
-fn alive(pid: u32, start: u64) -> bool {
-    start_time(pid) == Some(start)
-}
-
 /// A helper directory without a record, or a temporary file: left by a
 /// process killed between making it and writing its record.
 fn stray(dir: &Path, file: PathBuf, id: &str, is_dir: bool) -> Found {
@@ -454,7 +449,7 @@ fn read_record(dir: &Path, file: PathBuf, stem: &str) -> Found {
     Found {
         file,
         status,
-        plan: survey.plan(),
+        plan: plan_of(&survey),
         unverified: survey
             .unverified
             .iter()
@@ -465,330 +460,6 @@ fn read_record(dir: &Path, file: PathBuf, stem: &str) -> Found {
         dir: dir.to_path_buf(),
         _lock: Some(handle),
     }
-}
-
-/// What of a record is verifiably still on the machine.
-#[derive(Debug, Default)]
-struct Survey {
-    /// The verified whole device (loop, nbd: ours to release).
-    device: Option<PathBuf>,
-    /// The verified mapped partition's device.
-    mapped: Option<PathBuf>,
-    /// The verified mount point.
-    mount: Option<PathBuf>,
-    /// The verified helper.
-    helper: Option<(u32, PathBuf)>,
-    /// A FUSE export still mounted in the helper directory.
-    export: Option<PathBuf>,
-    /// The helper directory, if it exists.
-    helper_dir: Option<PathBuf>,
-    /// Named by the record, but verifiably someone else's now (a reused
-    /// device number, pid or mount point): left alone.
-    unverified: Vec<String>,
-    /// Named by the record, and whose it is cannot be told: left alone,
-    /// and the record stays.
-    doubtful: Vec<String>,
-}
-
-impl Survey {
-    fn plan(&self) -> Vec<Action> {
-        let mut plan = Vec::new();
-        if let Some(m) = &self.mount {
-            plan.push(Action::Unmount {
-                mountpoint: m.clone(),
-            });
-        } else if let Some(d) = self.mapped.as_ref().or(self.device.as_ref()) {
-            plan.push(Action::Release { device: d.clone() });
-        }
-        if let Some((pid, exe)) = &self.helper {
-            plan.push(Action::StopHelper {
-                pid: *pid,
-                exe: exe.clone(),
-            });
-        }
-        if let Some(e) = &self.export {
-            plan.push(Action::UnmountExport { path: e.clone() });
-        }
-        if let Some(d) = &self.helper_dir {
-            plan.push(Action::RemoveDir { path: d.clone() });
-        }
-        plan
-    }
-
-    fn describe(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        if let Some(m) = &self.mount {
-            left.push(format!("mount on {}", m.display()));
-        }
-        for d in self.mapped.iter().chain(self.device.iter()) {
-            left.push(d.display().to_string());
-        }
-        if let Some((pid, _)) = &self.helper {
-            left.push(format!("qemu process {pid}"));
-        }
-        if let Some(e) = &self.export {
-            left.push(format!("FUSE export mount {}", e.display()));
-        }
-        if let Some(d) = &self.helper_dir {
-            left.push(d.display().to_string());
-        }
-        left.extend(self.doubtful.iter().cloned());
-        left
-    }
-}
-
-/// What `data` (a record in `dir`) names that is verifiably still there,
-/// described (empty: nothing).
-pub(crate) fn still_there(data: &Data, dir: &Path) -> Vec<String> {
-    survey(data, dir).describe()
-}
-
-/// Opens a device node without following links; its metadata. `None` if
-/// it is not there or not a block device.
-fn open_node(path: &Path) -> Option<(File, std::fs::Metadata)> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
-    meta.file_type().is_block_device().then_some((file, meta))
-}
-
-fn sys_dir(rdev: u64) -> PathBuf {
-    PathBuf::from(format!(
-        "/sys/dev/block/{}:{}",
-        nix::sys::stat::major(rdev),
-        nix::sys::stat::minor(rdev)
-    ))
-}
-
-/// The file bound to the loop device open as `file`: `Ok(None)` unbound.
-fn loop_backing(file: &File) -> std::result::Result<Option<Inode>, Errno> {
-    match loop_dev::backing_inode(file.as_fd()) {
-        Ok((dev, ino)) => Ok(Some(Inode { dev, ino })),
-        Err(Errno::ENXIO) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether the device `rdev` still has the disk sequence number recorded
-/// (true where the kernel has none).
-fn same_binding(rdev: u64, diskseq: Option<u64>) -> bool {
-    let Some(want) = diskseq else { return true };
-    std::fs::read_to_string(sys_dir(rdev).join("diskseq"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        == Some(want)
-}
-
-/// Whether the loop device `rdev` is bound to the FUSE export of record
-/// `id` (`<dir>/<id>.helper/export`), by the path the kernel reports.
-fn serves_export(rdev: u64, dir: &Path, id: &str) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let export = record::helper_dir(dir, id).join("export");
-    std::fs::read(sys_dir(rdev).join("loop/backing_file"))
-        .is_ok_and(|b| b.strip_suffix(b"\n").unwrap_or(&b) == export.as_os_str().as_bytes())
-}
-
-/// Whether a helper with this pid, start time and executable runs (not a
-/// zombie).
-fn helper_runs(h: &Helper) -> bool {
-    alive(h.pid, h.start)
-        && std::fs::read_link(format!("/proc/{}/exe", h.pid)).is_ok_and(|exe| exe == h.exe.0)
-        && !std::fs::read_to_string(format!("/proc/{}/stat", h.pid))
-            .is_ok_and(|s| s.rfind(')').is_some_and(|i| s[i..].starts_with(") Z")))
-}
-
-/// The process (thread group) that thread `tid` belongs to; `tid` itself
-/// if that cannot be read.
-fn thread_group(tid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Tgid:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(tid)
-}
-
-fn is_mount_point(path: &Path) -> bool {
-    mountinfo::is_mount_point(path)
-}
-
-fn survey(data: &Data, dir: &Path) -> Survey {
-    let mut s = Survey::default();
-    let helper_ok = data.helper.as_ref().filter(|h| helper_runs(h));
-    if let Some(h) = helper_ok {
-        s.helper = Some((h.pid, h.exe.0.clone()));
-    } else if let Some(h) = &data.helper
-        && start_time(h.pid).is_some()
-        && !alive(h.pid, h.start)
-    {
-        debug!("cleanup: pid {} is now another process; left alone", h.pid);
-    }
-    // The whole device.
-    let mut device_rdev = None;
-    if let Some(dev) = &data.device {
-        let path = &dev.path.0;
-        let fast_gone = matches!(data.backend.as_str(), "loop" | "fuse")
-            && !sys_dir(dev.rdev).join("loop/backing_file").exists();
-        match open_node(path).filter(|_| !fast_gone) {
-            None => {}
-            Some((_, meta)) if meta.rdev() != dev.rdev => s.unverified.push(format!(
-                "{} is now another device ({:#x}, recorded {:#x}); left alone",
-                path.display(),
-                meta.rdev(),
-                dev.rdev
-            )),
-            Some((file, _)) => match data.backend.as_str() {
-                "loop" | "fuse" => match (loop_backing(&file), dev.backing) {
-                    (Ok(None), _) => {}
-                    // A FUSE export's inode is no identity (each export
-                    // is inode 1 of a fresh mount, whose anonymous device
-                    // number is reused): its path, derived from the id, or
-                    // the binding's disk sequence number is.
-                    (Ok(Some(b)), Some(want))
-                        if b == want
-                            && same_binding(dev.rdev, dev.diskseq)
-                            && (data.backend == "loop"
-                                || dev.diskseq.is_some()
-                                || serves_export(dev.rdev, dir, &data.id)) =>
-                    {
-                        s.device = Some(path.clone());
-                        device_rdev = Some(dev.rdev);
-                    }
-                    // A loop device over a FUSE export whose daemon died:
-                    // the kernel cannot stat the file (ENOTCONN), but the
-                    // disk sequence number says it is the same binding.
-                    (Err(Errno::ENOTCONN), _)
-                        if data.backend == "fuse"
-                            && dev.diskseq.is_some()
-                            && same_binding(dev.rdev, dev.diskseq) =>
-                    {
-                        s.device = Some(path.clone());
-                        device_rdev = Some(dev.rdev);
-                    }
-                    (Ok(Some(b)), _) => s.unverified.push(format!(
-                        "{} serves another file now (device {:#x}, inode {}); left alone",
-                        path.display(),
-                        b.dev,
-                        b.ino
-                    )),
-                    (Err(e), _) => s.doubtful.push(format!(
-                        "{}: LOOP_GET_STATUS64: {e}: cannot tell whose it is; left alone",
-                        path.display()
-                    )),
-                },
-                "nbd" => {
-                    // The kernel shows the thread that serves the device
-                    // (qemu-nbd's connection thread): its process is the
-                    // thread group it belongs to.
-                    let served_by = std::fs::read_to_string(sys_dir(dev.rdev).join("pid"))
-                        .ok()
-                        .and_then(|p| p.trim().parse::<u32>().ok())
-                        .map(thread_group);
-                    match (served_by, helper_ok) {
-                        (None, _) => {}
-                        (Some(p), Some(h)) if p == h.pid => {
-                            s.device = Some(path.clone());
-                            device_rdev = Some(dev.rdev);
-                        }
-                        (Some(p), _) => s.unverified.push(format!(
-                            "{} is served by process {p}, not by the recorded qemu-nbd; left alone",
-                            path.display()
-                        )),
-                    }
-                }
-                _ => {
-                    // Block: the image is the device; only its mount is ours.
-                    if std::fs::metadata(&data.image.path.0).is_ok_and(|m| m.rdev() == dev.rdev) {
-                        device_rdev = Some(dev.rdev);
-                    }
-                }
-            },
-        }
-    }
-    // The mapped partition.
-    let mut mapped_rdev = None;
-    if let (Some(m), Some(parent)) = (&data.mapped, device_rdev)
-        && let Some((file, meta)) = open_node(&m.path.0)
-        && meta.rdev() == m.rdev
-    {
-        if mapped_of(&file, m.rdev, parent, data) {
-            mapped_rdev = Some(m.rdev);
-            if data.backend != "block" {
-                s.mapped = Some(m.path.0.clone());
-            }
-        } else {
-            s.unverified.push(format!(
-                "{} is not a partition of {}; left alone",
-                m.path.0.display(),
-                data.device
-                    .as_ref()
-                    .map_or(String::new(), |d| d.path.0.display().to_string())
-            ));
-        }
-    }
-    // The mount.
-    if let Some(mp) = &data.mountpoint
-        && let Ok(mounts) = mountinfo::mounts()
-        && let Some(entry) = mounts.iter().rev().find(|e| e.target == mp.0)
-    {
-        let ours = [device_rdev, mapped_rdev].contains(&Some(entry.dev));
-        if ours {
-            s.mount = Some(mp.0.clone());
-        } else if !s.doubtful.is_empty() {
-            s.doubtful.push(format!(
-                "{} is mounted from a device that cannot be verified; left alone",
-                mp.0.display()
-            ));
-        } else {
-            s.unverified.push(format!(
-                "{} is a mount of another device; left alone",
-                mp.0.display()
-            ));
-        }
-    }
-    // The helper's directory: derived from the id, never read from the record.
-    let hdir = record::helper_dir(dir, &data.id);
-    if std::fs::symlink_metadata(&hdir).is_ok_and(|m| m.is_dir()) {
-        let export = hdir.join("export");
-        if is_mount_point(&export) {
-            s.export = Some(export);
-        }
-        s.helper_dir = Some(hdir);
-    }
-    s
-}
-
-/// Whether the device open as `file` (number `rdev`) is a partition,
-/// device-mapper target or offset loop device of the device `parent`.
-fn mapped_of(file: &File, rdev: u64, parent: u64, data: &Data) -> bool {
-    let sys = sys_dir(rdev);
-    let dev_of = |p: &Path| {
-        std::fs::read_to_string(p.join("dev"))
-            .ok()
-            .and_then(|s| mountinfo::dev_number(s.trim()))
-    };
-    if sys.join("partition").exists() {
-        return std::fs::canonicalize(&sys)
-            .ok()
-            .and_then(|real| dev_of(real.parent()?))
-            == Some(parent);
-    }
-    if sys.join("dm").exists() {
-        let slaves: Vec<PathBuf> = std::fs::read_dir(sys.join("slaves"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        return matches!(slaves.as_slice(), [one] if dev_of(one) == Some(parent));
-    }
-    if sys.join("loop").exists() {
-        let want = data.device.as_ref().and_then(|d| d.backing);
-        return want.is_some() && loop_backing(file).ok().flatten() == want;
-    }
-    false
 }
 
 /// How long a helper may take to stop after SIGTERM before SIGKILL.
@@ -889,4 +560,29 @@ fn stop_helper(h: &Helper) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// What tearing down `s` does: only verified objects.
+fn plan_of(s: &Survey) -> Vec<Action> {
+    let mut plan = Vec::new();
+    if let Some(m) = &s.mount {
+        plan.push(Action::Unmount {
+            mountpoint: m.clone(),
+        });
+    } else if let Some(d) = s.mapped.as_ref().or(s.device.as_ref()) {
+        plan.push(Action::Release { device: d.clone() });
+    }
+    if let Some((pid, exe)) = &s.helper {
+        plan.push(Action::StopHelper {
+            pid: *pid,
+            exe: exe.clone(),
+        });
+    }
+    if let Some(e) = &s.export {
+        plan.push(Action::UnmountExport { path: e.clone() });
+    }
+    if let Some(d) = &s.helper_dir {
+        plan.push(Action::RemoveDir { path: d.clone() });
+    }
+    plan
 }

@@ -135,6 +135,7 @@ mod read_at;
 pub(crate) mod record;
 pub mod retry;
 pub mod root;
+mod run_dir;
 // The benchmarks' hand-made syscall floor uses the very same wrappers; they
 // see them through the `bench-sys` feature only.
 #[cfg(feature = "bench-sys")]
@@ -154,5 +155,5 @@ pub use lifecycle::{
 pub use mapping::{MapOptions, MapStrategy, Mapping};
 pub use options::{AttachOptions, MountOptions};
 pub use partition::{Partition, PartitionInfo, PartitionTable, TableKind};
-pub use record::RunDir;
 pub use retry::RetryPolicy;
+pub use run_dir::RunDir;

@@ -1,7 +1,7 @@
 //! Options of the attach and mount steps.
 
-use crate::record::RunDir;
 use crate::retry::RetryPolicy;
+use crate::run_dir::RunDir;
 
 /// How [`crate::Unattached::attach`] sets up the block device.
 #[derive(Debug, Clone, PartialEq, Eq)]

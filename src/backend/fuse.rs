@@ -282,7 +282,7 @@ impl Daemon {
     fn start(image: &Image, checked: &super::QemuImage, options: &AttachOptions) -> Result<Daemon> {
         let persistent = options.persistent;
         let path = image.path();
-        let dir = crate::record::private_dir(options, "diskmount-fuse-")?;
+        let dir = super::private_dir(options, "diskmount-fuse-")?;
         let export = dir.path().join("export");
         let pidfile = dir.path().join("pid");
         let log = dir.path().join("daemon.log");

@@ -10,7 +10,7 @@ use crate::backend::{Backend, BackendKind, Core, Held};
 use crate::error::{Error, Result};
 use crate::image::{Format, Image, ImageKind};
 use crate::options::AttachOptions;
-use crate::record::Keeper;
+use crate::record::{Attachment, Keeper};
 
 /// An image that is not attached yet: the start of the lifecycle.
 ///
@@ -54,14 +54,28 @@ impl<B: Backend> Unattached<B> {
             self.image.path().display(),
             B::NAME
         );
-        let mut record = Keeper::start(&self.options, &self.image)?;
-        let mut device = B::Device::attach(&self.image, &record.options(&self.options))?;
+        let mut record = Keeper::start(self.options.run_dir.as_ref(), self.image.path())?;
+        let mut options = self.options.clone();
+        options.helper_dir = record.helper_dir();
+        let mut device = B::Device::attach(&self.image, &options)?;
         if let Some(file) = image_file(&self.image, device.core()) {
             device
                 .core_mut()
                 .watch_image(file, self.image.format() == Format::Raw);
         }
-        record.attached(device.core(), &device.record_fields());
+        let core = device.core();
+        record.attached(&Attachment {
+            backend: core.kind.as_str(),
+            path: core.path(),
+            rdev: core.rdev,
+            diskseq: core.diskseq,
+            backing: core.backing(),
+            helper_pid: device
+                .record_fields()
+                .iter()
+                .find(|(k, _)| *k == "daemon_pid")
+                .and_then(|(_, pid)| pid.parse().ok()),
+        });
         let device = Held::new(device);
         Ok(Attached {
             device,

@@ -19,7 +19,7 @@
 //! record's own file name, and never removes a path read from a record.
 
 pub(crate) mod format;
-mod run_dir;
+pub(crate) mod verify;
 
 use std::fs::File;
 use std::io::Write;
@@ -32,12 +32,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use log::{debug, warn};
 use nix::libc;
 
-pub use run_dir::RunDir;
+pub use crate::run_dir::RunDir;
 
-use crate::backend::{BackendKind, Core};
 use crate::error::{Result, Step};
-use crate::image::Image;
-use crate::options::AttachOptions;
 use crate::sys::flock::{Lock, flock};
 use format::{Data, DeviceId, FileId, Helper, Inode, MappedId, RawPath};
 
@@ -63,38 +60,6 @@ pub(crate) fn helper_dir(dir: &Path, id: &str) -> PathBuf {
 /// The temporary file a save of `id` writes before its rename.
 pub(crate) fn temp_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!(".{id}.tmp"))
-}
-
-/// A private `0700` directory for a qemu helper (`prefix`: what the
-/// temporary-directory fallback is named): `<id>.helper` in the run
-/// directory when the attach keeps a record (see [`Keeper::options`]),
-/// else a fresh temporary directory.
-pub(crate) fn private_dir(options: &AttachOptions, prefix: &str) -> Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut builder = tempfile::Builder::new();
-    builder.permissions(std::fs::Permissions::from_mode(0o700));
-    let made = match &options.helper_dir {
-        Some(dir) => {
-            let (parent, name) = (
-                dir.parent().unwrap_or(dir),
-                dir.file_name().unwrap_or_default(),
-            );
-            builder.prefix(name).rand_bytes(0).tempdir_in(parent)
-        }
-        None => builder.prefix(prefix).tempdir(),
-    };
-    made.map_err(|e| {
-        let at = options
-            .helper_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
-        crate::error::Error::os(
-            Step::Attach,
-            at,
-            "create the qemu helper's private directory",
-            e,
-        )
-    })
 }
 
 /// What one attached image's record says, held while this process owns it.
@@ -141,6 +106,22 @@ fn inode(meta: &std::fs::Metadata) -> Inode {
     }
 }
 
+/// What a record keeps of an attached device.
+pub(crate) struct Attachment<'a> {
+    /// The backend's name (`loop`, `fuse`, ...).
+    pub(crate) backend: &'static str,
+    /// The device node.
+    pub(crate) path: &'a Path,
+    /// Its device number.
+    pub(crate) rdev: u64,
+    /// Its disk sequence number.
+    pub(crate) diskseq: Option<u64>,
+    /// The file a loop device reads (the image, or a FUSE export).
+    pub(crate) backing: Option<&'a std::fs::File>,
+    /// The qemu helper serving it.
+    pub(crate) helper_pid: Option<u32>,
+}
+
 impl Keeper {
     /// No record (an adopted device: its record, if any, is someone else's).
     pub(crate) fn none() -> Keeper {
@@ -154,10 +135,10 @@ impl Keeper {
     /// # Errors
     /// [`Step::Attach`]: the run directory is unsafe (not root's, or not
     /// mode 0700) or cannot be created.
-    pub(crate) fn start(options: &AttachOptions, image: &Image) -> Result<Keeper> {
+    pub(crate) fn start(run_dir: Option<&RunDir>, image: &Path) -> Result<Keeper> {
         static N: AtomicU64 = AtomicU64::new(0);
         static START: OnceLock<u64> = OnceLock::new();
-        let run_dir = options.run_dir.clone().unwrap_or_default();
+        let run_dir = run_dir.cloned().unwrap_or_default();
         let Some(dir) = run_dir.ensure(Step::Attach)? else {
             return Ok(Keeper::none());
         };
@@ -167,7 +148,7 @@ impl Keeper {
         let pid = std::process::id();
         let start = *START.get_or_init(|| start_time(pid).unwrap_or(0));
         let id = format!("{pid}-{start}-{}", N.fetch_add(1, Ordering::Relaxed));
-        let path = absolute(image.path());
+        let path = absolute(image);
         let meta = std::fs::metadata(&path).ok();
         let data = Data {
             version: format::VERSION,
@@ -195,24 +176,22 @@ impl Keeper {
         })
     }
 
-    /// `options` for the backend: with this record's helper directory.
-    pub(crate) fn options(&self, options: &AttachOptions) -> AttachOptions {
-        let mut o = options.clone();
-        o.helper_dir = self.live.as_ref().map(|l| helper_dir(&l.dir, &l.data.id));
-        o
+    /// This record's directory for the qemu helper's private files.
+    pub(crate) fn helper_dir(&self) -> Option<PathBuf> {
+        self.live.as_ref().map(|l| helper_dir(&l.dir, &l.data.id))
     }
 
     /// Records the attached device (and its qemu helper) and writes the
     /// record.
-    pub(crate) fn attached(&mut self, device: &Core, helper: &[(&'static str, String)]) {
+    pub(crate) fn attached(&mut self, device: &Attachment<'_>) {
         let Some(live) = &mut self.live else { return };
         let d = &mut live.data;
-        d.backend = device.kind.as_str().to_string();
+        d.backend = device.backend.to_string();
         let backing = device
-            .backing()
+            .backing
             .and_then(|f| f.metadata().ok())
             .map(|m| inode(&m));
-        if device.kind == BackendKind::Loop
+        if device.backend == "loop"
             && let Some(b) = backing
         {
             // The file the loop device serves is the image as opened.
@@ -220,22 +199,18 @@ impl Keeper {
             d.image.ino = b.ino;
         }
         d.device = Some(DeviceId {
-            path: RawPath(device.path().to_path_buf()),
+            path: RawPath(device.path.to_path_buf()),
             rdev: device.rdev,
             backing,
             diskseq: device.diskseq,
         });
-        d.helper = helper
-            .iter()
-            .find(|(k, _)| *k == "daemon_pid")
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-            .and_then(|pid| {
-                Some(Helper {
-                    pid,
-                    start: start_time(pid)?,
-                    exe: RawPath(std::fs::read_link(format!("/proc/{pid}/exe")).ok()?),
-                })
-            });
+        d.helper = device.helper_pid.and_then(|pid| {
+            Some(Helper {
+                pid,
+                start: start_time(pid)?,
+                exe: RawPath(std::fs::read_link(format!("/proc/{pid}/exe")).ok()?),
+            })
+        });
         self.save();
     }
 
@@ -317,7 +292,7 @@ impl Drop for Keeper {
             return;
         }
         let path = record_path(&live.dir, &live.data.id);
-        let left = crate::cleanup::still_there(&live.data, &live.dir);
+        let left = verify::still_there(&live.data, &live.dir);
         if !left.is_empty() {
             // Teardown did not finish (its errors were reported): the
             // record stays for `diskmount cleanup` once we are gone.

@@ -1,0 +1,340 @@
+//! Whether what a record names is still on the machine, and verifiably
+//! the recorded thing (not a reused device number, pid or mount point):
+//! the checks both the record's own teardown (is anything left?) and
+//! [`crate::cleanup`] (what may be torn down?) rely on.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::libc;
+
+use log::debug;
+
+use super::format::{Data, Helper, Inode};
+use super::start_time;
+use crate::kernel::mountinfo;
+use crate::sys::loop_dev;
+
+/// What of a record is verifiably still on the machine.
+#[derive(Debug, Default)]
+pub(crate) struct Survey {
+    /// The verified whole device (loop, nbd: ours to release).
+    pub(crate) device: Option<PathBuf>,
+    /// The verified mapped partition's device.
+    pub(crate) mapped: Option<PathBuf>,
+    /// The verified mount point.
+    pub(crate) mount: Option<PathBuf>,
+    /// The verified helper.
+    pub(crate) helper: Option<(u32, PathBuf)>,
+    /// A FUSE export still mounted in the helper directory.
+    pub(crate) export: Option<PathBuf>,
+    /// The helper directory, if it exists.
+    pub(crate) helper_dir: Option<PathBuf>,
+    /// Named by the record, but verifiably someone else's now (a reused
+    /// device number, pid or mount point): left alone.
+    pub(crate) unverified: Vec<String>,
+    /// Named by the record, and whose it is cannot be told: left alone,
+    /// and the record stays.
+    pub(crate) doubtful: Vec<String>,
+}
+
+impl Survey {
+    pub(crate) fn describe(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        if let Some(m) = &self.mount {
+            left.push(format!("mount on {}", m.display()));
+        }
+        for d in self.mapped.iter().chain(self.device.iter()) {
+            left.push(d.display().to_string());
+        }
+        if let Some((pid, _)) = &self.helper {
+            left.push(format!("qemu process {pid}"));
+        }
+        if let Some(e) = &self.export {
+            left.push(format!("FUSE export mount {}", e.display()));
+        }
+        if let Some(d) = &self.helper_dir {
+            left.push(d.display().to_string());
+        }
+        left.extend(self.doubtful.iter().cloned());
+        left
+    }
+}
+
+/// What `data` (a record in `dir`) names that is verifiably still there,
+/// described (empty: nothing).
+pub(crate) fn still_there(data: &Data, dir: &Path) -> Vec<String> {
+    survey(data, dir).describe()
+}
+
+/// Opens a device node without following links; its metadata. `None` if
+/// it is not there or not a block device.
+pub(crate) fn open_node(path: &Path) -> Option<(File, std::fs::Metadata)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    meta.file_type().is_block_device().then_some((file, meta))
+}
+
+pub(crate) fn sys_dir(rdev: u64) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    ))
+}
+
+/// The file bound to the loop device open as `file`: `Ok(None)` unbound.
+pub(crate) fn loop_backing(file: &File) -> std::result::Result<Option<Inode>, Errno> {
+    match loop_dev::backing_inode(file.as_fd()) {
+        Ok((dev, ino)) => Ok(Some(Inode { dev, ino })),
+        Err(Errno::ENXIO) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the device `rdev` still has the disk sequence number recorded
+/// (true where the kernel has none).
+pub(crate) fn same_binding(rdev: u64, diskseq: Option<u64>) -> bool {
+    let Some(want) = diskseq else { return true };
+    std::fs::read_to_string(sys_dir(rdev).join("diskseq"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        == Some(want)
+}
+
+/// Whether the loop device `rdev` is bound to the FUSE export of record
+/// `id` (`<dir>/<id>.helper/export`), by the path the kernel reports.
+pub(crate) fn serves_export(rdev: u64, dir: &Path, id: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let export = super::helper_dir(dir, id).join("export");
+    std::fs::read(sys_dir(rdev).join("loop/backing_file"))
+        .is_ok_and(|b| b.strip_suffix(b"\n").unwrap_or(&b) == export.as_os_str().as_bytes())
+}
+
+/// Whether process `pid` runs with start time `start` (not reused).
+pub(crate) fn alive(pid: u32, start: u64) -> bool {
+    start_time(pid) == Some(start)
+}
+
+/// Whether a helper with this pid, start time and executable runs (not a
+/// zombie).
+pub(crate) fn helper_runs(h: &Helper) -> bool {
+    alive(h.pid, h.start) && live_thread_exe(h.pid).is_some_and(|exe| exe == h.exe.0)
+}
+
+/// The executable of process `pid`, read through one of its threads that
+/// is not a zombie; `None` if it has none. A process whose main thread
+/// exited (qemu-nbd after SIGTERM, while its connection thread still
+/// serves a busy nbd device) shows its leader as a zombie, with no
+/// executable, but still runs.
+fn live_thread_exe(pid: u32) -> Option<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let state = stat.get(stat.rfind(')')? + 2..)?;
+            if state.starts_with('Z') {
+                return None;
+            }
+            std::fs::read_link(t.path().join("exe")).ok()
+        })
+}
+
+/// The process (thread group) that thread `tid` belongs to; `tid` itself
+/// if that cannot be read.
+pub(crate) fn thread_group(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
+}
+
+pub(crate) fn is_mount_point(path: &Path) -> bool {
+    mountinfo::is_mount_point(path)
+}
+
+pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
+    let mut s = Survey::default();
+    let helper_ok = data.helper.as_ref().filter(|h| helper_runs(h));
+    if let Some(h) = helper_ok {
+        s.helper = Some((h.pid, h.exe.0.clone()));
+    } else if let Some(h) = &data.helper
+        && start_time(h.pid).is_some()
+        && !alive(h.pid, h.start)
+    {
+        debug!("cleanup: pid {} is now another process; left alone", h.pid);
+    }
+    // The whole device.
+    let mut device_rdev = None;
+    if let Some(dev) = &data.device {
+        let path = &dev.path.0;
+        let fast_gone = matches!(data.backend.as_str(), "loop" | "fuse")
+            && !sys_dir(dev.rdev).join("loop/backing_file").exists();
+        match open_node(path).filter(|_| !fast_gone) {
+            None => {}
+            Some((_, meta)) if meta.rdev() != dev.rdev => s.unverified.push(format!(
+                "{} is now another device ({:#x}, recorded {:#x}); left alone",
+                path.display(),
+                meta.rdev(),
+                dev.rdev
+            )),
+            Some((file, _)) => match data.backend.as_str() {
+                "loop" | "fuse" => match (loop_backing(&file), dev.backing) {
+                    (Ok(None), _) => {}
+                    // A FUSE export's inode is no identity (each export
+                    // is inode 1 of a fresh mount, whose anonymous device
+                    // number is reused): its path, derived from the id, or
+                    // the binding's disk sequence number is.
+                    (Ok(Some(b)), Some(want))
+                        if b == want
+                            && same_binding(dev.rdev, dev.diskseq)
+                            && (data.backend == "loop"
+                                || dev.diskseq.is_some()
+                                || serves_export(dev.rdev, dir, &data.id)) =>
+                    {
+                        s.device = Some(path.clone());
+                        device_rdev = Some(dev.rdev);
+                    }
+                    // A loop device over a FUSE export whose daemon died:
+                    // the kernel cannot stat the file (ENOTCONN), but the
+                    // disk sequence number says it is the same binding.
+                    (Err(Errno::ENOTCONN), _)
+                        if data.backend == "fuse"
+                            && dev.diskseq.is_some()
+                            && same_binding(dev.rdev, dev.diskseq) =>
+                    {
+                        s.device = Some(path.clone());
+                        device_rdev = Some(dev.rdev);
+                    }
+                    (Ok(Some(b)), _) => s.unverified.push(format!(
+                        "{} serves another file now (device {:#x}, inode {}); left alone",
+                        path.display(),
+                        b.dev,
+                        b.ino
+                    )),
+                    (Err(e), _) => s.doubtful.push(format!(
+                        "{}: LOOP_GET_STATUS64: {e}: cannot tell whose it is; left alone",
+                        path.display()
+                    )),
+                },
+                "nbd" => {
+                    // The kernel shows the thread that serves the device
+                    // (qemu-nbd's connection thread): its process is the
+                    // thread group it belongs to.
+                    let served_by = std::fs::read_to_string(sys_dir(dev.rdev).join("pid"))
+                        .ok()
+                        .and_then(|p| p.trim().parse::<u32>().ok())
+                        .map(thread_group);
+                    match (served_by, helper_ok) {
+                        (None, _) => {}
+                        (Some(p), Some(h)) if p == h.pid => {
+                            s.device = Some(path.clone());
+                            device_rdev = Some(dev.rdev);
+                        }
+                        (Some(p), _) => s.unverified.push(format!(
+                            "{} is served by process {p}, not by the recorded qemu-nbd; left alone",
+                            path.display()
+                        )),
+                    }
+                }
+                _ => {
+                    // Block: the image is the device; only its mount is ours.
+                    if std::fs::metadata(&data.image.path.0).is_ok_and(|m| m.rdev() == dev.rdev) {
+                        device_rdev = Some(dev.rdev);
+                    }
+                }
+            },
+        }
+    }
+    // The mapped partition.
+    let mut mapped_rdev = None;
+    if let (Some(m), Some(parent)) = (&data.mapped, device_rdev)
+        && let Some((file, meta)) = open_node(&m.path.0)
+        && meta.rdev() == m.rdev
+    {
+        if mapped_of(&file, m.rdev, parent, data) {
+            mapped_rdev = Some(m.rdev);
+            if data.backend != "block" {
+                s.mapped = Some(m.path.0.clone());
+            }
+        } else {
+            s.unverified.push(format!(
+                "{} is not a partition of {}; left alone",
+                m.path.0.display(),
+                data.device
+                    .as_ref()
+                    .map_or(String::new(), |d| d.path.0.display().to_string())
+            ));
+        }
+    }
+    // The mount.
+    if let Some(mp) = &data.mountpoint
+        && let Ok(mounts) = mountinfo::mounts()
+        && let Some(entry) = mounts.iter().rev().find(|e| e.target == mp.0)
+    {
+        let ours = [device_rdev, mapped_rdev].contains(&Some(entry.dev));
+        if ours {
+            s.mount = Some(mp.0.clone());
+        } else if !s.doubtful.is_empty() {
+            s.doubtful.push(format!(
+                "{} is mounted from a device that cannot be verified; left alone",
+                mp.0.display()
+            ));
+        } else {
+            s.unverified.push(format!(
+                "{} is a mount of another device; left alone",
+                mp.0.display()
+            ));
+        }
+    }
+    // The helper's directory: derived from the id, never read from the record.
+    let hdir = super::helper_dir(dir, &data.id);
+    if std::fs::symlink_metadata(&hdir).is_ok_and(|m| m.is_dir()) {
+        let export = hdir.join("export");
+        if is_mount_point(&export) {
+            s.export = Some(export);
+        }
+        s.helper_dir = Some(hdir);
+    }
+    s
+}
+
+/// Whether the device open as `file` (number `rdev`) is a partition,
+/// device-mapper target or offset loop device of the device `parent`.
+pub(crate) fn mapped_of(file: &File, rdev: u64, parent: u64, data: &Data) -> bool {
+    let sys = sys_dir(rdev);
+    let dev_of = |p: &Path| {
+        std::fs::read_to_string(p.join("dev"))
+            .ok()
+            .and_then(|s| mountinfo::dev_number(s.trim()))
+    };
+    if sys.join("partition").exists() {
+        return std::fs::canonicalize(&sys)
+            .ok()
+            .and_then(|real| dev_of(real.parent()?))
+            == Some(parent);
+    }
+    if sys.join("dm").exists() {
+        let slaves: Vec<PathBuf> = std::fs::read_dir(sys.join("slaves"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        return matches!(slaves.as_slice(), [one] if dev_of(one) == Some(parent));
+    }
+    if sys.join("loop").exists() {
+        let want = data.device.as_ref().and_then(|d| d.backing);
+        return want.is_some() && loop_backing(file).ok().flatten() == want;
+    }
+    false
+}
