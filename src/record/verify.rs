@@ -118,6 +118,18 @@ pub(crate) fn serves_export(rdev: u64, dir: &Path, id: &str) -> bool {
         .is_ok_and(|b| b.strip_suffix(b"\n").unwrap_or(&b) == export.as_os_str().as_bytes())
 }
 
+/// Whether process `pid` is a qemu-nbd started with `--connect=DEVICE`
+/// for the recorded device (its command line is the one diskmount gave).
+fn qemu_nbd_connecting(pid: u32, device: &Path) -> bool {
+    let is_qemu_nbd =
+        live_thread_exe(pid).is_some_and(|e| e.file_name().is_some_and(|n| n == "qemu-nbd"));
+    let mut wanted = b"--connect=".to_vec();
+    wanted.extend_from_slice(device.as_os_str().as_encoded_bytes());
+    is_qemu_nbd
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == wanted.as_slice()))
+}
+
 /// Whether process `pid` runs with start time `start` (not reused).
 pub(crate) fn alive(pid: u32, start: u64) -> bool {
     start_time(pid) == Some(start)
@@ -239,13 +251,38 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
                         .map(thread_group);
                     match (served_by, helper_ok) {
                         (None, _) => {}
-                        (Some(p), Some(h)) if p == h.pid => {
+                        // Ours: served by the recorded qemu-nbd, or by the
+                        // qemu-nbd run to connect this device, or (its server
+                        // gone: the kernel keeps a stale pid until the
+                        // disconnect) still the recorded connection by its
+                        // disk sequence number, which changes with each one.
+                        (Some(p), h)
+                            if h.is_some_and(|h| h.pid == p)
+                                || qemu_nbd_connecting(p, path)
+                                || (dev.diskseq.is_some()
+                                    && same_binding(dev.rdev, dev.diskseq)) =>
+                        {
                             s.device = Some(path.clone());
                             device_rdev = Some(dev.rdev);
                         }
                         (Some(p), _) => s.unverified.push(format!(
-                            "{} is served by process {p}, not by the recorded qemu-nbd; left alone",
-                            path.display()
+                            "{} is served by process {p}, not by the recorded qemu-nbd ({}); \
+                             left alone",
+                            path.display(),
+                            match &data.helper {
+                                None => "none recorded".to_string(),
+                                Some(h) => format!(
+                                    "pid {}, {}, exe {} now {:?}",
+                                    h.pid,
+                                    if alive(h.pid, h.start) {
+                                        "alive"
+                                    } else {
+                                        "gone"
+                                    },
+                                    h.exe.0.display(),
+                                    live_thread_exe(h.pid)
+                                ),
+                            }
                         )),
                     }
                 }
