@@ -17,6 +17,18 @@ pub enum Partition {
     Auto,
     /// The partition with this GPT name or, failing that, filesystem label.
     Label(String),
+    /// The guest operating system as it boots: its root filesystem (found
+    /// as [`Partition::Auto`] finds it, among partitions, LVM logical
+    /// volumes and btrfs subvolumes), then every local filesystem of its
+    /// `/etc/fstab`, parents before children.
+    Os,
+    /// One LVM logical volume of a volume group found in the image.
+    LogicalVolume {
+        /// The volume group's name.
+        vg: String,
+        /// The logical volume's name.
+        lv: String,
+    },
 }
 
 impl fmt::Display for Partition {
@@ -26,6 +38,8 @@ impl fmt::Display for Partition {
             Partition::Number(n) => write!(f, "partition {n}"),
             Partition::Auto => f.write_str("automatic partition search"),
             Partition::Label(l) => write!(f, "partition labelled {l:?}"),
+            Partition::Os => f.write_str("guest OS (root and its fstab)"),
+            Partition::LogicalVolume { vg, lv } => write!(f, "logical volume {vg}/{lv}"),
         }
     }
 }

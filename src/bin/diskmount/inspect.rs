@@ -141,6 +141,7 @@ pub fn inspect(args: Args, json: bool) -> Result<(), Error> {
         backend: "auto".into(),
         read_only: true,
         fstype: None,
+        subvolume: None,
         allow_backing_file: false,
     };
     let image: Image = opts.image(&args.image)?;

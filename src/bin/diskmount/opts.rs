@@ -15,7 +15,8 @@ pub struct Opts {
     /// Image format: auto (probed, with the safety rules), raw, qcow2, vmdk, vdi, vhdx, vpc.
     #[arg(long, default_value = "auto")]
     pub format: String,
-    /// Which partition: auto (search), none (the whole disk), a number, or label=NAME.
+    /// Which partition: auto (search), none (the whole disk), a number, label=NAME,
+    /// os (the guest's root and its fstab), or lv=VG/LV (an LVM logical volume).
     #[arg(long, default_value = "auto")]
     pub partition: String,
     /// How to attach: auto, loop, nbd, fuse, block.
@@ -24,6 +25,9 @@ pub struct Opts {
     /// Open and mount read-only, all the way down.
     #[arg(long)]
     pub read_only: bool,
+    /// Mount this btrfs subvolume (by path from the top level, as subvol=).
+    #[arg(long, value_name = "NAME")]
+    pub subvolume: Option<String>,
     /// Mount as this filesystem type instead of probing (bypasses the allow-list).
     #[arg(long)]
     pub fstype: Option<String>,
@@ -92,10 +96,28 @@ impl Opts {
         Ok(match self.partition.as_str() {
             "auto" => Partition::Auto,
             "none" | "whole" => Partition::Whole,
+            "os" => Partition::Os,
             s if s.starts_with("label=") => Partition::Label(s["label=".len()..].to_string()),
+            s if s.starts_with("lv=") => {
+                let spec = &s["lv=".len()..];
+                match spec.split_once('/') {
+                    Some((vg, lv)) if !vg.is_empty() && !lv.is_empty() && !lv.contains('/') => {
+                        Partition::LogicalVolume {
+                            vg: vg.to_string(),
+                            lv: lv.to_string(),
+                        }
+                    }
+                    _ => {
+                        return Err(Usage(format!(
+                            "--partition {s:?}: expected lv=VG/LV (a volume group and a logical volume)"
+                        ))
+                        .into());
+                    }
+                }
+            }
             s => Partition::Number(s.parse().map_err(|_| {
                 Usage(format!(
-                    "--partition {s:?}: expected auto, none, a number or label=NAME"
+                    "--partition {s:?}: expected auto, none, os, a number, label=NAME or lv=VG/LV"
                 ))
             })?),
         })
@@ -105,6 +127,9 @@ impl Opts {
         let mut o = MountOptions::default().read_only(self.read_only);
         if let Some(t) = &self.fstype {
             o = o.fstype(t.clone());
+        }
+        if let Some(v) = &self.subvolume {
+            o = o.subvolume(v.clone());
         }
         o
     }
