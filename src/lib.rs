@@ -153,7 +153,7 @@ pub use lifecycle::{
     Attached, Mapped, Mount, Mounted, Unattached, UnmountError, with_mounted, with_mounted_opts,
 };
 pub use mapping::{MapOptions, MapStrategy, Mapping};
-pub use options::{AttachOptions, MountOptions};
+pub use options::{AttachOptions, DEFAULT_IO_TIMEOUT, MountOptions};
 pub use partition::{Partition, PartitionInfo, PartitionTable, TableKind};
 pub use retry::RetryPolicy;
 pub use run_dir::RunDir;

@@ -14,7 +14,11 @@ pub struct AttachOptions {
     /// The qemu helper's private directory, named after the record
     /// (set by the attach step for the backend).
     pub(crate) helper_dir: Option<std::path::PathBuf>,
+    pub(crate) io_timeout: std::time::Duration,
 }
+
+/// The default of [`AttachOptions::io_timeout`].
+pub const DEFAULT_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Default for AttachOptions {
     fn default() -> Self {
@@ -24,6 +28,7 @@ impl Default for AttachOptions {
             persistent: false,
             run_dir: None,
             helper_dir: None,
+            io_timeout: DEFAULT_IO_TIMEOUT,
         }
     }
 }
@@ -53,6 +58,18 @@ impl AttachOptions {
     /// [`RunDir::off`] keeps no record.
     pub fn run_dir(mut self, dir: RunDir) -> Self {
         self.run_dir = Some(dir);
+        self
+    }
+
+    /// How long one I/O request may wait for a server that serves the
+    /// device (qemu-nbd behind an nbd device; network storage) before it
+    /// fails with an I/O error and the connection counts as dead. A server
+    /// that was killed, stopped or hangs thus gives bounded errors instead
+    /// of processes stuck in the kernel, and teardown does not hang. Whole
+    /// seconds, at least one. Default [`DEFAULT_IO_TIMEOUT`] (30 s), as the
+    /// kernel's SCSI and block layers use.
+    pub fn io_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.io_timeout = timeout.max(std::time::Duration::from_secs(1));
         self
     }
 

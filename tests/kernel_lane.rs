@@ -698,9 +698,38 @@ fn auto_picks_nbd_where_the_kernel_has_it_and_fuse_where_not() {
     fx.assert_clean();
 }
 
+/// The threads of `pid`, each with its state, kernel wait channel and
+/// kernel stack: what a process that will not die is stuck on.
+fn thread_report(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("pid {pid}: gone");
+    };
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat.rsplit_once(") ").map_or("?", |(_, r)| &r[..1]);
+        out += &format!(
+            "thread {} ({}): state {state}, wchan {}\n{}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        );
+    }
+    out
+}
+
+/// How long a SIGKILLed qemu-nbd may take to die. The device has a request
+/// timeout (AttachOptions::io_timeout, 30 s by default): whatever the
+/// dying server leaves unanswered fails by then, so this bound covers one
+/// timeout plus the slow emulated machine.
+const KILL_BOUND: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// SIGKILLs our qemu-nbd (the fixture's only qemu process) and waits until
 /// it is dead: a zombie whose threads are all gone, so its parent can reap
-/// it.
+/// it. Past the bound, the failure shows where each thread is stuck.
 fn kill_qemu_nbd(fx: &Fixture) -> u32 {
     let found = common::fixture_qemu(fx);
     assert_eq!(found.len(), 1, "{found:?}");
@@ -712,9 +741,17 @@ fn kill_qemu_nbd(fx: &Fixture) -> u32 {
             .map_or(true, |s| s.contains(") Z "));
         let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
         if zombie && threads <= 1 {
+            let took = start.elapsed();
+            if took > std::time::Duration::from_secs(2) {
+                println!("kill_qemu_nbd: qemu-nbd {pid} took {took:.1?} to die");
+            }
             return pid;
         }
-        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        assert!(
+            start.elapsed() < KILL_BOUND,
+            "qemu-nbd {pid} still not dead {KILL_BOUND:?} after SIGKILL:\n{}",
+            thread_report(pid)
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
@@ -796,6 +833,60 @@ fn nbd_killed_at_each_state_is_named_by_the_next_step() {
     assert!(written.is_err(), "writes went on: {written:?}");
     let err = t.close().unwrap_err();
     names_dead_qemu_nbd(&err, Step::Detach, &img, pid);
+    nbd_nothing_left(&mut fx);
+}
+
+/// A qemu-nbd that stops answering (SIGSTOP) while its device is mounted:
+/// the writer's fsync fails once the device's request timeout passes (it
+/// does not hang in the kernel), close() comes back within its bounds with
+/// the failed flush, and nothing is left.
+fn nbd_stopped_while_mounted_gives_bounded_errors() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "x")]);
+    let mnt = fx.tree("mnt", &[]);
+    let options = diskmount::AttachOptions::default()
+        .run_dir(diskmount::RunDir::new(fx.records()))
+        .io_timeout(std::time::Duration::from_secs(3));
+    let t = Unattached::<Nbd>::with_options(Image::file(&img, Format::Raw).unwrap(), options)
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    let found = common::fixture_qemu(&fx);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let pid = found[0].0;
+    let target = t.path().join("stream");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || -> std::io::Result<u64> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&target)?;
+        let chunk = vec![0xa5u8; 256 << 10];
+        for n in 0..4000u64 {
+            f.write_all(&chunk)?;
+            f.sync_data()?;
+            if n == 1 {
+                let _ = tx.send(());
+            }
+        }
+        Ok(4000)
+    });
+    rx.recv().unwrap();
+    run(Command::new("kill").args(["-STOP", &pid.to_string()]));
+    let written = writer.join().unwrap();
+    let err = written.expect_err("writes went on with qemu-nbd stopped");
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EIO), "{err}");
+    let closed = t.close();
+    println!("nbd_stopped_while_mounted: writer: {err}; close: {closed:?}");
+    let err = closed.expect_err("close() reported no failed flush");
+    assert!(
+        err.errors()
+            .iter()
+            .any(|e| e.step() == Some(diskmount::Step::Unmount)
+                || e.step() == Some(diskmount::Step::Detach)),
+        "{err}"
+    );
     nbd_nothing_left(&mut fx);
 }
 
@@ -937,6 +1028,63 @@ fn nbd_image_deleted_or_truncated_while_mounted() {
 /// A test: its name, the kernel features it needs, its body.
 type Case = (&'static str, &'static [Needs], fn());
 
+/// The longest one case may run. The slowest takes about 40 s under the
+/// lane's emulation; a case past this is stuck (a process in the kernel
+/// waiting on a device), and the lane ends at once with where every stuck
+/// task waits, instead of running into the VM's timeout with no word.
+const CASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Ends the process if the case it guards runs past [`CASE_LIMIT`].
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn start(name: &'static str) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CASE_LIMIT) {
+                println!("test {name} ... FAILED: still running after {CASE_LIMIT:?}");
+                for pid in stuck_processes() {
+                    println!("{}", thread_report(pid));
+                }
+                // The kernel's list of blocked tasks, on the VM's console.
+                let _ = std::fs::write("/proc/sysrq-trigger", "w");
+                std::process::exit(1);
+            }
+        });
+        Watchdog(Some(tx))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Processes with a thread in uninterruptible sleep (state D).
+fn stuck_processes() -> Vec<u32> {
+    let mut found = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stuck = std::fs::read_dir(p.path().join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('D')))
+            });
+        if stuck {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(RACE_CHILD) {
         return nbd_race_child(&spec);
@@ -1024,6 +1172,11 @@ fn main() {
             nbd_killed_at_each_state_is_named_by_the_next_step,
         ),
         (
+            "nbd_stopped_while_mounted_gives_bounded_errors",
+            &[Needs::Nbd],
+            nbd_stopped_while_mounted_gives_bounded_errors,
+        ),
+        (
             "nbd_holder_killed_at_each_state_then_cleanup",
             &[Needs::Nbd, Needs::PartitionParsers],
             nbd_holder_killed_at_each_state_then_cleanup,
@@ -1055,7 +1208,10 @@ fn main() {
             }
             continue;
         }
-        match catch_unwind(AssertUnwindSafe(case)) {
+        let watchdog = Watchdog::start(name);
+        let outcome = catch_unwind(AssertUnwindSafe(case));
+        drop(watchdog);
+        match outcome {
             Ok(()) => {
                 println!("test {name} ... ok");
                 passed += 1;

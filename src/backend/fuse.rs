@@ -709,13 +709,7 @@ impl Proc {
 /// Whether process `pid` (not our child) has exited: gone, or a zombie
 /// waiting for its parent.
 fn other_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat.get(i + 2..i + 3))
-            .is_some_and(|state| state == "Z" || state == "X"),
-        Err(_) => true,
-    }
+    crate::kernel::process::exited(pid)
 }
 
 fn clean_exit() -> std::process::ExitStatus {

@@ -290,6 +290,24 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
         server.stop_into(&mut errors);
         return Err(errors.remove(0));
     }
+    // Without a request timeout the kernel waits for ever on a server that
+    // stopped answering (SIGSTOPped, or dying with a thread stuck): every
+    // writer, the unmount and the disconnect would hang with it.
+    let seconds = options.io_timeout.as_secs().max(1);
+    if let Err(e) = crate::sys::nbd::set_timeout(file.as_fd(), seconds) {
+        let mut errors = vec![Error::os(
+            Step::Attach,
+            &node,
+            "set the nbd request timeout (NBD_SET_TIMEOUT)",
+            e,
+        )];
+        server.stop_into(&mut errors);
+        return Err(errors.remove(0));
+    }
+    debug!(
+        "attach: {} has a request timeout of {seconds} s",
+        node.display()
+    );
     // The kernel scans the table of a newly sized nbd device at its next
     // open (GD_NEED_PART_SCAN): udev's, some time later, or this one. Our
     // descriptor predates the connection, so open it once more: the scan is
@@ -514,7 +532,15 @@ impl Server {
             errors.push(e);
         }
         if let (Some(child), None) = (self.child.as_mut(), already) {
-            match wait_timeout(child, EXIT_TIMEOUT) {
+            // A stopped server answers nothing, the disconnect included:
+            // waiting for it is pointless.
+            let stopped = crate::kernel::process::stopped(pid);
+            let bound = if stopped {
+                Duration::ZERO
+            } else {
+                EXIT_TIMEOUT
+            };
+            match wait_timeout(child, bound) {
                 Ok(Some(s)) if s.success() => {}
                 Ok(Some(s)) => errors.push(Error::Command {
                     step: Step::Detach,
@@ -530,9 +556,15 @@ impl Server {
                     errors.push(Error::invalid(
                         Step::Detach,
                         &self.device,
-                        format!(
-                            "{QEMU_NBD} did not exit within {EXIT_TIMEOUT:?} after the disconnect and was killed"
-                        ),
+                        if stopped {
+                            format!(
+                                "{QEMU_NBD} (pid {pid}) was stopped (SIGSTOP or a debugger) and answered nothing; it was killed, writes it had not flushed are lost"
+                            )
+                        } else {
+                            format!(
+                                "{QEMU_NBD} (pid {pid}) did not exit within {EXIT_TIMEOUT:?} after the disconnect and was killed"
+                            )
+                        },
                     ));
                 }
                 Err(e) => errors.push(Error::os(

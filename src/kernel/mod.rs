@@ -1,11 +1,13 @@
 //! What the kernel shows about mounts and block devices, read in one place:
 //! [`mountinfo`] parses `/proc/self/mountinfo` (and asks `statx` for mount
 //! ids where that answers the question without parsing), [`sysfs`] reads
-//! the attributes of block devices under `/sys/block` and `/sys/dev/block`.
+//! the attributes of block devices under `/sys/block` and `/sys/dev/block`,
+//! [`process`] the state of a process in `/proc/PID/stat`.
 //!
 //! The library, the command-line tool and the tests all use these, so every
 //! escape of mountinfo is undone the same way everywhere and every sysfs
 //! attribute is read with the same rules (trimmed, absent = `None`).
 
 pub mod mountinfo;
+pub mod process;
 pub mod sysfs;

@@ -41,10 +41,7 @@ use format::{Data, DeviceId, FileId, Helper, Inode, MappedId, RawPath};
 /// The start time of process `pid` (field 22 of /proc/PID/stat), which
 /// tells a reused pid apart.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: skip past it.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    crate::kernel::process::start_time(pid)
 }
 
 /// The record file of `id` in `dir`.

@@ -21,6 +21,7 @@ pub mod block;
 pub mod btrfs;
 pub mod flock;
 pub mod loop_dev;
+pub mod nbd;
 pub mod process;
 pub mod statx;
 
