@@ -121,6 +121,18 @@ macro_rules! backends {
                 }
             }
 
+            fn server(&self) -> Option<(&'static str, u32)> {
+                match self {
+                    $(AutoDevice::$kind(d) => d.server(),)*
+                }
+            }
+
+            fn kill_server(&mut self) {
+                match self {
+                    $(AutoDevice::$kind(d) => d.kill_server(),)*
+                }
+            }
+
             fn record_fields(&self) -> Vec<(&'static str, String)> {
                 match self {
                     $(AutoDevice::$kind(d) => d.record_fields(),)*

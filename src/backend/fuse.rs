@@ -132,6 +132,17 @@ impl sealed::Ops for FuseDevice {
         self.lo.core().check_image(step)
     }
 
+    fn server(&self) -> Option<(&'static str, u32)> {
+        Some((DAEMON, self.daemon.child.id()))
+    }
+
+    fn kill_server(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.daemon.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+
     fn record_fields(&self) -> Vec<(&'static str, String)> {
         self.daemon.record_fields()
     }

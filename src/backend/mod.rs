@@ -67,6 +67,18 @@ pub(crate) mod sealed {
             self.core().check_image(step)
         }
 
+        /// The process that serves the device's I/O (qemu-nbd,
+        /// qemu-storage-daemon), by program name and pid; `None` for a
+        /// device the kernel serves alone.
+        fn server(&self) -> Option<(&'static str, u32)> {
+            None
+        }
+
+        /// Kills the process that serves the device (SIGKILL), for a
+        /// teardown that cannot wait for it: whatever it has not flushed
+        /// is lost, and every request to it fails from then on.
+        fn kill_server(&mut self) {}
+
         /// What a crash-recovery record needs to find this device's helper
         /// process again.
         fn record_fields(&self) -> Vec<(&'static str, String)> {

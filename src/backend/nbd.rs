@@ -108,6 +108,16 @@ impl sealed::Ops for NbdDevice {
         self.core.check_image(step)
     }
 
+    fn server(&self) -> Option<(&'static str, u32)> {
+        self.server.child.as_ref().map(|c| (QEMU_NBD, c.id()))
+    }
+
+    fn kill_server(&mut self) {
+        if let Some(child) = self.server.child.as_mut() {
+            let _ = child.kill();
+        }
+    }
+
     fn record_fields(&self) -> Vec<(&'static str, String)> {
         self.server.record_fields()
     }

@@ -45,6 +45,37 @@ impl<B: Backend> Parts<B> {
     /// mount does.
     fn teardown(self, errors: &mut Vec<Error>) {
         let Parts { mut mount, mapped } = self;
+        let mut mapped = mapped;
+        // Flushing through a stopped server would wait in the kernel until
+        // it is continued (for ever behind a FUSE export): give it a
+        // moment, then kill it, so that every request fails and the
+        // teardown goes on, with the loss reported.
+        if server_answers(&mount, &mapped).is_err()
+            && crate::retry::poll_until(STOPPED_WAIT, || {
+                server_answers(&mount, &mapped).is_ok().then_some(())
+            })
+            .is_none()
+        {
+            if let Err(e) = server_answers(&mount, &mapped) {
+                errors.push(e);
+            }
+            let (name, pid) = mapped
+                .attached
+                .device
+                .get()
+                .server()
+                .unwrap_or(("the helper", 0));
+            warn!("teardown: killing {name} (pid {pid}), stopped for {STOPPED_WAIT:?}");
+            mapped.attached.device.get_mut().kill_server();
+            errors.push(Error::invalid(
+                Step::Unmount,
+                &mount.target,
+                format!(
+                    "{name} (pid {pid}) stayed stopped for {STOPPED_WAIT:?} and was killed so that \
+                     the teardown could go on; writes it had not flushed are lost"
+                ),
+            ));
+        }
         if let Err(e) = mount.release() {
             errors.push(e);
         }
@@ -60,6 +91,38 @@ impl<B: Backend> Parts<B> {
         drop(mount);
         mapped.close_into(errors);
     }
+}
+
+/// How long a teardown waits for a stopped server to be continued before
+/// it kills it.
+const STOPPED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An error if the process serving the device (qemu-nbd,
+/// qemu-storage-daemon) is stopped: it answers no I/O until continued, so
+/// the flush and the unmount would wait in the kernel (for ever behind a
+/// FUSE export) instead of failing.
+fn server_answers<B: Backend>(mount: &MountGuard, mapped: &Mapped<B>) -> Result<()> {
+    let Some((name, pid)) = mapped.attached.device.get().server() else {
+        return Ok(());
+    };
+    if !crate::kernel::process::stopped(pid) {
+        return Ok(());
+    }
+    warn!(
+        "unmount: {name} (pid {pid}) serving {} is stopped",
+        mount.device.display()
+    );
+    Err(Error::refused(
+        ErrorKind::Busy,
+        Step::Unmount,
+        &mount.target,
+        format!(
+            "{name} (pid {pid}), which serves {}, is stopped (SIGSTOP or a debugger) and answers \
+             no I/O, so the flush cannot reach the image: continue it (kill -CONT {pid}) and \
+             retry, or kill it (writes not flushed yet are lost)",
+            mount.device.display()
+        ),
+    ))
 }
 
 impl<B: Backend> Drop for Mounted<B> {
@@ -393,6 +456,12 @@ impl<B: Backend> Mounted<B> {
     /// back ([`UnmountError::retry`], [`UnmountError::into_parts`]);
     /// otherwise the mapping and device are released as far as possible.
     pub fn unmount(self) -> Result<Mapped<B>, UnmountError<B>> {
+        if let Err(error) = server_answers(self.mount(), self.mapped()) {
+            return Err(UnmountError {
+                error,
+                mounted: Some(Box::new(self)),
+            });
+        }
         let Parts {
             mut mount,
             mut mapped,
