@@ -191,6 +191,9 @@ pub enum ErrorKind {
     /// Not allowed: the step needs root (CAP_SYS_ADMIN), or write access
     /// to the image.
     PermissionDenied,
+    /// The caller asked the work to stop (a flag set by a signal handler,
+    /// Ctrl-C in the command-line tool) and it stopped.
+    Interrupted,
     /// Any other input this step cannot use (a mount point that is not a
     /// directory, a bad option).
     InvalidInput,
@@ -211,6 +214,7 @@ impl ErrorKind {
             ErrorKind::KernelFeatureMissing => "kernel-feature-missing",
             ErrorKind::HelperFailed => "helper-failed",
             ErrorKind::PermissionDenied => "permission-denied",
+            ErrorKind::Interrupted => "interrupted",
             ErrorKind::InvalidInput => "invalid-input",
             ErrorKind::Io => "io",
         }

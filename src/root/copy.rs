@@ -81,6 +81,9 @@ impl Root<'_> {
         dest: &Path,
         how: &NewEntry,
     ) -> Result<u64> {
+        if super::stop::asked(how.stop_flag()) {
+            return Err(super::stop::stopped(dest));
+        }
         let meta = std::fs::symlink_metadata(host)
             .map_err(|e| Error::os(Step::Access, host, "lstat", e))?;
         let mode = meta.permissions().mode() & 0o7777;
@@ -167,8 +170,24 @@ impl Root<'_> {
     /// followed). Links inside the image are copied as links; device nodes,
     /// fifos and sockets are refused. Returns the bytes copied.
     pub fn copy_out(&self, image_path: impl AsRef<Path>, host: impl AsRef<Path>) -> Result<u64> {
+        self.copy_out_until(image_path, host, None)
+    }
+
+    /// [`Root::copy_out`] that stops once `stop` is set (looked at between
+    /// entries and every 16 MiB of a file): the host file being written is
+    /// removed, and the copy fails with [`crate::ErrorKind::Interrupted`]
+    /// naming the entry it stopped at.
+    pub fn copy_out_until(
+        &self,
+        image_path: impl AsRef<Path>,
+        host: impl AsRef<Path>,
+        stop: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<u64> {
         let image_path = image_path.as_ref();
         let host = host.as_ref();
+        if super::stop::asked(stop) {
+            return Err(super::stop::stopped(image_path));
+        }
         let meta = self.symlink_metadata(image_path)?;
         if meta.is_symlink() {
             let target = self.read_link(image_path)?;
@@ -181,7 +200,7 @@ impl Root<'_> {
             let mut names = self.read_dir(image_path)?;
             names.sort();
             for name in names {
-                total += self.copy_out(image_path.join(&name), host.join(&name))?;
+                total += self.copy_out_until(image_path.join(&name), host.join(&name), stop)?;
             }
             std::fs::set_permissions(host, std::fs::Permissions::from_mode(meta.mode()))
                 .map_err(|e| Error::os(Step::Access, host, "chmod", e))?;
@@ -195,8 +214,19 @@ impl Root<'_> {
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(host)
                 .map_err(|e| Error::os(Step::Access, host, "create", e))?;
-            let n = io::copy(&mut src, &mut dst)
-                .map_err(|e| Error::os(Step::Access, host, "copy", e))?;
+            let n = match super::stop::copy(&mut src, &mut dst, stop) {
+                Ok(n) => n,
+                Err(e) => {
+                    drop(dst);
+                    // Never a half-copied file on the host.
+                    let _ = std::fs::remove_file(host);
+                    return Err(if e.kind() == io::ErrorKind::Interrupted {
+                        super::stop::stopped(image_path)
+                    } else {
+                        Error::os(Step::Access, host, "copy", e)
+                    });
+                }
+            };
             dst.set_permissions(std::fs::Permissions::from_mode(meta.mode()))
                 .map_err(|e| Error::os(Step::Access, host, "chmod", e))?;
             let _ = dst.metadata().map(|m| m.ino());

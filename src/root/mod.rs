@@ -27,6 +27,7 @@ mod label;
 mod meta;
 mod owner;
 mod read;
+mod stop;
 mod write;
 
 use std::ffi::{OsStr, OsString};

@@ -46,6 +46,7 @@ pub struct NewEntry<'a> {
     mode: Option<u32>,
     owner: Option<Ownership>,
     labels: Option<&'a Labels>,
+    stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// The kind of entry being made, for the default mode and the label lookup.
@@ -108,7 +109,22 @@ impl<'a> NewEntry<'a> {
         self.owner
     }
 
-    /// The labeller, if any.
+    /// Stops a copy ([`Root::copy_in_with`]) once `flag` is set (by a
+    /// signal handler, another thread): it is looked at between entries
+    /// and every 16 MiB of a file. The file being written is removed, never
+    /// left half-written, and the copy fails with
+    /// [`crate::ErrorKind::Interrupted`] naming the entry it stopped at.
+    pub fn stop_when(mut self, flag: &'a std::sync::atomic::AtomicBool) -> Self {
+        self.stop = Some(flag);
+        self
+    }
+
+    /// The flag of [`NewEntry::stop_when`].
+    pub fn stop_flag(&self) -> Option<&'a std::sync::atomic::AtomicBool> {
+        self.stop
+    }
+
+    /// The labeller of [`NewEntry::labels`].
     pub fn labeller(&self) -> Option<&'a Labels> {
         self.labels
     }

@@ -60,7 +60,13 @@ impl Root<'_> {
         let written = (|| {
             // For a `File` source, `std::io::copy` uses the kernel's copy
             // (`copy_file_range`, else `sendfile`).
-            let n = std::io::copy(reader, &mut file).map_err(|e| self.err(path, "write", e))?;
+            let n = super::stop::copy(reader, &mut file, how.stop_flag()).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    super::stop::stopped(path)
+                } else {
+                    self.err(path, "write", e)
+                }
+            })?;
             self.set_new_attrs(file.as_fd(), dir, name, path, EntryKind::File, how)?;
             if sync {
                 file.sync_all().map_err(|e| self.err(path, "fsync", e))?;

@@ -74,7 +74,9 @@ impl WithMounted for CopyIn {
         let root = mounted.root()?;
         // Owner from the guest's files, labels from the guest's policy.
         let guest = diskmount::guest::Guest::read(&root)?;
-        let how = guest.new_entry(&root, self.2.as_ref(), self.3)?;
+        let how = guest
+            .new_entry(&root, self.2.as_ref(), self.3)?
+            .stop_when(crate::interrupt::flag());
         // The bar counts the host files' bytes against what the image's
         // filesystem gains as the copy goes.
         let size = if progress::enabled() {
@@ -105,7 +107,9 @@ impl WithMounted for CopyOut {
             self.0.display(),
             self.1.display()
         ));
-        let n = mounted.root()?.copy_out(&self.0, &self.1)?;
+        let n = mounted
+            .root()?
+            .copy_out_until(&self.0, &self.1, Some(crate::interrupt::flag()))?;
         bar.finish_and_clear();
         Ok(n)
     }

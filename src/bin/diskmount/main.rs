@@ -8,6 +8,7 @@ mod generate;
 mod hold;
 mod inject;
 mod inspect;
+mod interrupt;
 mod json;
 mod mount;
 mod opts;
@@ -25,7 +26,7 @@ Exit status:
   2        usage error: a wrong option or value
   3        in use: the image, device or mount is used by someone else, or stayed busy
   N        run: the command's own status (128+N when a signal N killed it)
-  130/143  run: the command was interrupted by SIGINT/SIGTERM (passed on to it)";
+  130/143  interrupted by SIGINT/SIGTERM (run: passed on to its command), torn down";
 
 /// Mount virtual disk images, and always take everything down again.
 #[derive(Parser)]
@@ -117,9 +118,18 @@ fn main() -> ExitCode {
     };
     let json = cli.json;
     let cx = cli.command.context();
+    // `run` passes the signals on to its command; `hold` is killed on
+    // purpose; every other command stops and tears down.
+    let signals = match cli.command {
+        Command::Run(_) | Command::Hold(_) => Some(signals),
+        _ => {
+            interrupt::watch(signals);
+            None
+        }
+    };
     let result = match cli.command {
         Command::Inspect(a) => inspect::inspect(a, json).map(|()| ExitCode::SUCCESS),
-        Command::Run(a) => run::run(a, signals),
+        Command::Run(a) => run::run(a, signals.expect("kept for run")),
         Command::CopyIn(a) => copy::copy_in(a, json).map(|()| ExitCode::SUCCESS),
         Command::CopyOut(a) => copy::copy_out(a, json).map(|()| ExitCode::SUCCESS),
         Command::Inject(a) => inject::run(a, json).map(|()| ExitCode::SUCCESS),
@@ -134,8 +144,13 @@ fn main() -> ExitCode {
         }
         Command::Generate(a) => generate::run(a, Cli::command()).map(|()| ExitCode::SUCCESS),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => ExitCode::from(failure::report(&*e, &cx, json)),
+    };
+    match interrupt::received() {
+        // Interrupted, and torn down by now: the shell's convention.
+        Some(signo) => ExitCode::from(128u8.wrapping_add(signo as u8)),
+        None => code,
     }
 }

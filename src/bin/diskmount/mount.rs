@@ -81,6 +81,8 @@ fn mount_with<B: Backend>(args: &MountArgs, as_json: bool) -> Result<(), Error> 
     let partition = mounted.mapped().partition();
     let fstype = mounted.fstype().to_string();
     let read_only = mounted.is_read_only();
+    // A stop signal before the mount is left: take it down again.
+    crate::interrupt::check("mount")?;
     let path = mounted.persist()?;
     if !as_json {
         println!("{} mounted on {}", device.display(), path.display());
