@@ -51,15 +51,18 @@ impl<B: Backend> Attached<B> {
         self.device.get_mut().check(Step::Map)?;
         let device = self.device.core();
         let chosen = match partition {
-            Partition::Whole => None,
+            Partition::Whole | Partition::LogicalVolume { .. } => None,
             ref wanted => {
                 let table = partition::read_table(device.file(), device.path(), device.size)?;
                 partition::select(device.file(), device.path(), table.as_ref(), wanted)?
             }
         };
-        let part = match &chosen {
-            None => mapping::whole(device)?,
-            Some(p) => mapping::map(device, p, options.strategy)?,
+        let part = match (&partition, &chosen) {
+            (Partition::LogicalVolume { vg, lv }, _) => {
+                mapping::logical_volume(device, vg, lv, options.strategy)?
+            }
+            (_, None) => mapping::whole(device)?,
+            (_, Some(p)) => mapping::map(device, p, options.strategy)?,
         };
         debug!(
             "map: {} is {} ({})",
@@ -96,19 +99,30 @@ impl<B: Backend> Mapped<B> {
         }
     }
 
-    /// The partition's block device, e.g. `/dev/loop3` or `/dev/loop3p2`.
+    /// The partition's block device, e.g. `/dev/loop3` or `/dev/loop3p2`;
+    /// for a logical volume its own device (an offset loop device
+    /// `/dev/loop5`, or `/dev/mapper/diskmount-loop3-rl-root`).
     pub fn device(&self) -> &Path {
         &self.part.path
     }
 
-    /// The partition number, `None` for the whole device.
+    /// The partition number, `None` for the whole device and for a logical
+    /// volume (see [`Mapped::logical_volume`]).
     pub fn partition(&self) -> Option<u32> {
         self.part.number
     }
 
-    /// The chosen partition's table entry, `None` for the whole device.
+    /// The chosen partition's table entry, `None` for the whole device and
+    /// for a logical volume (which may span several partitions: see
+    /// [`Mapped::logical_volume`]).
     pub fn partition_info(&self) -> Option<&PartitionInfo> {
         self.info.as_ref()
+    }
+
+    /// The logical volume mapped ([`Partition::LogicalVolume`]): its VG,
+    /// size, segments and where its pieces lie; `None` otherwise.
+    pub fn logical_volume(&self) -> Option<&crate::mapping::LogicalVolumeInfo> {
+        self.part.volume.as_ref()
     }
 
     /// How the partition got its device.

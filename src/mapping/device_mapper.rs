@@ -45,14 +45,6 @@ pub(crate) fn create(device: &Core, part: &PartitionInfo) -> Result<MappedPart> 
         Error::invalid(Step::Map, device.path(), "cannot find the device in sysfs")
     })?;
     let name = format!("{disk}p{}", part.number);
-    let path = PathBuf::from("/dev/mapper").join(&name);
-    if path.exists() {
-        return Err(Error::invalid(
-            Step::Map,
-            &path,
-            "exists already (left over by an earlier run? `diskmount cleanup` or `dmsetup remove`)",
-        ));
-    }
     let table = format!(
         "0 {} linear {}:{} {}",
         part.size / 512,
@@ -60,15 +52,59 @@ pub(crate) fn create(device: &Core, part: &PartitionInfo) -> Result<MappedPart> 
         nix::sys::stat::minor(device.rdev),
         part.start / 512
     );
+    let (path, file) = create_target(device, &name, &[table])?;
+    Ok(MappedPart::new(
+        path,
+        Some(part),
+        Mapping::DeviceMapper,
+        device,
+        file,
+        Undo::RemoveDm { name },
+    ))
+}
+
+/// Creates target `name` with `table` (one line per target, over
+/// `device`), waits for its node and opens it as `device` is open; checks
+/// it is the target just made. On failure, the target is removed again.
+pub(super) fn create_target(
+    device: &Core,
+    name: &str,
+    table: &[String],
+) -> Result<(PathBuf, std::fs::File)> {
+    let path = PathBuf::from("/dev/mapper").join(name);
+    if path.exists() {
+        return Err(Error::invalid(
+            Step::Map,
+            &path,
+            "exists already (left over by an earlier run? `diskmount cleanup` or `dmsetup remove`)",
+        ));
+    }
     let mut cmd = Command::new("dmsetup");
     // --noudevsync: without udev (containers, initramfs, the test VM),
     // dmsetup would wait for a udev cookie nobody releases; the node is
     // waited for (or made with `mknodes`) below instead.
-    cmd.args(["create", "--noudevsync", &name, "--table", &table]);
+    cmd.args(["create", "--noudevsync", name]);
+    // One line goes on the command line; several in a file (`--table`
+    // splits lines badly in some dmsetup versions).
+    let table_file = match table {
+        [one] => {
+            cmd.args(["--table", one]);
+            None
+        }
+        lines => {
+            let mut f = tempfile::NamedTempFile::new()
+                .map_err(|e| Error::os(Step::Map, &path, "create table file", e))?;
+            std::io::Write::write_all(&mut f, (lines.join("\n") + "\n").as_bytes())
+                .map_err(|e| Error::os(Step::Map, &path, "write table file", e))?;
+            cmd.arg(f.path());
+            Some(f)
+        }
+    };
     if device.read_only {
         cmd.arg("--readonly");
     }
     run(Step::Map, device.path(), &mut cmd)?;
+    drop(table_file);
     let opened = (|| {
         // With udev the node appears asynchronously; without it, nobody
         // makes it but `dmsetup mknodes`.
@@ -76,7 +112,7 @@ pub(crate) fn create(device: &Core, part: &PartitionInfo) -> Result<MappedPart> 
             run(
                 Step::Map,
                 &path,
-                Command::new("dmsetup").args(["mknodes", &name]),
+                Command::new("dmsetup").args(["mknodes", name]),
             )?;
         }
         if !wait_for_node(&path, None, Duration::from_secs(5)) {
@@ -106,16 +142,9 @@ pub(crate) fn create(device: &Core, part: &PartitionInfo) -> Result<MappedPart> 
         Ok(file)
     })();
     match opened {
-        Ok(file) => Ok(MappedPart::new(
-            path,
-            Some(part),
-            Mapping::DeviceMapper,
-            device,
-            file,
-            Undo::RemoveDm { name },
-        )),
+        Ok(file) => Ok((path, file)),
         Err(e) => {
-            if let Err(rm) = remove(&name, &path) {
+            if let Err(rm) = remove(name, &path) {
                 log::warn!("map: removing {name} after a failed map: {rm}");
             }
             Err(e)

@@ -8,6 +8,10 @@
 //! | [`MapStrategy::DeviceMapper`] | `device_mapper.rs` | kernels with device-mapper (as kpartx does it) | `dmsetup remove` by device name |
 //! | [`MapStrategy::OffsetLoop`] | `offset_loop.rs` | any kernel with loop devices | `LOOP_CLR_FD` |
 //!
+//! An LVM2 logical volume ([`crate::Partition::LogicalVolume`]) is mapped
+//! by `logical_volume.rs`, with a device-mapper target of its own or an
+//! offset loop device (see there).
+//!
 //! [`MapStrategy::Auto`] tries them in that order. No strategy sleeps for a
 //! fixed time: BLKPG and loop answer synchronously; where a node appears
 //! asynchronously (udev), the wait is a bounded poll.
@@ -15,6 +19,7 @@
 mod blkpg;
 mod device_mapper;
 mod kernel_node;
+mod logical_volume;
 mod offset_loop;
 
 use std::fs::{File, OpenOptions};
@@ -29,6 +34,9 @@ use crate::backend::Core;
 use crate::error::{Error, ErrorKind, Result, Step};
 use crate::partition::PartitionInfo;
 use crate::retry::poll_until;
+
+pub use logical_volume::LogicalVolumeInfo;
+pub(crate) use logical_volume::map as logical_volume;
 
 /// Which way to give a partition its device ([`MapOptions::strategy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -113,6 +121,8 @@ pub(crate) struct MappedPart {
     read_only: bool,
     /// The open partition device and what to undo; `None` once released.
     held: Option<(File, Undo)>,
+    /// The logical volume this device is, if it is one.
+    pub(crate) volume: Option<LogicalVolumeInfo>,
 }
 
 impl MappedPart {
@@ -131,6 +141,7 @@ impl MappedPart {
             parent: device.path().to_path_buf(),
             read_only: device.read_only,
             held: Some((file, undo)),
+            volume: None,
         }
     }
 

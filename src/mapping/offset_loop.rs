@@ -12,6 +12,17 @@ use crate::options::AttachOptions;
 use crate::partition::PartitionInfo;
 
 pub(crate) fn attach(device: &Core, part: &PartitionInfo) -> Result<MappedPart> {
+    attach_range(device, part.start, part.size, Some(part))
+}
+
+/// A loop device over bytes `start..start + size` of `device` (a
+/// partition's, `part`, or a logical volume's, `None`).
+pub(crate) fn attach_range(
+    device: &Core,
+    start: u64,
+    size: u64,
+    part: Option<&PartitionInfo>,
+) -> Result<MappedPart> {
     // Over the image file itself where there is one (no loop over loop),
     // else over the attached device.
     let backing = device.backing().unwrap_or(device.file());
@@ -21,8 +32,8 @@ pub(crate) fn attach(device: &Core, part: &PartitionInfo) -> Result<MappedPart> 
         device.read_only,
         &AttachOptions::default(),
         device.path(),
-        part.start,
-        part.size,
+        start,
+        size,
     )?;
     let path = PathBuf::from(format!("/dev/loop{nr}"));
     let backing = device
@@ -32,7 +43,7 @@ pub(crate) fn attach(device: &Core, part: &PartitionInfo) -> Result<MappedPart> 
         .map_err(|e| Error::os(Step::Map, device.path(), "dup image", e))?;
     Ok(MappedPart::new(
         path,
-        Some(part),
+        part,
         Mapping::OffsetLoop,
         device,
         file,

@@ -108,10 +108,18 @@ pub fn select<R: ReadAt + ?Sized>(
         (Partition::Label(label), Some(t)) => by_label(device, path, t, label),
         (Partition::Auto, None) => Ok(None),
         (Partition::Auto, Some(t)) => auto(device, path, t),
-        (Partition::Os | Partition::LogicalVolume { .. }, _) => Err(Error::invalid(
+        (Partition::Os, _) => Err(Error::invalid(
             Step::Map,
             path,
             format!("{wanted} is not supported yet"),
+        )),
+        (Partition::LogicalVolume { .. }, _) => Err(Error::invalid(
+            Step::Map,
+            path,
+            format!(
+                "{wanted} is not a partition of the table: Attached::map maps it \
+                 (crate::volume::candidates lists the logical volumes)"
+            ),
         )),
     }
 }

@@ -1,8 +1,9 @@
 //! LVM2 read from the disk by our own bounded parsers: the label that
 //! makes a partition or a whole disk a physical volume ([`label`]), its
 //! metadata areas ([`mda`]), the volume group's text metadata
-//! ([`metadata`], in the syntax of [`config`]), and the plan that gives a
-//! logical volume a device ([`plan`]).
+//! ([`metadata`], in the syntax of [`config`]), the plan that gives a
+//! logical volume a device ([`plan`]), and the search of a whole disk for
+//! its PVs and VGs ([`discover`]).
 //!
 //! No crate on crates.io parses LVM2 well enough for us (`lvm2` 0.0.3 and
 //! its fork `lamlvm` are single-PV readers without bounds; `exhume_lvm` is
@@ -25,11 +26,13 @@ use crate::error::{Error, Result, Step};
 
 pub mod config;
 mod crc;
+pub mod discover;
 pub mod label;
 pub mod mda;
 pub mod metadata;
 pub mod plan;
 
+pub use discover::{Discovery, FoundPv, FoundVg, Placed, discover};
 pub use label::{Area, Label};
 pub use metadata::{Lv, Pv, Segment, SegmentKind, VolumeGroup};
 pub use plan::{Piece, Plan, dm_table};
