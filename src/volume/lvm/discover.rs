@@ -250,12 +250,12 @@ impl FoundVg<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::metadata::tests::SAMPLE;
     use super::*;
 
     /// A disk whose whole is the sample PV (as in the parent's tests).
-    fn disk() -> Vec<u8> {
+    pub(crate) fn disk() -> Vec<u8> {
         let mut img = vec![0u8; 130 << 20];
         img[512..1024].copy_from_slice(&super::super::label::tests::label(
             1,

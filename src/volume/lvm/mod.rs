@@ -31,11 +31,13 @@ pub mod label;
 pub mod mda;
 pub mod metadata;
 pub mod plan;
+mod reader;
 
 pub use discover::{Discovery, FoundPv, FoundVg, Placed, discover};
 pub use label::{Area, Label};
 pub use metadata::{Lv, Pv, Segment, SegmentKind, VolumeGroup};
 pub use plan::{Piece, Plan, dm_table};
+pub use reader::LvReader;
 
 /// The unit of LVM2's on-disk offsets.
 pub(crate) const SECTOR: u64 = 512;
