@@ -681,3 +681,217 @@ fn add_lvs(text: &str, lvs: &[LvDef]) -> String {
     out.replace_range(seq_at..seq_end, &(seqno + 1).to_string());
     out
 }
+
+/// An image whose VG has two PVs, each a GPT partition (2 and 3; 1 is a
+/// small ext4 `boot` holding `id` = `boot`), made by LVM2's tools as
+/// [`Fixture::lvm_image`] does: VG `duo`, 4 MiB extents, `pe_start` 1 MiB.
+#[derive(Debug, Clone)]
+pub struct TwoPvImage {
+    pub path: PathBuf,
+    /// Each PV's first byte in the image.
+    pub pv_start: [u64; 2],
+    pub pe_start: u64,
+    pub extent_size: u64,
+}
+
+/// A segment of an LV on a two-PV VG: its stripes as (PV index, first PV
+/// extent) and the extents it covers per stripe.
+#[derive(Debug, Clone)]
+pub struct Seg {
+    pub stripes: Vec<(usize, u64)>,
+    pub extents: u64,
+}
+
+impl TwoPvImage {
+    /// The image byte ranges of linear segments `segs`.
+    pub fn ranges(&self, segs: &[Seg]) -> Vec<(u64, u64)> {
+        segs.iter()
+            .map(|s| {
+                assert_eq!(s.stripes.len(), 1, "linear segments only");
+                let (pv, at) = s.stripes[0];
+                (
+                    self.pv_start[pv] + self.pe_start + at * self.extent_size,
+                    s.extents * self.extent_size,
+                )
+            })
+            .collect()
+    }
+}
+
+impl Fixture {
+    /// A [`TwoPvImage`] of 96 MiB (two PVs of 40 MiB) with `lvs`: (name,
+    /// segments, ext4 files or `None` for an LV left empty). An LV with
+    /// one stripe per segment gets its ext4 written piece by piece.
+    pub fn two_pv_image(
+        &self,
+        name: &str,
+        lvs: &[(&str, Vec<Seg>, Option<Vec<(String, String)>>)],
+    ) -> TwoPvImage {
+        let img = self.blank(name, 96 << 20);
+        let script = self.path().join(format!("{name}.sfdisk"));
+        std::fs::write(
+            &script,
+            format!(
+                "label: gpt\nsize=8MiB, type=L, name=\"boot\"\n\
+                 size=40MiB, type={LINUX_LVM}\nsize=40MiB, type={LINUX_LVM}\n"
+            ),
+        )
+        .unwrap();
+        run(Command::new("sh").arg("-c").arg(format!(
+            "sfdisk -q --no-reread --no-tell-kernel {} < {}",
+            img.display(),
+            script.display()
+        )));
+        let parts = layout(&img);
+        let part = |n: u32| *parts.iter().find(|p| p.0 == n).unwrap();
+        {
+            let (_, s, l) = part(1);
+            let dev = LoopDev::attach(&img, s, l);
+            self.make_fs(
+                &dev.dev,
+                "ext4",
+                &fs_uuid(&format!("{}/{name}-boot", self.path().display())),
+                &[("id".into(), "boot".into())],
+            );
+        }
+        let sys_dir = self.lvm_sys_dir();
+        let (_, s2, l2) = part(2);
+        let (_, s3, l3) = part(3);
+        let (pe_start, extent_size) = {
+            let a = LoopDev::attach(&img, s2, l2);
+            let b = LoopDev::attach(&img, s3, l3);
+            let both = format!("{},{}", a.dev, b.dev);
+            lvm(&sys_dir, "pvcreate", &both, &["-q", &a.dev, &b.dev]);
+            lvm(
+                &sys_dir,
+                "vgcreate",
+                &both,
+                &[
+                    "-q",
+                    "--setautoactivation",
+                    "n",
+                    "-s",
+                    "4M",
+                    "duo",
+                    &a.dev,
+                    &b.dev,
+                ],
+            );
+            let backup = self.path().join(format!("{name}.vg"));
+            let backup_s = backup.to_str().unwrap();
+            lvm(
+                &sys_dir,
+                "vgcfgbackup",
+                &both,
+                &["-q", "-f", backup_s, "duo"],
+            );
+            let text = std::fs::read_to_string(&backup).unwrap();
+            // The metadata's name of each PV, by its device hint.
+            let pv_name = |dev: &str| {
+                let at = text
+                    .find(&format!("device = \"{dev}\""))
+                    .unwrap_or_else(|| panic!("{dev} not in {text}"));
+                let open = text[..at].rfind(" {").unwrap();
+                let start = text[..open].rfind(|c: char| c.is_whitespace()).unwrap() + 1;
+                text[start..open].to_string()
+            };
+            let names = [pv_name(&a.dev), pv_name(&b.dev)];
+            std::fs::write(&backup, add_raw_lvs(&text, lvs, &names)).unwrap();
+            lvm(
+                &sys_dir,
+                "vgcfgrestore",
+                &both,
+                &["-q", "-f", backup_s, "duo"],
+            );
+            let number = |s: String| -> u64 { s.trim().parse().unwrap() };
+            let q = ["--noheadings", "--nosuffix", "--units", "b", "-o"];
+            let mut pe = q.to_vec();
+            pe.extend(["pe_start", a.dev.as_str()]);
+            let mut ext = q.to_vec();
+            ext.extend(["vg_extent_size", "duo"]);
+            (
+                number(lvm(&sys_dir, "pvs", &both, &pe)),
+                number(lvm(&sys_dir, "vgs", &both, &ext)),
+            )
+        };
+        let image = TwoPvImage {
+            path: img.clone(),
+            pv_start: [s2, s3],
+            pe_start,
+            extent_size,
+        };
+        for (lv, segs, files) in lvs {
+            let Some(files) = files else { continue };
+            let ranges = image.ranges(segs);
+            let file = self.path().join(format!("{name}.{lv}.fs"));
+            let total: u64 = ranges.iter().map(|r| r.1).sum();
+            std::fs::File::create(&file)
+                .unwrap()
+                .set_len(total)
+                .unwrap();
+            let uuid = fs_uuid(&format!("{}/{name}-{lv}", self.path().display()));
+            self.make_fs(file.to_str().unwrap(), "ext4", &uuid, files);
+            let bytes = std::fs::read(&file).unwrap();
+            let out = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+            let mut from = 0usize;
+            for &(at, len) in &ranges {
+                out.write_all_at(&bytes[from..from + len as usize], at)
+                    .unwrap();
+                from += len as usize;
+            }
+            std::fs::remove_file(&file).unwrap();
+        }
+        image
+    }
+}
+
+/// [`add_lvs`] for LVs whose segments may use both PVs and be striped
+/// (`names`: the metadata names of PV 0 and 1).
+fn add_raw_lvs(
+    text: &str,
+    lvs: &[(&str, Vec<Seg>, Option<Vec<(String, String)>>)],
+    names: &[String; 2],
+) -> String {
+    let mut section = String::from("\n\tlogical_volumes {\n");
+    for (name, segs, _) in lvs {
+        section += &format!(
+            "\n\t\t{name} {{\n\t\t\tid = \"{}\"\n\t\t\tstatus = [\"READ\", \"WRITE\", \"VISIBLE\"]\n\
+             \t\t\tflags = []\n\t\t\tcreation_time = 1700000000\n\t\t\tcreation_host = \"guest\"\n\
+             \t\t\tsegment_count = {}\n",
+            lvm_uuid(name),
+            segs.len()
+        );
+        let mut start = 0;
+        for (i, s) in segs.iter().enumerate() {
+            let n = s.extents * s.stripes.len() as u64;
+            let stripes: Vec<String> = s
+                .stripes
+                .iter()
+                .map(|(pv, at)| format!("\"{}\", {at}", names[*pv]))
+                .collect();
+            let size = if s.stripes.len() > 1 {
+                "\t\t\t\tstripe_size = 128\n"
+            } else {
+                ""
+            };
+            section += &format!(
+                "\n\t\t\tsegment{} {{\n\t\t\t\tstart_extent = {start}\n\t\t\t\textent_count = {n}\n\
+                 \t\t\t\ttype = \"striped\"\n\t\t\t\tstripe_count = {}\n{size}\
+                 \t\t\t\tstripes = [\n\t\t\t\t\t{}\n\t\t\t\t]\n\t\t\t}}\n",
+                i + 1,
+                s.stripes.len(),
+                stripes.join(",\n\t\t\t\t\t")
+            );
+            start += n;
+        }
+        section += "\t\t}\n";
+    }
+    section += "\t}\n";
+    let end = text.rfind('}').expect("a VG section");
+    let mut out = format!("{}{section}{}", &text[..end], &text[end..]);
+    let seq_at = out.find("seqno = ").unwrap() + "seqno = ".len();
+    let seq_end = seq_at + out[seq_at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+    let seqno: u64 = out[seq_at..seq_end].parse().unwrap();
+    out.replace_range(seq_at..seq_end, &(seqno + 1).to_string());
+    out
+}

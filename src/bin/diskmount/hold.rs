@@ -23,15 +23,24 @@ pub struct Args {
     /// The image format.
     #[arg(long, default_value = "raw")]
     format: String,
-    /// Partition number to map (default: the whole disk).
+    /// Partition number, or lv=VG/LV, to map (default: the whole disk).
     #[arg(long)]
-    partition: Option<u32>,
+    partition: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let format: Format = args.format.parse()?;
     let image = Image::file(&args.image, format)?;
-    let partition = args.partition.map_or(Partition::Whole, Partition::Number);
+    let partition = match args.partition.as_deref() {
+        None => Partition::Whole,
+        Some(s) => match s.strip_prefix("lv=").and_then(|v| v.split_once('/')) {
+            Some((vg, lv)) => Partition::LogicalVolume {
+                vg: vg.into(),
+                lv: lv.into(),
+            },
+            None => Partition::Number(s.parse()?),
+        },
+    };
     match args.backend.as_str() {
         "loop" => hold::<Loop>(image, partition, args.state, args.mountpoint),
         "nbd" => hold::<Nbd>(image, partition, args.state, args.mountpoint),
