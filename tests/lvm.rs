@@ -461,7 +461,7 @@ fn a_killed_holder_of_a_logical_volume_is_cleaned_up() {
             "{state}: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(!common::is_mount_point(&mnt), "{state}");
+        assert!(!common::is_mount_point(&mnt), "{state}: {text}");
         assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "{state}");
         fx.assert_clean();
     }

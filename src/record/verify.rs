@@ -297,7 +297,19 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
     }
     // The mapped partition.
     let mut mapped_rdev = None;
-    if let (Some(m), Some(parent)) = (&data.mapped, device_rdev)
+    // An offset loop device (a logical volume's, a partition's) reads the
+    // image file itself: it outlives an attached loop device that cleared
+    // itself when its holder died, and is verified by its backing file.
+    let parent = device_rdev.or_else(|| {
+        data.mapped
+            .as_ref()
+            .filter(|m| {
+                m.mapping == "offset-loop"
+                    && data.device.as_ref().is_some_and(|d| d.backing.is_some())
+            })
+            .map(|_| 0)
+    });
+    if let (Some(m), Some(parent)) = (&data.mapped, parent)
         && let Some((file, meta)) = open_node(&m.path.0)
         && meta.rdev() == m.rdev
     {

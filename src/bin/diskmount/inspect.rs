@@ -52,6 +52,7 @@ struct Report {
     #[serde(rename = "partitions")]
     parts: Vec<Part>,
     fstype: Option<String>,
+    volumes: Vec<crate::inspect_volumes::Volume>,
 }
 
 fn fs_name(d: &Detected) -> Option<String> {
@@ -102,6 +103,7 @@ fn examine(device: &File, path: &Path, size: u64, format: Format) -> Result<Repo
     Ok(Report {
         format,
         virtual_size: size,
+        volumes: crate::inspect_volumes::volumes(device, path, size, table.as_ref()),
         table: table.map(|t| t.kind.as_str()),
         parts,
         fstype,
@@ -176,12 +178,16 @@ pub fn inspect(args: Args, json: bool) -> Result<(), Error> {
     if json {
         crate::json::print(&report)?;
     } else {
-        print!("{}", table(&args.image, &report));
+        print!(
+            "{}{}",
+            table(&args.image, &report),
+            crate::inspect_volumes::table(&report.volumes)
+        );
     }
     Ok(())
 }
 
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = bytes as f64;
     let mut u = 0;
