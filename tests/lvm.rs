@@ -466,3 +466,47 @@ fn a_killed_holder_of_a_logical_volume_is_cleaned_up() {
         fx.assert_clean();
     }
 }
+
+#[test]
+fn inspect_lists_the_logical_volumes() {
+    let mut fx = Fixture::new();
+    let records = fx.records();
+    let img = fx.rocky_image("rocky.img");
+    let out = diskmount(
+        &records,
+        &[os("inspect"), os("--json"), img.path.as_os_str()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vols = v["volumes"].as_array().expect("volumes");
+    let by = |name: &str| {
+        vols.iter()
+            .find(|x| x["lv"] == name)
+            .unwrap_or_else(|| panic!("{name} in {vols:?}"))
+    };
+    for (name, fs, segs) in [
+        ("root", Some("xfs"), 1),
+        ("home", Some("ext4"), 1),
+        ("swap", Some("swap area"), 1),
+        ("data", Some("ext4"), 2),
+    ] {
+        let x = by(name);
+        assert_eq!(x["vg"], "rl");
+        assert_eq!(x["size"], img.lv(name).extents() * img.extent_size);
+        assert_eq!(x["segments"], segs);
+        assert_eq!(x["fstype"].as_str(), fs, "{name}: {x}");
+        assert_eq!(x["pvs"], serde_json::json!([3]));
+    }
+    let out = diskmount(&records, &[os("inspect"), img.path.as_os_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("4 LVM logical volumes") && text.contains("rl/root"),
+        "{text}"
+    );
+    img.assert_not_active();
+    fx.assert_clean();
+}
