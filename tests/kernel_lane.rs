@@ -1085,6 +1085,212 @@ fn stuck_processes() -> Vec<u32> {
     found
 }
 
+/// The bytes of `ranges` of `img` joined into a file of `fx` (an LV made
+/// of several pieces, read independently of diskmount).
+fn joined(fx: &Fixture, img: &Path, ranges: &[(u64, u64)], name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::open(img).unwrap();
+    let out = fx.path().join(name);
+    let mut bytes = Vec::new();
+    for &(at, len) in ranges {
+        let mut buf = vec![0u8; len as usize];
+        src.read_exact_at(&mut buf, at).unwrap();
+        bytes.extend_from_slice(&buf);
+    }
+    std::fs::write(&out, bytes).unwrap();
+    out
+}
+
+/// Mounts `file` read-only with util-linux and reads `rel`.
+fn read_file_fs(fx: &Fixture, file: &Path, rel: &str) -> Option<String> {
+    let mnt = fx.tree(
+        &format!("check-{}", file.file_name().unwrap().to_string_lossy()),
+        &[],
+    );
+    run(Command::new("mount")
+        .args(["-o", "ro,loop"])
+        .arg(file)
+        .arg(&mnt));
+    let got = std::fs::read_to_string(mnt.join(rel)).ok();
+    run(Command::new("umount").arg(&mnt));
+    got
+}
+
+fn diskmount_dm_targets() -> String {
+    run(Command::new("dmsetup").args(["ls"]))
+        .lines()
+        .filter(|l| l.starts_with("diskmount-"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn lvm_lv(vg: &str, lv: &str) -> Partition {
+    Partition::LogicalVolume {
+        vg: vg.into(),
+        lv: lv.into(),
+    }
+}
+
+fn lvm_multi_segment_lv_via_device_mapper() {
+    let mut fx = Fixture::new();
+    let img = fx.rocky_image("rocky.img");
+    for (name, want) in [("data", "data"), ("root", "root")] {
+        let m = Unattached::<Loop>::new(Image::file(&img.path, Format::Raw).unwrap())
+            .attach()
+            .unwrap()
+            .map(lvm_lv("rl", name))
+            .unwrap();
+        assert_eq!(m.mapping(), Mapping::DeviceMapper, "{name}");
+        let dev = m.device().to_path_buf();
+        assert!(
+            dev.to_string_lossy()
+                .starts_with("/dev/mapper/diskmount-loop")
+                && dev.to_string_lossy().ends_with(&format!("-rl-{name}")),
+            "{}",
+            dev.display()
+        );
+        let mnt = fx.tree(&format!("mnt-{name}"), &[]);
+        let t = m.mount(&mnt, &MountOptions::default()).unwrap();
+        assert_eq!(std::fs::read_to_string(t.path().join("id")).unwrap(), want);
+        std::fs::write(t.path().join("written"), format!("dm {name}")).unwrap();
+        t.close().unwrap();
+        assert!(!dev.exists(), "{} left behind", dev.display());
+    }
+    img.assert_not_active();
+    assert_eq!(diskmount_dm_targets(), "");
+    let data = joined(&fx, &img.path, &img.lv_ranges("data"), "data.fs");
+    assert_eq!(
+        read_file_fs(&fx, &data, "written").as_deref(),
+        Some("dm data")
+    );
+    let root = joined(&fx, &img.path, &img.lv_ranges("root"), "root.fs");
+    assert_eq!(
+        read_file_fs(&fx, &root, "written").as_deref(),
+        Some("dm root")
+    );
+    let home = joined(&fx, &img.path, &img.lv_ranges("home"), "home.fs");
+    assert_eq!(read_file_fs(&fx, &home, "written"), None);
+    std::fs::remove_file(data).unwrap();
+    std::fs::remove_file(root).unwrap();
+    std::fs::remove_file(home).unwrap();
+    // Two images whose VGs have the same name, at once.
+    let a = fx.ubuntu_image("a.img");
+    let b = fx.ubuntu_image("b.img");
+    let open = |i: &Path, mnt: &str| {
+        Unattached::<Loop>::new(Image::file(i, Format::Raw).unwrap())
+            .attach()
+            .unwrap()
+            .map(lvm_lv("ubuntu-vg", "ubuntu-lv"))
+            .unwrap()
+            .mount(&fx.tree(mnt, &[]), &MountOptions::default())
+            .unwrap()
+    };
+    let ta = open(&a.path, "mnt-a");
+    let tb = open(&b.path, "mnt-b");
+    assert_ne!(ta.device(), tb.device());
+    std::fs::write(ta.path().join("which"), "a").unwrap();
+    std::fs::write(tb.path().join("which"), "b").unwrap();
+    ta.close().unwrap();
+    tb.close().unwrap();
+    assert_eq!(diskmount_dm_targets(), "");
+    for (i, want) in [(&a, "a"), (&b, "b")] {
+        let f = joined(&fx, &i.path, &i.lv_ranges("ubuntu-lv"), "u.fs");
+        assert_eq!(read_file_fs(&fx, &f, "which").as_deref(), Some(want));
+        std::fs::remove_file(f).unwrap();
+    }
+    fx.assert_clean();
+}
+
+fn lvm_vg_over_two_partitions() {
+    use common::lvm::Seg;
+    let mut fx = Fixture::new();
+    let linear = |pv, at, n| Seg {
+        stripes: vec![(pv, at)],
+        extents: n,
+    };
+    let segs = vec![linear(0, 2, 3), linear(1, 1, 3)];
+    let img = fx.two_pv_image(
+        "duo.img",
+        &[(
+            "span",
+            segs.clone(),
+            Some(vec![("id".to_string(), "span".to_string())]),
+        )],
+    );
+    let m = Unattached::<Loop>::new(Image::file(&img.path, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map(lvm_lv("duo", "span"))
+        .unwrap();
+    assert_eq!(m.mapping(), Mapping::DeviceMapper);
+    assert_eq!(m.logical_volume().unwrap().partitions, [Some(2), Some(3)]);
+    let mnt = fx.tree("mnt", &[]);
+    let t = m.mount(&mnt, &MountOptions::default()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("id")).unwrap(),
+        "span"
+    );
+    std::fs::write(t.path().join("written"), "two pvs").unwrap();
+    t.close().unwrap();
+    assert_eq!(diskmount_dm_targets(), "");
+    let f = joined(&fx, &img.path, &img.ranges(&segs), "span.fs");
+    assert_eq!(read_file_fs(&fx, &f, "written").as_deref(), Some("two pvs"));
+    std::fs::remove_file(f).unwrap();
+    fx.assert_clean();
+}
+
+fn lvm_killed_holder_dm_target_cleanup() {
+    let mut fx = Fixture::new();
+    let records = fx.records();
+    let img = fx.rocky_image("rocky.img");
+    let mnt = fx.tree("mnt", &[]);
+    for state in ["mapped", "mounted"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+            .env("DISKMOUNT_RUN_DIR", &records)
+            .args(["hold", "--state", state, "--partition", "lv=rl/data"])
+            .arg(&img.path)
+            .args((state == "mounted").then_some(&mnt))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(
+            line.starts_with("READY /dev/mapper/diskmount-"),
+            "{state}: {line:?}"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_ne!(
+            diskmount_dm_targets(),
+            "",
+            "{state}: the target went with its holder?"
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+            .env("DISKMOUNT_RUN_DIR", &records)
+            .arg("cleanup")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("0 failed"),
+            "{state}: {text}"
+        );
+        assert_eq!(diskmount_dm_targets(), "", "{state}: {text}");
+        assert!(!common::is_mount_point(&mnt), "{state}: {text}");
+        assert_eq!(
+            std::fs::read_dir(&records).unwrap().count(),
+            0,
+            "{state}: {text}"
+        );
+        fx.assert_clean();
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(RACE_CHILD) {
         return nbd_race_child(&spec);
@@ -1095,6 +1301,21 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let cases: &[Case] = &[
+        (
+            "lvm_multi_segment_lv_via_device_mapper",
+            &[Needs::DeviceMapper],
+            lvm_multi_segment_lv_via_device_mapper,
+        ),
+        (
+            "lvm_vg_over_two_partitions",
+            &[Needs::DeviceMapper],
+            lvm_vg_over_two_partitions,
+        ),
+        (
+            "lvm_killed_holder_dm_target_cleanup",
+            &[Needs::DeviceMapper],
+            lvm_killed_holder_dm_target_cleanup,
+        ),
         (
             "kernel_nodes_for_every_mbr_partition",
             &[Needs::PartitionParsers],
