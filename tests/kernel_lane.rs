@@ -1182,7 +1182,7 @@ fn lvm_multi_segment_lv_via_device_mapper() {
             .unwrap()
             .map(lvm_lv("ubuntu-vg", "ubuntu-lv"))
             .unwrap()
-            .mount(&fx.tree(mnt, &[]), &MountOptions::default())
+            .mount(fx.tree(mnt, &[]), &MountOptions::default())
             .unwrap()
     };
     let ta = open(&a.path, "mnt-a");
@@ -1259,10 +1259,7 @@ fn lvm_killed_holder_dm_target_cleanup() {
             &mut line,
         )
         .unwrap();
-        assert!(
-            line.starts_with("READY /dev/mapper/diskmount-"),
-            "{state}: {line:?}"
-        );
+        assert!(line.starts_with("READY /dev/"), "{state}: {line:?}");
         child.kill().unwrap();
         child.wait().unwrap();
         assert_ne!(

@@ -702,6 +702,10 @@ pub struct Seg {
     pub extents: u64,
 }
 
+/// An LV of a [`TwoPvImage`]: name, segments, ext4 files (`None`: left
+/// empty).
+pub type RawLv<'a> = (&'a str, Vec<Seg>, Option<Vec<(String, String)>>);
+
 impl TwoPvImage {
     /// The image byte ranges of linear segments `segs`.
     pub fn ranges(&self, segs: &[Seg]) -> Vec<(u64, u64)> {
@@ -722,11 +726,7 @@ impl Fixture {
     /// A [`TwoPvImage`] of 96 MiB (two PVs of 40 MiB) with `lvs`: (name,
     /// segments, ext4 files or `None` for an LV left empty). An LV with
     /// one stripe per segment gets its ext4 written piece by piece.
-    pub fn two_pv_image(
-        &self,
-        name: &str,
-        lvs: &[(&str, Vec<Seg>, Option<Vec<(String, String)>>)],
-    ) -> TwoPvImage {
+    pub fn two_pv_image(&self, name: &str, lvs: &[RawLv<'_>]) -> TwoPvImage {
         let img = self.blank(name, 96 << 20);
         let script = self.path().join(format!("{name}.sfdisk"));
         std::fs::write(
@@ -847,11 +847,7 @@ impl Fixture {
 
 /// [`add_lvs`] for LVs whose segments may use both PVs and be striped
 /// (`names`: the metadata names of PV 0 and 1).
-fn add_raw_lvs(
-    text: &str,
-    lvs: &[(&str, Vec<Seg>, Option<Vec<(String, String)>>)],
-    names: &[String; 2],
-) -> String {
+fn add_raw_lvs(text: &str, lvs: &[RawLv<'_>], names: &[String; 2]) -> String {
     let mut section = String::from("\n\tlogical_volumes {\n");
     for (name, segs, _) in lvs {
         section += &format!(
