@@ -438,6 +438,7 @@ fn a_killed_holder_of_a_logical_volume_is_cleaned_up() {
             .arg(&img.path)
             .args((state == "mounted").then_some(&mnt))
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -446,7 +447,14 @@ fn a_killed_holder_of_a_logical_volume_is_cleaned_up() {
             &mut line,
         )
         .unwrap();
-        assert!(line.starts_with("READY /dev/"), "{state}: {line:?}");
+        if !line.starts_with("READY /dev/") {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{state}: {line:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         // Loop devices clear themselves once the holder's descriptors

@@ -51,6 +51,23 @@ impl Drop for LoopDev {
         if !matches!(&out, Ok(o) if o.status.success()) && !std::thread::panicking() {
             panic!("losetup -d {} failed: {out:?}", self.dev);
         }
+        // A detach while someone (a parallel test's blkid, the kernel's
+        // own scan) still has the device open is deferred until they
+        // close it: wait for the binding to go, so the next attach of
+        // the image does not find it in use (bounded: 10 s).
+        let backing = format!(
+            "/sys/block/{}/loop/backing_file",
+            self.dev.trim_start_matches("/dev/")
+        );
+        for _ in 0..1000 {
+            if !Path::new(&backing).exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if !std::thread::panicking() {
+            panic!("{} still bound 10 s after losetup -d", self.dev);
+        }
     }
 }
 
