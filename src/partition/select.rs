@@ -108,7 +108,13 @@ pub fn select<R: ReadAt + ?Sized>(
         (Partition::Label(label), Some(t)) => by_label(device, path, t, label),
         (Partition::Auto, None) => Ok(None),
         (Partition::Auto, Some(t)) => auto(device, path, t),
-        (Partition::Os | Partition::LogicalVolume { .. }, _) => Err(Error::invalid(
+        (Partition::Os, _) => Err(Error::refused(
+            ErrorKind::NotFound,
+            Step::Map,
+            path,
+            "holds no guest OS root (no etc/os-release or usr/lib/os-release)",
+        )),
+        (Partition::LogicalVolume { .. }, _) => Err(Error::invalid(
             Step::Map,
             path,
             format!("{wanted} is not supported yet"),
