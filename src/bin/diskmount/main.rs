@@ -8,6 +8,7 @@ mod generate;
 mod hold;
 mod inject;
 mod inspect;
+mod inspect_os;
 mod interrupt;
 mod json;
 mod mount;
