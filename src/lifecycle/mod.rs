@@ -15,6 +15,7 @@
 
 pub(crate) mod attach;
 mod builder;
+mod inspect_os;
 pub(crate) mod map;
 pub(crate) mod mount;
 pub(crate) mod mount_os;

@@ -10,7 +10,7 @@
 //! table, gone when its descriptor closes), and read through
 //! [`crate::root::Root`], so a guest link never leads out of the image.
 //!
-//! - `inspect.rs`: finding the roots ([`Attached::inspect_os`]);
+//! - `inspect.rs`: finding the roots ([`crate::Attached::inspect_os`]);
 //! - `choose.rs`: what [`crate::Partition::Auto`] and
 //!   [`crate::Partition::Os`] make of them;
 //! - `source.rs`: which part of the image an fstab source names;
@@ -21,10 +21,8 @@ mod ids;
 mod inspect;
 pub(crate) mod source;
 
-use crate::backend::Backend;
 use crate::error::Result;
 use crate::guest::fstab;
-use crate::lifecycle::Attached;
 use crate::partition::PartitionInfo;
 
 pub(crate) use choose::{Choice, choose};
@@ -137,21 +135,11 @@ impl Found {
     }
 }
 
-impl<B: Backend> Attached<B> {
-    /// Inspects the attached image for guest operating systems: every
-    /// filesystem (on a partition, or the whole disk) and every btrfs
-    /// subvolume holding `etc/os-release` or `usr/lib/os-release`, each
-    /// read through a read-only, detached mount without journal replay.
-    /// Empty for an image without an OS. A filesystem that cannot be
-    /// mounted is passed over (logged).
-    ///
-    /// # Errors
-    /// [`crate::Step::Map`]: an unreadable or inconsistent partition table,
-    /// or a partition that could not be given a device.
-    pub fn inspect_os(&self) -> Result<Vec<OsInfo>> {
-        let device = self.device.core();
-        let table = crate::partition::read_table(device.file(), device.path(), device.size)?;
-        let report = inspect::inspect(device, table.as_ref())?;
-        Ok(report.found.into_iter().map(|f| f.info).collect())
-    }
+/// The OS roots of `device` (partitions of `table`, or the whole device).
+pub(crate) fn inspect_device(
+    device: &crate::backend::Core,
+    table: Option<&crate::partition::PartitionTable>,
+) -> Result<Vec<OsInfo>> {
+    let report = inspect::inspect(device, table)?;
+    Ok(report.found.into_iter().map(|f| f.info).collect())
 }
