@@ -130,6 +130,7 @@ mod lock;
 pub mod mapping;
 mod mount;
 pub mod options;
+pub mod os;
 pub mod partition;
 mod read_at;
 pub(crate) mod record;
@@ -150,7 +151,8 @@ pub use backend::{Auto, Backend, BackendKind, Block, Fuse, Loop, Nbd};
 pub use error::{Error, ErrorKind, Result, Step};
 pub use image::{Format, Image, ImageKind};
 pub use lifecycle::{
-    Attached, Mapped, Mount, Mounted, Unattached, UnmountError, with_mounted, with_mounted_opts,
+    Attached, Mapped, Mount, MountInfo, Mounted, Unattached, UnmountError, with_mounted,
+    with_mounted_opts,
 };
 pub use mapping::{MapOptions, MapStrategy, Mapping};
 pub use options::{AttachOptions, DEFAULT_IO_TIMEOUT, MountOptions};

@@ -94,6 +94,7 @@ pub struct MountOptions {
     pub(crate) noexec: bool,
     pub(crate) subvolume: Option<String>,
     pub(crate) unmount_retry: RetryPolicy,
+    pub(crate) exclude: Vec<std::path::PathBuf>,
 }
 
 impl Default for MountOptions {
@@ -105,6 +106,7 @@ impl Default for MountOptions {
             noexec: false,
             subvolume: None,
             unmount_retry: RetryPolicy::UNMOUNT,
+            exclude: Vec::new(),
         }
     }
 }
@@ -177,6 +179,18 @@ impl MountOptions {
     /// The bound on retrying a busy unmount (default [`RetryPolicy::UNMOUNT`]).
     pub fn unmount_retry(mut self, policy: RetryPolicy) -> Self {
         self.unmount_retry = policy;
+        self
+    }
+
+    /// With [`crate::Partition::Os`], do not mount the guest's fstab entry
+    /// for the mount point `mount_point` (a guest path, e.g. `"/boot/efi"`;
+    /// may be given several times): for a filesystem this kernel cannot
+    /// mount (the ESP's vfat) that the guest does not mark `nofail`. An
+    /// empty read-only tmpfs is mounted there instead, so that nothing
+    /// written to that path lands in the filesystem below it (writes fail
+    /// with "read-only file system").
+    pub fn exclude(mut self, mount_point: impl Into<std::path::PathBuf>) -> Self {
+        self.exclude.push(mount_point.into());
         self
     }
 

@@ -20,6 +20,8 @@ pub struct Mapped<B: Backend> {
     pub(crate) part: MappedPart,
     info: Option<PartitionInfo>,
     pub(crate) attached: Attached<B>,
+    /// The OS root(s) found by inspection ([`Partition::Auto`], [`Partition::Os`]).
+    pub(crate) os: Option<crate::os::Choice>,
 }
 
 impl<B: Backend> std::fmt::Debug for Mapped<B> {
@@ -50,11 +52,17 @@ impl<B: Backend> Attached<B> {
         debug!("map: {} of {}", partition, self.device().display());
         self.device.get_mut().check(Step::Map)?;
         let device = self.device.core();
-        let chosen = match partition {
-            Partition::Whole | Partition::LogicalVolume { .. } => None,
+        let (chosen, os) = match partition {
+            Partition::Whole | Partition::LogicalVolume { .. } => (None, None),
             ref wanted => {
                 let table = partition::read_table(device.file(), device.path(), device.size)?;
-                partition::select(device.file(), device.path(), table.as_ref(), wanted)?
+                match crate::os::choose(device, table.as_ref(), wanted)? {
+                    Some(os) => (os.roots[0].location.part.clone(), Some(os)),
+                    None => (
+                        partition::select(device.file(), device.path(), table.as_ref(), wanted)?,
+                        None,
+                    ),
+                }
             }
         };
         let part = match (&partition, &chosen) {
@@ -81,6 +89,7 @@ impl<B: Backend> Attached<B> {
             part,
             info: chosen,
             attached,
+            os,
         })
     }
 }
@@ -96,6 +105,7 @@ impl<B: Backend> Mapped<B> {
             part,
             info,
             attached,
+            os: None,
         }
     }
 

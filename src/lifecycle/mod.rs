@@ -15,12 +15,15 @@
 
 pub(crate) mod attach;
 mod builder;
+mod inspect_os;
 pub(crate) mod map;
 pub(crate) mod mount;
+pub(crate) mod mount_os;
 mod with_mounted;
 
 pub use attach::{Attached, Unattached};
 pub use builder::Mount;
 pub use map::Mapped;
 pub use mount::{Mounted, UnmountError};
+pub use mount_os::MountInfo;
 pub use with_mounted::{with_mounted, with_mounted_opts};

@@ -32,6 +32,8 @@ pub struct Mounted<B: Backend> {
 
 /// What a [`Mounted`] owns: the mount, and the mapped partition under it.
 struct Parts<B: Backend> {
+    /// [`crate::Partition::Os`]: the fstab's mounts over `mount`.
+    tree: super::mount_os::Tree,
     mount: MountGuard,
     mapped: Mapped<B>,
 }
@@ -44,7 +46,11 @@ impl<B: Backend> Parts<B> {
     /// for `diskmount cleanup`): a loop device goes by itself once the
     /// mount does.
     fn teardown(self, errors: &mut Vec<Error>) {
-        let Parts { mut mount, mapped } = self;
+        let Parts {
+            mut tree,
+            mut mount,
+            mapped,
+        } = self;
         let mut mapped = mapped;
         // Flushing through a stopped server would wait in the kernel until
         // it is continued (for ever behind a FUSE export): give it a
@@ -75,6 +81,16 @@ impl<B: Backend> Parts<B> {
                      the teardown could go on; writes it had not flushed are lost"
                 ),
             ));
+        }
+        if !tree.release(errors) {
+            warn!(
+                "teardown: a filesystem under {} is still mounted; leaving the tree and the devices under it",
+                mount.target.display()
+            );
+            mount.mounted = false;
+            mount.root = None;
+            mapped.abandon();
+            return;
         }
         if let Err(e) = mount.release() {
             errors.push(e);
@@ -236,6 +252,20 @@ impl<B: Backend> Mapped<B> {
     pub fn mount(mut self, dir: impl AsRef<Path>, options: &MountOptions) -> Result<Mounted<B>> {
         let dir = dir.as_ref();
         let device = self.device().to_path_buf();
+        // An OS root found by inspection: its subvolume, and its fstab.
+        let os = self.os.take();
+        let found = match &os {
+            Some(choice) => Some(choice.pick(options, &device)?.clone()),
+            None => None,
+        };
+        let with_subvolume;
+        let options = match found.as_ref().and_then(|f| f.location.subvolume.clone()) {
+            Some(sv) if options.subvolume.is_none() => {
+                with_subvolume = options.clone().subvolume(sv);
+                &with_subvolume
+            }
+            _ => options,
+        };
         self.attached.device.get_mut().check(Step::Mount)?;
         let target = by_fd::resolve_mount_point(dir)?;
         let (driver, fstype) = fstype::choose(&device, self.part.file(), options)?;
@@ -271,7 +301,10 @@ impl<B: Backend> Mapped<B> {
         );
         let mut mapped = self;
         mapped.attached.record.set(Field::Mountpoint(&target));
-        Ok(Mounted::from_parts(Parts {
+        let tree_wanted = os.as_ref().is_some_and(|c| c.tree);
+        mapped.os = os;
+        let mut mounted = Mounted::from_parts(Parts {
+            tree: Default::default(),
             mount: MountGuard {
                 target,
                 device,
@@ -285,7 +318,15 @@ impl<B: Backend> Mapped<B> {
                 mounted: true,
             },
             mapped,
-        }))
+        });
+        if tree_wanted && let Some(found) = &found {
+            // On an error the partial tree, then the root, come down.
+            let tree = super::mount_os::mount_tree(&mounted, found, options)?;
+            if let Some(parts) = mounted.inner.as_mut() {
+                parts.tree = tree;
+            }
+        }
+        Ok(mounted)
     }
 }
 
@@ -310,6 +351,7 @@ impl<B: Backend> Mounted<B> {
             .map_err(|e| Error::os(Step::Unmount, &target, "stat mount point", e))?
             .dev();
         Ok(Mounted::from_parts(Parts {
+            tree: Default::default(),
             mount: MountGuard {
                 target,
                 device,
@@ -349,6 +391,28 @@ impl<B: Backend> Mounted<B> {
             ));
         }
         Ok(root)
+    }
+
+    /// Every filesystem mounted: the root first, then (with
+    /// [`crate::Partition::Os`]) each guest fstab entry in mount order,
+    /// parents before children; an excluded mount point shows as its
+    /// read-only `tmpfs`.
+    pub fn mounts(&self) -> Vec<super::mount_os::MountInfo> {
+        let m = self.mount();
+        let mut out = vec![super::mount_os::MountInfo {
+            mount_point: m.target.clone(),
+            guest_path: PathBuf::from("/"),
+            device: m.device.clone(),
+            fstype: m.fstype.clone(),
+            read_only: m.read_only,
+        }];
+        out.extend(self.parts().tree.infos());
+        out
+    }
+
+    /// The partition number of the root mount (`None`: the whole device).
+    pub(crate) fn partition_number(&self) -> Option<u32> {
+        self.mapped().partition()
     }
 
     /// The mount point.
@@ -417,6 +481,7 @@ impl<B: Backend> Mounted<B> {
     /// are refused (and torn down): their qemu process would end with this one.
     pub fn persist(self) -> Result<PathBuf> {
         let Parts {
+            mut tree,
             mut mount,
             mut mapped,
         } = self.take();
@@ -424,7 +489,11 @@ impl<B: Backend> Mounted<B> {
             let backend = mapped.backend();
             let target = mount.target.clone();
             // Torn down the ordinary way (never under a live mount).
-            drop(Mounted::from_parts(Parts { mount, mapped }));
+            drop(Mounted::from_parts(Parts {
+                tree,
+                mount,
+                mapped,
+            }));
             return Err(Error::refused(
                 ErrorKind::Unsupported,
                 Step::Mount,
@@ -435,6 +504,7 @@ impl<B: Backend> Mounted<B> {
                 ),
             ));
         }
+        tree.disarm();
         mount.mounted = false;
         mount.root = None;
         mapped.part.disarm();
@@ -463,9 +533,33 @@ impl<B: Backend> Mounted<B> {
             });
         }
         let Parts {
+            mut tree,
             mut mount,
             mut mapped,
         } = self.take();
+        let mut tree_errors = Vec::new();
+        if !tree.release(&mut tree_errors) {
+            let error = Error::collect(tree_errors)
+                .err()
+                .unwrap_or_else(|| Error::invalid(Step::Unmount, &mount.target, "still mounted"));
+            return Err(UnmountError {
+                error,
+                mounted: Some(Box::new(Mounted::from_parts(Parts {
+                    tree,
+                    mount,
+                    mapped,
+                }))),
+            });
+        }
+        drop(tree);
+        if let Err(error) = Error::collect(tree_errors) {
+            drop(mount);
+            drop(mapped);
+            return Err(UnmountError {
+                error,
+                mounted: None,
+            });
+        }
         match mount.release() {
             Ok(()) => {
                 mapped.attached.record.unset(Key::Mountpoint);
@@ -473,7 +567,11 @@ impl<B: Backend> Mounted<B> {
             }
             Err(error) if mount.is_mounted() => Err(UnmountError {
                 error,
-                mounted: Some(Box::new(Mounted::from_parts(Parts { mount, mapped }))),
+                mounted: Some(Box::new(Mounted::from_parts(Parts {
+                    tree: Default::default(),
+                    mount,
+                    mapped,
+                }))),
             }),
             Err(error) => {
                 drop(mount);

@@ -138,6 +138,68 @@ fn errno(e: rustix::io::Errno) -> Errno {
 }
 
 fn new_api(device: &Path, plan: &MountPlan, target: BorrowedFd<'_>) -> Result<File, Failed> {
+    let mnt = detached_mount(device, plan)?;
+    // Until it is moved into place the mount is attached nowhere: a
+    // failure from here on needs no unmount (closing `mnt` drops it).
+    move_mount(
+        &mnt,
+        "",
+        target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| Failed::At("move_mount", errno(e), None))?;
+    open_mount_root(&mnt)
+}
+
+/// Mounts `device` as `plan` says without attaching the mount anywhere
+/// (`fsmount` without `move_mount`): for looking inside a filesystem
+/// (OS inspection) with no mount point, nothing in the mount table, and
+/// the mount gone when the returned root directory is closed.
+///
+/// # Errors
+/// [`Step::Mount`], as [`mount`]; a kernel without the new mount API
+/// (before 5.2) is [`crate::ErrorKind::KernelFeatureMissing`].
+pub(crate) fn mount_detached(device: &Path, plan: &MountPlan) -> Result<File> {
+    let describe = plan.describe(Path::new("(detached)"));
+    debug!("mount: {}: {describe}", device.display());
+    match detached_mount(device, plan).and_then(|mnt| open_mount_root(&mnt)) {
+        Ok(root) => Ok(root),
+        Err(Failed::NoNewApi) => Err(Error::refused(
+            crate::ErrorKind::KernelFeatureMissing,
+            Step::Mount,
+            device,
+            "this kernel has no fsopen (Linux 5.2+): cannot look inside without a mount point",
+        )),
+        Err(Failed::At(op, e, kernel)) => Err(Error::os(
+            Step::Mount,
+            device,
+            format!(
+                "{describe}: {op}{}{}",
+                kernel.map(|k| format!(" ({k})")).unwrap_or_default(),
+                hint(e)
+            ),
+            e,
+        )),
+    }
+}
+
+/// A directory descriptor of the root of the mount `mnt` (from `fsmount`).
+fn open_mount_root(mnt: &OwnedFd) -> Result<File, Failed> {
+    // `mnt` is the mount's root (O_PATH); a directory descriptor of the same
+    // inode, for syncfs and path resolution, through /proc/self/fd (the
+    // descriptor already points inside the mount).
+    let root = nix::fcntl::open(
+        format!("/proc/self/fd/{}", mnt.as_raw_fd()).as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Failed::At("open the new mount's root", e, None))?;
+    Ok(File::from(root))
+}
+
+/// `fsopen` .. `fsmount`: the mount, attached nowhere yet.
+fn detached_mount(device: &Path, plan: &MountPlan) -> Result<OwnedFd, Failed> {
     let fs = match fsopen(plan.driver.as_str(), FsOpenFlags::FSOPEN_CLOEXEC) {
         Ok(fd) => fd,
         Err(e) if e == rustix::io::Errno::NOSYS => return Err(Failed::NoNewApi),
@@ -167,28 +229,7 @@ fn new_api(device: &Path, plan: &MountPlan, target: BorrowedFd<'_>) -> Result<Fi
             attrs |= attr;
         }
     }
-    let mnt =
-        fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| failed("fsmount", e))?;
-    // Until it is moved into place the mount is attached nowhere: a
-    // failure from here on needs no unmount (closing `mnt` drops it).
-    move_mount(
-        &mnt,
-        "",
-        target,
-        "",
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-    )
-    .map_err(|e| Failed::At("move_mount", errno(e), None))?;
-    // `mnt` is the mount's root (O_PATH); a directory descriptor of the same
-    // inode, for syncfs and path resolution, through /proc/self/fd (the
-    // descriptor already points inside the mount).
-    let root = nix::fcntl::open(
-        format!("/proc/self/fd/{}", mnt.as_raw_fd()).as_str(),
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Failed::At("open the new mount's root", e, None))?;
-    Ok(File::from(root))
+    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| failed("fsmount", e))
 }
 
 /// What the kernel wrote into the filesystem context `fs` about the

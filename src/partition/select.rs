@@ -108,17 +108,18 @@ pub fn select<R: ReadAt + ?Sized>(
         (Partition::Label(label), Some(t)) => by_label(device, path, t, label),
         (Partition::Auto, None) => Ok(None),
         (Partition::Auto, Some(t)) => auto(device, path, t),
-        (Partition::Os, _) => Err(Error::invalid(
+        (Partition::Os, _) => Err(Error::refused(
+            ErrorKind::NotFound,
             Step::Map,
             path,
-            format!("{wanted} is not supported yet"),
+            "holds no guest OS root (no etc/os-release or usr/lib/os-release)",
         )),
         (Partition::LogicalVolume { .. }, _) => Err(Error::invalid(
             Step::Map,
             path,
             format!(
                 "{wanted} is not a partition of the table: Attached::map maps it \
-                 (crate::volume::candidates lists the logical volumes)"
+                 (`diskmount inspect` lists the logical volumes)"
             ),
         )),
     }

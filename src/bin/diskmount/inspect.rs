@@ -53,6 +53,9 @@ struct Report {
     parts: Vec<Part>,
     fstype: Option<String>,
     volumes: Vec<crate::inspect_volumes::Volume>,
+    /// The guest operating systems (inspect_os.rs); `null` when not run
+    /// as root (looking inside needs a mount).
+    os: Option<Vec<crate::inspect_os::Os>>,
 }
 
 fn fs_name(d: &Detected) -> Option<String> {
@@ -107,6 +110,7 @@ fn examine(device: &File, path: &Path, size: u64, format: Format) -> Result<Repo
         table: table.map(|t| t.kind.as_str()),
         parts,
         fstype,
+        os: None,
     })
 }
 
@@ -147,7 +151,7 @@ pub fn inspect(args: Args, json: bool) -> Result<(), Error> {
         allow_backing_file: false,
     };
     let image: Image = opts.image(&args.image)?;
-    let report = if image.kind() == ImageKind::Block || image.format() == Format::Raw {
+    let mut report = if image.kind() == ImageKind::Block || image.format() == Format::Raw {
         // Raw bytes: read the file or device itself.
         let file = File::open(image.path())
             .map_err(|e| Failed::new("probe", image.path(), "open image", e))?;
@@ -175,6 +179,7 @@ pub fn inspect(args: Args, json: bool) -> Result<(), Error> {
         closed?;
         report?
     };
+    report.os = crate::inspect_os::find(&image)?;
     if json {
         crate::json::print(&report)?;
     } else {
@@ -183,6 +188,7 @@ pub fn inspect(args: Args, json: bool) -> Result<(), Error> {
             table(&args.image, &report),
             crate::inspect_volumes::table(&report.volumes)
         );
+        print!("{}", crate::inspect_os::lines(report.os.as_deref()));
     }
     Ok(())
 }

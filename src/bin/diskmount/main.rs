@@ -8,6 +8,7 @@ mod generate;
 mod hold;
 mod inject;
 mod inspect;
+mod inspect_os;
 mod inspect_volumes;
 mod interrupt;
 mod json;

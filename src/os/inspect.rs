@@ -1,0 +1,220 @@
+//! Finding OS roots: each filesystem of the image mounted read-only,
+//! without journal replay and detached (no mount point), then read
+//! through [`Root`].
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use log::{debug, warn};
+
+use super::{Found, Location, OsInfo, OsMountpoint};
+use crate::backend::Core;
+use crate::error::Result;
+use crate::fs::{Detected, FsType};
+use crate::guest::fstab;
+use crate::guest::os_release::{self, OsRelease};
+use crate::mapping::{self, MapStrategy};
+use crate::mount::{by_fd, plan};
+use crate::options::MountOptions;
+use crate::partition::gpt::ROOT_NATIVE;
+use crate::partition::{PartitionInfo, PartitionTable, PartitionType, find_filesystems};
+use crate::root::Root;
+
+/// The most bytes of `etc/hostname` read.
+const MAX_HOSTNAME: u64 = 4096;
+/// The most bytes of `etc/fstab` read.
+const MAX_FSTAB: u64 = 1 << 20;
+
+/// What the inspection found, and what it could not look into.
+pub(crate) struct Report {
+    pub(crate) found: Vec<Found>,
+    /// `"partition 3 (xfs): <why>"` for each filesystem that would not
+    /// mount.
+    pub(crate) failed: Vec<String>,
+}
+
+/// Inspects every filesystem of `device` (partitions of `table`, or the
+/// whole device if it has none).
+pub(crate) fn inspect(device: &Core, table: Option<&PartitionTable>) -> Result<Report> {
+    let mut report = Report {
+        found: Vec::new(),
+        failed: Vec::new(),
+    };
+    let candidates: Vec<(Option<PartitionInfo>, Detected)> = match table {
+        None => {
+            let d = crate::fs::probe(device.file()).unwrap_or(Detected::Unknown);
+            vec![(None, d)]
+        }
+        Some(t) => find_filesystems(device.file(), t)
+            .into_iter()
+            .map(|(p, d)| (Some(p), d))
+            .collect(),
+    };
+    for (part, detected) in candidates {
+        let Detected::Filesystem { fstype, .. } = detected else {
+            continue;
+        };
+        // The ESP holds no os-release, and this kernel may lack vfat.
+        if !fstype.is_allowed() || fstype == FsType::Vfat {
+            continue;
+        }
+        let place = Location {
+            part: part.clone(),
+            subvolume: None,
+        };
+        if let Err(why) = inspect_one(device, part.as_ref(), fstype, &mut report.found) {
+            let what = format!("{} ({fstype}): {why}", place.describe());
+            warn!(
+                "inspect: {}: cannot look into {what}",
+                device.path().display()
+            );
+            report.failed.push(what);
+        }
+    }
+    debug!(
+        "inspect: {}: {} OS root(s): {}",
+        device.path().display(),
+        report.found.len(),
+        report
+            .found
+            .iter()
+            .map(Found::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(report)
+}
+
+/// Mounts one filesystem detached and looks for roots in it (and in its
+/// subvolumes).
+fn inspect_one(
+    device: &Core,
+    part: Option<&PartitionInfo>,
+    fstype: FsType,
+    found: &mut Vec<Found>,
+) -> Result<()> {
+    let mut mapped = match part {
+        None => mapping::whole(device)?,
+        Some(p) => mapping::map(device, p, MapStrategy::Auto)?,
+    };
+    let result = look(&mapped.path, fstype, part, found);
+    // The detached mount is gone (its descriptors closed in `look`).
+    let released = mapped.release();
+    result.and(released)
+}
+
+fn look(
+    node: &Path,
+    fstype: FsType,
+    part: Option<&PartitionInfo>,
+    found: &mut Vec<Found>,
+) -> Result<()> {
+    let mut extra = Vec::new();
+    if fstype == FsType::Btrfs {
+        // The top level, whatever the default subvolume is.
+        extra.push("subvolid=5");
+    }
+    if fstype == FsType::Xfs {
+        // Another copy of the same image may be mounted at the same time.
+        extra.push("nouuid");
+    }
+    let mut options = MountOptions::default().read_only(true);
+    if !extra.is_empty() {
+        options = options.options(extra.join(","));
+    }
+    let plan = plan::plan(&options, fstype.driver().to_string(), Some(fstype), true);
+    let top = by_fd::mount_detached(node, &plan)?;
+    let at = format!("/proc/self/fd/{}", top.as_raw_fd());
+    let root = Root::open(&at)?;
+    let dps_root = part
+        .is_some_and(|p| matches!(&p.kind, PartitionType::Gpt { guid, .. } if guid == ROOT_NATIVE));
+    let location = |subvolume: Option<String>| Location {
+        part: part.cloned(),
+        subvolume,
+    };
+    if let Some(f) = read_os(&root, location(None), fstype, dps_root) {
+        found.push(f);
+    }
+    if fstype == FsType::Btrfs {
+        let subvolumes = crate::volume::btrfs::list_subvolumes(top.as_fd(), node)?;
+        for sv in subvolumes {
+            let name = sv.path.to_string_lossy().into_owned();
+            let Ok(dir) = root.resolve(&sv.path, false) else {
+                debug!(
+                    "inspect: {}: subvolume {name} is not reachable by path",
+                    node.display()
+                );
+                continue;
+            };
+            let Ok(sub) = Root::open(format!("/proc/self/fd/{}", dir.as_raw_fd())) else {
+                continue;
+            };
+            if let Some(f) = read_os(&sub, location(Some(name)), fstype, dps_root) {
+                found.push(f);
+            }
+        }
+    }
+    drop(root);
+    drop(top);
+    Ok(())
+}
+
+/// Reads at most `limit` bytes of the regular file `path` inside `root`;
+/// `None` if there is none (or it cannot be read).
+fn read_small(root: &Root<'_>, path: &str, limit: u64) -> Option<String> {
+    let file = match root.open_file(path) {
+        Ok(f) => f,
+        Err(e) => {
+            debug!("inspect: {path}: {e}");
+            return None;
+        }
+    };
+    let mut buf = Vec::new();
+    file.take(limit).read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The OS whose root `root` is, if it is one.
+fn read_os(root: &Root<'_>, location: Location, fstype: FsType, dps_root: bool) -> Option<Found> {
+    let limit = os_release::MAX_LEN as u64;
+    let release = read_small(root, "etc/os-release", limit)
+        .or_else(|| read_small(root, "usr/lib/os-release", limit))?;
+    let release = OsRelease::parse(&release);
+    let hostname =
+        read_small(root, "etc/hostname", MAX_HOSTNAME).and_then(|t| os_release::hostname(&t));
+    let (entries, bad) = read_small(root, "etc/fstab", MAX_FSTAB)
+        .map(|t| fstab::parse(&t))
+        .unwrap_or_default();
+    for b in &bad {
+        warn!(
+            "inspect: {}: etc/fstab line {}: {}",
+            location.describe(),
+            b.line,
+            b.reason
+        );
+    }
+    let info = OsInfo {
+        root: location.describe(),
+        partition: location.part.as_ref().map(|p| p.number),
+        subvolume: location.subvolume.clone(),
+        fstype: fstype.as_str().to_string(),
+        id: release.id().to_string(),
+        version_id: release.version_id().map(str::to_string),
+        pretty_name: release.pretty_name().to_string(),
+        hostname,
+        mountpoints: entries.iter().map(OsMountpoint::of).collect(),
+    };
+    debug!(
+        "inspect: {} holds an OS root: {} {:?}",
+        location.describe(),
+        info.id,
+        info.pretty_name
+    );
+    Some(Found {
+        location,
+        info,
+        fstab: entries,
+        dps_root,
+    })
+}

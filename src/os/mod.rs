@@ -1,0 +1,145 @@
+//! OS inspection: which filesystem of an image holds a guest operating
+//! system's root, and what that OS is (os-release, hostname, the mount
+//! points of its fstab), as libguestfs's `inspect_os` tells it, but in the
+//! host kernel.
+//!
+//! A filesystem (a partition, the whole disk, or a btrfs subvolume) holds
+//! an OS root if it has `etc/os-release` or `usr/lib/os-release`. Each
+//! candidate is mounted read-only without journal replay and *detached*
+//! (`fsmount` without `move_mount`: no mount point, nothing in the mount
+//! table, gone when its descriptor closes), and read through
+//! [`crate::root::Root`], so a guest link never leads out of the image.
+//!
+//! - `inspect.rs`: finding the roots ([`crate::Attached::inspect_os`]);
+//! - `choose.rs`: what [`crate::Partition::Auto`] and
+//!   [`crate::Partition::Os`] make of them;
+//! - `source.rs`: which part of the image an fstab source names;
+//! - `ids.rs`: filesystem UUIDs and partition UUIDs from the image's bytes.
+
+mod choose;
+mod ids;
+mod inspect;
+pub(crate) mod source;
+
+use crate::error::Result;
+use crate::guest::fstab;
+use crate::partition::PartitionInfo;
+
+pub(crate) use choose::{Choice, choose};
+
+/// A guest operating system found in an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OsInfo {
+    /// Where its root is, in words: `"partition 2"`, `"whole disk"`,
+    /// `"partition 2 subvolume root"`.
+    pub root: String,
+    /// The partition holding the root (`None`: the whole disk).
+    pub partition: Option<u32>,
+    /// The btrfs subvolume holding the root, if not the top level.
+    pub subvolume: Option<String>,
+    /// The root filesystem's type (`ext4`, `xfs`, `btrfs`, ...).
+    pub fstype: String,
+    /// os-release `ID` (`"linux"` if it has none).
+    pub id: String,
+    /// os-release `VERSION_ID`.
+    pub version_id: Option<String>,
+    /// os-release `PRETTY_NAME` (or `NAME`, or `"Linux"`).
+    pub pretty_name: String,
+    /// The first line of `etc/hostname`.
+    pub hostname: Option<String>,
+    /// The entries of its `etc/fstab`, in file order.
+    pub mountpoints: Vec<OsMountpoint>,
+}
+
+/// One entry of a guest's fstab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OsMountpoint {
+    /// The mount point as written (`/boot`, `none` for swap).
+    pub mountpoint: String,
+    /// The source as written (`UUID=...`, `/dev/mapper/rl-home`).
+    pub source: String,
+    /// The filesystem type as written.
+    pub fstype: String,
+    /// The options.
+    pub options: Vec<String>,
+    /// The fstab line number.
+    pub line: usize,
+    /// Why [`crate::Partition::Os`] does not mount it (`"swap"`,
+    /// `"noauto"`, ...), `None` if it does.
+    pub skip: Option<String>,
+}
+
+impl OsMountpoint {
+    fn of(e: &fstab::Entry) -> OsMountpoint {
+        OsMountpoint {
+            mountpoint: e.mount_point.clone(),
+            source: e.spec.clone(),
+            fstype: e.fstype.clone(),
+            options: e.options.clone(),
+            line: e.line,
+            skip: e
+                .skip()
+                .filter(|s| *s != fstab::Skip::Root)
+                .map(|s| s.as_str().to_string()),
+        }
+    }
+}
+
+/// Where a root is: a partition (or the whole disk) and a subvolume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Location {
+    pub(crate) part: Option<PartitionInfo>,
+    pub(crate) subvolume: Option<String>,
+}
+
+impl Location {
+    /// `"partition 2 subvolume root"`.
+    pub(crate) fn describe(&self) -> String {
+        let mut s = match &self.part {
+            Some(p) => format!("partition {}", p.number),
+            None => "whole disk".to_string(),
+        };
+        if let Some(sv) = &self.subvolume {
+            s.push_str(&format!(" subvolume {sv}"));
+        }
+        s
+    }
+}
+
+/// An OS root found by the inspection, with its parsed fstab.
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    pub(crate) location: Location,
+    pub(crate) info: OsInfo,
+    pub(crate) fstab: Vec<fstab::Entry>,
+    /// On a GPT partition of this architecture's DPS root type.
+    pub(crate) dps_root: bool,
+}
+
+impl Found {
+    /// `partition 2 (debian 12, "Debian GNU/Linux 12 (bookworm)")`.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} ({}{}, {:?})",
+            self.location.describe(),
+            self.info.id,
+            self.info
+                .version_id
+                .as_ref()
+                .map(|v| format!(" {v}"))
+                .unwrap_or_default(),
+            self.info.pretty_name
+        )
+    }
+}
+
+/// The OS roots of `device` (partitions of `table`, or the whole device).
+pub(crate) fn inspect_device(
+    device: &crate::backend::Core,
+    table: Option<&crate::partition::PartitionTable>,
+) -> Result<Vec<OsInfo>> {
+    let report = inspect::inspect(device, table)?;
+    Ok(report.found.into_iter().map(|f| f.info).collect())
+}
