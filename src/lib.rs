@@ -149,7 +149,7 @@ pub mod volume;
 pub use adopt::{Adopted, adopt};
 pub use backend::{Auto, Backend, BackendKind, Block, Fuse, Loop, Nbd};
 pub use error::{Error, ErrorKind, Result, Step};
-pub use image::{Format, Image, ImageKind};
+pub use image::{Format, Image, ImageKind, Location};
 pub use lifecycle::{
     Attached, Mapped, Mount, MountInfo, Mounted, Unattached, UnmountError, with_mounted,
     with_mounted_opts,
