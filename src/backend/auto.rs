@@ -43,9 +43,8 @@ impl Auto {
             (ImageKind::File, Format::Raw) => BackendKind::Loop,
             (ImageKind::File, _) if nbd::available() => BackendKind::Nbd,
             (ImageKind::File, _) => BackendKind::Fuse,
-            // Network images: qemu's protocol drivers, through nbd where
-            // the kernel has it.
-            (ImageKind::Url, _) if nbd::available() => BackendKind::Nbd,
+            // Network images: qemu's protocol drivers through a FUSE
+            // export (works on any kernel).
             (ImageKind::Url, _) => BackendKind::Fuse,
         }
     }

@@ -39,10 +39,11 @@ use nix::unistd::Pid;
 
 use super::device::{Core, Found};
 use super::r#loop::{LoopDevice, unbind_core};
+use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE};
 use super::{Backend, BackendKind, Device, sealed};
 use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
-use crate::image::Image;
+use crate::image::{Format, Image};
 use crate::kernel::{mountinfo, sysfs};
 use crate::options::AttachOptions;
 use crate::retry::RetryPolicy;
@@ -207,18 +208,40 @@ fn qemu_escape(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
 }
 
+/// What the daemon opens: a checked image file, or a network image's
+/// protocol node (with the format to put over it).
+enum Source {
+    File(super::QemuImage),
+    Url(Blockdev, Format),
+}
+
 fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
     let path = image.path();
-    let checked = super::check_qemu_image(image, Fuse::NAME)?;
-    crate::lock::check(image)?;
-    debug!(
-        "attach: {} ({}, {} bytes virtual) through {DAEMON}",
-        path.display(),
-        image.format(),
-        checked.info.virtual_size
-    );
-    let mut daemon = Daemon::start(image, &checked, options)?;
-    drop(checked);
+    let source = match image.location() {
+        Some(location) => {
+            let blockdev = Blockdev::of(location, image.is_read_only())?;
+            let format = if image.needs_format_probe() {
+                probe_url(image, &blockdev, options)?
+            } else {
+                image.format()
+            };
+            debug!("attach: {} ({format}) through {DAEMON}", path.display());
+            Source::Url(blockdev, format)
+        }
+        None => {
+            let checked = super::check_qemu_image(image, Fuse::NAME)?;
+            crate::lock::check(image)?;
+            debug!(
+                "attach: {} ({}, {} bytes virtual) through {DAEMON}",
+                path.display(),
+                image.format(),
+                checked.info.virtual_size
+            );
+            Source::File(checked)
+        }
+    };
+    let mut daemon = Daemon::start(image, &source, options, None)?;
+    drop(source);
     let export = match OpenOptions::new()
         .read(true)
         .write(!image.is_read_only())
@@ -265,6 +288,33 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
     Ok(FuseDevice { lo, daemon })
 }
 
+/// The format of a URL image, read through the protocol: a short-lived
+/// daemon exports the protocol node read-only, and the format probe and
+/// its safety rules ([`crate::format::check_file`]: a backing file or data
+/// file is refused) read the header bytes from that export.
+fn probe_url(image: &Image, blockdev: &Blockdev, options: &AttachOptions) -> Result<Format> {
+    let path = image.path();
+    let source = Source::Url(blockdev.clone(), Format::Raw);
+    let mut daemon = Daemon::start(image, &source, options, Some("diskmount-probe-"))?;
+    let probed = File::open(&daemon.export)
+        .map_err(|e| Error::os(Step::Probe, path, "open the protocol's FUSE export", e))
+        .and_then(|file| {
+            let format = crate::format::probe(&file, path)?;
+            let info = crate::format::check_file(&file, path, format, false)?;
+            crate::format::require_writable(&info, path, image.is_read_only())?;
+            Ok(format)
+        });
+    let mut errors = Vec::new();
+    daemon.stop_into(&mut errors);
+    let format = probed?;
+    Error::collect(errors)?;
+    debug!(
+        "probe: {} is {format} (read through the protocol)",
+        path.display()
+    );
+    Ok(format)
+}
+
 impl Daemon {
     /// The daemon's pid and directory, for the cleanup record.
     fn record_fields(&self) -> Vec<(&'static str, String)> {
@@ -290,32 +340,62 @@ impl Daemon {
     }
 
     /// Starts the daemon and waits until its export is live.
-    fn start(image: &Image, checked: &super::QemuImage, options: &AttachOptions) -> Result<Daemon> {
+    /// `raw_probe`: export the protocol node itself, read-only (a probe of
+    /// a URL image's header) instead of the image.
+    fn start(
+        image: &Image,
+        source: &Source,
+        options: &AttachOptions,
+        raw_probe: Option<&str>,
+    ) -> Result<Daemon> {
         let persistent = options.persistent;
         let path = image.path();
-        let dir = super::private_dir(options, "diskmount-fuse-")?;
+        let dir = match raw_probe {
+            Some(prefix) => super::private_dir(&AttachOptions::default(), prefix)?,
+            None => super::private_dir(options, "diskmount-fuse-")?,
+        };
         let export = dir.path().join("export");
         let pidfile = dir.path().join("pid");
         let log = dir.path().join("daemon.log");
         File::create(&export)
             .map_err(|e| Error::os(Step::Attach, &export, "create export file", e))?;
         let err = File::create(&log).map_err(|e| Error::os(Step::Attach, &log, "create log", e))?;
-        let ro = if image.is_read_only() { "on" } else { "off" };
-        let rw = if image.is_read_only() { "off" } else { "on" };
+        let read_only = image.is_read_only() || raw_probe.is_some();
+        let ro = if read_only { "on" } else { "off" };
+        let rw = if read_only { "off" } else { "on" };
         let mut cmd = Command::new(DAEMON);
-        cmd.arg("--blockdev")
+        let mut node = "disk0";
+        match source {
+            Source::File(checked) => {
+                cmd.arg("--blockdev")
+                    .arg(format!(
+                        "driver=file,node-name=file0,filename={},read-only={ro},locking=on",
+                        qemu_escape(&checked.filename(path))
+                    ))
+                    .arg("--blockdev")
+                    .arg(format!(
+                        "driver={},node-name=disk0,file=file0,read-only={ro}",
+                        image.format().as_str()
+                    ));
+            }
+            Source::Url(blockdev, format) => {
+                for object in &blockdev.objects {
+                    cmd.arg("--object").arg(object);
+                }
+                cmd.arg("--blockdev").arg(blockdev.json());
+                if raw_probe.is_some() {
+                    node = PROTOCOL_NODE;
+                } else {
+                    cmd.arg("--blockdev").arg(format!(
+                        "driver={},node-name=disk0,file={PROTOCOL_NODE},read-only={ro}",
+                        format.as_str()
+                    ));
+                }
+            }
+        }
+        cmd.arg("--export")
             .arg(format!(
-                "driver=file,node-name=file0,filename={},read-only={ro},locking=on",
-                qemu_escape(&checked.filename(path))
-            ))
-            .arg("--blockdev")
-            .arg(format!(
-                "driver={},node-name=disk0,file=file0,read-only={ro}",
-                image.format().as_str()
-            ))
-            .arg("--export")
-            .arg(format!(
-                "type=fuse,id=export0,node-name=disk0,mountpoint={},writable={rw},growable=off",
+                "type=fuse,id=export0,node-name={node},mountpoint={},writable={rw},growable=off",
                 qemu_escape(&export)
             ))
             .arg("--pidfile")
@@ -333,7 +413,9 @@ impl Daemon {
             )
             .map_err(|e| Error::os(Step::Attach, dir.path(), "inotify_add_watch", e))?;
         debug!("attach: run {cmd:?}");
-        checked.pass_to(&mut cmd);
+        if let Source::File(checked) = source {
+            checked.pass_to(&mut cmd);
+        }
         let spawned = if persistent {
             spawn_detached(cmd)
         } else {

@@ -24,6 +24,7 @@ pub(crate) mod device;
 pub(crate) mod fuse;
 pub(crate) mod r#loop;
 pub mod nbd;
+pub(crate) mod qemu_blockdev;
 
 pub use auto::{Auto, AutoDevice, BackendKind};
 pub use block::{Block, BlockDevice};
@@ -137,6 +138,14 @@ pub trait Device: sealed::Ops {}
 pub(crate) fn check_qemu_image(image: &Image, backend: &str) -> Result<QemuImage> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = image.path();
+    if image.kind() == crate::image::ImageKind::Url {
+        return Err(crate::error::Error::refused(
+            crate::error::ErrorKind::Unsupported,
+            crate::error::Step::Attach,
+            path,
+            format!("the {backend} backend does not take URL images yet; use the Fuse backend"),
+        ));
+    }
     if image.kind() != crate::image::ImageKind::File {
         return Err(crate::error::Error::refused(
             crate::error::ErrorKind::Unsupported,

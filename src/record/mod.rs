@@ -91,6 +91,10 @@ pub(crate) enum Key {
 
 /// The absolute, normal form of `path`, as far as it can be had.
 fn absolute(path: &Path) -> PathBuf {
+    // A URL image's name (`nbd://...`) is no host path.
+    if path.to_string_lossy().contains("://") {
+        return path.to_path_buf();
+    }
     std::fs::canonicalize(path)
         .or_else(|_| std::path::absolute(path))
         .unwrap_or_else(|_| path.to_path_buf())

@@ -5,6 +5,7 @@
 pub mod durability;
 pub mod guest;
 pub mod lvm;
+pub mod servers;
 pub mod system;
 
 #[allow(unused_imports)]

@@ -1,0 +1,229 @@
+//! Real servers on this machine's loopback for the network-image tests:
+//! qemu-nbd (TCP on 127.0.0.1 or a unix socket) and a small HTTP server
+//! with Range support. Each is stopped (and waited for) on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound, then let go for the server).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Where an NBD server listens.
+pub enum Listen {
+    Tcp(u16),
+    Unix(PathBuf),
+}
+
+/// A qemu-nbd serving one image as export `disk`.
+pub struct QemuNbd {
+    child: Option<Child>,
+    pub url: String,
+}
+
+impl QemuNbd {
+    /// Serves `image` (of `format`) read-write on `listen`, export `disk`,
+    /// many clients one after another (`--persistent`); waits until it
+    /// accepts connections.
+    pub fn start(image: &Path, format: &str, listen: Listen) -> QemuNbd {
+        let mut cmd = Command::new("qemu-nbd");
+        cmd.args(["-f", format, "-x", "disk", "--persistent", "--shared=4"]);
+        let url = match &listen {
+            Listen::Tcp(port) => {
+                cmd.args(["-b", "127.0.0.1", "-p", &port.to_string()]);
+                format!("nbd://127.0.0.1:{port}/disk")
+            }
+            Listen::Unix(path) => {
+                cmd.arg("-k").arg(path);
+                format!("nbd+unix:///disk?socket={}", path.display())
+            }
+        };
+        let child = cmd
+            .arg(image)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start qemu-nbd");
+        let server = QemuNbd {
+            child: Some(child),
+            url,
+        };
+        let start = Instant::now();
+        loop {
+            let up = match &listen {
+                Listen::Tcp(port) => TcpStream::connect(("127.0.0.1", *port)).is_ok(),
+                Listen::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+            };
+            if up {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "qemu-nbd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends `signal` (e.g. "KILL", "STOP", "CONT") to the server.
+    pub fn signal(&self, signal: &str) {
+        super::run(
+            Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(self.pid().to_string()),
+        );
+    }
+
+    /// Stops the server and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A small HTTP/1.1 server for one file, with `HEAD` and `GET` with
+/// `Range: bytes=A-B` (what qemu's curl driver asks), on 127.0.0.1. Counts
+/// the body bytes it sent.
+pub struct HttpServer {
+    pub port: u16,
+    pub sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Serves `file` as `/NAME` (its file name); anything else is 404.
+    pub fn start(file: &Path) -> HttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let name = format!("/{}", file.file_name().unwrap().to_string_lossy());
+        let file = file.to_path_buf();
+        let (s, st) = (sent.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (file, name, s) = (file.clone(), name.clone(), s.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &file, &name, &s);
+                });
+            }
+        });
+        HttpServer {
+            port,
+            sent,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(conn: TcpStream, file: &Path, name: &str, sent: &AtomicU64) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let mut range = None;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                let (a, b) = v.trim().split_once('-').unwrap_or((v.trim(), ""));
+                range = Some((a.parse::<u64>().unwrap_or(0), b.parse::<u64>().ok()));
+            }
+        }
+        if path != name {
+            out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+            continue;
+        }
+        let mut f = std::fs::File::open(file)?;
+        let size = f.metadata()?.len();
+        match (method, range) {
+            ("GET", Some((a, b))) => {
+                let b = b.unwrap_or(size - 1).min(size - 1);
+                let len = b + 1 - a;
+                write!(
+                    out,
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {len}\r\nContent-Range: bytes {a}-{b}/{size}\r\nAccept-Ranges: bytes\r\n\r\n"
+                )?;
+                f.seek(SeekFrom::Start(a))?;
+                let n = std::io::copy(&mut Read::by_ref(&mut f).take(len), &mut out)?;
+                sent.fetch_add(n, Ordering::SeqCst);
+            }
+            ("HEAD", _) => write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nAccept-Ranges: bytes\r\n\r\n"
+            )?,
+            _ => out.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")?,
+        }
+    }
+}
+
+/// Panics if a qemu helper of ours still talks to `needle` (a port or
+/// socket path in its command line), other than the server `except`.
+pub fn assert_no_client(needle: &str, except: Option<u32>) {
+    let left: Vec<_> = super::qemu_processes()
+        .into_iter()
+        .filter(|(pid, c)| Some(*pid) != except && c.contains(needle))
+        .collect();
+    assert!(left.is_empty(), "qemu helpers left: {left:?}");
+}

@@ -1,0 +1,162 @@
+//! Network images over NBD (`nbd://`, `nbd+unix://`): a real qemu-nbd on
+//! 127.0.0.1 or a unix socket, served to the Fuse backend (qemu's nbd
+//! driver under qemu-storage-daemon's FUSE export).
+
+mod common;
+
+use std::process::Command;
+
+use common::servers::{Listen, QemuNbd, assert_no_client, free_port};
+use common::{Fixture, is_mount_point, run};
+use diskmount::{Fuse, Image, ImageKind, MountOptions, Mounted, Partition, Unattached};
+
+fn mount(url: &str, dir: &std::path::Path) -> diskmount::Result<Mounted<Fuse>> {
+    let image = Image::url(url)?;
+    assert_eq!(image.kind(), ImageKind::Url);
+    Unattached::<Fuse>::new(image)
+        .attach()?
+        .map(Partition::Whole)?
+        .mount(dir, &MountOptions::default())
+}
+
+fn qcow2(fx: &Fixture, raw: &std::path::Path) -> std::path::PathBuf {
+    let out = fx.path().join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(&out));
+    out
+}
+
+/// Mounts the export, reads `id`, writes a file (copy-in), unmounts; then
+/// mounts again and reads the written file back (copy-out).
+fn round_trip(server: &QemuNbd, fx: &Fixture, needle: &str) {
+    let mnt = fx.tree("mnt", &[]);
+    let m = mount(&server.url, &mnt).unwrap();
+    assert_eq!(std::fs::read_to_string(m.path().join("id")).unwrap(), "net");
+    std::fs::write(m.path().join("copied-in"), "over nbd").unwrap();
+    m.close().unwrap();
+    assert!(!is_mount_point(&mnt));
+    assert_no_client(needle, Some(server.pid()));
+    let m = mount(&server.url, &mnt).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(m.path().join("copied-in")).unwrap(),
+        "over nbd"
+    );
+    m.close().unwrap();
+    assert_no_client(needle, Some(server.pid()));
+}
+
+#[test]
+fn raw_over_tcp_round_trip() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "net")]);
+    let port = free_port();
+    let server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    round_trip(&server, &fx, &format!("\"port\":\"{port}\""));
+    drop(server);
+    fx.assert_clean();
+}
+
+#[test]
+fn qcow2_over_a_unix_socket_round_trip_is_probed_through_the_protocol() {
+    let mut fx = Fixture::new();
+    let raw = fx.ext4("disk.img", &[("id", "net")]);
+    let img = qcow2(&fx, &raw);
+    // qemu-nbd serves the qcow2 file's bytes as they are (-f raw): the
+    // client sees a qcow2 image and must probe it through the protocol.
+    let sock = fx.path().join("nbd.sock");
+    let server = QemuNbd::start(&img, "raw", Listen::Unix(sock.clone()));
+    let image = Image::url(&server.url).unwrap().read_only(true);
+    assert!(image.needs_format_probe());
+    // Read-only: a qcow2 file on a fixed-size export cannot grow.
+    let mnt = fx.tree("mnt", &[]);
+    let m = Unattached::<Fuse>::new(image)
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(m.path().join("id")).unwrap(), "net");
+    assert!(std::fs::write(m.path().join("x"), "no").is_err());
+    m.close().unwrap();
+    assert_no_client(&sock.display().to_string(), Some(server.pid()));
+    drop(server);
+    fx.assert_clean();
+}
+
+#[test]
+fn qcow2_decoded_by_the_server() {
+    let mut fx = Fixture::new();
+    let raw = fx.ext4("disk.img", &[("id", "net")]);
+    let img = qcow2(&fx, &raw);
+    let port = free_port();
+    let server = QemuNbd::start(&img, "qcow2", Listen::Tcp(port));
+    round_trip(&server, &fx, &format!("\"port\":\"{port}\""));
+    drop(server);
+    fx.assert_clean();
+}
+
+#[test]
+fn a_backing_file_behind_the_protocol_is_refused() {
+    let mut fx = Fixture::new();
+    let raw = fx.ext4("disk.img", &[("id", "net")]);
+    let img = fx.path().join("overlay.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&raw)
+        .arg(&img));
+    let sock = fx.path().join("nbd.sock");
+    let server = QemuNbd::start(&img, "raw", Listen::Unix(sock.clone()));
+    let mnt = fx.tree("mnt", &[]);
+    let err = mount(&server.url, &mnt).err().expect("refused").to_string();
+    assert!(err.contains("backing file"), "{err}");
+    assert!(!is_mount_point(&mnt));
+    assert_no_client(&sock.display().to_string(), Some(server.pid()));
+    drop(server);
+    fx.assert_clean();
+}
+
+#[test]
+fn a_missing_export_and_an_unreachable_port_are_clear_errors() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "net")]);
+    let port = free_port();
+    let server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    let mnt = fx.tree("mnt", &[]);
+    let url = format!("nbd://127.0.0.1:{port}/nope");
+    let err = mount(&url, &mnt).err().expect("no such export").to_string();
+    assert!(err.starts_with("attach: "), "{err}");
+    assert!(err.contains(&url) && err.contains("export"), "{err}");
+    drop(server);
+    let closed = free_port();
+    let url = format!("nbd://127.0.0.1:{closed}/disk");
+    let err = mount(&url, &mnt)
+        .err()
+        .expect("nothing listens")
+        .to_string();
+    assert!(err.contains(&url) && err.contains("refused"), "{err}");
+    assert!(!is_mount_point(&mnt));
+    assert_no_client(&format!("\"port\":\"{port}\""), None);
+    assert_no_client(&format!("\"port\":\"{closed}\""), None);
+    fx.assert_clean();
+}
+
+#[test]
+fn a_server_killed_while_mounted_leaves_nothing() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "net")]);
+    let port = free_port();
+    let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    let mnt = fx.tree("mnt", &[]);
+    let m = mount(&server.url, &mnt).unwrap();
+    server.signal("KILL");
+    server.stop();
+    // Reads now fail (EIO) instead of hanging; teardown ends.
+    let _ = std::fs::read_dir(m.path()).map(|d| d.count());
+    let _ = m.close();
+    assert!(!is_mount_point(&mnt));
+    assert_no_client(&format!("\"port\":\"{port}\""), None);
+    fx.assert_clean();
+}
