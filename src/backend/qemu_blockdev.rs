@@ -52,14 +52,20 @@ impl Blockdev {
                     "reconnect-delay": 0,
                 })
             }
-            Location::Http(h) => json!({
-                "driver": if h.secure { "https" } else { "http" },
-                "url": h.to_url(),
-                "timeout": IO_TIMEOUT_SECS,
-                // Small: a probe or inspect reads kilobytes, not megabytes.
-                "readahead": 4096,
-                "sslverify": h.secure,
-            }),
+            Location::Http(h) => {
+                let mut o = json!({
+                    "driver": if h.secure { "https" } else { "http" },
+                    "url": h.to_url(),
+                    "timeout": IO_TIMEOUT_SECS,
+                    // Small: a probe or inspect reads kilobytes, not megabytes.
+                    "readahead": 4096,
+                });
+                if h.secure {
+                    // Certificates are always verified (the system's CAs).
+                    o["sslverify"] = json!(true);
+                }
+                o
+            }
             Location::Iscsi(i) => {
                 let mut o = json!({
                     "driver": "iscsi",

@@ -1,0 +1,96 @@
+//! Network images over HTTP (`http://`): a small server in the test with
+//! Range support on 127.0.0.1, served to the Fuse backend (qemu's curl
+//! driver under qemu-storage-daemon's FUSE export). Always read-only.
+
+mod common;
+
+use std::process::Command;
+
+use common::servers::{HttpServer, assert_no_client};
+use common::{Fixture, is_mount_point, run};
+use diskmount::{Format, Fuse, Image, MountOptions, Partition, Unattached};
+
+fn needle(server: &HttpServer) -> String {
+    format!("127.0.0.1:{}", server.port)
+}
+
+#[test]
+fn qcow2_over_http_mounts_read_only_and_copies_out() {
+    let mut fx = Fixture::new();
+    let raw = fx.ext4("disk.img", &[("id", "over http")]);
+    let img = fx.path().join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&img));
+    let server = HttpServer::start(&img);
+    let image = Image::url(&server.url("disk.qcow2"))
+        .unwrap()
+        .read_only(false);
+    assert!(image.is_read_only(), "http is always read-only");
+    let mnt = fx.tree("mnt", &[]);
+    let m = Unattached::<Fuse>::new(image)
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    // Copy-out.
+    assert_eq!(
+        std::fs::read_to_string(m.path().join("id")).unwrap(),
+        "over http"
+    );
+    // Writes refused.
+    assert!(std::fs::write(m.path().join("new"), "x").is_err());
+    m.close().unwrap();
+    assert!(!is_mount_point(&mnt));
+    assert_no_client(&needle(&server), None);
+    drop(server);
+    fx.assert_clean();
+}
+
+#[test]
+fn probing_a_sparse_10_gib_qcow2_reads_kilobytes() {
+    let mut fx = Fixture::new();
+    let img = fx.path().join("big.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-f", "qcow2"])
+        .arg(&img)
+        .arg("10G"));
+    let server = HttpServer::start(&img);
+    let image = Image::url(&server.url("big.qcow2")).unwrap();
+    let attached = Unattached::<Fuse>::new(image).attach().unwrap();
+    attached.close().unwrap();
+    let sent = server.bytes_sent();
+    eprintln!("bytes sent for probe + attach: {sent}");
+    assert!(sent < 4 * 1024 * 1024, "the server sent {sent} bytes");
+    assert_no_client(&needle(&server), None);
+    drop(server);
+    fx.assert_clean();
+}
+
+#[test]
+fn a_missing_file_and_a_dead_server_are_clear_errors() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "x")]);
+    let server = HttpServer::start(&img);
+    let url = server.url("nope.img");
+    let err = Unattached::<Fuse>::new(Image::url(&url).unwrap().with_format(Format::Raw))
+        .attach()
+        .err()
+        .expect("404")
+        .to_string();
+    assert!(err.starts_with("attach: ") && err.contains(&url), "{err}");
+    let port = server.port;
+    drop(server);
+    let url = format!("http://127.0.0.1:{port}/disk.img");
+    let err = Unattached::<Fuse>::new(Image::url(&url).unwrap())
+        .attach()
+        .err()
+        .expect("nothing listens")
+        .to_string();
+    assert!(err.contains(&url), "{err}");
+    assert_no_client(&format!("127.0.0.1:{port}"), None);
+    fx.assert_clean();
+}
