@@ -151,7 +151,9 @@ pub fn inspect(args: Args, json: bool) -> Result<(), Error> {
         allow_backing_file: false,
     };
     let image: Image = opts.image(&args.image)?;
-    let mut report = if image.kind() == ImageKind::Block || image.format() == Format::Raw {
+    let local = image.kind() != ImageKind::Url;
+    let mut report = if local && (image.kind() == ImageKind::Block || image.format() == Format::Raw)
+    {
         // Raw bytes: read the file or device itself.
         let file = File::open(image.path())
             .map_err(|e| Failed::new("probe", image.path(), "open image", e))?;

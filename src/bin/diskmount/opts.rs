@@ -68,6 +68,19 @@ impl Opts {
 
     /// The image, opened as the options say.
     pub fn image(&self, path: &Path) -> Result<Image, Error> {
+        // A network image by URL (rbd://, nbd://, nbd+unix://, http(s)://,
+        // iscsi://): probed through the protocol unless --format is given.
+        if let Some(url) = path.to_str().filter(|s| s.contains("://")) {
+            let mut image = Image::url(url)?;
+            if self.format != "auto" {
+                let format: Format = self
+                    .format
+                    .parse()
+                    .map_err(|e| Usage(format!("--format: {e}")))?;
+                image = image.with_format(format);
+            }
+            return Ok(image.read_only(self.read_only));
+        }
         let is_block = std::fs::metadata(path)
             .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
             .unwrap_or(false);
