@@ -78,8 +78,8 @@ fn a_missing_file_and_a_dead_server_are_clear_errors() {
     let url = server.url("nope.img");
     let err = Unattached::<Fuse>::new(Image::url(&url).unwrap().with_format(Format::Raw))
         .attach()
-        .err()
-        .expect("404")
+        .map(|_| ())
+        .expect_err("404")
         .to_string();
     assert!(err.starts_with("attach: ") && err.contains(&url), "{err}");
     let port = server.port;
@@ -87,8 +87,8 @@ fn a_missing_file_and_a_dead_server_are_clear_errors() {
     let url = format!("http://127.0.0.1:{port}/disk.img");
     let err = Unattached::<Fuse>::new(Image::url(&url).unwrap())
         .attach()
-        .err()
-        .expect("nothing listens")
+        .map(|_| ())
+        .expect_err("nothing listens")
         .to_string();
     assert!(err.contains(&url), "{err}");
     assert_no_client(&format!("127.0.0.1:{port}"), None);

@@ -116,7 +116,11 @@ impl Blockdev {
     #[allow(dead_code)] // for qemu-nbd --image-opts (the Nbd backend's URL images)
     pub(crate) fn dotted(&self, prefix: &str) -> String {
         let mut out = Vec::new();
-        flatten(&self.node, prefix, &mut out);
+        let mut node = self.node.clone();
+        if let Some(map) = node.as_object_mut() {
+            map.remove("node-name");
+        }
+        flatten(&node, prefix, &mut out);
         out.join(",")
     }
 }
@@ -134,9 +138,6 @@ fn flatten(v: &Value, prefix: &str, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
             for (k, v) in m {
-                if prefix.is_empty() && k == "node-name" {
-                    continue;
-                }
                 flatten(v, &format!("{prefix}{k}."), out);
             }
         }
