@@ -93,7 +93,7 @@ fn inspect_for_people_and_for_programs() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out).trim(),
-        "{\"format\":\"qcow2\",\"virtual_size\":67108864,\"table\":null,\"partitions\":[],\"fstype\":\"ext4\"}"
+        "{\"format\":\"qcow2\",\"virtual_size\":67108864,\"table\":null,\"partitions\":[],\"fstype\":\"ext4\",\"volumes\":[],\"os\":[]}"
     );
     fx.assert_clean();
 }
