@@ -35,6 +35,34 @@ fn the_test_cluster_serves_images_and_snapshots() {
         String::from_utf8_lossy(&right.stderr)
     );
     assert!(!Cluster::leaks_key(&String::from_utf8_lossy(&right.stdout)));
-    c.remove("cluster");
+    fx.assert_clean();
+}
+
+/// The Rbd backend on a kernel without the rbd driver (this host): a
+/// clear one-line refusal naming the URL, nothing left, no key in it; Auto
+/// then picks another backend.
+#[test]
+fn rbd_backend_without_krbd_refuses_clearly() {
+    let mut fx = Fixture::new();
+    let c = ceph::cluster();
+    let url = c.url("nokrbd", None);
+    let image = diskmount::Image::url(&url).unwrap();
+    if diskmount::backend::rbd::available() {
+        // The VM lane's kernel: kernel_lane covers krbd there.
+        assert_eq!(diskmount::Auto::choose(&image), diskmount::BackendKind::Rbd);
+        fx.assert_clean();
+        return;
+    }
+    assert_ne!(diskmount::Auto::choose(&image), diskmount::BackendKind::Rbd);
+    let e = diskmount::Unattached::<diskmount::Rbd>::new(image)
+        .attach()
+        .unwrap_err();
+    assert_eq!(e.kind(), diskmount::ErrorKind::KernelFeatureMissing, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("no rbd driver") && text.contains("rbd://"),
+        "{text}"
+    );
+    assert!(!text.contains('\n') && !Cluster::leaks_key(&text), "{text}");
     fx.assert_clean();
 }
