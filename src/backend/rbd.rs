@@ -445,3 +445,104 @@ pub(crate) fn rbd_id(name: &str) -> Option<u32> {
     }
     link.file_name()?.to_str()?.parse().ok()
 }
+
+/// The id of the qemu secret object holding the Ceph key.
+pub(crate) const QEMU_SECRET_ID: &str = "rbd-secret0";
+
+/// qemu's `rbd` protocol node (librbd, for the Fuse and Nbd backends) of
+/// `url`, and the `--object` it needs: the key, read by us from the
+/// keyring and written to `secret_dir/rbd.key` (0600, the helper's
+/// private directory) as a base64 qemu secret, so that it never appears on
+/// a command line. The node itself holds no secret and may be logged.
+///
+/// # Errors
+/// [`Step::Attach`]: the configuration or keyring cannot be read, names no
+/// monitor or holds no key for the user; the key file cannot be written.
+pub(crate) fn qemu_node(
+    url: &RbdUrl,
+    secret_dir: &Path,
+) -> Result<(serde_json::Value, Vec<String>)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let user = url.user.as_deref().unwrap_or("admin");
+    let conf_path = url
+        .conf
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONF));
+    let conf_text = ceph_conf::read_limited(&conf_path, "the Ceph configuration", Step::Attach)?;
+    let conf = ceph_conf::parse_conf(&conf_text, user, &conf_path)?;
+    let keyring = ceph_conf::keyring_path(url.keyring.as_deref(), &conf, user);
+    let key = ceph_conf::parse_key(
+        &ceph_conf::read_limited(&keyring, "the keyring", Step::Attach)?,
+        user,
+        &keyring,
+    )?;
+    let key_file = secret_dir.join("rbd.key");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&key_file)
+        .and_then(|mut f| f.write_all(key.as_bytes()))
+        .map_err(|e| Error::os(Step::Attach, &key_file, "write the Ceph key file", e))?;
+    let mut node = serde_json::json!({
+        "driver": "rbd",
+        "pool": url.pool,
+        "image": url.image,
+        "user": user,
+        "conf": conf_path,
+        "key-secret": QEMU_SECRET_ID,
+    });
+    if let Some(snap) = &url.snap {
+        node["snapshot"] = serde_json::json!(snap);
+    }
+    let object = format!(
+        "secret,id={QEMU_SECRET_ID},format=base64,file={}",
+        key_file.to_string_lossy().replace(',', ",,")
+    );
+    Ok((node, vec![object]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_node_keeps_the_key_in_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "AQAoABBrhH3FIRAAPuCllUDeuOk0s1ErdAIYBA==";
+        std::fs::write(
+            dir.path().join("ceph.conf"),
+            "[global]\nmon host = [v2:127.0.0.1:3300,v1:127.0.0.1:6789]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("k"),
+            format!("[client.bob]\n\tkey = {key}\n"),
+        )
+        .unwrap();
+        let secrets = dir.path().join("s");
+        std::fs::create_dir(&secrets).unwrap();
+        let url = format!(
+            "rbd://bob@pool/img@snap?conf={}&keyring={}",
+            dir.path().join("ceph.conf").display(),
+            dir.path().join("k").display()
+        );
+        let image = Image::url(&url).unwrap();
+        let Some(Location::Rbd(u)) = image.location() else {
+            panic!("not rbd")
+        };
+        let (node, objects) = qemu_node(u, &secrets).unwrap();
+        let text = format!("{node} {objects:?}");
+        assert!(!text.contains(&key[..20]), "{text}");
+        assert_eq!(node["driver"], "rbd");
+        assert_eq!(node["snapshot"], "snap");
+        assert_eq!(node["user"], "bob");
+        assert!(objects[0].contains("format=base64"), "{objects:?}");
+        assert_eq!(
+            std::fs::read_to_string(secrets.join("rbd.key")).unwrap(),
+            key
+        );
+    }
+}
