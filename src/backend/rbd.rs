@@ -447,6 +447,7 @@ pub(crate) fn rbd_id(name: &str) -> Option<u32> {
 }
 
 /// The id of the qemu secret object holding the Ceph key.
+#[allow(dead_code)] // used once the Fuse backend's qemu_blockdev.rs calls qemu_node
 pub(crate) const QEMU_SECRET_ID: &str = "rbd-secret0";
 
 /// qemu's `rbd` protocol node (librbd, for the Fuse and Nbd backends) of
@@ -458,6 +459,7 @@ pub(crate) const QEMU_SECRET_ID: &str = "rbd-secret0";
 /// # Errors
 /// [`Step::Attach`]: the configuration or keyring cannot be read, names no
 /// monitor or holds no key for the user; the key file cannot be written.
+#[allow(dead_code)] // called by the Fuse backend's qemu_blockdev.rs (net16) once it lands
 pub(crate) fn qemu_node(
     url: &RbdUrl,
     secret_dir: &Path,
@@ -502,6 +504,29 @@ pub(crate) fn qemu_node(
         key_file.to_string_lossy().replace(',', ",,")
     );
     Ok((node, vec![object]))
+}
+
+/// Whether rbd device `node` (`/dev/rbdN`) maps the pool, image and
+/// snapshot of the recorded image name `recorded` (its `rbd://` URL,
+/// wherever it starts in the recorded path): what cleanup checks before it
+/// unmaps.
+pub(crate) fn maps_recorded(node: &Path, recorded: &Path) -> bool {
+    let name = node.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let Some(spec) = rbd_id(name).and_then(Spec::of) else {
+        return false;
+    };
+    let text = recorded.to_string_lossy();
+    let Some(at) = text.find("rbd:/") else {
+        return false;
+    };
+    // A path made absolute keeps `rbd:/` with one slash.
+    let url = text[at..]
+        .replacen("rbd:/", "rbd://", 1)
+        .replacen("rbd:///", "rbd://", 1);
+    match Location::parse(&url) {
+        Ok(Location::Rbd(u)) => u.pool == spec.pool && u.image == spec.image && u.snap == spec.snap,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
