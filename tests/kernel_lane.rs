@@ -1107,6 +1107,76 @@ fn ids() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The environment variable that makes this binary an rbd holder child.
+const RBD_HOLD_CHILD: &str = "DISKMOUNT_LANE_RBD_HOLD";
+
+/// The holder: mounts the rbd:// URL in the variable (records in
+/// DISKMOUNT_RUN_DIR), says READY and waits to be killed.
+fn rbd_hold_child(spec: &str) {
+    let (url, mnt) = spec.split_once('\n').unwrap();
+    let run_dir = diskmount::RunDir::new(std::env::var("DISKMOUNT_RUN_DIR").unwrap());
+    let m = Unattached::<diskmount::Rbd>::with_options(
+        Image::url(url).unwrap(),
+        diskmount::AttachOptions::default().run_dir(run_dir),
+    )
+    .attach()
+    .unwrap()
+    .map(Partition::Whole)
+    .unwrap()
+    .mount(Path::new(mnt), &MountOptions::default())
+    .unwrap();
+    println!("READY {}", m.device().display());
+    std::thread::sleep(std::time::Duration::from_secs(600));
+}
+
+/// A holder of an rbd mount SIGKILLed, then `diskmount cleanup`: the mount
+/// goes, the mapping is verified (binding and pool/image) and unmapped,
+/// the record removed; no key in the output.
+fn rbd_holder_killed_then_cleanup() {
+    use common::ceph::{self, Cluster};
+    let mut fx = Fixture::new();
+    let records = fx.records();
+    let c = ceph::cluster();
+    let img = fx.ext4("hold.img", &[("id", "hold")]);
+    c.import(&img, "hold");
+    let mnt = fx.tree("mnt", &[]);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(
+            RBD_HOLD_CHILD,
+            format!("{}\n{}", c.url("hold", None), mnt.display()),
+        )
+        .env("DISKMOUNT_RUN_DIR", &records)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("READY /dev/rbd"), "{line:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(ids().len(), 1, "the killed holder's mapping is not there");
+    let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", &records)
+        .arg("cleanup")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("0 failed"), "{text}");
+    assert!(!Cluster::leaks_key(&text), "{text}");
+    assert!(!common::is_mount_point(&mnt), "{text}");
+    assert!(ids().is_empty(), "left mapped: {:?}\n{text}", ids());
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "{text}");
+    fx.assert_clean();
+}
+
 type Case = (&'static str, &'static [Needs], fn());
 
 /// The longest one case may run. The slowest takes about 40 s under the
@@ -1373,6 +1443,9 @@ fn main() {
     if let Ok(spec) = std::env::var(RACE_CHILD) {
         return nbd_race_child(&spec);
     }
+    if let Ok(spec) = std::env::var(RBD_HOLD_CHILD) {
+        return rbd_hold_child(&spec);
+    }
     let in_lane = std::env::var("DISKMOUNT_VM_LANE").as_deref() == Ok("1");
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -1398,6 +1471,11 @@ fn main() {
             "krbd_maps_mounts_writes_and_snapshots",
             &[Needs::Rbd],
             krbd_maps_mounts_writes_and_snapshots,
+        ),
+        (
+            "rbd_holder_killed_then_cleanup",
+            &[Needs::Rbd],
+            rbd_holder_killed_then_cleanup,
         ),
         (
             "kernel_nodes_for_every_mbr_partition",
