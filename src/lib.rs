@@ -147,7 +147,7 @@ mod sys;
 pub mod volume;
 
 pub use adopt::{Adopted, adopt};
-pub use backend::{Auto, Backend, BackendKind, Block, Fuse, Loop, Nbd};
+pub use backend::{Auto, Backend, BackendKind, Block, Fuse, Loop, Nbd, Rbd};
 pub use error::{Error, ErrorKind, Result, Step};
 pub use image::{Format, Image, ImageKind, Location};
 pub use lifecycle::{

@@ -13,15 +13,16 @@ use std::fmt;
 use log::info;
 
 use super::device::{Core, Found};
-use super::{Backend, Device, nbd, sealed};
-use super::{BlockDevice, FuseDevice, LoopDevice, NbdDevice};
+use super::{Backend, Device, nbd, rbd, sealed};
+use super::{BlockDevice, FuseDevice, LoopDevice, NbdDevice, RbdDevice};
 use crate::error::{Result, Step};
-use crate::image::{Format, Image, ImageKind};
+use crate::image::{Format, Image, ImageKind, Location};
 use crate::options::AttachOptions;
 
 /// Picks the backend from the image, as Nova's `instance_for_format`
 /// does: a block device → [`super::Block`]; a raw file → [`super::Loop`];
-/// any other format → [`super::Nbd`] where the kernel has nbd (the module
+/// an RBD image (raw) → [`super::Rbd`] where the kernel has rbd; any
+/// other format or URL → [`super::Nbd`] where the kernel has nbd (the module
 /// loaded or loadable), else [`super::Fuse`] (qemu-storage-daemon). The
 /// choice is logged and visible as [`crate::Attached::backend`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,8 +44,15 @@ impl Auto {
             (ImageKind::File, Format::Raw) => BackendKind::Loop,
             (ImageKind::File, _) if nbd::available() => BackendKind::Nbd,
             (ImageKind::File, _) => BackendKind::Fuse,
-            // Network images: qemu's protocol drivers through a FUSE
-            // export (works on any kernel).
+            // Network images: RBD through the kernel's rbd driver (raw
+            // images); every protocol through qemu's drivers and a FUSE
+            // export (works on any kernel; the Nbd backend does not take
+            // URLs yet).
+            (ImageKind::Url, Format::Raw)
+                if matches!(image.location(), Some(Location::Rbd(_))) && rbd::available() =>
+            {
+                BackendKind::Rbd
+            }
             (ImageKind::Url, _) => BackendKind::Fuse,
         }
     }
@@ -166,6 +174,8 @@ macro_rules! backends {
 impl Device for AutoDevice {}
 
 backends! {
+    /// The kernel's rbd driver (a Ceph RBD image as `/dev/rbdN`).
+    Rbd(RbdDevice) = "rbd",
     /// qemu-nbd and the kernel's nbd driver.
     Nbd(NbdDevice) = "nbd",
     /// qemu-storage-daemon's FUSE export of the image, under a loop device.

@@ -11,6 +11,7 @@
 //! | [`Loop`] | [`LoopDevice`] | raw image files | `LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE` | `LOOP_CLR_FD` |
 //! | [`Block`] | [`BlockDevice`] | existing block devices | open the device | close it |
 //! | [`Nbd`] | [`NbdDevice`] | any qemu format | `qemu-nbd --connect` | `qemu-nbd --disconnect` |
+//! | [`Rbd`] | [`RbdDevice`] | Ceph RBD images (`rbd://`, raw) | `/sys/bus/rbd/add_single_major` | `remove_single_major` |
 //! | [`Fuse`] | [`FuseDevice`] | any qemu format | qemu-storage-daemon's FUSE export + a loop device | both, in reverse |
 //! | [`Auto`] | [`AutoDevice`] | whatever it is given | picks one of the above at run time | as picked |
 //!
@@ -20,11 +21,13 @@
 
 mod auto;
 mod block;
+mod ceph_conf;
 pub(crate) mod device;
 pub(crate) mod fuse;
 pub(crate) mod r#loop;
 pub mod nbd;
 pub(crate) mod qemu_blockdev;
+pub mod rbd;
 
 pub use auto::{Auto, AutoDevice, BackendKind};
 pub use block::{Block, BlockDevice};
@@ -32,6 +35,7 @@ pub(crate) use device::{Core, Found, Held};
 pub use fuse::{Fuse, FuseDevice};
 pub use r#loop::{Loop, LoopDevice};
 pub use nbd::{Nbd, NbdDevice};
+pub use rbd::{Rbd, RbdDevice};
 
 use crate::error::Result;
 use crate::image::Image;

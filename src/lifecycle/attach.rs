@@ -93,7 +93,7 @@ impl<B: Backend> Unattached<B> {
 fn image_file(image: &Image, device: &Core) -> Option<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     match device.kind {
-        BackendKind::Block => None,
+        BackendKind::Block | BackendKind::Rbd => None,
         _ if image.kind() != ImageKind::File => None,
         BackendKind::Loop => device.backing()?.try_clone().ok(),
         BackendKind::Fuse | BackendKind::Nbd => {

@@ -125,7 +125,7 @@ pub(crate) struct Data {
 }
 
 /// The backends a record may name.
-const BACKENDS: [&str; 4] = ["loop", "block", "fuse", "nbd"];
+const BACKENDS: [&str; 5] = ["loop", "block", "fuse", "nbd", "rbd"];
 
 /// Whether `id` has the form `<pid>-<start>-<n>`; returns pid and start.
 pub(crate) fn parse_id(id: &str) -> Option<(u32, u64)> {

@@ -286,6 +286,23 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
                         )),
                     }
                 }
+                "rbd" => {
+                    // Ours: the same binding (disk sequence number), and the
+                    // kernel maps the recorded pool/image@snap on it.
+                    if dev.diskseq.is_some()
+                        && same_binding(dev.rdev, dev.diskseq)
+                        && crate::backend::rbd::maps_recorded(path, &data.image.path.0)
+                    {
+                        s.device = Some(path.clone());
+                        device_rdev = Some(dev.rdev);
+                    } else {
+                        s.unverified.push(format!(
+                            "{} is not the recorded rbd mapping of {} now; left alone",
+                            path.display(),
+                            data.image.path.0.display()
+                        ));
+                    }
+                }
                 _ => {
                     // Block: the image is the device; only its mount is ours.
                     if std::fs::metadata(&data.image.path.0).is_ok_and(|m| m.rdev() == dev.rdev) {

@@ -2,6 +2,7 @@
 //! the leak check every test ends with.
 #![allow(dead_code)]
 
+pub mod ceph;
 pub mod durability;
 pub mod guest;
 pub mod lvm;

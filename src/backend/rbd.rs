@@ -1,0 +1,573 @@
+//! [`Rbd`]: Ceph RBD images through the kernel's rbd driver (krbd).
+//!
+//! Attach writes one line to `/sys/bus/rbd/add_single_major`: the
+//! monitors (from the image's `ceph.conf`), the options (user, the key as
+//! `secret=`, read-only for snapshots, the request and mount timeouts), the
+//! pool, the image and the snapshot. The key is read by diskmount from the
+//! keyring file and goes only into that write: never on a command line,
+//! into a log, an error or a record. The new `/dev/rbdN` then goes on like
+//! any block device; release closes it and writes `N` to
+//! `/sys/bus/rbd/remove_single_major`, within a bound.
+//!
+//! A hung cluster cannot hang the device without end: `osd_request_timeout`
+//! fails I/O that got no answer, and `mount_timeout` bounds the map itself
+//! and the unmap's goodbye to the cluster.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use nix::libc;
+
+use super::ceph_conf::{self, DEFAULT_CONF};
+use super::device::{Core, Found, open_node};
+use super::{Backend, BackendKind, Device, sealed};
+use crate::error::{Error, ErrorKind, Result, Step};
+use crate::image::{Format, Image, ImageKind, Location, RbdUrl};
+use crate::options::AttachOptions;
+use crate::retry::poll_until;
+use crate::sys::block as blk;
+
+/// Where the kernel's rbd driver lives in sysfs.
+const BUS: &str = "/sys/bus/rbd";
+
+/// How long an rbd request may wait for the cluster before it fails, and
+/// how long mapping may wait for the monitors (seconds).
+const CLUSTER_TIMEOUT_S: u64 = 30;
+
+/// The kernel's rbd driver: RBD images (`rbd://` URLs, raw) mapped as
+/// `/dev/rbdN`; snapshots read-only. Needs a kernel with `CONFIG_BLK_DEV_RBD`
+/// (Debian's has it as a module); elsewhere use [`super::Fuse`] (librbd in
+/// qemu-storage-daemon).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rbd;
+
+impl sealed::Sealed for Rbd {}
+
+impl Backend for Rbd {
+    const NAME: &'static str = "rbd";
+    type Device = RbdDevice;
+}
+
+/// Pool, image and snapshot of a mapping, as the kernel shows them in
+/// `/sys/bus/rbd/devices/N/{pool,name,current_snap}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Spec {
+    pub(crate) pool: String,
+    pub(crate) image: String,
+    /// `None`: the image itself (the kernel shows `-`).
+    pub(crate) snap: Option<String>,
+}
+
+impl Spec {
+    /// What the kernel says device `id` maps.
+    pub(crate) fn of(id: u32) -> Option<Spec> {
+        let dir = Path::new(BUS).join("devices").join(id.to_string());
+        let read = |a: &str| {
+            std::fs::read_to_string(dir.join(a))
+                .ok()
+                .map(|s| s.trim_end_matches('\n').to_string())
+        };
+        let snap = read("current_snap")?;
+        Some(Spec {
+            pool: read("pool")?,
+            image: read("name")?,
+            snap: (snap != "-").then_some(snap),
+        })
+    }
+
+    /// The `rbd://POOL/IMAGE[@SNAP]` name of an adopted mapping.
+    fn url(&self) -> PathBuf {
+        let snap = self
+            .snap
+            .as_ref()
+            .map(|s| format!("@{s}"))
+            .unwrap_or_default();
+        PathBuf::from(format!("rbd://{}/{}{snap}", self.pool, self.image))
+    }
+}
+
+/// A mapped `/dev/rbdN`, unmapped at release.
+#[derive(Debug)]
+pub struct RbdDevice {
+    core: Core,
+    /// The kernel's device id (`N` of `/sys/bus/rbd/devices/N`).
+    id: u32,
+    spec: Spec,
+    /// Unmapped at release (false for a device another process mapped and
+    /// handed over, which [`sealed::Ops::disarm`] leaves).
+    mapped: bool,
+}
+
+impl Device for RbdDevice {}
+
+/// Whether this kernel has the rbd driver: loaded, or loadable (then it
+/// is loaded).
+pub fn available() -> bool {
+    if Path::new(BUS).join("add_single_major").exists() {
+        return true;
+    }
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dep =
+        std::fs::read_to_string(format!("/lib/modules/{release}/modules.dep")).unwrap_or_default();
+    if !dep.lines().any(|l| {
+        l.split(':')
+            .next()
+            .is_some_and(|m| m.ends_with("/rbd.ko") || m.contains("/rbd.ko."))
+    }) {
+        return false;
+    }
+    debug!("attach: loading the rbd module");
+    let loaded = crate::command::run_within(
+        Step::Attach,
+        Path::new(BUS),
+        std::process::Command::new("modprobe").arg("rbd"),
+        Duration::from_secs(10),
+    );
+    if let Err(e) = &loaded {
+        debug!("attach: {e}");
+    }
+    Path::new(BUS).join("add_single_major").exists()
+}
+
+/// The device ids the kernel has now.
+fn ids() -> Vec<u32> {
+    std::fs::read_dir(Path::new(BUS).join("devices"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a failed write to `add_single_major` means, by its errno.
+fn map_error(errno: i32, url: &RbdUrl) -> (ErrorKind, String) {
+    let what = format!(
+        "{}/{}{}",
+        url.pool,
+        url.image,
+        url.snap
+            .as_ref()
+            .map(|s| format!("@{s}"))
+            .unwrap_or_default()
+    );
+    match errno {
+        libc::ENOENT => (
+            ErrorKind::NotFound,
+            format!("the cluster has no pool, image or snapshot {what} (ENOENT)"),
+        ),
+        libc::EACCES | libc::EPERM | libc::EKEYREJECTED => (
+            ErrorKind::PermissionDenied,
+            format!(
+                "the cluster refused the key of client.{} for {what}",
+                url.user.as_deref().unwrap_or("admin")
+            ),
+        ),
+        libc::ETIMEDOUT | libc::EIO => (
+            ErrorKind::Io,
+            format!(
+                "no answer from the cluster's monitors within {CLUSTER_TIMEOUT_S} s for {what}"
+            ),
+        ),
+        e => (
+            ErrorKind::Io,
+            format!(
+                "the kernel's rbd driver did not map {what}: {}",
+                std::io::Error::from_raw_os_error(e)
+            ),
+        ),
+    }
+}
+
+fn attach(image: &Image, _options: &AttachOptions) -> Result<RbdDevice> {
+    let path = image.path();
+    let url = match (image.kind(), image.location()) {
+        (ImageKind::Url, Some(Location::Rbd(url))) => url,
+        _ => {
+            return Err(Error::refused(
+                ErrorKind::Unsupported,
+                Step::Attach,
+                path,
+                "the rbd backend maps Ceph RBD images (rbd:// URLs)",
+            ));
+        }
+    };
+    if image.format() != Format::Raw {
+        return Err(Error::refused(
+            ErrorKind::Unsupported,
+            Step::Attach,
+            path,
+            format!(
+                "the kernel's rbd driver serves raw images; a {} image on RBD needs the Fuse \
+                 or Nbd backend",
+                image.format()
+            ),
+        ));
+    }
+    if !available() {
+        return Err(Error::refused(
+            ErrorKind::KernelFeatureMissing,
+            Step::Attach,
+            path,
+            "this kernel has no rbd driver (CONFIG_BLK_DEV_RBD); use the Fuse backend (librbd)",
+        ));
+    }
+    let user = url.user.as_deref().unwrap_or("admin");
+    let conf_path = url
+        .conf
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONF));
+    let conf_text = ceph_conf::read_limited(&conf_path, "the Ceph configuration", Step::Attach)?;
+    let conf = ceph_conf::parse_conf(&conf_text, user, &conf_path)?;
+    let keyring = ceph_conf::keyring_path(url.keyring.as_deref(), &conf, user);
+    let key = ceph_conf::parse_key(
+        &ceph_conf::read_limited(&keyring, "the keyring", Step::Attach)?,
+        user,
+        &keyring,
+    )?;
+    let read_only = image.is_read_only() || url.snap.is_some();
+    let (mons, ms_mode) = ceph_conf::kernel_mons(&conf.mons);
+    let mut opts = format!(
+        "name={user},osd_request_timeout={CLUSTER_TIMEOUT_S},mount_timeout={CLUSTER_TIMEOUT_S}"
+    );
+    if let Some(mode) = ms_mode {
+        opts.push_str(&format!(",ms_mode={mode}"));
+    }
+    if read_only {
+        opts.push_str(",read_only");
+    }
+    let snap = url.snap.as_deref().unwrap_or("-");
+    // Logged without the key; the key is appended only to the line written.
+    debug!(
+        "attach: map {}/{}@{snap} for client.{user} through {BUS}/add_single_major (mons {mons}, {opts})",
+        url.pool, url.image
+    );
+    let line = format!(
+        "{mons} {opts},secret={key} {} {} {snap}",
+        url.pool, url.image
+    );
+    drop(key);
+    let before = ids();
+    let written = std::fs::write(Path::new(BUS).join("add_single_major"), line.as_bytes());
+    drop(line);
+    if let Err(e) = written {
+        let (kind, reason) = map_error(e.raw_os_error().unwrap_or(libc::EIO), url);
+        return Err(Error::refused(kind, Step::Attach, path, reason));
+    }
+    let spec = Spec {
+        pool: url.pool.clone(),
+        image: url.image.clone(),
+        snap: url.snap.clone(),
+    };
+    let Some(id) = ids()
+        .into_iter()
+        .filter(|id| !before.contains(id) && Spec::of(*id).as_ref() == Some(&spec))
+        .max()
+    else {
+        return Err(Error::invalid(
+            Step::Attach,
+            path,
+            "the rbd driver accepted the mapping but no new device shows it",
+        ));
+    };
+    let unmap_on_error = |e: Error| {
+        if let Err(u) = unmap(id, path) {
+            warn!("teardown: {u}");
+        }
+        e
+    };
+    let node = PathBuf::from(format!("/dev/rbd{id}"));
+    poll_until(Duration::from_secs(10), || node.exists().then_some(())).ok_or_else(|| {
+        unmap_on_error(Error::invalid(
+            Step::Attach,
+            &node,
+            "the device node did not appear within 10 s (no devtmpfs?)",
+        ))
+    })?;
+    let file = open_node(&node, read_only, Step::Attach).map_err(unmap_on_error)?;
+    let core = Core::new(
+        Step::Attach,
+        BackendKind::Rbd,
+        node,
+        path.to_path_buf(),
+        read_only,
+        file,
+        None,
+    )
+    .map_err(unmap_on_error)?;
+    info!(
+        "attached {}/{}@{snap} as {} ({} bytes{})",
+        spec.pool,
+        spec.image,
+        core.path().display(),
+        core.size,
+        if read_only { ", read-only" } else { "" }
+    );
+    Ok(RbdDevice {
+        core,
+        id,
+        spec,
+        mapped: true,
+    })
+}
+
+/// Writes `id` to `remove_single_major` from a helper thread and waits for
+/// it within a bound: the kernel says goodbye to the cluster, which a hung
+/// cluster answers only when `mount_timeout` runs out.
+pub(crate) fn unmap(id: u32, path: &Path) -> Result<()> {
+    debug!("detach: unmap rbd device {id} through {BUS}/remove_single_major");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("rbd-unmap-{id}"))
+        .spawn(move || {
+            let r = std::fs::write(Path::new(BUS).join("remove_single_major"), id.to_string());
+            let _ = tx.send(r);
+        })
+        .map_err(|e| Error::os(Step::Detach, path, "start the rbd unmap", e))?;
+    let bound = Duration::from_secs(CLUSTER_TIMEOUT_S + 30);
+    // The device may still be held a moment by a closing opener (EBUSY).
+    match rx.recv_timeout(bound) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::EBUSY) => {
+            let again = poll_until(Duration::from_secs(5), || {
+                std::fs::write(Path::new(BUS).join("remove_single_major"), id.to_string()).ok()
+            });
+            again.ok_or_else(|| Error::os(Step::Detach, path, "unmap rbd device (in use)", e))
+        }
+        Ok(Err(e)) => Err(Error::os(Step::Detach, path, "unmap rbd device", e)),
+        Err(_) => Err(Error::invalid(
+            Step::Detach,
+            path,
+            format!("the rbd unmap did not finish within {bound:?} (the cluster does not answer)"),
+        )),
+    }
+}
+
+impl sealed::Ops for RbdDevice {
+    fn attach(image: &Image, options: &AttachOptions) -> Result<Self> {
+        attach(image, options)
+    }
+
+    /// An `rbdN` device the kernel's rbd driver shows: what it maps comes
+    /// from `/sys/block/rbdN/device`.
+    fn adopt(found: &Found) -> Option<Result<Self>> {
+        let id = rbd_id(&found.name)?;
+        let spec = Spec::of(id)?;
+        let read_only = found.read_only || spec.snap.is_some();
+        Some(
+            super::device::open_node(&found.node, read_only, Step::Open)
+                .and_then(|file| {
+                    Core::new(
+                        Step::Open,
+                        BackendKind::Rbd,
+                        found.node.clone(),
+                        spec.url(),
+                        read_only,
+                        file,
+                        None,
+                    )
+                })
+                .map(|core| RbdDevice {
+                    core,
+                    id,
+                    spec,
+                    mapped: true,
+                }),
+        )
+    }
+
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    /// The mapping is still the one made (not unmapped by someone else).
+    fn check(&mut self, step: Step) -> Result<()> {
+        if Spec::of(self.id).as_ref() != Some(&self.spec) {
+            return Err(Error::invalid(
+                step,
+                self.core.path(),
+                "the rbd device was unmapped by someone else",
+            ));
+        }
+        Ok(())
+    }
+
+    fn record_fields(&self) -> Vec<(&'static str, String)> {
+        vec![("rbd_id", self.id.to_string())]
+    }
+
+    /// The mapping outlives this process (a persistent mount):
+    /// `diskmount umount` or `cleanup` unmaps it.
+    fn disarm(mut self) -> std::result::Result<(), Self> {
+        self.mapped = false;
+        Ok(())
+    }
+
+    /// Flushes, closes the device and unmaps it.
+    fn release(self) -> Result<()> {
+        let RbdDevice {
+            core, id, mapped, ..
+        } = self;
+        let path = core.path().to_path_buf();
+        debug!("detach: {} (rbd device {id})", path.display());
+        let mut errors = Vec::new();
+        if !core.read_only {
+            if let Err(e) = blk::flsbuf(core.file().as_fd()) {
+                errors.push(Error::os(Step::Detach, &path, "BLKFLSBUF", e));
+            }
+            if let Err(e) = core.file().sync_all() {
+                errors.push(Error::os(Step::Detach, &path, "fsync device", e));
+            }
+        }
+        let (file, _): (File, _) = core.into_files();
+        drop(file);
+        if mapped && let Err(e) = unmap(id, &path) {
+            errors.push(e);
+        }
+        Error::collect(errors)
+    }
+}
+
+/// `N` of a kernel name `rbdN` that the rbd driver shows.
+pub(crate) fn rbd_id(name: &str) -> Option<u32> {
+    let link = std::fs::read_link(format!("/sys/block/{name}/device")).ok()?;
+    if !name.starts_with("rbd") {
+        return None;
+    }
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// The id of the qemu secret object holding the Ceph key.
+#[allow(dead_code)] // used once the Fuse backend's qemu_blockdev.rs calls qemu_node
+pub(crate) const QEMU_SECRET_ID: &str = "rbd-secret0";
+
+/// qemu's `rbd` protocol node (librbd, for the Fuse and Nbd backends) of
+/// `url`, and the `--object` it needs: the key, read by us from the
+/// keyring and written to `secret_dir/rbd.key` (0600, the helper's
+/// private directory) as a base64 qemu secret, so that it never appears on
+/// a command line. The node itself holds no secret and may be logged.
+///
+/// # Errors
+/// [`Step::Attach`]: the configuration or keyring cannot be read, names no
+/// monitor or holds no key for the user; the key file cannot be written.
+#[allow(dead_code)] // called by the Fuse backend's qemu_blockdev.rs (net16) once it lands
+pub(crate) fn qemu_node(
+    url: &RbdUrl,
+    secret_dir: &Path,
+) -> Result<(serde_json::Value, Vec<String>)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let user = url.user.as_deref().unwrap_or("admin");
+    let conf_path = url
+        .conf
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONF));
+    let conf_text = ceph_conf::read_limited(&conf_path, "the Ceph configuration", Step::Attach)?;
+    let conf = ceph_conf::parse_conf(&conf_text, user, &conf_path)?;
+    let keyring = ceph_conf::keyring_path(url.keyring.as_deref(), &conf, user);
+    let key = ceph_conf::parse_key(
+        &ceph_conf::read_limited(&keyring, "the keyring", Step::Attach)?,
+        user,
+        &keyring,
+    )?;
+    let key_file = secret_dir.join("rbd.key");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&key_file)
+        .and_then(|mut f| f.write_all(key.as_bytes()))
+        .map_err(|e| Error::os(Step::Attach, &key_file, "write the Ceph key file", e))?;
+    let mut node = serde_json::json!({
+        "driver": "rbd",
+        "pool": url.pool,
+        "image": url.image,
+        "user": user,
+        "conf": conf_path,
+        "key-secret": QEMU_SECRET_ID,
+    });
+    if let Some(snap) = &url.snap {
+        node["snapshot"] = serde_json::json!(snap);
+    }
+    let object = format!(
+        "secret,id={QEMU_SECRET_ID},format=base64,file={}",
+        key_file.to_string_lossy().replace(',', ",,")
+    );
+    Ok((node, vec![object]))
+}
+
+/// Whether rbd device `node` (`/dev/rbdN`) maps the pool, image and
+/// snapshot of the recorded image name `recorded` (its `rbd://` URL,
+/// wherever it starts in the recorded path): what cleanup checks before it
+/// unmaps.
+pub(crate) fn maps_recorded(node: &Path, recorded: &Path) -> bool {
+    let name = node.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let Some(spec) = rbd_id(name).and_then(Spec::of) else {
+        return false;
+    };
+    let text = recorded.to_string_lossy();
+    let Some(at) = text.find("rbd:/") else {
+        return false;
+    };
+    // A path made absolute keeps `rbd:/` with one slash.
+    let url = text[at..]
+        .replacen("rbd:/", "rbd://", 1)
+        .replacen("rbd:///", "rbd://", 1);
+    match Location::parse(&url) {
+        Ok(Location::Rbd(u)) => u.pool == spec.pool && u.image == spec.image && u.snap == spec.snap,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_node_keeps_the_key_in_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "AQAoABBrhH3FIRAAPuCllUDeuOk0s1ErdAIYBA==";
+        std::fs::write(
+            dir.path().join("ceph.conf"),
+            "[global]\nmon host = [v2:127.0.0.1:3300,v1:127.0.0.1:6789]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("k"),
+            format!("[client.bob]\n\tkey = {key}\n"),
+        )
+        .unwrap();
+        let secrets = dir.path().join("s");
+        std::fs::create_dir(&secrets).unwrap();
+        let url = format!(
+            "rbd://bob@pool/img@snap?conf={}&keyring={}",
+            dir.path().join("ceph.conf").display(),
+            dir.path().join("k").display()
+        );
+        let image = Image::url(&url).unwrap();
+        let Some(Location::Rbd(u)) = image.location() else {
+            panic!("not rbd")
+        };
+        let (node, objects) = qemu_node(u, &secrets).unwrap();
+        let text = format!("{node} {objects:?}");
+        assert!(!text.contains(&key[..20]), "{text}");
+        assert_eq!(node["driver"], "rbd");
+        assert_eq!(node["snapshot"], "snap");
+        assert_eq!(node["user"], "bob");
+        assert!(objects[0].contains("format=base64"), "{objects:?}");
+        assert_eq!(
+            std::fs::read_to_string(secrets.join("rbd.key")).unwrap(),
+            key
+        );
+    }
+}
