@@ -65,8 +65,14 @@ impl<B: Backend> Attached<B> {
                 }
             }
         };
+        // An OS root on a logical volume maps as Partition::LogicalVolume.
+        let os_lv = os.as_ref().and_then(|o| o.roots[0].location.lv.clone());
         let part = match (&partition, &chosen) {
             (Partition::LogicalVolume { vg, lv }, _) => {
+                mapping::logical_volume(device, vg, lv, options.strategy)?
+            }
+            _ if os_lv.is_some() => {
+                let (vg, lv) = os_lv.as_ref().expect("checked");
                 mapping::logical_volume(device, vg, lv, options.strategy)?
             }
             (_, None) => mapping::whole(device)?,

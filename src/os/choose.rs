@@ -94,8 +94,9 @@ pub(crate) fn choose(
     }
     let mut roots = all.clone();
     let same_part = |r: &[&Found]| {
-        r.windows(2)
-            .all(|w| w[0].location.part == w[1].location.part)
+        r.windows(2).all(|w| {
+            w[0].location.part == w[1].location.part && w[0].location.lv == w[1].location.lv
+        })
     };
     if !same_part(&roots) {
         let dps: Vec<&Found> = roots.iter().copied().filter(|f| f.dps_root).collect();

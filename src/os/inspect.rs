@@ -18,7 +18,7 @@ use crate::mapping::{self, MapStrategy};
 use crate::mount::{by_fd, plan};
 use crate::options::MountOptions;
 use crate::partition::gpt::ROOT_NATIVE;
-use crate::partition::{PartitionInfo, PartitionTable, PartitionType, find_filesystems};
+use crate::partition::{Partition, PartitionInfo, PartitionTable, PartitionType, find_filesystems};
 use crate::root::Root;
 
 /// The most bytes of `etc/hostname` read.
@@ -41,17 +41,32 @@ pub(crate) fn inspect(device: &Core, table: Option<&PartitionTable>) -> Result<R
         found: Vec::new(),
         failed: Vec::new(),
     };
-    let candidates: Vec<(Option<PartitionInfo>, Detected)> = match table {
-        None => {
-            let d = crate::fs::probe(device.file()).unwrap_or(Detected::Unknown);
-            vec![(None, d)]
+    // Partitions (or the whole disk), then the logical volumes on them.
+    let mut candidates: Vec<(Option<PartitionInfo>, Option<(String, String)>, Detected)> =
+        match table {
+            None => {
+                let d = crate::fs::probe(device.file()).unwrap_or(Detected::Unknown);
+                vec![(None, None, d)]
+            }
+            Some(t) => find_filesystems(device.file(), t)
+                .into_iter()
+                .map(|(p, d)| (Some(p), None, d))
+                .collect(),
+        };
+    match crate::volume::candidates(device.file(), device.path(), device.size) {
+        Ok(all) => {
+            for c in all {
+                if let Partition::LogicalVolume { vg, lv } = c.partition {
+                    candidates.push((None, Some((vg, lv)), c.detected));
+                }
+            }
         }
-        Some(t) => find_filesystems(device.file(), t)
-            .into_iter()
-            .map(|(p, d)| (Some(p), d))
-            .collect(),
-    };
-    for (part, detected) in candidates {
+        Err(e) => debug!(
+            "inspect: {}: no logical volumes: {e}",
+            device.path().display()
+        ),
+    }
+    for (part, lv, detected) in candidates {
         let Detected::Filesystem { fstype, .. } = detected else {
             continue;
         };
@@ -61,9 +76,10 @@ pub(crate) fn inspect(device: &Core, table: Option<&PartitionTable>) -> Result<R
         }
         let place = Location {
             part: part.clone(),
+            lv: lv.clone(),
             subvolume: None,
         };
-        if let Err(why) = inspect_one(device, part.as_ref(), fstype, &mut report.found) {
+        if let Err(why) = inspect_one(device, &place, fstype, &mut report.found) {
             let what = format!("{} ({fstype}): {why}", place.describe());
             warn!(
                 "inspect: {}: cannot look into {what}",
@@ -90,26 +106,23 @@ pub(crate) fn inspect(device: &Core, table: Option<&PartitionTable>) -> Result<R
 /// subvolumes).
 fn inspect_one(
     device: &Core,
-    part: Option<&PartitionInfo>,
+    place: &Location,
     fstype: FsType,
     found: &mut Vec<Found>,
 ) -> Result<()> {
-    let mut mapped = match part {
-        None => mapping::whole(device)?,
-        Some(p) => mapping::map(device, p, MapStrategy::Auto)?,
+    let mut mapped = match (&place.part, &place.lv) {
+        (_, Some((vg, lv))) => mapping::logical_volume(device, vg, lv, MapStrategy::Auto)?,
+        (None, None) => mapping::whole(device)?,
+        (Some(p), None) => mapping::map(device, p, MapStrategy::Auto)?,
     };
-    let result = look(&mapped.path, fstype, part, found);
+    let result = look(&mapped.path, fstype, place, found);
     // The detached mount is gone (its descriptors closed in `look`).
     let released = mapped.release();
     result.and(released)
 }
 
-fn look(
-    node: &Path,
-    fstype: FsType,
-    part: Option<&PartitionInfo>,
-    found: &mut Vec<Found>,
-) -> Result<()> {
+fn look(node: &Path, fstype: FsType, place: &Location, found: &mut Vec<Found>) -> Result<()> {
+    let part = place.part.as_ref();
     let mut extra = Vec::new();
     if fstype == FsType::Btrfs {
         // The top level, whatever the default subvolume is.
@@ -131,6 +144,7 @@ fn look(
         .is_some_and(|p| matches!(&p.kind, PartitionType::Gpt { guid, .. } if guid == ROOT_NATIVE));
     let location = |subvolume: Option<String>| Location {
         part: part.cloned(),
+        lv: place.lv.clone(),
         subvolume,
     };
     if let Some(f) = read_os(&root, location(None), fstype, dps_root) {
@@ -198,6 +212,7 @@ fn read_os(root: &Root<'_>, location: Location, fstype: FsType, dps_root: bool) 
         root: location.describe(),
         partition: location.part.as_ref().map(|p| p.number),
         subvolume: location.subvolume.clone(),
+        logical_volume: location.lv.as_ref().map(|(vg, lv)| format!("{vg}/{lv}")),
         fstype: fstype.as_str().to_string(),
         id: release.id().to_string(),
         version_id: release.version_id().map(str::to_string),

@@ -32,12 +32,16 @@ pub(crate) use choose::{Choice, choose};
 #[non_exhaustive]
 pub struct OsInfo {
     /// Where its root is, in words: `"partition 2"`, `"whole disk"`,
-    /// `"partition 2 subvolume root"`.
+    /// `"partition 2 subvolume root"`, `"lv rl/root"`.
     pub root: String,
-    /// The partition holding the root (`None`: the whole disk).
+    /// The partition holding the root (`None`: the whole disk, or a
+    /// logical volume).
     pub partition: Option<u32>,
     /// The btrfs subvolume holding the root, if not the top level.
     pub subvolume: Option<String>,
+    /// The LVM logical volume holding the root, as `VG/LV`
+    /// ([`crate::Partition::LogicalVolume`] maps it).
+    pub logical_volume: Option<String>,
     /// The root filesystem's type (`ext4`, `xfs`, `btrfs`, ...).
     pub fstype: String,
     /// os-release `ID` (`"linux"` if it has none).
@@ -87,19 +91,23 @@ impl OsMountpoint {
     }
 }
 
-/// Where a root is: a partition (or the whole disk) and a subvolume.
+/// Where a root is: a partition (or the whole disk), or a logical volume,
+/// and a subvolume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Location {
     pub(crate) part: Option<PartitionInfo>,
+    /// A logical volume (VG, LV); `part` is then `None`.
+    pub(crate) lv: Option<(String, String)>,
     pub(crate) subvolume: Option<String>,
 }
 
 impl Location {
     /// `"partition 2 subvolume root"`.
     pub(crate) fn describe(&self) -> String {
-        let mut s = match &self.part {
-            Some(p) => format!("partition {}", p.number),
-            None => "whole disk".to_string(),
+        let mut s = match (&self.part, &self.lv) {
+            (_, Some((vg, lv))) => format!("lv {vg}/{lv}"),
+            (Some(p), None) => format!("partition {}", p.number),
+            (None, None) => "whole disk".to_string(),
         };
         if let Some(sv) = &self.subvolume {
             s.push_str(&format!(" subvolume {sv}"));
