@@ -18,6 +18,7 @@ use crate::mount::guard::{MountGuard, mount_id};
 use crate::mount::{by_fd, fstype, plan};
 use crate::options::MountOptions;
 use crate::os::Found;
+use crate::os::source::Target;
 
 /// One filesystem of a mounted tree, as [`Mounted::mounts`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +41,8 @@ pub struct MountInfo {
 #[derive(Default)]
 pub(crate) struct Tree {
     mounts: Vec<(PathBuf, MountGuard)>,
-    parts: Vec<(u32, MappedPart)>,
+    /// Keyed by partition number or `VG/LV`.
+    parts: Vec<(String, MappedPart)>,
 }
 
 impl Tree {
@@ -114,7 +116,10 @@ pub(crate) fn mount_tree<B: Backend>(
     let fstab_path = mounted.path().join("etc/fstab");
     let core = mounted.mapped().attached.device.core();
     let table = mounted.mapped().os.as_ref().and_then(|c| c.table.clone());
-    let root_part = mounted.partition_number();
+    let root_key = match &os.location.lv {
+        Some((vg, lv)) => format!("{vg}/{lv}"),
+        None => format!("{:?}", mounted.partition_number()),
+    };
     let read_only = mounted.is_read_only();
     let mut entries: Vec<(PathBuf, &fstab::Entry)> = Vec::new();
     for e in &os.fstab {
@@ -200,19 +205,27 @@ pub(crate) fn mount_tree<B: Backend>(
                 ));
             }
         };
-        let number = part.as_ref().map(|p| p.number);
-        let (device, file) = if number == root_part {
+        let key = match &part {
+            Target::Lv(vg, lv) => format!("{vg}/{lv}"),
+            Target::Part(p) => format!("{:?}", p.as_ref().map(|p| p.number)),
+        };
+        let (device, file) = if key == root_key {
             (
                 mounted.device().to_path_buf(),
                 mounted.mapped().part.file().try_clone(),
             )
-        } else if let Some((_, p)) = tree.parts.iter().find(|(n, _)| Some(*n) == number) {
+        } else if let Some((_, p)) = tree.parts.iter().find(|(k, _)| *k == key) {
             (p.path.clone(), p.file().try_clone())
         } else {
-            let p = part.as_ref().expect("only the whole disk has no number");
-            let m = mapping::map(core, p, MapStrategy::Auto)?;
+            let m = match &part {
+                Target::Lv(vg, lv) => mapping::logical_volume(core, vg, lv, MapStrategy::Auto)?,
+                Target::Part(p) => {
+                    let p = p.as_ref().expect("only the whole disk has no number");
+                    mapping::map(core, p, MapStrategy::Auto)?
+                }
+            };
             let r = (m.path.clone(), m.file().try_clone());
-            tree.parts.push((p.number, m));
+            tree.parts.push((key, m));
             r
         };
         let file = file.map_err(|err| Error::os(Step::Mount, &device, "dup device", err))?;

@@ -1,42 +1,91 @@
 //! Which part of the image an fstab source names: `UUID=`, `LABEL=`,
 //! `PARTUUID=`, `PARTLABEL=` (and their `/dev/disk/by-*` forms), and
-//! `/dev/sdXN`-style names (partition N of this image's one disk).
+//! `/dev/sdXN`-style names (partition N of this image's one disk), and
+//! LVM logical volumes (`/dev/mapper/VG-LV`, `/dev/VG/LV`, or `UUID=` and
+//! `LABEL=` of a filesystem on one).
 
 use crate::backend::Core;
 use crate::fs::{Detected, probe_at};
 use crate::guest::fstab::Source;
 use crate::partition::{PartitionInfo, PartitionTable};
+use crate::volume::lvm::{LvReader, discover};
 
 use super::ids::{fs_uuid, part_uuid};
 
-/// The partition `source` names (`Ok(None)`: the whole device), or why it
-/// is not in this image.
+/// What an fstab source names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A partition (`None`: the whole device).
+    Part(Option<PartitionInfo>),
+    /// A logical volume (VG, LV).
+    Lv(String, String),
+}
+
+/// The filesystems on the mappable logical volumes of `device`, with their
+/// UUIDs.
+fn lv_filesystems(
+    device: &Core,
+    table: Option<&PartitionTable>,
+) -> Vec<(Target, Detected, Option<String>)> {
+    let file = device.file();
+    let found = discover(file, device.path(), device.size, table);
+    let mut out = Vec::new();
+    for group in found.volume_groups() {
+        for lv in group.vg.lvs.iter().filter(|l| l.visible) {
+            let Ok(pieces) = group.place(&lv.name, device.path()) else {
+                continue;
+            };
+            let reader = LvReader::new(file, &pieces);
+            let size = pieces.iter().map(|p| p.len).sum();
+            let d = probe_at(&reader, 0, size).unwrap_or(Detected::Unknown);
+            let uuid = match &d {
+                Detected::Filesystem { fstype, .. } => fs_uuid(&reader, 0, size, *fstype),
+                _ => None,
+            };
+            out.push((Target::Lv(group.vg.name.clone(), lv.name.clone()), d, uuid));
+        }
+    }
+    out
+}
+
+/// The partition or logical volume `source` names, or why it is not in
+/// this image.
 pub(crate) fn resolve(
     device: &Core,
     table: Option<&PartitionTable>,
     source: &Source,
-) -> Result<Option<PartitionInfo>, String> {
+) -> Result<Target, String> {
     let file = device.file();
-    // Every filesystem of the image: (partition or whole, what it holds).
-    let filesystems = || -> Vec<(Option<PartitionInfo>, Detected, u64, u64)> {
-        match table {
-            None => vec![(
-                None,
-                crate::fs::probe(file).unwrap_or(Detected::Unknown),
-                0,
-                device.size,
-            )],
+    // Every filesystem of the image: (where, what it holds, its UUID).
+    let filesystems = || -> Vec<(Target, Detected, Option<String>)> {
+        let mut all: Vec<(Target, Detected, Option<String>)> = match table {
+            None => {
+                let d = crate::fs::probe(file).unwrap_or(Detected::Unknown);
+                let uuid = match &d {
+                    Detected::Filesystem { fstype, .. } => fs_uuid(file, 0, device.size, *fstype),
+                    _ => None,
+                };
+                vec![(Target::Part(None), d, uuid)]
+            }
             Some(t) => t
                 .partitions
                 .iter()
                 .map(|p| {
                     let d = probe_at(file, p.start, p.size).unwrap_or(Detected::Unknown);
-                    (Some(p.clone()), d, p.start, p.size)
+                    let uuid = match &d {
+                        Detected::Filesystem { fstype, .. } => {
+                            fs_uuid(file, p.start, p.size, *fstype)
+                        }
+                        _ => None,
+                    };
+                    (Target::Part(Some(p.clone())), d, uuid)
                 })
                 .collect(),
-        }
+        };
+        all.extend(lv_filesystems(device, table));
+        all
     };
-    let one = |hits: Vec<Option<PartitionInfo>>, what: String| match hits.as_slice() {
+    let one = |hits: Vec<Target>, what: String| match hits.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(format!(
             "no filesystem or partition of the image has {what}"
@@ -50,11 +99,7 @@ pub(crate) fn resolve(
         Source::Uuid(want) => {
             let hits = filesystems()
                 .into_iter()
-                .filter(|(_, d, start, size)| match d {
-                    Detected::Filesystem { fstype, .. } => fs_uuid(file, *start, *size, *fstype)
-                        .is_some_and(|u| u.eq_ignore_ascii_case(want)),
-                    _ => false,
-                })
+                .filter(|(_, _, uuid)| uuid.as_ref().is_some_and(|u| u.eq_ignore_ascii_case(want)))
                 .map(|(p, ..)| p)
                 .collect();
             one(hits, format!("UUID {want}"))
@@ -75,7 +120,7 @@ pub(crate) fn resolve(
                 .partitions
                 .iter()
                 .filter(|p| part_uuid(file, t, p).is_some_and(|u| u.eq_ignore_ascii_case(want)))
-                .map(|p| Some(p.clone()))
+                .map(|p| Target::Part(Some(p.clone())))
                 .collect();
             one(hits, format!("partition UUID {want}"))
         }
@@ -85,21 +130,29 @@ pub(crate) fn resolve(
                 .partitions
                 .iter()
                 .filter(|p| p.name.as_deref() == Some(want.as_str()))
-                .map(|p| Some(p.clone()))
+                .map(|p| Target::Part(Some(p.clone())))
                 .collect();
             one(hits, format!("partition name {want:?}"))
         }
         Source::Partition(n) => match table.and_then(|t| t.get(*n)) {
-            Some(p) => Ok(Some(p.clone())),
+            Some(p) => Ok(Target::Part(Some(p.clone()))),
             None => Err(format!("the image has no partition {n}")),
         },
         Source::WholeDisk => match table {
-            None => Ok(None),
+            None => Ok(Target::Part(None)),
             Some(_) => Err("names the whole disk, which holds a partition table".into()),
         },
-        Source::LogicalVolume { vg, lv } => Err(format!(
-            "logical volume {vg}/{lv}: LVM volumes are not mounted from an fstab yet"
-        )),
+        Source::LogicalVolume { vg, lv } => {
+            let known = lv_filesystems(device, table);
+            let want = Target::Lv(vg.clone(), lv.clone());
+            if known.iter().any(|(t, ..)| *t == want) {
+                Ok(want)
+            } else {
+                Err(format!(
+                    "logical volume {vg}/{lv} is not on this image (or cannot be mapped)"
+                ))
+            }
+        }
         Source::Other(s) => Err(format!("{s:?} names no device of this image")),
     }
 }
