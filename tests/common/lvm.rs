@@ -290,6 +290,15 @@ pub fn os_root(
     ]
 }
 
+/// `files` with an empty directory (a `.keep` file) at each of `dirs`, the
+/// mount points a real root has for its fstab.
+fn with_mount_points(mut files: Vec<(String, String)>, dirs: &[&str]) -> Vec<(String, String)> {
+    for d in dirs {
+        files.push((format!("{d}/.keep"), String::new()));
+    }
+    files
+}
+
 impl Fixture {
     /// Runs LVM2's `command` restricted to `dev`, with this fixture's
     /// private configuration.
@@ -559,13 +568,16 @@ impl Fixture {
                     Content::Fs {
                         fstype: "xfs",
                         uuid: root,
-                        files: os_root(
-                            "rocky",
-                            "9.4",
-                            "Rocky Linux 9.4 (Blue Onyx)",
-                            "rocky-guest",
-                            &fstab,
-                            "root",
+                        files: with_mount_points(
+                            os_root(
+                                "rocky",
+                                "9.4",
+                                "Rocky Linux 9.4 (Blue Onyx)",
+                                "rocky-guest",
+                                &fstab,
+                                "root",
+                            ),
+                            &["boot", "home", "srv"],
                         ),
                     },
                 ),

@@ -1,0 +1,127 @@
+//! OS inspection and `Partition::Auto`/`Partition::Os` on images whose OS
+//! lives on LVM logical volumes (Rocky: xfs `/boot` + a PV with rl-root,
+//! rl-home, rl-swap, rl-data; Ubuntu; a whole-disk PV). Every write is
+//! checked with an independent util-linux mount at the LV's offset, and
+//! the wrong filesystem is checked not to hold it.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::lvm::LvmImage;
+use common::{Fixture, kernel_has_device_mapper, run};
+use diskmount::{Format, Image, MountOptions, Partition, with_mounted, with_mounted_opts};
+
+fn image(path: &Path) -> Image {
+    Image::file(path, Format::Raw).unwrap()
+}
+
+/// Reads `rel` from bytes `at..at+len` of `img`, mounted read-only by
+/// util-linux's own loop setup.
+fn read_at_offset(fx: &Fixture, img: &Path, (at, len): (u64, u64), rel: &str) -> Option<String> {
+    let mnt = fx.path().join(format!("check-{at}"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(Command::new("mount")
+        .args(["-o", &format!("ro,loop,offset={at},sizelimit={len}")])
+        .arg(img)
+        .arg(&mnt));
+    let got = std::fs::read_to_string(mnt.join(rel)).ok();
+    run(Command::new("umount").arg(&mnt));
+    got
+}
+
+fn range(img: &LvmImage, name: &str) -> (u64, u64) {
+    let r = img.lv_ranges(name);
+    assert_eq!(r.len(), 1, "{name}: {r:?}");
+    r[0]
+}
+
+#[test]
+fn rocky_auto_mounts_rl_root_not_boot() {
+    let mut fx = Fixture::new();
+    let img = fx.rocky_image("rocky.img");
+    let (host, id) = with_mounted(&image(&img.path), Partition::Auto, |dir| {
+        (
+            std::fs::read_to_string(dir.join("etc/hostname")).unwrap(),
+            std::fs::read_to_string(dir.join("id")).unwrap(),
+        )
+    })
+    .unwrap();
+    assert_eq!(host, "rocky-guest\n");
+    assert_eq!(id, "root");
+    img.assert_not_active();
+    fx.assert_clean();
+}
+
+#[test]
+fn rocky_os_mounts_boot_and_home_and_writes_land_in_rl_home() {
+    let mut fx = Fixture::new();
+    let img = fx.rocky_image("rocky.img");
+    // rl/data has two pieces: only device-mapper maps it.
+    let mut options = MountOptions::default();
+    if !kernel_has_device_mapper() {
+        options = options.exclude("/srv");
+    }
+    with_mounted_opts(&image(&img.path), Partition::Os, &options, |dir| {
+        assert_eq!(std::fs::read_to_string(dir.join("id")).unwrap(), "root");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("boot/id")).unwrap(),
+            "boot"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("home/id")).unwrap(),
+            "home"
+        );
+        std::fs::write(dir.join("home/x"), "in home").unwrap();
+    })
+    .unwrap();
+    img.assert_not_active();
+    assert_eq!(
+        read_at_offset(&fx, &img.path, range(&img, "home"), "x").as_deref(),
+        Some("in home")
+    );
+    let root = range(&img, "root");
+    assert_eq!(read_at_offset(&fx, &img.path, root, "home/x"), None);
+    assert_eq!(read_at_offset(&fx, &img.path, root, "x"), None);
+    fx.assert_clean();
+}
+
+#[test]
+fn ubuntu_and_whole_disk_pv_auto() {
+    let mut fx = Fixture::new();
+    let img = fx.ubuntu_image("ubuntu.img");
+    let host = with_mounted(&image(&img.path), Partition::Auto, |dir| {
+        std::fs::read_to_string(dir.join("etc/hostname")).unwrap()
+    })
+    .unwrap();
+    assert_eq!(host, "ubuntu-guest\n");
+    let img = fx.whole_disk_pv_image("whole.img");
+    let host = with_mounted(&image(&img.path), Partition::Auto, |dir| {
+        std::fs::read_to_string(dir.join("etc/hostname")).unwrap()
+    })
+    .unwrap();
+    assert_eq!(host, "whole-guest\n");
+    fx.assert_clean();
+}
+
+#[test]
+fn cli_run_on_rocky_finds_rl_root() {
+    let mut fx = Fixture::new();
+    let records = fx.records();
+    let img = fx.rocky_image("rocky.img");
+    let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", &records)
+        .arg("run")
+        .arg(&img.path)
+        .args(["--", "cat", "etc/hostname"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "rocky-guest\n");
+    fx.assert_clean();
+}
