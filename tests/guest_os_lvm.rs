@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::lvm::LvmImage;
+use common::lvm::{Content, LvDef, LvmImage, fs_uuid, os_root};
 use common::{Fixture, kernel_has_device_mapper, run};
 use diskmount::{Format, Image, MountOptions, Partition, with_mounted, with_mounted_opts};
 
@@ -123,5 +123,71 @@ fn cli_run_on_rocky_finds_rl_root() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "rocky-guest\n");
+    fx.assert_clean();
+}
+
+/// A whole-disk PV, VG `my-vg` (a `-` LVM escapes): the root's fstab names
+/// its LVs by `/dev/mapper/my--vg-root`, `UUID=` and `/dev/my-vg/logs`.
+fn escaped_vg_image(fx: &Fixture) -> LvmImage {
+    let seed = |n: &str| fs_uuid(&format!("{}/escaped-{n}", fx.path().display()));
+    let (root, data, logs) = (seed("root"), seed("data"), seed("logs"));
+    let fstab = format!(
+        "/dev/mapper/my--vg-root / ext4 defaults 0 1\n\
+         UUID={data} /data ext4 defaults 0 2\n\
+         /dev/my-vg/logs /var/log ext4 defaults 0 2\n"
+    );
+    let mut files = os_root("debian", "12", "Debian 12", "escaped-guest", &fstab, "root");
+    files.push(("data/.keep".into(), String::new()));
+    files.push(("var/log/.keep".into(), String::new()));
+    let fs = |uuid: String, files: Vec<(String, String)>| Content::Fs {
+        fstype: "ext4",
+        uuid,
+        files,
+    };
+    let id = |s: &str| vec![("id".to_string(), s.to_string())];
+    fx.lvm_image(
+        "escaped.img",
+        192 << 20,
+        None,
+        &[],
+        "my-vg",
+        vec![
+            LvDef::new("root", &[(2, 25)], fs(root, files)),
+            LvDef::new("data", &[(27, 4)], fs(data, id("data"))),
+            LvDef::new("logs", &[(31, 4)], fs(logs, id("logs"))),
+        ],
+    )
+}
+
+#[test]
+fn os_follows_mapper_uuid_and_vg_lv_sources_on_lvs() {
+    let mut fx = Fixture::new();
+    let img = escaped_vg_image(&fx);
+    with_mounted(&image(&img.path), Partition::Os, |dir| {
+        assert_eq!(std::fs::read_to_string(dir.join("id")).unwrap(), "root");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("data/id")).unwrap(),
+            "data"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("var/log/id")).unwrap(),
+            "logs"
+        );
+        std::fs::write(dir.join("data/x"), "in data").unwrap();
+        std::fs::write(dir.join("var/log/y"), "in logs").unwrap();
+    })
+    .unwrap();
+    img.assert_not_active();
+    assert_eq!(
+        read_at_offset(&fx, &img.path, range(&img, "data"), "x").as_deref(),
+        Some("in data")
+    );
+    assert_eq!(
+        read_at_offset(&fx, &img.path, range(&img, "logs"), "y").as_deref(),
+        Some("in logs")
+    );
+    let root = range(&img, "root");
+    assert_eq!(read_at_offset(&fx, &img.path, root, "data/x"), None);
+    assert_eq!(read_at_offset(&fx, &img.path, root, "var/log/y"), None);
     fx.assert_clean();
 }
