@@ -26,6 +26,9 @@ const MAX_HOSTNAME: u64 = 4096;
 /// The most bytes of `etc/fstab` read.
 const MAX_FSTAB: u64 = 1 << 20;
 
+/// A logical volume: (VG, LV).
+type Lv = (String, String);
+
 /// What the inspection found, and what it could not look into.
 pub(crate) struct Report {
     pub(crate) found: Vec<Found>,
@@ -42,17 +45,16 @@ pub(crate) fn inspect(device: &Core, table: Option<&PartitionTable>) -> Result<R
         failed: Vec::new(),
     };
     // Partitions (or the whole disk), then the logical volumes on them.
-    let mut candidates: Vec<(Option<PartitionInfo>, Option<(String, String)>, Detected)> =
-        match table {
-            None => {
-                let d = crate::fs::probe(device.file()).unwrap_or(Detected::Unknown);
-                vec![(None, None, d)]
-            }
-            Some(t) => find_filesystems(device.file(), t)
-                .into_iter()
-                .map(|(p, d)| (Some(p), None, d))
-                .collect(),
-        };
+    let mut candidates: Vec<(Option<PartitionInfo>, Option<Lv>, Detected)> = match table {
+        None => {
+            let d = crate::fs::probe(device.file()).unwrap_or(Detected::Unknown);
+            vec![(None, None, d)]
+        }
+        Some(t) => find_filesystems(device.file(), t)
+            .into_iter()
+            .map(|(p, d)| (Some(p), None, d))
+            .collect(),
+    };
     match crate::volume::candidates(device.file(), device.path(), device.size) {
         Ok(all) => {
             for c in all {
