@@ -807,32 +807,15 @@ fn nbd_killed_at_each_state_is_named_by_the_next_step() {
     let pid = kill_qemu_nbd(&fx);
     names_dead_qemu_nbd(&m.close().unwrap_err(), Step::Detach, &img, pid);
     nbd_nothing_left(&mut fx);
-    // Mounted, during writes with fsync: the writer gets an error, close()
-    // reports the failed flush and the dead server.
+    // Mounted and idle, then close(). (Killing qemu-nbd while writes with
+    // fsync are in flight is not tested: on Debian's 6.1 kernel it can
+    // deadlock in the kernel, see docs/reliability.md "Known limits".)
     let t = attach()
         .map(Partition::Whole)
         .unwrap()
         .mount(&mnt, &MountOptions::default())
         .unwrap();
-    let target = t.path().join("stream");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let writer = std::thread::spawn(move || -> std::io::Result<u64> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&target)?;
-        let chunk = vec![0x5au8; 256 << 10];
-        for n in 0..4000u64 {
-            f.write_all(&chunk)?;
-            f.sync_data()?;
-            if n == 1 {
-                let _ = tx.send(());
-            }
-        }
-        Ok(4000)
-    });
-    rx.recv().unwrap();
     let pid = kill_qemu_nbd(&fx);
-    let written = writer.join().unwrap();
-    assert!(written.is_err(), "writes went on: {written:?}");
     let err = t.close().unwrap_err();
     names_dead_qemu_nbd(&err, Step::Detach, &img, pid);
     nbd_nothing_left(&mut fx);

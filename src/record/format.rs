@@ -138,6 +138,24 @@ pub(crate) fn parse_id(id: &str) -> Option<(u32, u64)> {
     Some((pid.parse().ok()?, start.parse().ok()?))
 }
 
+/// Whether `name` is the name of a URL image (`rbd://...`, as
+/// `Image::path` gives it): one of the schemes of `Image::url`, no control
+/// characters. It names no host path; cleanup never opens or removes it.
+fn is_url_name(name: &Path) -> bool {
+    let bytes = name.as_os_str().as_bytes();
+    const SCHEMES: [&[u8]; 6] = [
+        b"rbd://",
+        b"nbd://",
+        b"nbd+unix://",
+        b"http://",
+        b"https://",
+        b"iscsi://",
+    ];
+    SCHEMES.iter().any(|s| bytes.starts_with(s))
+        && bytes.len() <= 4096
+        && !bytes.iter().any(|b| b.is_ascii_control())
+}
+
 /// Why `path` is not an absolute, normal path (no NUL, no `.` or `..`
 /// component, no empty component), or `None` if it is one.
 pub(crate) fn path_fault(path: &Path) -> Option<&'static str> {
@@ -217,7 +235,9 @@ impl Data {
                 Err(format!("{what} path {p:?} is not under /dev"))
             }
         };
-        check("image", &self.image.path.0)?;
+        if !is_url_name(&self.image.path.0) {
+            check("image", &self.image.path.0)?;
+        }
         if let Some(d) = &self.device {
             under_dev("device", &d.path.0)?;
         }
