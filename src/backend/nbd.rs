@@ -33,8 +33,8 @@ use nix::libc;
 
 use super::device::{Core, Found};
 use super::{Backend, BackendKind, Device, sealed};
+use crate::command::run;
 use crate::command::{describe_status, wait_timeout};
-use crate::command::{run, run_within};
 use crate::error::{Error, ErrorKind, Result, Step};
 use crate::image::Image;
 use crate::kernel::sysfs;
@@ -160,32 +160,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Whether this kernel has nbd: the driver is loaded, or can be loaded
 /// (then it is, with partition support).
 pub fn available() -> bool {
-    if Path::new("/sys/block/nbd0").exists() {
-        return true;
-    }
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dep =
-        std::fs::read_to_string(format!("/lib/modules/{release}/modules.dep")).unwrap_or_default();
-    if !dep.lines().any(|l| {
-        l.split(':')
-            .next()
-            .is_some_and(|m| m.ends_with("/nbd.ko") || m.contains("/nbd.ko."))
-    }) {
-        return false;
-    }
-    debug!("attach: loading the nbd module");
-    let loaded = run_within(
-        Step::Attach,
-        Path::new("/dev/nbd0"),
-        Command::new("modprobe").args(["nbd", "max_part=16"]),
-        Duration::from_secs(10),
-    );
-    if let Err(e) = &loaded {
-        debug!("attach: {e}");
-    }
-    loaded.is_ok() && Path::new("/sys/block/nbd0").exists()
+    crate::kernel::module::available("nbd", &["max_part=16"], Path::new("/sys/block/nbd0"))
 }
 
 /// A qemu-nbd serving one device, our child.

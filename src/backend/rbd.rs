@@ -106,32 +106,27 @@ impl Device for RbdDevice {}
 /// Whether this kernel has the rbd driver: loaded, or loadable (then it
 /// is loaded).
 pub fn available() -> bool {
-    if Path::new(BUS).join("add_single_major").exists() {
-        return true;
-    }
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dep =
-        std::fs::read_to_string(format!("/lib/modules/{release}/modules.dep")).unwrap_or_default();
-    if !dep.lines().any(|l| {
-        l.split(':')
-            .next()
-            .is_some_and(|m| m.ends_with("/rbd.ko") || m.contains("/rbd.ko."))
-    }) {
-        return false;
-    }
-    debug!("attach: loading the rbd module");
-    let loaded = crate::command::run_within(
-        Step::Attach,
-        Path::new(BUS),
-        std::process::Command::new("modprobe").arg("rbd"),
-        Duration::from_secs(10),
-    );
-    if let Err(e) = &loaded {
-        debug!("attach: {e}");
-    }
-    Path::new(BUS).join("add_single_major").exists()
+    crate::kernel::module::available("rbd", &[], &Path::new(BUS).join("add_single_major"))
+}
+
+/// The user, the Ceph configuration (its path, parsed) and the key of `url`: from its
+/// `conf=` and `keyring=` files, or the defaults (`/etc/ceph`, user
+/// `admin`), each read with a size bound.
+fn credentials(url: &RbdUrl) -> Result<(&str, PathBuf, ceph_conf::Conf, String)> {
+    let user = url.user.as_deref().unwrap_or("admin");
+    let conf_path = url
+        .conf
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONF));
+    let conf_text = ceph_conf::read_limited(&conf_path, "the Ceph configuration", Step::Attach)?;
+    let conf = ceph_conf::parse_conf(&conf_text, user, &conf_path)?;
+    let keyring = ceph_conf::keyring_path(url.keyring.as_deref(), &conf, user);
+    let key = ceph_conf::parse_key(
+        &ceph_conf::read_limited(&keyring, "the keyring", Step::Attach)?,
+        user,
+        &keyring,
+    )?;
+    Ok((user, conf_path, conf, key))
 }
 
 /// The device ids the kernel has now.
@@ -217,19 +212,7 @@ fn attach(image: &Image, _options: &AttachOptions) -> Result<RbdDevice> {
             "this kernel has no rbd driver (CONFIG_BLK_DEV_RBD); use the Fuse backend (librbd)",
         ));
     }
-    let user = url.user.as_deref().unwrap_or("admin");
-    let conf_path = url
-        .conf
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONF));
-    let conf_text = ceph_conf::read_limited(&conf_path, "the Ceph configuration", Step::Attach)?;
-    let conf = ceph_conf::parse_conf(&conf_text, user, &conf_path)?;
-    let keyring = ceph_conf::keyring_path(url.keyring.as_deref(), &conf, user);
-    let key = ceph_conf::parse_key(
-        &ceph_conf::read_limited(&keyring, "the keyring", Step::Attach)?,
-        user,
-        &keyring,
-    )?;
+    let (user, _, conf, key) = credentials(url)?;
     let read_only = image.is_read_only() || url.snap.is_some();
     let (mons, ms_mode) = ceph_conf::kernel_mons(&conf.mons);
     let mut opts = format!(
@@ -466,19 +449,7 @@ pub(crate) fn qemu_node(
 ) -> Result<(serde_json::Value, Vec<String>)> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let user = url.user.as_deref().unwrap_or("admin");
-    let conf_path = url
-        .conf
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONF));
-    let conf_text = ceph_conf::read_limited(&conf_path, "the Ceph configuration", Step::Attach)?;
-    let conf = ceph_conf::parse_conf(&conf_text, user, &conf_path)?;
-    let keyring = ceph_conf::keyring_path(url.keyring.as_deref(), &conf, user);
-    let key = ceph_conf::parse_key(
-        &ceph_conf::read_limited(&keyring, "the keyring", Step::Attach)?,
-        user,
-        &keyring,
-    )?;
+    let (user, conf_path, _, key) = credentials(url)?;
     let key_file = secret_dir.join("rbd.key");
     std::fs::OpenOptions::new()
         .write(true)

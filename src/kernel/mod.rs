@@ -8,6 +8,7 @@
 //! escape of mountinfo is undone the same way everywhere and every sysfs
 //! attribute is read with the same rules (trimmed, absent = `None`).
 
+pub(crate) mod module;
 pub mod mountinfo;
 pub mod process;
 pub mod sysfs;
