@@ -46,6 +46,18 @@ impl RetryPolicy {
         max_delay: Duration::from_millis(200),
     };
 
+    /// For mounting a device whose last superblock is still going away:
+    /// up to 2 s. After an unmount (or the detached read-only mount of OS
+    /// inspection) the kernel keeps the old superblock while any process
+    /// holds a descriptor into it, and a thread that forks at that moment
+    /// gives its child a copy until the child execs; a read-write mount of
+    /// the device meanwhile fails with `EBUSY` ("would change RO state").
+    pub const MOUNT: RetryPolicy = RetryPolicy {
+        max_attempts: 20,
+        timeout: Duration::from_secs(2),
+        max_delay: Duration::from_millis(200),
+    };
+
     /// No retries at all.
     pub const NONE: RetryPolicy = RetryPolicy {
         max_attempts: 1,

@@ -119,3 +119,48 @@ fn eight_threads_mapping_different_partitions_of_copies() {
     });
     fx.assert_clean();
 }
+
+/// `Partition::Auto` looks for an OS with a read-only mount of its own and
+/// then mounts read-write; while another thread of the program forks
+/// children, each child holds a copy of that look's descriptors until it
+/// execs, and the kernel refuses the read-write mount of the same device
+/// with EBUSY ("would change RO state") until then. Before the mount step
+/// waited that out, most of these cycles failed.
+#[test]
+fn mounting_after_the_os_look_while_another_thread_forks() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "x")]);
+    let image = Image::file(&img, Format::Raw).unwrap();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                std::process::Command::new("true").status().unwrap();
+            }
+        });
+        let failed: Vec<String> = (0..100)
+            .filter_map(|i| {
+                with_mounted(&image, Partition::Auto, |root| {
+                    std::fs::write(root.join("n"), i.to_string()).unwrap();
+                })
+                .err()
+                .map(|e| e.to_string())
+            })
+            .collect();
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            failed.first()
+        );
+    });
+    fx.assert_clean();
+    let got = common::run(
+        std::process::Command::new("debugfs")
+            .args(["-R", "cat /n"])
+            .arg(&img),
+    );
+    assert_eq!(got, "99");
+}

@@ -22,7 +22,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use log::debug;
+use log::{debug, warn};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::mount::MsFlags;
@@ -34,6 +34,7 @@ use rustix::mount::{
 
 use super::plan::{MountPlan, hint};
 use crate::error::{Error, Result, Step};
+use crate::retry::{Backoff, RetryPolicy};
 
 /// The absolute path of the mount point `dir`: its parent directory
 /// resolved (symbolic links in it are followed, once, here), its last
@@ -106,7 +107,7 @@ pub(crate) fn mount(
 ) -> Result<File> {
     let describe = plan.describe(path);
     debug!("mount: {}: {describe} (by descriptor)", device.display());
-    match new_api(device, plan, target) {
+    match busy_retry(device, || new_api(device, plan, target)) {
         Ok(root) => Ok(root),
         Err(Failed::NoNewApi) => {
             debug!("mount: no fsopen on this kernel; mount(2) on /proc/self/fd");
@@ -163,7 +164,9 @@ fn new_api(device: &Path, plan: &MountPlan, target: BorrowedFd<'_>) -> Result<Fi
 pub(crate) fn mount_detached(device: &Path, plan: &MountPlan) -> Result<File> {
     let describe = plan.describe(Path::new("(detached)"));
     debug!("mount: {}: {describe}", device.display());
-    match detached_mount(device, plan).and_then(|mnt| open_mount_root(&mnt)) {
+    match busy_retry(device, || {
+        detached_mount(device, plan).and_then(|mnt| open_mount_root(&mnt))
+    }) {
         Ok(root) => Ok(root),
         Err(Failed::NoNewApi) => Err(Error::refused(
             crate::ErrorKind::KernelFeatureMissing,
@@ -181,6 +184,31 @@ pub(crate) fn mount_detached(device: &Path, plan: &MountPlan) -> Result<File> {
             ),
             e,
         )),
+    }
+}
+
+/// Calls `mount` again while the kernel answers `EBUSY` to creating the
+/// superblock, within [`RetryPolicy::MOUNT`]: the device's previous
+/// superblock (of an unmount or of OS inspection's read-only look a moment
+/// ago) lives on while a child that another thread is forking holds a copy
+/// of a descriptor into it, until that child execs. A device that stays
+/// busy (mounted elsewhere, held by device-mapper) fails after the bound
+/// with the kernel's reason.
+fn busy_retry<T>(device: &Path, mut mount: impl FnMut() -> Result<T, Failed>) -> Result<T, Failed> {
+    let mut backoff = Backoff::new(RetryPolicy::MOUNT);
+    loop {
+        backoff.attempt();
+        match mount() {
+            Err(Failed::At("fsconfig create", Errno::EBUSY, kernel)) if backoff.wait() => {
+                warn!(
+                    "mount: {}: busy ({}); retrying (attempt {})",
+                    device.display(),
+                    kernel.as_deref().unwrap_or("no reason given"),
+                    backoff.attempts() + 1
+                );
+            }
+            other => return other,
+        }
     }
 }
 
