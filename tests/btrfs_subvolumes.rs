@@ -87,7 +87,7 @@ fn fedora_image(fx: &Fixture, name: &str) -> Fedora {
         std::fs::write(mnt.join("home/id"), "home").unwrap();
         std::fs::write(mnt.join("id"), "top").unwrap();
     });
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     // mkfs.btrfs and the mount registered the loop device as this fsid's
     // device in the kernel; unregistered, a later mount of the same fsid
     // from another device never reaches for this one (its number may by
@@ -135,7 +135,7 @@ fn mount_part<R>(
     }
     run(Command::new("mount").arg("-o").arg(opts).arg(img).arg(&mnt));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mnt)));
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     result.unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 

@@ -71,7 +71,7 @@ fn image_listing(fx: &Fixture, img: &Path, dir: &str) -> Vec<String> {
         })
         .unwrap_or_default();
     names.sort();
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     std::fs::remove_dir(&mnt).unwrap();
     names
 }
@@ -125,7 +125,7 @@ fn sigterm_during_a_large_copy_out_stops_tears_down_and_exits_143() {
     run(Command::new("truncate")
         .args(["-s", "5G"])
         .arg(mnt.join("huge")));
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     let out = fx.path().join("out");
     let (code, stderr) = interrupted(
         &fx,

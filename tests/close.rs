@@ -65,7 +65,7 @@ fn busy_mount_is_retried_then_every_failure_is_reported() {
     // Once the user lets go, an ordinary umount frees everything: the loop
     // device goes with the mount (autoclear).
     drop(holder);
-    run(std::process::Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     assert!(
         !common::bound_loops()
             .iter()

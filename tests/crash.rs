@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{Fixture, is_mount_point, run};
+use common::{Fixture, is_mount_point};
 
 /// Starts `diskmount hold`, waits for READY, kills it with SIGKILL and
 /// reaps it. Returns the device it held.
@@ -64,7 +64,7 @@ fn killed_while_mounted_leaves_only_the_mount() {
         "held by the mount"
     );
     // Unmounting is all it takes: the loop device is released with it.
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     fx.assert_clean();
 }
 
@@ -95,6 +95,6 @@ fn killed_while_a_blkpg_partition_is_mapped_or_mounted() {
             mnt.as_os_str(),
         ],
     );
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     fx.assert_clean();
 }

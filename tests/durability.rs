@@ -58,7 +58,7 @@ fn close_writes_are_in_the_xfs_image_file() {
         .arg(&mnt));
     let check = (0..20)
         .all(|i| std::fs::read_to_string(mnt.join(format!("f{i}"))).ok() == Some(content(i)));
-    run(Command::new("umount").arg("-d").arg(&mnt));
+    common::system::umount_with(&["-d"], &mnt);
     assert!(check, "xfs content differs");
     fx.assert_clean();
 }

@@ -312,7 +312,7 @@ fn data_is_on_the_host_disk_not_only_in_its_page_cache() {
         check_round(&extracted, 3, fx.path()).is_err(),
         "unflushed writes were found on the host disk: the check proves nothing"
     );
-    run(Command::new("umount").arg(&host));
+    common::system::umount(&host);
     detach(&hostdev);
     fx.assert_clean();
 }

@@ -183,7 +183,7 @@ fn lazily_unmounted_and_replaced_by_someone_elses_mount_is_left_alone() {
         std::fs::read_to_string(mnt.join("theirs")).unwrap(),
         "theirs"
     );
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     // Ours was flushed and is gone with its device.
     fx.assert_clean();
     assert_eq!(

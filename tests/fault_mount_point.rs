@@ -70,7 +70,7 @@ fn somebody_elses_mount_stacked_over_ours_is_left_alone() {
         std::fs::read_to_string(mnt.join("theirs")).unwrap(),
         "theirs"
     );
-    run(std::process::Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     // Ours is there again, flushed; adopting it finishes the teardown.
     assert_eq!(
         std::fs::read_to_string(mnt.join("written")).unwrap(),

@@ -103,7 +103,7 @@ fn independent<R>(
     }
     run(Command::new("mount").arg("-o").arg(opts).arg(img).arg(&mnt));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mnt)));
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     result.unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
@@ -373,7 +373,7 @@ fn a_hostile_fstab_never_mounts_over_a_host_path() {
         run(Command::new("mount").arg(&dev.dev).arg(&mnt));
         std::os::unix::fs::symlink(&host, mnt.join("evil")).unwrap();
         std::fs::create_dir_all(mnt.join(host_s.trim_start_matches('/'))).unwrap();
-        run(Command::new("umount").arg(&mnt));
+        common::system::umount(&mnt);
     }
     let result = with_mounted(&raw(&img), Partition::Os, |dir| {
         // Whatever mounted went inside the image's tree.
@@ -436,7 +436,7 @@ fn fedora(fx: &Fixture, name: &str) -> (PathBuf, (u64, u64), (u64, u64)) {
         std::fs::create_dir_all(mnt.join(d)).unwrap();
     }
     std::fs::write(mnt.join("home/id"), "home").unwrap();
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     run(Command::new("btrfs")
         .args(["device", "scan", "--forget"])
         .arg(&dev.dev));

@@ -27,7 +27,7 @@ fn read_at_offset(fx: &Fixture, img: &Path, (at, len): (u64, u64), rel: &str) ->
         .arg(img)
         .arg(&mnt));
     let got = std::fs::read_to_string(mnt.join(rel)).ok();
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     got
 }
 

@@ -1254,7 +1254,7 @@ fn read_file_fs(fx: &Fixture, file: &Path, rel: &str) -> Option<String> {
         .arg(file)
         .arg(&mnt));
     let got = std::fs::read_to_string(mnt.join(rel)).ok();
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     got
 }
 

@@ -123,7 +123,7 @@ fn mount_planned(
         .arg(&img.path)
         .arg(&mnt));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&mnt)));
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     if let Err(p) = result {
         std::panic::resume_unwind(p);
     }
@@ -218,7 +218,7 @@ fn rocky_layout_agrees_with_lvs_and_its_offsets_hold_the_files() {
         .arg(&joined)
         .arg(&mnt));
     let id = std::fs::read_to_string(mnt.join("id"));
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     assert_eq!(id.unwrap(), "data");
     fx.assert_clean();
 }

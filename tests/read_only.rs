@@ -25,7 +25,7 @@ fn dirty_ext4(fx: &Fixture) -> std::path::PathBuf {
     run(Command::new("sync").arg("-f").arg(mnt.join("f")));
     let dirty = fx.path().join("dirty.img");
     std::fs::copy(&clean, &dirty).unwrap();
-    run(Command::new("umount").arg("-d").arg(&mnt));
+    common::system::umount_with(&["-d"], &mnt);
     let sb = run(Command::new("dumpe2fs").arg("-h").arg(&dirty));
     assert!(
         sb.contains("needs_recovery"),
@@ -106,7 +106,7 @@ fn the_dirty_journal_really_would_be_replayed() {
         .arg(&dirty));
     let dev = dev.trim();
     run(Command::new("mount").args(["-o", "ro", dev]).arg(&mnt));
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     run(Command::new("losetup").args(["-d", dev]));
     assert_ne!(sha(&dirty), before);
     fx.assert_clean();

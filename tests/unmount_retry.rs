@@ -7,7 +7,7 @@ mod common;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{Fixture, bound_loops, is_mount_point, run};
+use common::{Fixture, bound_loops, is_mount_point};
 use diskmount::{
     ErrorKind, Format, Image, Loop, MountOptions, Mounted, Partition, RetryPolicy, Step, Unattached,
 };
@@ -87,7 +87,7 @@ fn close_never_detaches_under_a_live_mount() {
     hold.wait().unwrap();
     // Once the holder is gone, an unmount by anyone releases it all: the
     // loop device goes with its last user (autoclear).
-    run(Command::new("umount").arg(&mnt));
+    common::system::umount(&mnt);
     let gone = (0..200).any(|_| {
         std::thread::sleep(Duration::from_millis(10));
         !our_loop_bound(&fx)

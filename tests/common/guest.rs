@@ -180,26 +180,11 @@ impl Fixture {
             .args(["-o", opts])
             .arg(img)
             .arg(dir.path()));
-        let guard = scopeguard::guard(dir.path().to_path_buf(), |d| umount(&d));
+        let guard = scopeguard::guard(dir.path().to_path_buf(), |d| super::system::umount(&d));
         let out = f(&guard);
         drop(guard);
         out
     }
-}
-
-/// Unmounts `dir`, retrying while it is busy: a child another test thread
-/// is forking holds copies of this thread's descriptors until it execs.
-fn umount(dir: &Path) {
-    for _ in 0..50 {
-        let out = Command::new("umount").arg(dir).output().unwrap();
-        if out.status.success() {
-            return;
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("busy"), "umount {}: {err}", dir.display());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("umount {}: still busy after 5 s", dir.display());
 }
 
 /// `(mode & 0o7777, uid, gid)` of `path` itself.

@@ -359,7 +359,7 @@ impl Fixture {
                     .arg(format!("{}/.", src.display()))
                     .arg(&mnt)
                     .status();
-                run(Command::new("umount").arg(&mnt));
+                super::system::umount(&mnt);
                 assert!(copied.unwrap().success(), "cp into {dev}");
             }
             other => panic!("no recipe for {other}"),

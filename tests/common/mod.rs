@@ -111,7 +111,7 @@ impl Fixture {
                     .arg("-a")
                     .arg(format!("{}/.", src.display()))
                     .arg(&mnt));
-                run(Command::new("umount").arg("-d").arg(&mnt));
+                system::umount_with(&["-d"], &mnt);
             }
             "squashfs" => {
                 run(Command::new("mksquashfs").arg(&src).arg(&img).args([

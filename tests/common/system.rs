@@ -19,6 +19,27 @@ pub fn require_root_for(what: &str) {
     );
 }
 
+/// Unmounts `dir` with util-linux `umount` (`args` before it, such as
+/// `-d`), retrying while it is busy: a child that another test thread is
+/// forking holds copies of this thread's descriptors until it execs.
+pub fn umount_with(args: &[&str], dir: &Path) {
+    for _ in 0..50 {
+        let out = Command::new("umount").args(args).arg(dir).output().unwrap();
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("busy"), "umount {}: {err}", dir.display());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("umount {}: still busy after 5 s", dir.display());
+}
+
+/// [`umount_with`] without options.
+pub fn umount(dir: &Path) {
+    umount_with(&[], dir)
+}
+
 /// Runs a command and panics with its output if it fails; returns stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
