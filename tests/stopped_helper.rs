@@ -142,3 +142,64 @@ fn stopped_daemon_close_kills_it_and_tears_down() {
     assert!(!common::is_mount_point(&mnt));
     assert_nothing_left(&mut fx);
 }
+
+/// A loop device of someone else's, backed by a file on a FUSE export
+/// whose daemon is stopped: attaching and mounting an unrelated image never
+/// enters that FUSE filesystem (`losetup -a` would hang on it, as would a
+/// `stat` of every loop device's backing file).
+#[test]
+fn a_stopped_foreign_fuse_daemon_does_not_hang_an_unrelated_attach() {
+    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP, SIGTERM};
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fx = Fixture::new();
+    let backing = fx.blank("foreign.raw", 16 << 20);
+    let export = fx.blank("foreign.export", 0);
+    let mut daemon = std::process::Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=f0,filename={}",
+            backing.display()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "type=fuse,id=e0,node-name=f0,mountpoint={},writable=on",
+            export.display()
+        ))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !common::is_mount_point(&export) {
+        assert!(start.elapsed() < Duration::from_secs(10), "no FUSE export");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dev = common::run(
+        std::process::Command::new("losetup")
+            .args(["--show", "-f"])
+            .arg(&export),
+    );
+    let dev = dev.trim().to_string();
+    signal(daemon.id(), SIGSTOP);
+    wait_stopped(daemon.id());
+
+    let img = fx.ext4("unrelated.img", &[("f", "x")]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let image = Image::file(&img, Format::Raw).unwrap();
+        let got = diskmount::with_mounted(&image, Partition::Whole, |root| {
+            std::fs::write(root.join("g"), "y").unwrap();
+            std::fs::read_to_string(root.join("f")).unwrap()
+        });
+        tx.send(got.map_err(|e| e.to_string())).unwrap();
+    });
+    let result = rx.recv_timeout(Duration::from_secs(30));
+    // Whatever happened, let the daemon go, then take everything down.
+    signal(daemon.id(), SIGCONT);
+    worker.join().unwrap();
+    common::run(std::process::Command::new("losetup").args(["-d", &dev]));
+    // SIGTERM: qemu removes its FUSE export on the way out.
+    signal(daemon.id(), SIGTERM);
+    daemon.wait().unwrap();
+    let result = result.expect("the attach hung on the stopped FUSE daemon's filesystem");
+    assert_eq!(result.unwrap(), "x");
+    assert_nothing_left(&mut fx);
+}

@@ -25,7 +25,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -254,7 +254,10 @@ pub(crate) fn open_backing(image: &Image) -> Result<File> {
         ),
         e => Error::os(Step::Attach, path, "flock image", e),
     })?;
-    if let Some(other) = bound_elsewhere(&meta, image.is_read_only()) {
+    if let Some(other) = crate::kernel::loop_backing::loops_over(&meta, image.is_read_only())
+        .into_iter()
+        .next()
+    {
         return Err(Error::refused(
             ErrorKind::InUse,
             Step::Attach,
@@ -279,37 +282,6 @@ pub(crate) fn lock_briefly(file: &File, lock: Lock) -> std::result::Result<(), E
         }
     })
     .unwrap_or(Err(Errno::EWOULDBLOCK))
-}
-
-/// A loop device that already serves the file `meta` describes, writable
-/// (or any, if we want to write). Read from sysfs, which lists every bound
-/// loop device's backing file.
-///
-/// Only loop devices with a size are looked at, as `/proc/partitions` lists
-/// them: an unbound device's `loop/backing_file` is missing, and sysfs does
-/// not cache a failed lookup, so asking every device cost about 10 us each
-/// (a quarter of a millisecond per attach with two dozen devices). A device
-/// bound with a size of zero (an offset at the very end) cannot serve the
-/// image's data and is not listed.
-fn bound_elsewhere(meta: &std::fs::Metadata, read_only: bool) -> Option<PathBuf> {
-    for name in sysfs::sized_disks() {
-        if !sysfs::is_loop_disk(&name) {
-            continue;
-        }
-        let Some(info) = sysfs::loop_info(&name) else {
-            continue;
-        };
-        let Ok(other) = std::fs::metadata(&info.backing_file) else {
-            continue;
-        };
-        if other.dev() != meta.dev() || other.ino() != meta.ino() {
-            continue;
-        }
-        if !(read_only && sysfs::is_read_only(&name)) {
-            return Some(PathBuf::from(format!("/dev/{name}")));
-        }
-    }
-    None
 }
 
 /// Waits (bounded) until `/dev/loop<nr>` is unbound; true if it is.

@@ -2,12 +2,14 @@
 //! [`mountinfo`] parses `/proc/self/mountinfo` (and asks `statx` for mount
 //! ids where that answers the question without parsing), [`sysfs`] reads
 //! the attributes of block devices under `/sys/block` and `/sys/dev/block`,
-//! [`process`] the state of a process in `/proc/PID/stat`.
+//! [`process`] the state of a process in `/proc/PID/stat`; `loop_backing`
+//! which loop devices serve a file, never entering an unrelated filesystem.
 //!
 //! The library, the command-line tool and the tests all use these, so every
 //! escape of mountinfo is undone the same way everywhere and every sysfs
 //! attribute is read with the same rules (trimmed, absent = `None`).
 
+pub(crate) mod loop_backing;
 pub(crate) mod module;
 pub mod mountinfo;
 pub mod process;

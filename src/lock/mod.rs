@@ -18,8 +18,8 @@ pub(crate) mod qemu;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use log::{debug, warn};
 use nix::errno::Errno;
@@ -27,6 +27,7 @@ use nix::libc;
 
 use crate::error::{Error, Result, Step};
 use crate::image::Image;
+use crate::kernel::loop_backing::loops_over;
 use crate::sys::flock::{Lock, flock};
 use qemu::{Conflict, Perms};
 
@@ -232,33 +233,4 @@ pub(crate) fn check(image: &Image) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// The loop devices bound to the file `meta` describes (writable ones
-/// only, if `writable_only`), from sysfs.
-fn loops_over(meta: &std::fs::Metadata, writable_only: bool) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("loop") {
-            continue;
-        }
-        let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
-            continue;
-        };
-        let Ok(other) = std::fs::metadata(backing.trim_end_matches('\n')) else {
-            continue;
-        };
-        if other.dev() != meta.dev() || other.ino() != meta.ino() {
-            continue;
-        }
-        let ro = std::fs::read_to_string(e.path().join("ro")).is_ok_and(|s| s.trim() == "1");
-        if !(writable_only && ro) {
-            out.push(PathBuf::from("/dev").join(&name));
-        }
-    }
-    out
 }
