@@ -39,7 +39,7 @@ use nix::unistd::Pid;
 
 use super::device::{Core, Found};
 use super::r#loop::{LoopDevice, unbind_core};
-use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE};
+use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE, explain_open_failure};
 use super::{Backend, BackendKind, Device, sealed};
 use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
@@ -382,6 +382,9 @@ impl Daemon {
                 for object in &blockdev.objects {
                     cmd.arg("--object").arg(object);
                 }
+                for (name, value) in &blockdev.env {
+                    cmd.env(name, value);
+                }
                 cmd.arg("--blockdev").arg(blockdev.json());
                 if raw_probe.is_some() {
                     node = PROTOCOL_NODE;
@@ -447,6 +450,18 @@ impl Daemon {
                 Ok(daemon)
             }
             Err(e) => {
+                let e = match (&e, image.location()) {
+                    (Error::Command { stderr, .. }, Some(location)) => {
+                        match explain_open_failure(location, stderr) {
+                            Some((kind, reason)) => {
+                                debug!("attach: {e}");
+                                Error::refused(kind, Step::Attach, path, reason)
+                            }
+                            None => e,
+                        }
+                    }
+                    _ => e,
+                };
                 let mut errors = vec![e];
                 daemon.stop_into(&mut errors);
                 Err(errors.remove(0))

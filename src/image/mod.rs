@@ -218,8 +218,8 @@ impl Image {
     }
 
     /// Open the image read-only, all the way down: the backing file, the
-    /// block device and the mount. Default: read-write (HTTP(S) images are
-    /// always read-only; `false` leaves them so).
+    /// block device and the mount. Default: read-write (HTTP(S) images and
+    /// RBD snapshots are always read-only; `false` leaves them so).
     pub fn read_only(mut self, read_only: bool) -> Image {
         let forced = self.location.as_ref().is_some_and(|l| l.is_read_only());
         self.read_only = read_only || forced;

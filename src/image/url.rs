@@ -207,9 +207,13 @@ impl Location {
         }
     }
 
-    /// Whether the protocol only ever reads (HTTP(S)).
+    /// Whether the image can only be read: HTTP(S), and an RBD snapshot.
     pub fn is_read_only(&self) -> bool {
-        matches!(self, Location::Http(_))
+        match self {
+            Location::Http(_) => true,
+            Location::Rbd(r) => r.snap.is_some(),
+            _ => false,
+        }
     }
 }
 
@@ -702,7 +706,7 @@ mod tests {
         );
         assert_eq!(ok(&l.to_string()), l);
         assert_eq!(l.protocol(), "rbd");
-        assert!(!l.is_read_only());
+        assert!(l.is_read_only(), "a snapshot");
         assert_eq!(ok("RBD://p/i"), ok("rbd://p/i"));
     }
 
