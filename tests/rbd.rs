@@ -377,3 +377,76 @@ fn fuse_rbd_wrong_key_missing_pool_missing_image() {
     }
     fx.assert_clean();
 }
+
+/// Runs `f` on a thread and panics if it takes longer than `bound`
+/// (a hung teardown fails the test instead of hanging it); returns its
+/// result and how long it took.
+fn bounded<T: Send + 'static>(
+    bound: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (T, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(bound) {
+        Ok(v) => (v, start.elapsed()),
+        Err(_) => panic!("not done within {bound:?}"),
+    }
+}
+
+/// The OSD stopped (SIGSTOP) while an image is mounted through librbd:
+/// I/O fails within librados' bound instead of hanging (measured: 105 s
+/// for one 4 KiB direct read, the page cache's read-ahead making several
+/// requests of 15 s each), teardown ends within the watchdog's bound (60 s:
+/// the FUSE connection aborted) and reports the loss, and nothing is left.
+#[test]
+fn fuse_rbd_frozen_osd_gives_bounded_errors_and_teardown() {
+    let _one = serial();
+    let mut fx = Fixture::new();
+    let c = ceph::cluster();
+    let img = fx.ext4("frozen.img", &[("id", "x")]);
+    // Data past the filesystem's end (64 MiB), which nothing reads before
+    // the test does: a read there must reach the OSD.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&vec![0x5a; 4 << 20], 66 << 20).unwrap();
+    }
+    c.import(&img, "frozen");
+    let mnt = fx.tree("mnt", &[]);
+    let m = fuse_mount(&c.url("frozen", None), Partition::Whole, &mnt).unwrap();
+    std::fs::write(m.path().join("dirty"), vec![7u8; 1 << 20]).unwrap();
+    let frozen = c.freeze_osd();
+    // A read that must reach the cluster: fails within librados' bound.
+    let dev = m.device().to_path_buf();
+    let (read, took) = bounded(std::time::Duration::from_secs(200), move || {
+        Command::new("dd")
+            .arg(format!("if={}", dev.display()))
+            .args([
+                "of=/dev/null",
+                "bs=4096",
+                "count=1",
+                "skip=17152",
+                "iflag=direct",
+            ])
+            .output()
+            .unwrap()
+    });
+    eprintln!("frozen OSD: direct read -> {read:?} after {took:.1?}");
+    assert!(!read.status.success(), "{read:?}");
+    let (closed, took) = bounded(std::time::Duration::from_secs(180), move || m.close());
+    eprintln!("frozen OSD: teardown -> {closed:?} after {took:.1?}");
+    let e = closed.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("server stopped answering") && text.contains("aborted"),
+        "{text}"
+    );
+    assert!(!Cluster::leaks_key(&format!("{e:?}")));
+    drop(frozen);
+    assert!(!common::is_mount_point(&mnt));
+    assert_no_rbd_helper(c);
+    fx.assert_clean();
+}

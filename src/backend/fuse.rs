@@ -38,6 +38,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::device::{Core, Found};
+use super::fuse_abort::{TEARDOWN_BOUND, Watchdog, connection_of};
 use super::r#loop::{LoopDevice, unbind_core};
 use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE, explain_open_failure};
 use super::{Backend, BackendKind, Device, sealed};
@@ -108,6 +109,8 @@ impl sealed::Ops for FuseDevice {
             export: export.clone(),
             image: image.clone(),
             persistent: true,
+            network: false,
+            connection: mountinfo::on(&export).map(|m| connection_of(m.dev)),
         };
         let backing = super::device::open_node(&export, found.read_only, Step::Open).ok();
         Some(
@@ -146,6 +149,16 @@ impl sealed::Ops for FuseDevice {
 
     fn record_fields(&self) -> Vec<(&'static str, String)> {
         self.daemon.record_fields()
+    }
+
+    /// A network image's export: the server behind it can hang.
+    fn watchdog(&self) -> Option<Watchdog> {
+        self.daemon.network.then(|| Watchdog {
+            image: self.daemon.image.clone(),
+            connection: self.daemon.connection,
+            pid: self.daemon.child.id(),
+            bound: TEARDOWN_BOUND,
+        })
     }
 
     fn disown(mut self) {
@@ -201,6 +214,10 @@ struct Daemon {
     export: PathBuf,
     image: PathBuf,
     persistent: bool,
+    /// It serves a network image (a server behind it can hang).
+    network: bool,
+    /// The export's FUSE connection number, once it is live.
+    connection: Option<u64>,
 }
 
 /// Escapes a value for qemu's `key=value,...` option syntax.
@@ -441,12 +458,21 @@ impl Daemon {
             export,
             image: path.to_path_buf(),
             persistent,
+            network: image.location().is_some(),
+            connection: None,
         };
         let ready = daemon.wait_ready(&inotify, &pidfile);
         close_in_background(inotify);
         match ready {
             Ok(()) => {
-                debug!("attach: {DAEMON} exports {}", daemon.export.display());
+                daemon.connection = mountinfo::on(&daemon.export)
+                    .filter(|m| m.fstype.starts_with("fuse"))
+                    .map(|m| connection_of(m.dev));
+                debug!(
+                    "attach: {DAEMON} exports {} (FUSE connection {:?})",
+                    daemon.export.display(),
+                    daemon.connection
+                );
                 Ok(daemon)
             }
             Err(e) => {
