@@ -76,8 +76,9 @@ impl Blockdev {
                     "readahead": 4096,
                 });
                 if h.secure {
-                    // Certificates are always verified (the system's CAs).
-                    o["sslverify"] = json!(true);
+                    // Certificates are verified (the system's CAs) unless
+                    // the URL says #sslverify=off.
+                    o["sslverify"] = json!(h.verify_tls);
                 }
                 o
             }
@@ -212,6 +213,27 @@ pub(crate) fn explain_open_failure(
                 None
             }
         }
+        Location::Http(h) => {
+            let tls = ["certificate", "SSL", "TLS", "ssl", "tls"];
+            if h.secure && tls.iter().any(|w| cause.contains(w)) {
+                Some((
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "the server's TLS certificate was not accepted (self-signed, expired, \
+                         for another name, or from a CA this system does not trust); if you \
+                         trust this server, end the URL with #{} {said}",
+                        crate::image::url::INSECURE_FRAGMENT
+                    ),
+                ))
+            } else if cause.contains("Connection refused") || cause.contains("Couldn't connect") {
+                Some((
+                    ErrorKind::Io,
+                    format!("nothing answers at {} {said}", h.server),
+                ))
+            } else {
+                None
+            }
+        }
         _ => None,
     }
 }
@@ -272,6 +294,9 @@ mod tests {
         assert_eq!(b.node["driver"], "https");
         assert_eq!(b.node["read-only"], true);
         assert_eq!(b.node["sslverify"], true);
+        assert_eq!(b.node["url"], "https://127.0.0.1:8443/d.qcow2");
+        let b = of("https://127.0.0.1:8443/d.qcow2#sslverify=off");
+        assert_eq!(b.node["sslverify"], false);
         assert_eq!(b.node["url"], "https://127.0.0.1:8443/d.qcow2");
     }
 

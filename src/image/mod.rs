@@ -149,7 +149,8 @@ impl Image {
     /// - `rbd://[USER@]POOL/IMAGE[@SNAP][?conf=PATH&keyring=PATH]` (Ceph),
     /// - `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`,
     /// - `http://HOST[:PORT]/PATH`, `https://HOST[:PORT]/PATH` (always
-    ///   read-only),
+    ///   read-only; the server's certificate is checked against the
+    ///   system's CAs unless the URL ends in `#sslverify=off`),
     /// - `iscsi://[USER@]HOST[:PORT]/IQN/LUN[?password-file=PATH]`.
     ///
     /// Components are percent-decoded. A password in the URL is refused:

@@ -227,3 +227,79 @@ pub fn assert_no_client(needle: &str, except: Option<u32>) {
         .collect();
     assert!(left.is_empty(), "qemu helpers left: {left:?}");
 }
+
+/// A TLS front for an [`HttpServer`]: socat on 127.0.0.1 with a
+/// self-signed certificate (made by openssl for `127.0.0.1`), passing each
+/// connection on to the plain server. Stopped on drop.
+pub struct TlsFront {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsFront {
+    /// Serves `backend`'s port over TLS; waits until it accepts.
+    pub fn start(backend: u16) -> TlsFront {
+        let dir = tempfile::Builder::new()
+            .prefix("diskmount-test-tls-")
+            .tempdir()
+            .unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let port = free_port();
+        let child = Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+                cert.display(),
+                key.display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{backend}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat (apt-get install socat)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "socat did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsFront {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// `https://127.0.0.1:PORT/NAME`.
+    pub fn url(&self, name: &str) -> String {
+        format!("https://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
