@@ -234,6 +234,42 @@ pub(crate) fn explain_open_failure(
                 None
             }
         }
+        Location::Iscsi(i) => {
+            if cause.contains("LOGICAL_UNIT_NOT_SUPPORTED") {
+                Some((
+                    ErrorKind::NotFound,
+                    format!("the target {} has no LUN {} {said}", i.target, i.lun),
+                ))
+            } else if cause.contains("Target not found") {
+                Some((
+                    ErrorKind::NotFound,
+                    format!("the portal {} has no target {} {said}", i.portal, i.target),
+                ))
+            } else if cause.contains("Authentication failure")
+                || cause.contains("Authorization failure")
+            {
+                Some((
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "the target {} refused the login (user or password) {said}",
+                        i.target
+                    ),
+                ))
+            } else if cause.contains("Connection refused")
+                || cause.contains("reconnect")
+                || cause.contains("iscsi_service failed")
+            {
+                Some((
+                    ErrorKind::Io,
+                    format!(
+                        "nothing answers at {} (or it closed the connection) {said}",
+                        i.portal
+                    ),
+                ))
+            } else {
+                None
+            }
+        }
         _ => None,
     }
 }
