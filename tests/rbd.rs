@@ -150,10 +150,12 @@ fn fuse_mount(url: &str, partition: Partition, dir: &Path) -> diskmount::Result<
 }
 
 fn cli(args: &[&OsStr]) -> (bool, String, String) {
+    let start = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
         .args(args)
         .output()
         .unwrap();
+    eprintln!("rbd-cli: {:?} took {:.0?}", args[0], start.elapsed());
     let (o, e) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -180,12 +182,18 @@ fn fuse_mounts_a_partitioned_rbd_image_and_writes_through() {
     std::fs::write(m.path().join("written"), "through librbd").unwrap();
     m.close().unwrap();
     assert_no_rbd_helper(c);
+    let start = std::time::Instant::now();
     let m = fuse_mount(&url, Partition::Number(5), &mnt).unwrap();
+    let mounted = start.elapsed();
     assert_eq!(
         std::fs::read_to_string(m.path().join("written")).unwrap(),
         "through librbd"
     );
     m.close().unwrap();
+    eprintln!(
+        "rbd-fuse: attach+map+mount {mounted:.0?}, full cycle with a file read {:.0?}",
+        start.elapsed()
+    );
     // What the cluster holds has the write, in partition 5 only.
     let back = fx.path().join("back.img");
     c.export("parts", &back);
