@@ -156,6 +156,7 @@ impl sealed::Ops for FuseDevice {
         self.daemon.network.then(|| Watchdog {
             image: self.daemon.image.clone(),
             connection: self.daemon.connection,
+            export: self.daemon.export.clone(),
             pid: self.daemon.child.id(),
             bound: TEARDOWN_BOUND,
         })

@@ -40,6 +40,9 @@ pub struct Watchdog {
     /// The FUSE connection's number (the kernel's `dev_t` of the export's
     /// superblock), if the export was found mounted.
     pub(crate) connection: Option<u64>,
+    /// The export's mount point: the connection is aborted only while it
+    /// is still this mount's (numbers are reused once it is gone).
+    pub(crate) export: PathBuf,
     /// The daemon serving the export.
     pub(crate) pid: u32,
     /// How long before it fires.
@@ -101,8 +104,17 @@ impl Watchdog {
             self.connection.map(|n| format!(" {n}")).unwrap_or_default(),
             self.pid
         );
+        let still_ours = |n: u64| {
+            crate::kernel::mountinfo::on(&self.export)
+                .is_some_and(|m| m.fstype.starts_with("fuse") && connection_of(m.dev) == n)
+        };
         let aborted = match self.connection {
-            Some(n) => abort_connection(n),
+            Some(n) if still_ours(n) => abort_connection(n),
+            Some(_) => Err(Error::invalid(
+                Step::Detach,
+                &self.export,
+                "the export is no longer mounted",
+            )),
             None => Err(Error::invalid(
                 Step::Detach,
                 &self.image,
