@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::servers::{HttpServer, assert_no_client};
+use common::servers::{HttpServer, TlsFront, assert_no_client};
 use common::{Fixture, is_mount_point, run};
 use diskmount::{Format, Fuse, Image, MountOptions, Partition, Unattached};
 
@@ -92,5 +92,55 @@ fn a_missing_file_and_a_dead_server_are_clear_errors() {
         .to_string();
     assert!(err.contains(&url), "{err}");
     assert_no_client(&format!("127.0.0.1:{port}"), None);
+    fx.assert_clean();
+}
+
+/// HTTPS to a server with a self-signed certificate: refused by default
+/// with one clear line saying what to do; with `#sslverify=off` at the
+/// end of the URL the image mounts, read-only, and a file is copied out.
+#[test]
+fn https_with_a_self_signed_certificate_is_refused_unless_the_url_says_so() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "over https")]);
+    let server = HttpServer::start(&img);
+    let tls = TlsFront::start(server.port);
+    let url = tls.url("disk.img");
+    let e = Unattached::<Fuse>::new(Image::url(&url).unwrap())
+        .attach()
+        .map(|_| ())
+        .expect_err("a self-signed certificate");
+    let text = e.to_string();
+    eprintln!("{text}");
+    assert_eq!(e.kind(), diskmount::ErrorKind::PermissionDenied, "{text}");
+    assert!(
+        text.starts_with(&format!("attach: {url}: "))
+            && text.contains("TLS certificate was not accepted")
+            && text.contains("#sslverify=off")
+            && !text.contains('\n'),
+        "{text}"
+    );
+    assert_no_client(&format!("127.0.0.1:{}", tls.port), None);
+    let insecure = format!("{url}#sslverify=off");
+    let image = Image::url(&insecure).unwrap();
+    assert_eq!(image.path(), std::path::Path::new(&insecure));
+    assert!(image.is_read_only());
+    let mnt = fx.tree("mnt", &[]);
+    let m = Unattached::<Fuse>::new(image)
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(m.path().join("id")).unwrap(),
+        "over https"
+    );
+    assert!(std::fs::write(m.path().join("new"), "x").is_err());
+    m.close().unwrap();
+    assert!(!is_mount_point(&mnt));
+    assert_no_client(&format!("127.0.0.1:{}", tls.port), None);
+    drop(tls);
+    drop(server);
     fx.assert_clean();
 }

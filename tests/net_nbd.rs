@@ -166,3 +166,39 @@ fn a_server_killed_while_mounted_leaves_nothing() {
     assert_no_client(&format!("\"port\":\"{port}\""), None);
     fx.assert_clean();
 }
+
+/// The NBD server stopped (SIGSTOP) while an image is mounted through
+/// qemu's nbd driver, which has no request timeout: the teardown's
+/// watchdog aborts the FUSE export past its bound, so the teardown ends,
+/// reports the loss, and leaves nothing.
+#[test]
+fn a_server_stopped_while_mounted_gives_a_bounded_teardown() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "net")]);
+    let port = free_port();
+    let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    let mnt = fx.tree("mnt", &[]);
+    let m = mount(&server.url, &mnt).unwrap();
+    std::fs::write(m.path().join("dirty"), vec![7u8; 1 << 20]).unwrap();
+    server.signal("STOP");
+    let start = std::time::Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(m.close());
+    });
+    let closed = rx
+        .recv_timeout(std::time::Duration::from_secs(150))
+        .expect("the teardown ended");
+    let took = start.elapsed();
+    eprintln!("stopped nbd server: teardown -> {closed:?} after {took:.1?}");
+    let text = closed.unwrap_err().to_string();
+    assert!(
+        text.contains("server stopped answering") && text.contains("aborted"),
+        "{text}"
+    );
+    server.signal("CONT");
+    server.stop();
+    assert!(!is_mount_point(&mnt));
+    assert_no_client(&format!("\"port\":\"{port}\""), None);
+    fx.assert_clean();
+}

@@ -144,6 +144,12 @@ macro_rules! backends {
                 }
             }
 
+            fn watchdog(&self) -> Option<super::fuse_abort::Watchdog> {
+                match self {
+                    $(AutoDevice::$kind(d) => d.watchdog(),)*
+                }
+            }
+
             fn record_fields(&self) -> Vec<(&'static str, String)> {
                 match self {
                     $(AutoDevice::$kind(d) => d.record_fields(),)*

@@ -38,8 +38,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::device::{Core, Found};
+use super::fuse_abort::{TEARDOWN_BOUND, Watchdog, connection_of};
 use super::r#loop::{LoopDevice, unbind_core};
-use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE};
+use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE, explain_open_failure};
 use super::{Backend, BackendKind, Device, sealed};
 use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
@@ -108,6 +109,8 @@ impl sealed::Ops for FuseDevice {
             export: export.clone(),
             image: image.clone(),
             persistent: true,
+            network: false,
+            connection: mountinfo::on(&export).map(|m| connection_of(m.dev)),
         };
         let backing = super::device::open_node(&export, found.read_only, Step::Open).ok();
         Some(
@@ -146,6 +149,17 @@ impl sealed::Ops for FuseDevice {
 
     fn record_fields(&self) -> Vec<(&'static str, String)> {
         self.daemon.record_fields()
+    }
+
+    /// A network image's export: the server behind it can hang.
+    fn watchdog(&self) -> Option<Watchdog> {
+        self.daemon.network.then(|| Watchdog {
+            image: self.daemon.image.clone(),
+            connection: self.daemon.connection,
+            export: self.daemon.export.clone(),
+            pid: self.daemon.child.id(),
+            bound: TEARDOWN_BOUND,
+        })
     }
 
     fn disown(mut self) {
@@ -201,6 +215,10 @@ struct Daemon {
     export: PathBuf,
     image: PathBuf,
     persistent: bool,
+    /// It serves a network image (a server behind it can hang).
+    network: bool,
+    /// The export's FUSE connection number, once it is live.
+    connection: Option<u64>,
 }
 
 /// Escapes a value for qemu's `key=value,...` option syntax.
@@ -382,6 +400,9 @@ impl Daemon {
                 for object in &blockdev.objects {
                     cmd.arg("--object").arg(object);
                 }
+                for (name, value) in &blockdev.env {
+                    cmd.env(name, value);
+                }
                 cmd.arg("--blockdev").arg(blockdev.json());
                 if raw_probe.is_some() {
                     node = PROTOCOL_NODE;
@@ -438,15 +459,36 @@ impl Daemon {
             export,
             image: path.to_path_buf(),
             persistent,
+            network: image.location().is_some(),
+            connection: None,
         };
         let ready = daemon.wait_ready(&inotify, &pidfile);
         close_in_background(inotify);
         match ready {
             Ok(()) => {
-                debug!("attach: {DAEMON} exports {}", daemon.export.display());
+                daemon.connection = mountinfo::on(&daemon.export)
+                    .filter(|m| m.fstype.starts_with("fuse"))
+                    .map(|m| connection_of(m.dev));
+                debug!(
+                    "attach: {DAEMON} exports {} (FUSE connection {:?})",
+                    daemon.export.display(),
+                    daemon.connection
+                );
                 Ok(daemon)
             }
             Err(e) => {
+                let e = match (&e, image.location()) {
+                    (Error::Command { stderr, .. }, Some(location)) => {
+                        match explain_open_failure(location, stderr) {
+                            Some((kind, reason)) => {
+                                debug!("attach: {e}");
+                                Error::refused(kind, Step::Attach, path, reason)
+                            }
+                            None => e,
+                        }
+                    }
+                    _ => e,
+                };
                 let mut errors = vec![e];
                 daemon.stop_into(&mut errors);
                 Err(errors.remove(0))

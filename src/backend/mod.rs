@@ -24,6 +24,7 @@ mod block;
 mod ceph_conf;
 pub(crate) mod device;
 pub(crate) mod fuse;
+pub(crate) mod fuse_abort;
 pub(crate) mod r#loop;
 pub mod nbd;
 pub(crate) mod qemu_blockdev;
@@ -83,6 +84,14 @@ pub(crate) mod sealed {
         /// teardown that cannot wait for it: whatever it has not flushed
         /// is lost, and every request to it fails from then on.
         fn kill_server(&mut self) {}
+
+        /// A watch for a teardown that can hang on a remote server (a
+        /// network image's FUSE export): armed by the teardown, it aborts
+        /// the export past its bound. `None` for devices whose teardown
+        /// the kernel bounds.
+        fn watchdog(&self) -> Option<super::fuse_abort::Watchdog> {
+            None
+        }
 
         /// What a crash-recovery record needs to find this device's helper
         /// process again.

@@ -4,14 +4,19 @@
 //! server gives bounded errors.
 //!
 //! Credentials never go on a command line: a password is handed to qemu
-//! as `--object secret,id=..,file=PATH` (the file the URL names), a Ceph
-//! keyring by its path in the options. The options hold no secret, so they
-//! may be logged and seen in `/proc`.
+//! as `--object secret,id=..,file=PATH` (the file the URL names); a Ceph
+//! key, read by us from the keyring, as a base64 secret object whose file
+//! lives in a private `0700` directory that goes with the [`Blockdev`]
+//! (qemu reads it once, when the object is made). The options hold no
+//! secret, so they may be logged and seen in `/proc`.
+
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::error::{Error, ErrorKind, Result, Step};
+use crate::error::{ErrorKind, Result};
 use crate::image::{Location, NbdServer};
+use crate::options::AttachOptions;
 
 /// The node name of the protocol node.
 pub(crate) const PROTOCOL_NODE: &str = "proto0";
@@ -27,15 +32,25 @@ pub(crate) struct Blockdev {
     pub(crate) node: Value,
     /// `--object` arguments (secrets by file).
     pub(crate) objects: Vec<String>,
+    /// Environment variables the helper needs (`CEPH_ARGS` with librados'
+    /// timeouts: qemu's rbd options have none). Never a secret.
+    pub(crate) env: Vec<(&'static str, String)>,
+    /// The private directory holding a secret file of ours (the Ceph
+    /// key), removed with the last clone of this value: once the daemons
+    /// that read it have started.
+    _secrets: Option<Arc<tempfile::TempDir>>,
 }
 
 impl Blockdev {
     /// The options of `location` opened `read_only`.
     ///
     /// # Errors
-    /// [`Step::Attach`] for a protocol that needs what is not built yet.
+    /// [`Step::Attach`]: the Ceph configuration or keyring of an RBD image
+    /// cannot be read, or its key file cannot be written.
     pub(crate) fn of(location: &Location, read_only: bool) -> Result<Blockdev> {
         let mut objects = Vec::new();
+        let mut secrets = None;
+        let mut env = Vec::new();
         let mut node = match location {
             Location::Nbd(n) => {
                 let server = match &n.server {
@@ -61,8 +76,9 @@ impl Blockdev {
                     "readahead": 4096,
                 });
                 if h.secure {
-                    // Certificates are always verified (the system's CAs).
-                    o["sslverify"] = json!(true);
+                    // Certificates are verified (the system's CAs) unless
+                    // the URL says #sslverify=off.
+                    o["sslverify"] = json!(h.verify_tls);
                 }
                 o
             }
@@ -86,15 +102,13 @@ impl Blockdev {
                 }
                 o
             }
-            // rbd16: the librbd protocol node (pool, image, snapshot, user,
-            // conf, key-secret by file) goes here.
-            Location::Rbd(_) => {
-                return Err(Error::refused(
-                    ErrorKind::Unsupported,
-                    Step::Attach,
-                    location.to_string(),
-                    "qemu's rbd driver is not wired up yet; use the Rbd backend",
-                ));
+            Location::Rbd(url) => {
+                let dir = super::private_dir(&AttachOptions::default(), "diskmount-secret-")?;
+                let (node, mut objs) = super::rbd::qemu_node(url, dir.path())?;
+                objects.append(&mut objs);
+                secrets = Some(Arc::new(dir));
+                env.push(("CEPH_ARGS", ceph_args()));
+                node
             }
         };
         let map: &mut Map<String, Value> = node.as_object_mut().expect("an object");
@@ -103,7 +117,12 @@ impl Blockdev {
             "read-only".into(),
             json!(read_only || location.is_read_only()),
         );
-        Ok(Blockdev { node, objects })
+        Ok(Blockdev {
+            node,
+            objects,
+            env,
+            _secrets: secrets,
+        })
     }
 
     /// The node as `--blockdev` JSON.
@@ -122,6 +141,136 @@ impl Blockdev {
         }
         flatten(&node, prefix, &mut out);
         out.join(",")
+    }
+}
+
+/// `CEPH_ARGS` for librados in the helper: the caller's own, then time
+/// bounds on connecting (`client_mount_timeout`) and on every monitor and
+/// OSD request, so that a dead or stopped cluster fails I/O with an error
+/// instead of hanging it (librados' defaults wait for ever, or 5 minutes).
+fn ceph_args() -> String {
+    let mut args = std::env::var("CEPH_ARGS").unwrap_or_default();
+    for option in [
+        "client_mount_timeout",
+        "rados_mon_op_timeout",
+        "rados_osd_op_timeout",
+    ] {
+        args.push_str(&format!(" --{option}={IO_TIMEOUT_SECS}"));
+    }
+    args.trim_start().to_string()
+}
+
+/// What qemu's protocol driver said when it could not open `location`
+/// (the daemon's standard error), as a clear reason with its kind: the
+/// object the server is missing, or the credential it refused. `None`
+/// for what is not recognised (the caller keeps the daemon's own words).
+pub(crate) fn explain_open_failure(
+    location: &Location,
+    stderr: &str,
+) -> Option<(ErrorKind, String)> {
+    // qemu prints `PROG: --blockdev {JSON}: CAUSE`; the JSON (no secret
+    // in it) is long and says nothing the URL does not.
+    let line = stderr.lines().find(|l| l.contains("--blockdev"))?;
+    let cause = line
+        .rfind("}: ")
+        .map(|at| &line[at + 3..])
+        .unwrap_or(line)
+        .trim();
+    let driver = location.protocol();
+    let said = format!("(qemu's {driver} driver: {cause})");
+    match location {
+        Location::Rbd(r) => {
+            let user = r.user.as_deref().unwrap_or("admin");
+            let what = format!("{}/{}", r.pool, r.image);
+            if cause.starts_with("error connecting: Permission denied") {
+                Some((
+                    ErrorKind::PermissionDenied,
+                    format!("the cluster refused the key of client.{user} for {what} {said}"),
+                ))
+            } else if cause.starts_with("error opening pool") && cause.contains("No such file") {
+                Some((
+                    ErrorKind::NotFound,
+                    format!("the cluster has no pool {} {said}", r.pool),
+                ))
+            } else if cause.starts_with("error reading header") && cause.contains("No such file") {
+                let reason = match &r.snap {
+                    Some(snap) => format!(
+                        "the cluster has no image {} in pool {}, or no snapshot {snap} of {what} {said}",
+                        r.image, r.pool
+                    ),
+                    None => format!(
+                        "the cluster has no image {} in pool {} {said}",
+                        r.image, r.pool
+                    ),
+                };
+                Some((ErrorKind::NotFound, reason))
+            } else if cause.starts_with("error connecting") {
+                Some((
+                    ErrorKind::Io,
+                    format!("no answer from the cluster's monitors for {what} {said}"),
+                ))
+            } else {
+                None
+            }
+        }
+        Location::Http(h) => {
+            let tls = ["certificate", "SSL", "TLS", "ssl", "tls"];
+            if h.secure && tls.iter().any(|w| cause.contains(w)) {
+                Some((
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "the server's TLS certificate was not accepted (self-signed, expired, \
+                         for another name, or from a CA this system does not trust); if you \
+                         trust this server, end the URL with #{} {said}",
+                        crate::image::url::INSECURE_FRAGMENT
+                    ),
+                ))
+            } else if cause.contains("Connection refused") || cause.contains("Couldn't connect") {
+                Some((
+                    ErrorKind::Io,
+                    format!("nothing answers at {} {said}", h.server),
+                ))
+            } else {
+                None
+            }
+        }
+        Location::Iscsi(i) => {
+            if cause.contains("LOGICAL_UNIT_NOT_SUPPORTED") {
+                Some((
+                    ErrorKind::NotFound,
+                    format!("the target {} has no LUN {} {said}", i.target, i.lun),
+                ))
+            } else if cause.contains("Target not found") {
+                Some((
+                    ErrorKind::NotFound,
+                    format!("the portal {} has no target {} {said}", i.portal, i.target),
+                ))
+            } else if cause.contains("Authentication failure")
+                || cause.contains("Authorization failure")
+            {
+                Some((
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "the target {} refused the login (user or password) {said}",
+                        i.target
+                    ),
+                ))
+            } else if cause.contains("Connection refused")
+                || cause.contains("reconnect")
+                || cause.contains("iscsi_service failed")
+            {
+                Some((
+                    ErrorKind::Io,
+                    format!(
+                        "nothing answers at {} (or it closed the connection) {said}",
+                        i.portal
+                    ),
+                ))
+            } else {
+                None
+            }
+        }
+        _ => None,
     }
 }
 
@@ -181,6 +330,9 @@ mod tests {
         assert_eq!(b.node["driver"], "https");
         assert_eq!(b.node["read-only"], true);
         assert_eq!(b.node["sslverify"], true);
+        assert_eq!(b.node["url"], "https://127.0.0.1:8443/d.qcow2");
+        let b = of("https://127.0.0.1:8443/d.qcow2#sslverify=off");
+        assert_eq!(b.node["sslverify"], false);
         assert_eq!(b.node["url"], "https://127.0.0.1:8443/d.qcow2");
     }
 

@@ -430,7 +430,6 @@ pub(crate) fn rbd_id(name: &str) -> Option<u32> {
 }
 
 /// The id of the qemu secret object holding the Ceph key.
-#[allow(dead_code)] // used once the Fuse backend's qemu_blockdev.rs calls qemu_node
 pub(crate) const QEMU_SECRET_ID: &str = "rbd-secret0";
 
 /// qemu's `rbd` protocol node (librbd, for the Fuse and Nbd backends) of
@@ -442,7 +441,6 @@ pub(crate) const QEMU_SECRET_ID: &str = "rbd-secret0";
 /// # Errors
 /// [`Step::Attach`]: the configuration or keyring cannot be read, names no
 /// monitor or holds no key for the user; the key file cannot be written.
-#[allow(dead_code)] // called by the Fuse backend's qemu_blockdev.rs (net16) once it lands
 pub(crate) fn qemu_node(
     url: &RbdUrl,
     secret_dir: &Path,

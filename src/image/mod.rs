@@ -149,7 +149,8 @@ impl Image {
     /// - `rbd://[USER@]POOL/IMAGE[@SNAP][?conf=PATH&keyring=PATH]` (Ceph),
     /// - `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`,
     /// - `http://HOST[:PORT]/PATH`, `https://HOST[:PORT]/PATH` (always
-    ///   read-only),
+    ///   read-only; the server's certificate is checked against the
+    ///   system's CAs unless the URL ends in `#sslverify=off`),
     /// - `iscsi://[USER@]HOST[:PORT]/IQN/LUN[?password-file=PATH]`.
     ///
     /// Components are percent-decoded. A password in the URL is refused:
@@ -218,8 +219,8 @@ impl Image {
     }
 
     /// Open the image read-only, all the way down: the backing file, the
-    /// block device and the mount. Default: read-write (HTTP(S) images are
-    /// always read-only; `false` leaves them so).
+    /// block device and the mount. Default: read-write (HTTP(S) images and
+    /// RBD snapshots are always read-only; `false` leaves them so).
     pub fn read_only(mut self, read_only: bool) -> Image {
         let forced = self.location.as_ref().is_some_and(|l| l.is_read_only());
         self.read_only = read_only || forced;

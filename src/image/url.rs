@@ -114,7 +114,14 @@ pub struct HttpUrl {
     /// The path and query as given (still percent-encoded, starting with
     /// `/`), as the server is asked for it.
     pub path: String,
+    /// https: whether the server's certificate is checked against the
+    /// system's CAs (always, unless the URL ends in `#sslverify=off`).
+    pub verify_tls: bool,
 }
+
+/// The fragment of an `https://` URL that turns the certificate check off
+/// (for a server with a self-signed certificate one trusts).
+pub const INSECURE_FRAGMENT: &str = "sslverify=off";
 
 impl HttpUrl {
     /// The URL to fetch, e.g. `https://127.0.0.1:8443/disk.qcow2`.
@@ -165,9 +172,17 @@ impl Location {
                     .into(),
             ));
         };
-        if rest.contains('#') {
-            return Err(bad("a URL fragment (#...) is not allowed".into()));
-        }
+        // The one fragment allowed (never sent to the server): an https://
+        // URL that skips the certificate check.
+        let (rest, insecure) = match rest.split_once('#') {
+            Some((r, INSECURE_FRAGMENT)) if scheme.eq_ignore_ascii_case("https") => (r, true),
+            Some(_) => {
+                return Err(bad(format!(
+                    "a URL fragment (#...) is not allowed (only #{INSECURE_FRAGMENT} on https://)"
+                )));
+            }
+            None => (rest, false),
+        };
         let (before_query, query) = match rest.split_once('?') {
             Some((b, q)) => (b, Some(q)),
             None => (rest, None),
@@ -186,7 +201,12 @@ impl Location {
             "rbd" => parse_rbd(&raw).map(Location::Rbd),
             "nbd" => parse_nbd(&raw).map(Location::Nbd),
             "nbd+unix" => parse_nbd_unix(&raw).map(Location::Nbd),
-            "http" | "https" => parse_http(&raw, scheme == "https").map(Location::Http),
+            "http" | "https" => parse_http(&raw, scheme == "https")
+                .map(|h| HttpUrl {
+                    verify_tls: !insecure,
+                    ..h
+                })
+                .map(Location::Http),
             "iscsi" => parse_iscsi(&raw).map(Location::Iscsi),
             other => Err(format!(
                 "unknown scheme {other:?} (expected rbd, nbd, nbd+unix, http, https or iscsi)"
@@ -207,9 +227,13 @@ impl Location {
         }
     }
 
-    /// Whether the protocol only ever reads (HTTP(S)).
+    /// Whether the image can only be read: HTTP(S), and an RBD snapshot.
     pub fn is_read_only(&self) -> bool {
-        matches!(self, Location::Http(_))
+        match self {
+            Location::Http(_) => true,
+            Location::Rbd(r) => r.snap.is_some(),
+            _ => false,
+        }
     }
 }
 
@@ -246,6 +270,7 @@ impl fmt::Display for Location {
                     encode_path(socket)
                 ),
             },
+            Location::Http(h) if !h.verify_tls => write!(f, "{}#{INSECURE_FRAGMENT}", h.to_url()),
             Location::Http(h) => f.write_str(&h.to_url()),
             Location::Iscsi(i) => {
                 f.write_str("iscsi://")?;
@@ -386,6 +411,7 @@ fn parse_http(raw: &Raw, secure: bool) -> Parsed<HttpUrl> {
         secure,
         server,
         path,
+        verify_tls: true,
     })
 }
 
@@ -702,7 +728,7 @@ mod tests {
         );
         assert_eq!(ok(&l.to_string()), l);
         assert_eq!(l.protocol(), "rbd");
-        assert!(!l.is_read_only());
+        assert!(l.is_read_only(), "a snapshot");
         assert_eq!(ok("RBD://p/i"), ok("rbd://p/i"));
     }
 
@@ -816,6 +842,19 @@ mod tests {
         );
         assert!(l.is_read_only());
         assert_eq!(l.protocol(), "https");
+        assert!(h.verify_tls);
+        // The certificate check off: kept in the name, never sent.
+        let l = ok("https://127.0.0.1:8443/d.raw?x=1#sslverify=off");
+        let Location::Http(h) = &l else { panic!() };
+        assert!(!h.verify_tls);
+        assert_eq!(h.to_url(), "https://127.0.0.1:8443/d.raw?x=1");
+        assert_eq!(
+            l.to_string(),
+            "https://127.0.0.1:8443/d.raw?x=1#sslverify=off"
+        );
+        assert_eq!(ok(&l.to_string()), l);
+        refused("http://127.0.0.1/d.raw#sslverify=off", "fragment");
+        refused("https://127.0.0.1/d.raw#sslverify=no", "fragment");
         let Location::Http(h) = ok("http://example.org/d%20.raw") else {
             panic!()
         };

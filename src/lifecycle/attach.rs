@@ -192,7 +192,13 @@ impl<B: Backend> Attached<B> {
     }
 
     pub(crate) fn close_into(mut self, errors: &mut Vec<Error>) {
+        // A hung server behind a network image's export (see
+        // `Mounted`'s teardown).
+        let watch = self.device.get().watchdog().and_then(|w| w.arm());
         if let Err(e) = self.device.release() {
+            errors.push(e);
+        }
+        if let Some(e) = watch.and_then(|w| w.disarm()) {
             errors.push(e);
         }
     }

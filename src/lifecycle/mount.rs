@@ -46,6 +46,23 @@ impl<B: Backend> Parts<B> {
     /// for `diskmount cleanup`): a loop device goes by itself once the
     /// mount does.
     fn teardown(self, errors: &mut Vec<Error>) {
+        // Behind a network image's FUSE export, a hung server would hold
+        // the flush and the unmount for ever: past a bound the watchdog
+        // aborts the export, and everything through it fails at once.
+        let watch = self
+            .mapped
+            .attached
+            .device
+            .get()
+            .watchdog()
+            .and_then(|w| w.arm());
+        self.teardown_unwatched(errors);
+        if let Some(e) = watch.and_then(|w| w.disarm()) {
+            errors.push(e);
+        }
+    }
+
+    fn teardown_unwatched(self, errors: &mut Vec<Error>) {
         let Parts {
             mut tree,
             mut mount,

@@ -227,3 +227,192 @@ pub fn assert_no_client(needle: &str, except: Option<u32>) {
         .collect();
     assert!(left.is_empty(), "qemu helpers left: {left:?}");
 }
+
+/// A TLS front for an [`HttpServer`]: socat on 127.0.0.1 with a
+/// self-signed certificate (made by openssl for `127.0.0.1`), passing each
+/// connection on to the plain server. Stopped on drop.
+pub struct TlsFront {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsFront {
+    /// Serves `backend`'s port over TLS; waits until it accepts.
+    pub fn start(backend: u16) -> TlsFront {
+        let dir = tempfile::Builder::new()
+            .prefix("diskmount-test-tls-")
+            .tempdir()
+            .unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let port = free_port();
+        let child = Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+                cert.display(),
+                key.display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{backend}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat (apt-get install socat)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "socat did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsFront {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// `https://127.0.0.1:PORT/NAME`.
+    pub fn url(&self, name: &str) -> String {
+        format!("https://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's iSCSI target (`tgtd`, from `tgt`) on 127.0.0.1 only, with its
+/// own control socket (`-C N`), serving one image as LUN 1 of target
+/// [`TgtTarget::IQN`] to initiators on 127.0.0.1. Killed on drop, its
+/// control socket removed.
+pub struct TgtTarget {
+    pub port: u16,
+    control: u32,
+    child: Child,
+}
+
+impl TgtTarget {
+    /// The target's name.
+    pub const IQN: &'static str = "iqn.2024-01.org.diskmount:test";
+
+    pub fn start(image: &Path) -> TgtTarget {
+        let port = free_port();
+        // tgtd takes small control numbers only; one not in use.
+        let control = (0..8000)
+            .map(|i| 1000 + (port as u32 + i) % 8000)
+            .find(|n| !Path::new(&format!("/var/run/tgtd/socket.{n}")).exists())
+            .unwrap();
+        let child = Command::new("tgtd")
+            .args(["-f", "-C", &control.to_string(), "--iscsi"])
+            .arg(format!("portal=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tgtd (apt-get install tgt)");
+        let mut t = TgtTarget {
+            port,
+            control,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tgtd did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.adm(&[
+            "--op",
+            "new",
+            "--mode",
+            "target",
+            "--tid",
+            "1",
+            "-T",
+            Self::IQN,
+        ]);
+        t.adm(&[
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "-b",
+            image.to_str().unwrap(),
+        ]);
+        t.adm(&[
+            "--op",
+            "bind",
+            "--mode",
+            "target",
+            "--tid",
+            "1",
+            "-I",
+            "127.0.0.1",
+        ]);
+        t
+    }
+
+    fn adm(&mut self, args: &[&str]) {
+        let out = Command::new("tgtadm")
+            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tgtadm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to tgtd.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// `iscsi://127.0.0.1:PORT/IQN/LUN`.
+    pub fn url(&self, iqn: &str, lun: u32) -> String {
+        format!("iscsi://127.0.0.1:{}/{iqn}/{lun}", self.port)
+    }
+}
+
+impl Drop for TgtTarget {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for end in ["", ".lock"] {
+            let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}{end}", self.control));
+        }
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use diskmount::{AttachOptions, Auto, Backend, Block, Fuse, Loop, Nbd, Unattached};
+use diskmount::{AttachOptions, Auto, Backend, Block, Fuse, Loop, Nbd, Rbd, Unattached};
 use serde::Serialize;
 
 use crate::failure::Context;
@@ -121,6 +121,7 @@ pub fn mount(args: MountArgs, json: bool) -> Result<(), Error> {
         "block" => mount_with::<Block>(&args, json),
         "nbd" => mount_with::<Nbd>(&args, json),
         "fuse" => mount_with::<Fuse>(&args, json),
+        "rbd" => mount_with::<Rbd>(&args, json),
         _ => args.opts.validate(),
     }
 }

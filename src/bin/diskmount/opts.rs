@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::failure::{Context, Failed, Usage};
 use diskmount::{
-    Auto, Backend, Block, Format, Fuse, Image, Loop, MountOptions, Mounted, Nbd, Partition,
+    Auto, Backend, Block, Format, Fuse, Image, Loop, MountOptions, Mounted, Nbd, Partition, Rbd,
     Unattached,
 };
 
@@ -19,7 +19,7 @@ pub struct Opts {
     /// os (the guest's root and its fstab), or lv=VG/LV (an LVM logical volume).
     #[arg(long, default_value = "auto")]
     pub partition: String,
-    /// How to attach: auto, loop, nbd, fuse, block.
+    /// How to attach: auto, loop, nbd, fuse, block, rbd (the kernel's rbd driver, for rbd:// URLs).
     #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Open and mount read-only, all the way down.
@@ -39,7 +39,7 @@ pub struct Opts {
 pub type Error = Box<dyn std::error::Error>;
 
 /// The `--backend` names.
-const BACKENDS: &str = "expected auto, loop, nbd, fuse or block";
+const BACKENDS: &str = "expected auto, loop, nbd, fuse, block or rbd";
 
 impl Opts {
     /// What the hints on failure need to know about a command on `image`.
@@ -61,7 +61,7 @@ impl Opts {
                 .map_err(|e| Usage(format!("--format: {e}")))?;
         }
         match self.backend.as_str() {
-            "auto" | "loop" | "nbd" | "fuse" | "block" => Ok(()),
+            "auto" | "loop" | "nbd" | "fuse" | "block" | "rbd" => Ok(()),
             other => Err(Usage(format!("--backend {other:?}: {BACKENDS}")).into()),
         }
     }
@@ -171,6 +171,7 @@ pub fn mounted<J: WithMounted>(
         "nbd" => go::<Nbd, J>(opts, image, dir, job),
         "fuse" => go::<Fuse, J>(opts, image, dir, job),
         "block" => go::<Block, J>(opts, image, dir, job),
+        "rbd" => go::<Rbd, J>(opts, image, dir, job),
         other => Err(Usage(format!("--backend {other:?}: {BACKENDS}")).into()),
     }
 }
