@@ -422,3 +422,51 @@ fn whole_disk_pv_auto_injects_into_its_root_lv() {
     });
     fx.assert_clean();
 }
+
+/// Ubuntu Server's layout (ext4 `/boot`, `ubuntu-vg/ubuntu-lv`) with
+/// `--partition os`: the `127.0.1.1` line of Ubuntu's etc/hosts names the
+/// new host (and its short name), the file for `/boot` lands in the boot
+/// partition, not in the root's `/boot`.
+#[test]
+fn ubuntu_os_sets_the_hosts_line_and_writes_boot_in_its_partition() {
+    const UBUNTU_HOSTS: &str = "127.0.0.1 localhost\n\
+127.0.1.1 ubuntu-guest\n\
+\n\
+# The following lines are desirable for IPv6 capable hosts\n\
+::1     ip6-localhost ip6-loopback\n";
+    let mut fx = Fixture::new();
+    let img = fx.ubuntu_image("ubuntu.img");
+    let r = img.lv_ranges("ubuntu-lv");
+    assert_eq!(r.len(), 1);
+    let root = r[0];
+    let boot = common::layout(&img.path)
+        .into_iter()
+        .find(|p| p.0 == 2)
+        .map(|p| (p.1, p.2))
+        .unwrap();
+    fx.util_mount_opts(&img.path, &at(root, true, None), |d| {
+        make_guest_root(d, false, UBUNTU_HOSTS);
+        make_guest_homes(&d.join("home"));
+        std::fs::create_dir_all(d.join("boot")).unwrap();
+    });
+    let i = inputs(&fx);
+    let json = inject_all(&fx, &img.path, "os", &i, "web01.example.com");
+    assert!(json.contains("\"selinux\":false"), "{json}");
+    img.assert_not_active();
+    fx.util_mount_opts(&img.path, &at(root, false, None), |d| {
+        check_user_key(&d.join("home"), false);
+        check_root(
+            d,
+            false,
+            "web01.example.com",
+            &UBUNTU_HOSTS.replace(
+                "127.0.1.1 ubuntu-guest",
+                "127.0.1.1\tweb01.example.com\tweb01",
+            ),
+            false,
+        );
+        assert!(names(d, "boot").is_empty(), "written into the root's /boot");
+    });
+    fx.util_mount_opts(&img.path, &at(boot, false, None), |d| check_boot(d, false));
+    fx.assert_clean();
+}
