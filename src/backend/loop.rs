@@ -299,10 +299,13 @@ fn bound_elsewhere(meta: &std::fs::Metadata, read_only: bool) -> Option<PathBuf>
         let Some(info) = sysfs::loop_info(&name) else {
             continue;
         };
-        let Ok(other) = std::fs::metadata(&info.backing_file) else {
+        // Never waiting for the backing file's filesystem: a loop device
+        // over a stopped or hung FUSE export (another diskmount's helper)
+        // made a plain stat here block every attach on the host.
+        let Ok((dev, ino)) = crate::sys::statx::cached_inode(&info.backing_file) else {
             continue;
         };
-        if other.dev() != meta.dev() || other.ino() != meta.ino() {
+        if dev != meta.dev() || ino != meta.ino() {
             continue;
         }
         if !(read_only && sysfs::is_read_only(&name)) {

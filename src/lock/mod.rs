@@ -235,7 +235,8 @@ pub(crate) fn check(image: &Image) -> Result<()> {
 }
 
 /// The loop devices bound to the file `meta` describes (writable ones
-/// only, if `writable_only`), from sysfs.
+/// only, if `writable_only`), from sysfs and the kernel's cached
+/// attributes of their backing files ([`crate::sys::statx::cached_inode`]).
 fn loops_over(meta: &std::fs::Metadata, writable_only: bool) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir("/sys/block") else {
         return Vec::new();
@@ -249,10 +250,15 @@ fn loops_over(meta: &std::fs::Metadata, writable_only: bool) -> Vec<PathBuf> {
         let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
             continue;
         };
-        let Ok(other) = std::fs::metadata(backing.trim_end_matches('\n')) else {
+        // Never waiting for the backing file's filesystem: a loop device
+        // over a stopped or hung FUSE export (another diskmount's helper)
+        // made a plain stat here block every attach on the host.
+        let Ok((dev, ino)) =
+            crate::sys::statx::cached_inode(Path::new(backing.trim_end_matches('\n')))
+        else {
             continue;
         };
-        if other.dev() != meta.dev() || other.ino() != meta.ino() {
+        if dev != meta.dev() || ino != meta.ino() {
             continue;
         }
         let ro = std::fs::read_to_string(e.path().join("ro")).is_ok_and(|s| s.trim() == "1");
