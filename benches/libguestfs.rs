@@ -1,9 +1,13 @@
-//! diskmount against libguestfs for the two jobs people use it for: read one
+//! diskmount against libguestfs for the jobs people use it for: read one
 //! file out of an image (`virt-cat`, and `guestfish -m` which skips the
 //! OS inspection, against `diskmount copy-out` and `diskmount run IMAGE --
-//! cat`) and write one file in (`virt-copy-in`, `guestfish -m ... copy-in`,
-//! against `diskmount copy-in`), each a whole command from start to exit,
-//! on a 64 MiB ext4 raw image holding a minimal Debian-like root.
+//! cat`), write one file in (`virt-copy-in`, `guestfish -m ... copy-in`,
+//! against `diskmount copy-in`), each on a 64 MiB ext4 raw image holding a
+//! minimal Debian-like root; and provision a guest (`virt-customize
+//! --ssh-inject root:file:KEY --hostname NAME` against `diskmount inject
+//! --ssh-key root=KEY --hostname NAME`) on a qcow2 image of that root, a
+//! fresh copy per run (copied untimed, so both add the key to a guest
+//! that lacks it). Each a whole command from start to exit.
 //!
 //! libguestfs boots a small appliance VM for every command, with
 //! `LIBGUESTFS_BACKEND=direct`. By default it is told to use software
@@ -13,9 +17,14 @@
 //! Without libguestfs the comparison is skipped with a message saying what
 //! to install; the benchmark does not need it otherwise.
 //!
+//! libguestfs's appliance needs a kernel: `/boot/vmlinuz-*`, or
+//! `SUPERMIN_KERNEL` and `SUPERMIN_MODULES` (passed on to it from the
+//! environment; see docs/benchmarks.md for machines without either).
+//!
 //! Run as root: `cargo bench --bench libguestfs` (`-- --iterations N`,
-//! default 3). Prints the tables, writes
-//! `target/bench-results/libguestfs.json` and `docs/charts/libguestfs.svg`.
+//! default 3; `--only read|write|inject`). Prints the tables, writes
+//! `target/bench-results/libguestfs.json` and `docs/charts/libguestfs.svg`
+//! (with `--only X`: `libguestfs-X.json`, no chart).
 
 mod common;
 
@@ -87,6 +96,19 @@ fn main() {
     )
     .unwrap();
     std::fs::write(src.join("etc/fstab"), "/dev/sda / ext4 defaults 0 1\n").unwrap();
+    // The user database both injectors read root's home from, and
+    // Debian's hosts file (its 127.0.1.1 line names the host).
+    for (rel, text) in [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/bash\n"),
+        ("etc/group", "root:x:0:\n"),
+        ("etc/shadow", "root:*:19700:0:99999:7:::\n"),
+        (
+            "etc/hosts",
+            "127.0.0.1\tlocalhost\n127.0.1.1\tguest\n\n::1 localhost ip6-localhost ip6-loopback\n",
+        ),
+    ] {
+        std::fs::write(src.join(rel), text).unwrap();
+    }
     let img = dir.path().join("guest.img");
     std::fs::File::create(&img)
         .unwrap()
@@ -98,6 +120,26 @@ fn main() {
             .arg(&src)
             .arg(&img),
     );
+    // The qcow2 guest of the inject job, and the copy each run works on.
+    let qcow2 = dir.path().join("guest.qcow2");
+    common::run(
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(&img)
+            .arg(&qcow2),
+    );
+    let work = dir.path().join("work.qcow2");
+    // Synced, so that neither injector's own flush pays for the copy.
+    let fresh = || {
+        std::fs::copy(&qcow2, &work).unwrap();
+        std::fs::File::open(&work).unwrap().sync_all().unwrap();
+    };
+    let key = dir.path().join("key.pub");
+    std::fs::write(
+        &key,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bench@example\n",
+    )
+    .unwrap();
     let payload = dir.path().join("motd");
     std::fs::write(&payload, "provisioned\n").unwrap();
     let out = dir.path().join("out");
@@ -163,6 +205,31 @@ fn main() {
         )
     };
 
+    // virt-customize: no network for the appliance (its default is on);
+    // with a network, it would also try to set a random seed from it.
+    let virt_customize = |_: &Path| {
+        fresh();
+        let mut c = Command::new("virt-customize");
+        guestfs_env(&mut c);
+        c.args(["--format", "qcow2", "-a"])
+            .arg(&work)
+            .args(["--no-network", "--ssh-inject"])
+            .arg(format!("root:file:{}", key.display()))
+            .args(["--hostname", "web01"]);
+        timed(&mut c)
+    };
+    let dm_inject = |_: &Path| {
+        fresh();
+        timed(
+            Command::new(DISKMOUNT)
+                .arg("inject")
+                .arg(&work)
+                .arg("--ssh-key")
+                .arg(format!("root={}", key.display()))
+                .args(["--hostname", "web01"]),
+        )
+    };
+
     // One libguestfs run first: it may build its appliance (untimed), and
     // if it cannot boot here, say why and stop.
     println!("libguestfs: first run (builds the appliance if needed, untimed)...");
@@ -173,8 +240,12 @@ fn main() {
     }
     dm_copy_out(&img).unwrap();
 
+    dm_inject(&img).unwrap();
+    check_injected(&work);
+
     type Op<'a> = (&'a str, &'a dyn Fn(&Path) -> Result<f64, String>);
-    let jobs: [(&str, &str, Vec<Op>); 2] = [
+    let only: Option<String> = common::arg("--only");
+    let jobs: [(&str, &str, Vec<Op>); 3] = [
         (
             "read",
             "read /etc/hostname out of a 64 MiB ext4 image",
@@ -194,12 +265,25 @@ fn main() {
                 ("guestfish -m /dev/sda copy-in", &fish_copy_in),
             ],
         ),
+        (
+            "inject",
+            "add root's SSH key and set the host name in a qcow2 guest (a fresh copy per run)",
+            vec![
+                ("diskmount inject --ssh-key --hostname", &dm_inject),
+                ("virt-customize --ssh-inject --hostname", &virt_customize),
+            ],
+        ),
     ];
+    let jobs: Vec<_> = jobs
+        .into_iter()
+        .filter(|(id, _, _)| only.as_deref().is_none_or(|o| o == *id))
+        .collect();
+    assert!(!jobs.is_empty(), "--only: expected read, write or inject");
     let mut tables = Vec::new();
     let mut chart = Table::new(
         "libguestfs",
         &format!(
-            "One file in or out, whole command (libguestfs on {})",
+            "One file in or out, and inject, whole command (libguestfs on {})",
             if kvm { "KVM or TCG" } else { "TCG" }
         ),
         "ms",
@@ -232,7 +316,45 @@ fn main() {
         }
         tables.push(t);
     }
-    common::bar_chart("libguestfs", &chart, "lower is better");
-    common::write_results("libguestfs", &machine, &tables);
+    if only.is_none() {
+        common::bar_chart("libguestfs", &chart, "lower is better");
+    }
+    // Both injectors did the same job: check virt-customize's last run.
+    if only.as_deref().is_none_or(|o| o == "inject") {
+        check_injected(&work);
+    }
+    common::write_results(
+        &match &only {
+            Some(o) => format!("libguestfs-{o}"),
+            None => "libguestfs".into(),
+        },
+        &machine,
+        &tables,
+    );
     common::assert_clean(dir.path());
+}
+
+/// Panics unless the qcow2 guest `img` has root's key and the host name
+/// (read back through `diskmount copy-out`).
+fn check_injected(img: &Path) {
+    let dir = tempfile::Builder::new()
+        .prefix("diskmount-bench-check-")
+        .tempdir()
+        .unwrap();
+    for (guest, want) in [
+        ("/root/.ssh/authorized_keys", "bench@example"),
+        ("/etc/hostname", "web01"),
+    ] {
+        let out = dir.path().join("out");
+        let _ = std::fs::remove_file(&out);
+        common::run(
+            Command::new(DISKMOUNT)
+                .arg("copy-out")
+                .arg(img)
+                .arg(guest)
+                .arg(&out),
+        );
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains(want), "{guest}: {text:?}");
+    }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use common::lvm::{LoopDev, fs_uuid, os_root};
+use common::lvm::{LoopDev, os_root};
 use common::{Fixture, layout, run};
 use diskmount::{Format, Image, MountOptions, Partition, with_mounted, with_mounted_opts};
 
@@ -393,62 +393,15 @@ fn a_hostile_fstab_never_mounts_over_a_host_path() {
     fx.assert_clean();
 }
 
-/// Fedora-like: GPT, ext4 `/boot` (1), btrfs (2) with subvolumes `root`
-/// (the OS) and `home`.
-fn fedora(fx: &Fixture, name: &str) -> (PathBuf, (u64, u64), (u64, u64)) {
-    let (img, parts) = partitioned(
-        fx,
-        name,
-        400 << 20,
-        "label: gpt\nsize=64MiB, type=L\ntype=L\n",
-    );
-    let (boot, btrfs) = (geometry(&parts, 1), geometry(&parts, 2));
-    let uuid = fs_uuid(&format!("{}/{name}", fx.path().display()));
-    make_fs(fx, &img, boot, "ext4", "boot", &files(&[("id", "boot")]));
-    let fstab = format!(
-        "UUID={uuid} / btrfs subvol=root,compress=zstd:1 0 0\n\
-         LABEL=boot /boot ext4 defaults 1 2\n\
-         UUID={uuid} /home btrfs subvol=home 0 0\n"
-    );
-    let dev = LoopDev::attach(&img, btrfs.0, btrfs.1);
-    run(Command::new("mkfs.btrfs").args(["-q", "-f", "-U", &uuid, &dev.dev]));
-    let mnt = fx.path().join(format!("{name}.mnt"));
-    std::fs::create_dir_all(&mnt).unwrap();
-    run(Command::new("mount").arg(&dev.dev).arg(&mnt));
-    for sub in ["root", "home"] {
-        run(Command::new("btrfs")
-            .args(["-q", "subvolume", "create"])
-            .arg(mnt.join(sub)));
-    }
-    for (rel, content) in os_root(
-        "fedora",
-        "41",
-        "Fedora Linux 41",
-        "fedora-guest",
-        &fstab,
-        "root",
-    ) {
-        let p = mnt.join("root").join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-    for d in ["root/boot", "root/home", "root/root"] {
-        std::fs::create_dir_all(mnt.join(d)).unwrap();
-    }
-    std::fs::write(mnt.join("home/id"), "home").unwrap();
-    common::system::umount(&mnt);
-    run(Command::new("btrfs")
-        .args(["device", "scan", "--forget"])
-        .arg(&dev.dev));
-    drop(dev);
-    (img, boot, btrfs)
-}
-
 #[test]
 fn fedora_auto_mounts_the_root_subvolume_and_os_mounts_home_and_boot() {
     let _s = serial();
     let mut fx = Fixture::new();
-    let (img, boot, btrfs) = fedora(&fx, "fedora.img");
+    let common::fedora::FedoraImage {
+        path: img,
+        boot,
+        btrfs,
+    } = fx.fedora_image("fedora.img");
     with_mounted(&raw(&img), Partition::Auto, |dir| {
         assert_eq!(
             std::fs::read_to_string(dir.join("etc/hostname")).unwrap(),

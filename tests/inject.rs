@@ -755,3 +755,125 @@ fn a_missing_home_or_a_non_directory_ssh_is_refused() {
     });
     fx.assert_clean();
 }
+
+/// Every part is checked before anything is written: a refused part
+/// (a password for a user the guest's etc/shadow lacks, a file for an
+/// owner its etc/passwd lacks, an SSH key for a user it lacks) leaves
+/// every other part of the same run unwritten, on an SELinux guest.
+#[test]
+fn a_refused_part_leaves_every_other_part_unwritten() {
+    let mut fx = Fixture::new();
+    let img = fx.guest_image("refused.img", true, &[]);
+    let key = host_file(&fx, "key.pub", &format!("{KEY}\n"));
+    let hash = host_file(&fx, "hash", "$6$newsalt$newhash\n");
+    let motd = host_file(&fx, "motd", "welcome\n");
+    let good_key = arg(&format!("{USER}="), &key);
+    let good_write = format!("{}:/etc/motd", motd.display());
+    let good_password = arg("other=", &hash);
+    let cases: [(&str, [String; 3], &str); 3] = [
+        (
+            "--password",
+            [good_key.clone(), good_write.clone(), arg("ghost=", &hash)],
+            "etc/shadow",
+        ),
+        (
+            "--write",
+            [
+                good_key.clone(),
+                format!("{}:/srv/x::ghost", motd.display()),
+                good_password.clone(),
+            ],
+            "etc/passwd",
+        ),
+        (
+            "--ssh-key",
+            [
+                arg("ghost=", &key),
+                good_write.clone(),
+                good_password.clone(),
+            ],
+            "etc/passwd",
+        ),
+    ];
+    for (what, [ssh, write, password], file) in &cases {
+        let err = failed(&diskmount(
+            &fx,
+            &[
+                os("inject"),
+                img.as_os_str(),
+                os("--hostname"),
+                os("changed"),
+                os("--ssh-key"),
+                os(ssh),
+                os("--write"),
+                os(write),
+                os("--password"),
+                os(password),
+                os("--selinux-relabel"),
+            ],
+        ));
+        assert!(
+            err.contains(file) && err.contains("\"ghost\""),
+            "{what}: {err}"
+        );
+        fx.util_mount(&img, true, |d| {
+            assert_eq!(read(d, "etc/hostname"), "debian\n", "{what}");
+            assert_eq!(read(d, "etc/hosts"), HOSTS, "{what}");
+            assert_eq!(read(d, "etc/shadow"), SHADOW, "{what}");
+            for p in ["etc/motd", "srv/x", ".autorelabel", "home/cloud-user/.ssh"] {
+                assert!(!d.join(p).exists(), "{what}: {p} written");
+            }
+            let stray: Vec<_> = std::fs::read_dir(d.join("etc"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("diskmount"))
+                .collect();
+            assert!(stray.is_empty(), "{what}: {stray:?}");
+        });
+    }
+    fx.assert_clean();
+}
+
+/// etc/shadow is replaced by rename (a new inode, never rewritten in
+/// place), keeping its mode, owner and label; another run with
+/// `--selinux-relabel` (whose `/.autorelabel` is there already) works.
+#[test]
+fn password_replaces_shadow_by_rename_keeping_its_label() {
+    use std::os::unix::fs::MetadataExt;
+    let mut fx = Fixture::new();
+    let img = fx.guest_image("rename.img", true, &[]);
+    let ino = |fx: &Fixture| {
+        fx.util_mount(&img, true, |d| {
+            d.join("etc/shadow").metadata().unwrap().ino()
+        })
+    };
+    let before = ino(&fx);
+    let hash = host_file(&fx, "hash", "$6$newsalt$newhash\n");
+    for _ in 0..2 {
+        ok(&diskmount(
+            &fx,
+            &[
+                os("inject"),
+                img.as_os_str(),
+                os("--password"),
+                os(&arg(&format!("{USER}="), &hash)),
+                os("--selinux-relabel"),
+            ],
+        ));
+    }
+    assert_ne!(ino(&fx), before, "etc/shadow was rewritten in place");
+    fx.util_mount(&img, true, |d| {
+        assert_eq!(
+            read(d, "etc/shadow"),
+            SHADOW.replace("cloud-user:!:", "cloud-user:$6$newsalt$newhash:")
+        );
+        assert_eq!(owner_mode(&d.join("etc/shadow")), (0o640, 0, SHADOW_GID));
+        assert_eq!(label(&d.join("etc/shadow")).as_deref(), Some(SHADOW_LABEL));
+        assert_eq!(
+            label(&d.join(".autorelabel")).as_deref(),
+            Some("system_u:object_r:etc_runtime_t:s0")
+        );
+    });
+    fx.assert_clean();
+}

@@ -10,6 +10,7 @@
 //! lies on (from mountinfo, which never enters a filesystem) can hold our
 //! file: the same device number, or a filesystem type whose files do not
 //! report the mount's device number (btrfs subvolumes, overlayfs).
+//! The look itself is `statx(AT_STATX_DONT_SYNC)`, from the kernel's cache.
 //! `LOOP_GET_STATUS64` is no way around it: the kernel `stat`s the backing
 //! file for it too, which is why `losetup -a` hangs on such a device.
 
@@ -49,10 +50,12 @@ pub(crate) fn loops_over(meta: &Metadata, writable_only: bool) -> Vec<PathBuf> {
             );
             continue;
         }
-        let Ok(other) = std::fs::metadata(&info.backing_file) else {
+        // What the kernel has cached: not even a filesystem that may hold
+        // the image is asked to refresh attributes for this.
+        let Ok((dev, ino)) = crate::sys::statx::cached_inode(&info.backing_file) else {
             continue;
         };
-        if other.dev() != meta.dev() || other.ino() != meta.ino() {
+        if dev != meta.dev() || ino != meta.ino() {
             continue;
         }
         if !(writable_only && sysfs::is_read_only(&name)) {

@@ -61,6 +61,10 @@ pub const FILE_CONTEXTS_HOMEDIRS: &str = "/home/[^/]+\t-d\tunconfined_u:object_r
 /home/[^/]+/.+\tunconfined_u:object_r:user_home_t:s0\n\
 /home/[^/]+/\\.ssh(/.*)?\tunconfined_u:object_r:ssh_home_t:s0\n";
 
+/// A Fedora/RHEL-style etc/hosts: no `127.0.1.1` line.
+pub const RH_HOSTS: &str = "127.0.0.1   localhost localhost.localdomain localhost4\n\
+::1         localhost localhost.localdomain localhost6\n";
+
 /// The label etc/shadow has in the SELinux fixture: not the one the policy
 /// would give, so that keeping it is told apart from relabelling.
 pub const SHADOW_LABEL: &str = "system_u:object_r:shadow_t:s0:c1";
@@ -152,17 +156,7 @@ impl Fixture {
             .arg(&src)
             .arg(&img));
         if selinux {
-            self.util_mount(&img, false, |dir| {
-                for (p, label) in [
-                    ("etc/shadow", SHADOW_LABEL),
-                    ("etc/hosts", "system_u:object_r:net_conf_t:s0"),
-                    ("etc/hostname", "system_u:object_r:hostname_etc_t:s0"),
-                ] {
-                    run(Command::new("setfattr")
-                        .args(["-n", "security.selinux", "-v", label])
-                        .arg(dir.join(p)));
-                }
-            });
+            self.util_mount(&img, false, label_guest_files);
         }
         img
     }
@@ -171,11 +165,18 @@ impl Fixture {
     /// diskmount, runs `f` on the mount point, and unmounts (also when `f`
     /// panics).
     pub fn util_mount<T>(&self, img: &Path, read_only: bool, f: impl FnOnce(&Path) -> T) -> T {
+        let opts = if read_only { "loop,ro" } else { "loop" };
+        self.util_mount_opts(img, opts, f)
+    }
+
+    /// [`Fixture::util_mount`] with util-linux's `-o opts` (e.g.
+    /// `ro,loop,offset=N,sizelimit=M,subvol=home`: one filesystem of a
+    /// partitioned image, an LV's extent range, a btrfs subvolume).
+    pub fn util_mount_opts<T>(&self, img: &Path, opts: &str, f: impl FnOnce(&Path) -> T) -> T {
         let dir = tempfile::Builder::new()
             .prefix("check-")
             .tempdir_in(self.path())
             .unwrap();
-        let opts = if read_only { "loop,ro" } else { "loop" };
         run(Command::new("mount")
             .args(["-o", opts])
             .arg(img)
@@ -185,6 +186,85 @@ impl Fixture {
         drop(guard);
         out
     }
+}
+
+/// Gives etc/shadow, etc/hosts and etc/hostname of the guest root at `dir`
+/// the labels they have on a real SELinux guest (etc/shadow
+/// [`SHADOW_LABEL`]).
+fn label_guest_files(dir: &Path) {
+    for (p, label) in [
+        ("etc/shadow", SHADOW_LABEL),
+        ("etc/hosts", "system_u:object_r:net_conf_t:s0"),
+        ("etc/hostname", "system_u:object_r:hostname_etc_t:s0"),
+    ] {
+        run(Command::new("setfattr")
+            .args(["-n", "security.selinux", "-v", label])
+            .arg(dir.join(p)));
+    }
+}
+
+/// Makes the OS root mounted (read-write) at `root` a guest of [`USER`]:
+/// etc/passwd, etc/group, etc/shadow (`root:shadow 0640`), etc/hosts
+/// holding `hosts`, `/root` (0700); with `selinux`, etc/selinux/config
+/// (enforcing, targeted), the policy's file contexts, and the labels of a
+/// real guest on etc/shadow, etc/hosts and etc/hostname (which the root
+/// must have). For the guest-OS layouts, whose roots hold only os-release,
+/// hostname and fstab.
+pub fn make_guest_root(root: &Path, selinux: bool, hosts: &str) {
+    let mut files = vec![
+        ("etc/passwd", PASSWD),
+        ("etc/group", GROUP),
+        ("etc/shadow", SHADOW),
+        ("etc/hosts", hosts),
+    ];
+    if selinux {
+        files.push((
+            "etc/selinux/config",
+            "# managed\nSELINUX=enforcing\nSELINUXTYPE=targeted\n",
+        ));
+        files.push((
+            "etc/selinux/targeted/contexts/files/file_contexts",
+            FILE_CONTEXTS,
+        ));
+        files.push((
+            "etc/selinux/targeted/contexts/files/file_contexts.homedirs",
+            FILE_CONTEXTS_HOMEDIRS,
+        ));
+    }
+    for (rel, content) in files {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    std::fs::create_dir_all(root.join("root")).unwrap();
+    chmod(&root.join("root"), 0o700);
+    chmod(&root.join("etc/shadow"), 0o640);
+    chown(&root.join("etc/shadow"), 0, SHADOW_GID);
+    if selinux {
+        label_guest_files(root);
+    }
+}
+
+/// Makes the home directories of the guest's users in `home` (the
+/// filesystem mounted at the guest's `/home`, read-write): [`USER`]'s
+/// (0750, [`UID`]:[`GID`]) and `other`'s with a `.ssh/authorized_keys`.
+pub fn make_guest_homes(home: &Path) {
+    let mine = home.join(USER);
+    std::fs::create_dir_all(&mine).unwrap();
+    chmod(&mine, 0o750);
+    chown(&mine, UID, GID);
+    let other = home.join("other");
+    std::fs::create_dir_all(other.join(".ssh")).unwrap();
+    std::fs::write(other.join(".ssh/authorized_keys"), "# other's keys\n").unwrap();
+    for p in [
+        &other,
+        &other.join(".ssh"),
+        &other.join(".ssh/authorized_keys"),
+    ] {
+        chown(p, 4244, 4244);
+    }
+    chmod(&other.join(".ssh"), 0o700);
+    chmod(&other.join(".ssh/authorized_keys"), 0o600);
 }
 
 /// `(mode & 0o7777, uid, gid)` of `path` itself.

@@ -4,6 +4,7 @@
 
 pub mod ceph;
 pub mod durability;
+pub mod fedora;
 pub mod guest;
 pub mod lvm;
 pub mod servers;
