@@ -32,8 +32,8 @@ impl Qemu {
     }
 }
 
-/// Starts `cmd` and waits until `socket` exists (it serves), or panics
-/// with what it printed.
+/// Starts `cmd` and waits until it serves on `socket` (its NBD greeting,
+/// so the image is open and locked), or panics with what it printed.
 fn serve(mut cmd: Command, socket: &Path) -> Qemu {
     let _ = std::fs::remove_file(socket);
     let mut q = Qemu(
@@ -56,6 +56,15 @@ fn serve(mut cmd: Command, socket: &Path) -> Qemu {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // qemu-nbd binds its socket before it opens (and locks) the image; the
+    // server's greeting comes once its main loop runs, after the open.
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut magic = [0u8; 8];
+    std::io::Read::read_exact(&mut conn, &mut magic)
+        .unwrap_or_else(|e| panic!("{cmd:?} sent no greeting: {e}"));
+    assert_eq!(&magic, b"NBDMAGIC", "{cmd:?}");
     q
 }
 
@@ -78,7 +87,8 @@ fn storage_daemon(img: &Path, socket: &Path, writable: bool) -> Qemu {
 
 fn qemu_nbd(img: &Path, socket: &Path, read_only: bool) -> Qemu {
     let mut cmd = Command::new("qemu-nbd");
-    cmd.args(["-f", "raw", "-k"]).arg(socket);
+    // --persistent: the greeting check above is a client of its own.
+    cmd.args(["-f", "raw", "--persistent", "-k"]).arg(socket);
     if read_only {
         cmd.arg("--read-only");
     }
