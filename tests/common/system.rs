@@ -22,10 +22,26 @@ pub fn require_root_for(what: &str) {
 /// Unmounts `dir` with util-linux `umount` (`args` before it, such as
 /// `-d`), retrying while it is busy: a child that another test thread is
 /// forking holds copies of this thread's descriptors until it execs.
+///
+/// A loop device that util-linux set up for the mount (`-o loop`, with
+/// autoclear) goes when its last opener closes it; another process that
+/// has it open for a moment (a concurrent test's mkfs or lvm scanning
+/// block devices) delays that, so the wait covers it too (5 s at most),
+/// before a leak check could see the device still bound.
 pub fn umount_with(args: &[&str], dir: &Path) {
+    let resolved = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let autoclear_loop = mountinfo::on(&resolved).and_then(|m| {
+        let name = m.source.file_name()?.to_string_lossy().into_owned();
+        let nr = sysfs::loop_number(&name)?;
+        let info = sysfs::loop_info(&name)?;
+        info.autoclear.then_some((nr, info.backing_file))
+    });
     for _ in 0..50 {
         let out = Command::new("umount").args(args).arg(dir).output().unwrap();
         if out.status.success() {
+            if let Some((nr, backing)) = autoclear_loop {
+                wait_loop_gone(nr, &backing);
+            }
             return;
         }
         let err = String::from_utf8_lossy(&out.stderr);
@@ -33,6 +49,23 @@ pub fn umount_with(args: &[&str], dir: &Path) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     panic!("umount {}: still busy after 5 s", dir.display());
+}
+
+/// Waits (5 s at most) until loop device `nr` no longer serves `backing`.
+fn wait_loop_gone(nr: u32, backing: &Path) {
+    let name = format!("loop{nr}");
+    for _ in 0..250 {
+        match sysfs::loop_info(&name) {
+            Some(info) if info.backing_file == backing => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => return,
+        }
+    }
+    panic!(
+        "/dev/{name} still serves {} 5 s after its unmount",
+        backing.display()
+    );
 }
 
 /// [`umount_with`] without options.
