@@ -249,13 +249,24 @@ fn adopt_device(given: &Path, rdev: u64, read_only: bool) -> Result<Mapped<Auto>
         return Ok(Mapped::from_parts(part, info, attached));
     }
     if let Some(dm_name) = sysfs::dm_name(&name) {
-        // A device-mapper target over one parent device.
+        // A device-mapper target over one parent device, or over
+        // partitions of it (a logical volume's).
         let slaves = sysfs::slaves(&name);
-        let [parent] = slaves.as_slice() else {
-            return Err(invalid(
-                given,
-                format!("device-mapper target {dm_name} is not over one device: {slaves:?}"),
-            ));
+        let disks: Vec<String> = slaves
+            .iter()
+            .map(|s| match sysfs::partition_number(s) {
+                Some(_) => sysfs::parent_disk(s).unwrap_or_default(),
+                None => s.clone(),
+            })
+            .collect();
+        let parent = match disks.as_slice() {
+            [first, rest @ ..] if !first.is_empty() && rest.iter().all(|d| d == first) => first,
+            _ => {
+                return Err(invalid(
+                    given,
+                    format!("device-mapper target {dm_name} is not over one device: {slaves:?}"),
+                ));
+            }
         };
         let attached = adopt_whole(parent, read_only)?;
         let path = PathBuf::from("/dev/mapper").join(&dm_name);

@@ -1381,6 +1381,194 @@ fn lvm_vg_over_two_partitions() {
     fx.assert_clean();
 }
 
+/// Mounts bytes `at..at+len` of `img` read-only with util-linux's own
+/// loop setup (`offset=`, `sizelimit=`) and reads `rel`.
+fn read_at_offset(fx: &Fixture, img: &Path, (at, len): (u64, u64), rel: &str) -> Option<String> {
+    let mnt = fx.tree(&format!("check-{at}"), &[]);
+    run(Command::new("mount")
+        .args(["-o", &format!("ro,loop,offset={at},sizelimit={len}")])
+        .arg(img)
+        .arg(&mnt));
+    let got = std::fs::read_to_string(mnt.join(rel)).ok();
+    run(Command::new("umount").arg(&mnt));
+    got
+}
+
+/// `Partition::Os` and `diskmount run --partition os` on the Rocky layout
+/// whose VG spans two PVs (partitions 3 and 4), with `rl/data` made of a
+/// segment on each: every LV a device-mapper linear target, /boot the
+/// kernel's partition node; every write checked by an independent mount
+/// of the filesystem that should hold it (and not of the root).
+fn lvm_os_tree_on_two_pvs_via_device_mapper() {
+    let mut fx = Fixture::new();
+    let (img, segs) = fx.rocky_two_pv_image("rocky2.img");
+    let mnt = fx.tree("mnt", &[]);
+    let t = Unattached::<Loop>::new(Image::file(&img.path, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map(Partition::Os)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    assert_eq!(t.mapped().mapping(), Mapping::DeviceMapper);
+    let mounts = t.mounts();
+    let guest: Vec<String> = mounts
+        .iter()
+        .map(|m| m.guest_path.display().to_string())
+        .collect();
+    assert_eq!(guest, ["/", "/boot", "/home", "/srv"], "{mounts:?}");
+    for (m, lv) in mounts
+        .iter()
+        .zip([Some("root"), None, Some("home"), Some("data")])
+    {
+        let dev = m.device.to_string_lossy().into_owned();
+        match lv {
+            Some(lv) => assert!(
+                dev.starts_with("/dev/mapper/diskmount-loop")
+                    && dev.ends_with(&format!("-rl-{lv}")),
+                "{dev}"
+            ),
+            None => assert!(dev.starts_with("/dev/loop") && dev.ends_with("p2"), "{dev}"),
+        }
+    }
+    for (sub, id) in [
+        ("", "root"),
+        ("boot/", "boot"),
+        ("home/", "home"),
+        ("srv/", "data"),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(t.path().join(format!("{sub}id"))).unwrap(),
+            id
+        );
+        std::fs::write(t.path().join(format!("{sub}x")), format!("in {id}")).unwrap();
+    }
+    // rl/data's target is over the two PVs' partitions (as LVM maps it),
+    // not over the whole disk, whose partition 2 is mounted on /boot.
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&mounts[3].device).unwrap());
+    let (major, minor) = (
+        (rdev >> 8) & 0xfff,
+        (rdev & 0xff) | ((rdev >> 12) & 0xfff00),
+    );
+    let mut slaves: Vec<String> =
+        std::fs::read_dir(format!("/sys/dev/block/{major}:{minor}/slaves"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    slaves.sort();
+    assert!(
+        slaves.len() == 2 && slaves[0].ends_with("p3") && slaves[1].ends_with("p4"),
+        "{slaves:?}"
+    );
+    assert_eq!(
+        diskmount_dm_targets().lines().count(),
+        3,
+        "{}",
+        diskmount_dm_targets()
+    );
+    t.close().unwrap();
+    assert_eq!(diskmount_dm_targets(), "");
+    img.assert_not_active();
+    // The CLI, the same tree.
+    let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", fx.records())
+        .args(["run", "--partition", "os"])
+        .arg(&img.path)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "cat etc/hostname srv/id && echo cli > srv/cli",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "rocky-guest\ndata");
+    assert_eq!(diskmount_dm_targets(), "");
+    // Independent checks.
+    let range = |lv: &str| {
+        let r = img.ranges(&segs[lv]);
+        assert_eq!(r.len(), 1, "{lv}");
+        r[0]
+    };
+    let root = range("root");
+    assert_eq!(
+        read_at_offset(&fx, &img.path, root, "x").as_deref(),
+        Some("in root")
+    );
+    for wrong in ["boot/x", "home/x", "srv/x", "srv/cli"] {
+        assert_eq!(read_at_offset(&fx, &img.path, root, wrong), None, "{wrong}");
+    }
+    let home = range("home");
+    assert_eq!(
+        read_at_offset(&fx, &img.path, home, "x").as_deref(),
+        Some("in home")
+    );
+    let parts = common::layout(&img.path);
+    let &(_, at, len) = parts.iter().find(|p| p.0 == 2).unwrap();
+    assert_eq!(
+        read_at_offset(&fx, &img.path, (at, len), "x").as_deref(),
+        Some("in boot")
+    );
+    let data = joined(&fx, &img.path, &img.ranges(&segs["data"]), "data.fs");
+    assert_eq!(read_file_fs(&fx, &data, "x").as_deref(), Some("in data"));
+    assert_eq!(read_file_fs(&fx, &data, "cli").as_deref(), Some("cli\n"));
+    std::fs::remove_file(data).unwrap();
+    fx.assert_clean();
+}
+
+/// Two Ubuntu images, both VGs `ubuntu-vg`, mounted at once with
+/// `Partition::Os` (root LV + /boot each): their targets do not clash,
+/// and each write lands in its own image.
+fn lvm_two_same_named_vgs_as_os_trees() {
+    let mut fx = Fixture::new();
+    let a = fx.ubuntu_image("a.img");
+    let b = fx.ubuntu_image("b.img");
+    let open = |i: &Path, mnt: &str| {
+        Unattached::<Loop>::new(Image::file(i, Format::Raw).unwrap())
+            .attach()
+            .unwrap()
+            .map(Partition::Os)
+            .unwrap()
+            .mount(fx.tree(mnt, &[]), &MountOptions::default())
+            .unwrap()
+    };
+    let ta = open(&a.path, "mnt-a");
+    let tb = open(&b.path, "mnt-b");
+    assert_eq!(ta.mapped().mapping(), Mapping::DeviceMapper);
+    assert_ne!(ta.device(), tb.device());
+    assert_eq!(ta.mounts().len(), 2);
+    assert_eq!(tb.mounts().len(), 2);
+    for (t, which) in [(&ta, "a"), (&tb, "b")] {
+        std::fs::write(t.path().join("which"), which).unwrap();
+        std::fs::write(t.path().join("boot/which"), which).unwrap();
+    }
+    assert_eq!(diskmount_dm_targets().lines().count(), 2);
+    ta.close().unwrap();
+    tb.close().unwrap();
+    assert_eq!(diskmount_dm_targets(), "");
+    for (i, want) in [(&a, "a"), (&b, "b")] {
+        i.assert_not_active();
+        let r = i.lv_ranges("ubuntu-lv");
+        assert_eq!(
+            read_at_offset(&fx, &i.path, r[0], "which").as_deref(),
+            Some(want)
+        );
+        let parts = common::layout(&i.path);
+        let &(_, at, len) = parts.iter().find(|p| p.0 == 2).unwrap();
+        assert_eq!(
+            read_at_offset(&fx, &i.path, (at, len), "which").as_deref(),
+            Some(want)
+        );
+        assert_eq!(read_at_offset(&fx, &i.path, r[0], "boot/which"), None);
+    }
+    fx.assert_clean();
+}
+
 fn lvm_killed_holder_dm_target_cleanup() {
     let mut fx = Fixture::new();
     let records = fx.records();
@@ -1452,6 +1640,16 @@ fn main() {
             "lvm_vg_over_two_partitions",
             &[Needs::DeviceMapper],
             lvm_vg_over_two_partitions,
+        ),
+        (
+            "lvm_os_tree_on_two_pvs_via_device_mapper",
+            &[Needs::DeviceMapper],
+            lvm_os_tree_on_two_pvs_via_device_mapper,
+        ),
+        (
+            "lvm_two_same_named_vgs_as_os_trees",
+            &[Needs::DeviceMapper],
+            lvm_two_same_named_vgs_as_os_trees,
         ),
         (
             "lvm_killed_holder_dm_target_cleanup",

@@ -7,11 +7,16 @@
 //! PV and no guest VG is activated: the LV's device is diskmount's own.
 //!
 //! - With device-mapper: a linear target, one table line per piece, over
-//!   the attached device (a PV on a partition is reached by its offset), named
+//!   the partition holding each PV where the kernel made a node for it (as
+//!   LVM maps it; the kernel refuses to mount a partition of a disk that a
+//!   target holds whole, so a guest's `/boot` could not be mounted next to
+//!   its LVs), else over the attached device at the PV's offset; named
 //!   `diskmount-<device>-<vg>-<lv>` (LVM's `--` escaping), so two images
 //!   whose VGs share a name (two `ubuntu-vg`) map at the same time.
 //! - Without it: an offset loop device, where the LV is one linear piece.
 //! - Anything else is a [`Step::Map`] error naming the LV and the reason.
+
+use std::os::unix::fs::MetadataExt;
 
 use log::{debug, info};
 
@@ -131,7 +136,22 @@ pub(crate) fn map(device: &Core, vg: &str, lv: &str, strategy: MapStrategy) -> R
         }
     );
     let mut part = if use_dm {
-        with_device_mapper(device, &info)?
+        // Where each piece's PV is reached: its partition's kernel node if
+        // there is a checked one, else the attached device.
+        let mut on = Vec::new();
+        for p in &info.pieces {
+            let found = group.found(&p.pv);
+            let part = found
+                .and_then(|f| f.partition)
+                .and_then(|n| table.as_ref()?.partitions.iter().find(|t| t.number == n));
+            let node = match part {
+                Some(part) => super::kernel_node::lookup(device, part)?
+                    .and_then(|node| Some((node.file.metadata().ok()?.rdev(), part.start))),
+                None => None,
+            };
+            on.push(node.unwrap_or((device.rdev, 0)));
+        }
+        with_device_mapper(device, &info, &on)?
     } else {
         match info.pieces.as_slice() {
             [one] => offset_loop::attach_range(device, one.disk_offset, one.len, None)?,
@@ -159,7 +179,13 @@ pub(crate) fn map(device: &Core, vg: &str, lv: &str, strategy: MapStrategy) -> R
     Ok(part)
 }
 
-fn with_device_mapper(device: &Core, info: &LogicalVolumeInfo) -> Result<MappedPart> {
+/// A target for `info` whose piece `i` lies on device `on[i].0`, whose
+/// first byte is `on[i].1` of the attached device.
+fn with_device_mapper(
+    device: &Core,
+    info: &LogicalVolumeInfo,
+    on: &[(u64, u64)],
+) -> Result<MappedPart> {
     let path = device.path();
     if !device_mapper::available() {
         return Err(Error::refused(
@@ -175,22 +201,27 @@ fn with_device_mapper(device: &Core, info: &LogicalVolumeInfo) -> Result<MappedP
     }
     let disk = sysfs::name_of(device.rdev)
         .ok_or_else(|| Error::invalid(Step::Map, path, "cannot find the device in sysfs"))?;
-    let (major, minor) = (
-        nix::sys::stat::major(device.rdev) as u32,
-        nix::sys::stat::minor(device.rdev) as u32,
-    );
-    // Every piece is on the attached device, at its disk offset.
+    // Each piece at its offset on the device that holds it; the piece's
+    // index stands for its device in the table's lookup.
     let as_pieces: Vec<crate::volume::lvm::Piece> = info
         .pieces
         .iter()
-        .map(|p| crate::volume::lvm::Piece {
+        .zip(on)
+        .enumerate()
+        .map(|(i, (p, &(_, base)))| crate::volume::lvm::Piece {
             lv_offset: p.lv_offset,
-            pv: p.pv.clone(),
-            pv_offset: p.disk_offset,
+            pv: i.to_string(),
+            pv_offset: p.disk_offset - base,
             len: p.len,
         })
         .collect();
-    let table = dm_table(&as_pieces, path, |_| Some((major, minor)))?;
+    let table = dm_table(&as_pieces, path, |i| {
+        let (rdev, _) = on.get(i.parse::<usize>().ok()?)?;
+        Some((
+            nix::sys::stat::major(*rdev) as u32,
+            nix::sys::stat::minor(*rdev) as u32,
+        ))
+    })?;
     let name = dm_name(&disk, &info.vg, &info.lv);
     let (node, file) = device_mapper::create_target(device, &name, &table)?;
     Ok(MappedPart::new(

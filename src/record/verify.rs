@@ -393,10 +393,20 @@ pub(crate) fn mapped_of(file: &File, rdev: u64, parent: u64, data: &Data) -> boo
             == Some(parent);
     }
     if sys.join("dm").exists() {
+        // Over the device itself, or over partitions of it (an LV's
+        // target over the partitions holding its PVs).
         let slaves: Vec<PathBuf> = std::fs::read_dir(sys.join("slaves"))
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
-        return matches!(slaves.as_slice(), [one] if dev_of(one) == Some(parent));
+        let of_parent = |s: &PathBuf| {
+            dev_of(s) == Some(parent)
+                || (s.join("partition").exists()
+                    && std::fs::canonicalize(s)
+                        .ok()
+                        .and_then(|real| dev_of(real.parent()?))
+                        == Some(parent))
+        };
+        return !slaves.is_empty() && slaves.iter().all(of_parent);
     }
     if sys.join("loop").exists() {
         let want = data.device.as_ref().and_then(|d| d.backing);

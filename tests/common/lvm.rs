@@ -632,13 +632,16 @@ impl Fixture {
                 Content::Fs {
                     fstype: "ext4",
                     uuid: root,
-                    files: os_root(
-                        "ubuntu",
-                        "24.04",
-                        "Ubuntu 24.04.1 LTS",
-                        "ubuntu-guest",
-                        &fstab,
-                        "ubuntu-lv",
+                    files: with_mount_points(
+                        os_root(
+                            "ubuntu",
+                            "24.04",
+                            "Ubuntu 24.04.1 LTS",
+                            "ubuntu-guest",
+                            &fstab,
+                            "ubuntu-lv",
+                        ),
+                        &["boot"],
                     ),
                 },
             )],
@@ -751,69 +754,144 @@ impl TwoPvImage {
     }
 }
 
+/// An image whose VG has PVs on several partitions, made by LVM2's tools
+/// as [`Fixture::lvm_image`] does (4 MiB extents).
+#[derive(Debug, Clone)]
+pub struct MultiPvImage {
+    pub path: PathBuf,
+    /// Each PV's first byte in the image, in PV index order.
+    pub pv_start: Vec<u64>,
+    pub pe_start: u64,
+    pub extent_size: u64,
+    pub vg: String,
+    /// The LV names, in the order given.
+    pub lvs: Vec<String>,
+}
+
+impl MultiPvImage {
+    /// The image byte ranges of linear segments `segs`.
+    pub fn ranges(&self, segs: &[Seg]) -> Vec<(u64, u64)> {
+        segs.iter()
+            .map(|s| {
+                assert_eq!(s.stripes.len(), 1, "linear segments only");
+                let (pv, at) = s.stripes[0];
+                (
+                    self.pv_start[pv] + self.pe_start + at * self.extent_size,
+                    s.extents * self.extent_size,
+                )
+            })
+            .collect()
+    }
+
+    /// Panics if the host activated any of this image's LVs.
+    pub fn assert_not_active(&self) {
+        let esc = |s: &str| s.replace('-', "--");
+        for lv in &self.lvs {
+            for node in [
+                PathBuf::from(format!("/dev/mapper/{}-{}", esc(&self.vg), esc(lv))),
+                PathBuf::from(format!("/dev/{}/{lv}", self.vg)),
+            ] {
+                assert!(!node.exists(), "the host activated {}", node.display());
+            }
+        }
+    }
+}
+
+/// An LV of a [`MultiPvImage`]: name, segments, content.
+pub type MultiLv = (String, Vec<Seg>, Content);
+
 impl Fixture {
     /// A [`TwoPvImage`] of 96 MiB (two PVs of 40 MiB) with `lvs`: (name,
     /// segments, ext4 files or `None` for an LV left empty). An LV with
     /// one stripe per segment gets its ext4 written piece by piece.
     pub fn two_pv_image(&self, name: &str, lvs: &[RawLv<'_>]) -> TwoPvImage {
-        let img = self.blank(name, 96 << 20);
-        let script = self.path().join(format!("{name}.sfdisk"));
-        std::fs::write(
+        let script = format!(
+            "label: gpt\nsize=8MiB, type=L, name=\"boot\"\n\
+             size=40MiB, type={LINUX_LVM}\nsize=40MiB, type={LINUX_LVM}\n"
+        );
+        let boot = fs_uuid(&format!("{}/{name}-boot", self.path().display()));
+        let lvs: Vec<MultiLv> = lvs
+            .iter()
+            .map(|(lv, segs, files)| {
+                let content = match files {
+                    None => Content::Empty,
+                    Some(files) => Content::Fs {
+                        fstype: "ext4",
+                        uuid: fs_uuid(&format!("{}/{name}-{lv}", self.path().display())),
+                        files: files.clone(),
+                    },
+                };
+                (lv.to_string(), segs.clone(), content)
+            })
+            .collect();
+        let m = self.multi_pv_image(
+            name,
+            96 << 20,
             &script,
-            format!(
-                "label: gpt\nsize=8MiB, type=L, name=\"boot\"\n\
-                 size=40MiB, type={LINUX_LVM}\nsize=40MiB, type={LINUX_LVM}\n"
-            ),
-        )
-        .unwrap();
+            &[2, 3],
+            &[(1, "ext4", &boot, vec![("id".into(), "boot".into())])],
+            "duo",
+            &lvs,
+        );
+        TwoPvImage {
+            path: m.path,
+            pv_start: [m.pv_start[0], m.pv_start[1]],
+            pe_start: m.pe_start,
+            extent_size: m.extent_size,
+        }
+    }
+
+    /// An image of `size` with the sfdisk `script`, plain filesystems
+    /// `others`, and VG `vg` over the partitions `pv_parts` (PV index i
+    /// is partition `pv_parts[i]`) holding `lvs`. A filesystem on several
+    /// linear segments is made in a file and written piece by piece.
+    #[allow(clippy::too_many_arguments)]
+    pub fn multi_pv_image(
+        &self,
+        name: &str,
+        size: u64,
+        script: &str,
+        pv_parts: &[u32],
+        others: &[PlainFs<'_>],
+        vg: &str,
+        lvs: &[MultiLv],
+    ) -> MultiPvImage {
+        let img = self.blank(name, size);
+        let script_file = self.path().join(format!("{name}.sfdisk"));
+        std::fs::write(&script_file, script).unwrap();
         run(Command::new("sh").arg("-c").arg(format!(
             "sfdisk -q --no-reread --no-tell-kernel {} < {}",
             img.display(),
-            script.display()
+            script_file.display()
         )));
         let parts = layout(&img);
         let part = |n: u32| *parts.iter().find(|p| p.0 == n).unwrap();
-        {
-            let (_, s, l) = part(1);
+        for (n, fstype, uuid, files) in others {
+            let (_, s, l) = part(*n);
             let dev = LoopDev::attach(&img, s, l);
-            self.make_fs(
-                &dev.dev,
-                "ext4",
-                &fs_uuid(&format!("{}/{name}-boot", self.path().display())),
-                &[("id".into(), "boot".into())],
-            );
+            self.make_fs(&dev.dev, fstype, uuid, files);
         }
         let sys_dir = self.lvm_sys_dir();
-        let (_, s2, l2) = part(2);
-        let (_, s3, l3) = part(3);
+        let pv_start: Vec<u64> = pv_parts.iter().map(|n| part(*n).1).collect();
         let (pe_start, extent_size) = {
-            let a = LoopDev::attach(&img, s2, l2);
-            let b = LoopDev::attach(&img, s3, l3);
-            let both = format!("{},{}", a.dev, b.dev);
-            lvm(&sys_dir, "pvcreate", &both, &["-q", &a.dev, &b.dev]);
-            lvm(
-                &sys_dir,
-                "vgcreate",
-                &both,
-                &[
-                    "-q",
-                    "--setautoactivation",
-                    "n",
-                    "-s",
-                    "4M",
-                    "duo",
-                    &a.dev,
-                    &b.dev,
-                ],
-            );
+            let devs: Vec<LoopDev> = pv_parts
+                .iter()
+                .map(|n| {
+                    let (_, s, l) = part(*n);
+                    LoopDev::attach(&img, s, l)
+                })
+                .collect();
+            let names: Vec<&str> = devs.iter().map(|d| d.dev.as_str()).collect();
+            let all = names.join(",");
+            let mut args = vec!["-q"];
+            args.extend(&names);
+            lvm(&sys_dir, "pvcreate", &all, &args);
+            let mut args = vec!["-q", "--setautoactivation", "n", "-s", "4M", vg];
+            args.extend(&names);
+            lvm(&sys_dir, "vgcreate", &all, &args);
             let backup = self.path().join(format!("{name}.vg"));
             let backup_s = backup.to_str().unwrap();
-            lvm(
-                &sys_dir,
-                "vgcfgbackup",
-                &both,
-                &["-q", "-f", backup_s, "duo"],
-            );
+            lvm(&sys_dir, "vgcfgbackup", &all, &["-q", "-f", backup_s, vg]);
             let text = std::fs::read_to_string(&backup).unwrap();
             // The metadata's name of each PV, by its device hint.
             let pv_name = |dev: &str| {
@@ -824,42 +902,53 @@ impl Fixture {
                 let start = text[..open].rfind(|c: char| c.is_whitespace()).unwrap() + 1;
                 text[start..open].to_string()
             };
-            let names = [pv_name(&a.dev), pv_name(&b.dev)];
-            std::fs::write(&backup, add_raw_lvs(&text, lvs, &names)).unwrap();
-            lvm(
-                &sys_dir,
-                "vgcfgrestore",
-                &both,
-                &["-q", "-f", backup_s, "duo"],
-            );
+            let pv_names: Vec<String> = names.iter().map(|d| pv_name(d)).collect();
+            std::fs::write(&backup, add_raw_lvs(&text, lvs, &pv_names)).unwrap();
+            lvm(&sys_dir, "vgcfgrestore", &all, &["-q", "-f", backup_s, vg]);
             let number = |s: String| -> u64 { s.trim().parse().unwrap() };
             let q = ["--noheadings", "--nosuffix", "--units", "b", "-o"];
             let mut pe = q.to_vec();
-            pe.extend(["pe_start", a.dev.as_str()]);
+            pe.extend(["pe_start", names[0]]);
             let mut ext = q.to_vec();
-            ext.extend(["vg_extent_size", "duo"]);
+            ext.extend(["vg_extent_size", vg]);
             (
-                number(lvm(&sys_dir, "pvs", &both, &pe)),
-                number(lvm(&sys_dir, "vgs", &both, &ext)),
+                number(lvm(&sys_dir, "pvs", &all, &pe)),
+                number(lvm(&sys_dir, "vgs", &all, &ext)),
             )
         };
-        let image = TwoPvImage {
+        let image = MultiPvImage {
             path: img.clone(),
-            pv_start: [s2, s3],
+            pv_start,
             pe_start,
             extent_size,
+            vg: vg.to_string(),
+            lvs: lvs.iter().map(|l| l.0.clone()).collect(),
         };
-        for (lv, segs, files) in lvs {
-            let Some(files) = files else { continue };
+        for (lv, segs, content) in lvs {
             let ranges = image.ranges(segs);
-            let file = self.path().join(format!("{name}.{lv}.fs"));
             let total: u64 = ranges.iter().map(|r| r.1).sum();
-            std::fs::File::create(&file)
-                .unwrap()
-                .set_len(total)
-                .unwrap();
-            let uuid = fs_uuid(&format!("{}/{name}-{lv}", self.path().display()));
-            self.make_fs(file.to_str().unwrap(), "ext4", &uuid, files);
+            let file = self.path().join(format!("{name}.{lv}.fs"));
+            match content {
+                Content::Empty => continue,
+                Content::Swap { uuid } => {
+                    std::fs::File::create(&file)
+                        .unwrap()
+                        .set_len(total)
+                        .unwrap();
+                    run(Command::new("mkswap").args(["-U", uuid]).arg(&file));
+                }
+                Content::Fs {
+                    fstype,
+                    uuid,
+                    files,
+                } => {
+                    std::fs::File::create(&file)
+                        .unwrap()
+                        .set_len(total)
+                        .unwrap();
+                    self.make_fs(file.to_str().unwrap(), fstype, uuid, files);
+                }
+            }
             let bytes = std::fs::read(&file).unwrap();
             let out = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
             let mut from = 0usize;
@@ -872,11 +961,106 @@ impl Fixture {
         }
         image
     }
+
+    /// Rocky/RHEL-like with the VG `rl` over two PVs (partitions 3 and 4,
+    /// as after a `vgextend`): GPT with a BIOS boot partition and xfs
+    /// `/boot` (partition 2); `root` (xfs, the OS root) and `swap` on PV
+    /// 0, `home` (ext4) on PV 1, and `data` (ext4 on `/srv`) made of two
+    /// segments, one on each PV. The fstab names them as Rocky's does.
+    /// Each filesystem has a file `id` naming it. Returns the image and
+    /// the segments of every LV by name.
+    pub fn rocky_two_pv_image(&self, name: &str) -> (MultiPvImage, BTreeMap<String, Vec<Seg>>) {
+        let seed = |what: &str| fs_uuid(&format!("{}/{name}-{what}", self.path().display()));
+        let (boot, root, home, swap, data) = (
+            seed("boot"),
+            seed("root"),
+            seed("home"),
+            seed("swap"),
+            seed("data"),
+        );
+        let fstab = format!(
+            "# /etc/fstab\n\
+             /dev/mapper/rl-root     /                       xfs     defaults        0 0\n\
+             UUID={boot} /boot                   xfs     defaults        0 0\n\
+             /dev/mapper/rl-home     /home                   ext4    defaults        0 0\n\
+             /dev/mapper/rl-swap     none                    swap    defaults        0 0\n\
+             UUID={data} /srv                    ext4    defaults        0 0\n"
+        );
+        let script = format!(
+            "label: gpt\n\
+             size=1MiB, type={BIOS_BOOT}, name=\"biosboot\"\n\
+             size=300MiB, type=L, name=\"boot\"\n\
+             size=344MiB, type={LINUX_LVM}, name=\"lvm\"\n\
+             size=48MiB, type={LINUX_LVM}, name=\"lvm2\"\n"
+        );
+        let linear = |pv, at, n| Seg {
+            stripes: vec![(pv, at)],
+            extents: n,
+        };
+        let segs: BTreeMap<String, Vec<Seg>> = [
+            ("root", vec![linear(0, 0, 75)]),
+            ("swap", vec![linear(0, 75, 4)]),
+            ("home", vec![linear(1, 0, 4)]),
+            ("data", vec![linear(0, 80, 3), linear(1, 6, 3)]),
+        ]
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), s))
+        .collect();
+        let files = |id: &str| vec![("id".to_string(), id.to_string())];
+        let fs = |fstype, uuid: &str, files| Content::Fs {
+            fstype,
+            uuid: uuid.to_string(),
+            files,
+        };
+        let root_files = with_mount_points(
+            os_root(
+                "rocky",
+                "9.4",
+                "Rocky Linux 9.4 (Blue Onyx)",
+                "rocky-guest",
+                &fstab,
+                "root",
+            ),
+            &["boot", "home", "srv"],
+        );
+        let lvs: Vec<MultiLv> = vec![
+            (
+                "root".into(),
+                segs["root"].clone(),
+                fs("xfs", &root, root_files),
+            ),
+            (
+                "swap".into(),
+                segs["swap"].clone(),
+                Content::Swap { uuid: swap },
+            ),
+            (
+                "home".into(),
+                segs["home"].clone(),
+                fs("ext4", &home, files("home")),
+            ),
+            (
+                "data".into(),
+                segs["data"].clone(),
+                fs("ext4", &data, files("data")),
+            ),
+        ];
+        let image = self.multi_pv_image(
+            name,
+            700 << 20,
+            &script,
+            &[3, 4],
+            &[(2, "xfs", &boot, files("boot"))],
+            "rl",
+            &lvs,
+        );
+        (image, segs)
+    }
 }
 
-/// [`add_lvs`] for LVs whose segments may use both PVs and be striped
-/// (`names`: the metadata names of PV 0 and 1).
-fn add_raw_lvs(text: &str, lvs: &[RawLv<'_>], names: &[String; 2]) -> String {
+/// [`add_lvs`] for LVs whose segments may use several PVs and be striped
+/// (`names`: the metadata names of the PVs, by index).
+fn add_raw_lvs(text: &str, lvs: &[MultiLv], names: &[String]) -> String {
     let mut section = String::from("\n\tlogical_volumes {\n");
     for (name, segs, _) in lvs {
         section += &format!(

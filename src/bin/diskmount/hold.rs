@@ -23,9 +23,13 @@ pub struct Args {
     /// The image format.
     #[arg(long, default_value = "raw")]
     format: String,
-    /// Partition number, or lv=VG/LV, to map (default: the whole disk).
+    /// Partition number, lv=VG/LV, or os (the guest's root and its fstab),
+    /// to map (default: the whole disk).
     #[arg(long)]
     partition: Option<String>,
+    /// A guest mount point of `--partition os` not to mount (repeatable).
+    #[arg(long)]
+    exclude: Vec<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -33,6 +37,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let image = Image::file(&args.image, format)?;
     let partition = match args.partition.as_deref() {
         None => Partition::Whole,
+        Some("os") => Partition::Os,
         Some(s) => match s.strip_prefix("lv=").and_then(|v| v.split_once('/')) {
             Some((vg, lv)) => Partition::LogicalVolume {
                 vg: vg.into(),
@@ -41,11 +46,16 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             None => Partition::Number(s.parse()?),
         },
     };
+    let mut options = MountOptions::default();
+    for x in args.exclude {
+        options = options.exclude(x);
+    }
+    let (state, dir) = (args.state, args.mountpoint);
     match args.backend.as_str() {
-        "loop" => hold::<Loop>(image, partition, args.state, args.mountpoint),
-        "nbd" => hold::<Nbd>(image, partition, args.state, args.mountpoint),
-        "fuse" => hold::<Fuse>(image, partition, args.state, args.mountpoint),
-        "auto" => hold::<Auto>(image, partition, args.state, args.mountpoint),
+        "loop" => hold::<Loop>(image, partition, state, dir, options),
+        "nbd" => hold::<Nbd>(image, partition, state, dir, options),
+        "fuse" => hold::<Fuse>(image, partition, state, dir, options),
+        "auto" => hold::<Auto>(image, partition, state, dir, options),
         other => Err(format!("unknown backend {other:?}").into()),
     }
 }
@@ -55,6 +65,7 @@ fn hold<B: Backend>(
     partition: Partition,
     state: String,
     mountpoint: Option<PathBuf>,
+    options: MountOptions,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let attached = Unattached::<B>::new(image).attach()?;
     let device = attached.device().display().to_string();
@@ -63,11 +74,7 @@ fn hold<B: Backend>(
         "mapped" => Box::new(attached.map(partition)?),
         "mounted" => {
             let dir = mountpoint.ok_or("state mounted needs a mount point")?;
-            Box::new(
-                attached
-                    .map(partition)?
-                    .mount(dir, &MountOptions::default())?,
-            )
+            Box::new(attached.map(partition)?.mount(dir, &options)?)
         }
         other => return Err(format!("unknown state {other:?}").into()),
     };
