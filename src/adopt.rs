@@ -382,3 +382,67 @@ fn adopt_whole(name: &str, read_only: bool) -> Result<Attached<Auto>> {
     );
     Ok(Attached::from_parts(device, image))
 }
+
+/// Removes the mapped device `path` (a device-mapper target, an offset
+/// loop device, a partition added with BLKPG to a loop device) and only
+/// it: the attached device under it stays. A partition the kernel made
+/// goes with its disk and is left.
+///
+/// # Errors
+/// [`Step::Open`]: not such a device; [`Step::Unmap`]: the removal failed.
+pub(crate) fn release_mapping(path: &Path) -> Result<()> {
+    // Gone already (a partition of a loop device that cleared itself
+    // once its last mount went): nothing to do.
+    let meta = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            debug!("cleanup: {} is gone already", path.display());
+            return Ok(());
+        }
+        other => other.map_err(|e| Error::os(Step::Open, path, "stat", e))?,
+    };
+    let Some(name) = sysfs::name_of(meta.rdev()) else {
+        debug!("cleanup: {} is gone already", path.display());
+        return Ok(());
+    };
+    if let Some(dm_name) = sysfs::dm_name(&name) {
+        return crate::mapping::remove_dm(&dm_name, path);
+    }
+    if let Some(number) = sysfs::partition_number(&name) {
+        let parent = sysfs::parent_disk(&name)
+            .ok_or_else(|| invalid(path, "has no parent device in sysfs"))?;
+        if sysfs::loop_info(&parent).is_none_or(|l| l.partscan) {
+            debug!(
+                "cleanup: {} is the kernel's; it goes with its disk",
+                path.display()
+            );
+            return Ok(());
+        }
+        let parent_path = PathBuf::from("/dev").join(&parent);
+        let parent_file = open_dev(&parent_path, true)?;
+        return crate::mapping::delete_partition(&parent_file, &parent_path, number, path);
+    }
+    if let Some(l) = sysfs::loop_info(&name)
+        && (l.offset != 0 || l.size_limit != 0)
+    {
+        let nr = sysfs::loop_number(&name)
+            .ok_or_else(|| invalid(path, "unexpected loop device name"))?;
+        let read_only = sysfs::is_read_only(&name);
+        let file = open_dev(path, read_only)?;
+        let backing = (!l.deleted)
+            .then(|| open_dev(&l.backing_file, true).ok())
+            .flatten();
+        return Error::collect(crate::backend::r#loop::unbind(
+            Step::Unmap,
+            path,
+            &l.backing_file,
+            file,
+            nr,
+            !read_only,
+            backing.as_ref(),
+        ));
+    }
+    Err(invalid(
+        path,
+        "is not a device-mapper target, partition or offset loop device",
+    ))
+}

@@ -85,6 +85,20 @@ pub enum Action {
         /// The mount point.
         mountpoint: PathBuf,
     },
+    /// Unmount one of the guest's own fstab mounts over the verified root
+    /// mount ([`crate::Partition::Os`]), leaving its device for
+    /// [`Action::Unmap`].
+    UnmountGuestMount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// Remove a verified device mapped for the guest's fstab: a partition
+    /// node, device-mapper target or offset loop device of the attached
+    /// device, which stays for the root's teardown.
+    Unmap {
+        /// The device.
+        device: PathBuf,
+    },
     /// Unmap and detach a verified device that is not mounted (adoption).
     Release {
         /// The mapped partition's device, or the whole device.
@@ -120,11 +134,14 @@ pub enum Action {
 }
 
 impl Action {
-    /// A short name (`unmount`, `release`, `stop-helper`, `unmount-export`,
-    /// `remove-dir`, `remove-file`, `remove-record`).
+    /// A short name (`unmount`, `unmount-guest-mount`, `unmap`, `release`,
+    /// `stop-helper`, `unmount-export`, `remove-dir`, `remove-file`,
+    /// `remove-record`).
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Unmount { .. } => "unmount",
+            Action::UnmountGuestMount { .. } => "unmount-guest-mount",
+            Action::Unmap { .. } => "unmap",
             Action::Release { .. } => "release",
             Action::StopHelper { .. } => "stop-helper",
             Action::UnmountExport { .. } => "unmount-export",
@@ -137,8 +154,8 @@ impl Action {
     /// The path it acts on (for a helper, its executable).
     pub fn path(&self) -> &Path {
         match self {
-            Action::Unmount { mountpoint } => mountpoint,
-            Action::Release { device } => device,
+            Action::Unmount { mountpoint } | Action::UnmountGuestMount { mountpoint } => mountpoint,
+            Action::Release { device } | Action::Unmap { device } => device,
             Action::StopHelper { exe, .. } => exe,
             Action::UnmountExport { path }
             | Action::RemoveDir { path }
@@ -160,6 +177,10 @@ impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Action::Unmount { mountpoint } => write!(f, "unmount {}", mountpoint.display()),
+            Action::UnmountGuestMount { mountpoint } => {
+                write!(f, "unmount guest fstab mount {}", mountpoint.display())
+            }
+            Action::Unmap { device } => write!(f, "unmap {}", device.display()),
             Action::Release { device } => write!(f, "release {}", device.display()),
             Action::StopHelper { pid, exe } => {
                 write!(f, "stop qemu helper {pid} ({})", exe.display())
@@ -252,6 +273,30 @@ impl Found {
     /// What the record names that did not verify, and is left alone.
     pub fn unverified(&self) -> &[String] {
         &self.unverified
+    }
+
+    /// Carries out only the plan's [`Action::UnmountGuestMount`] and
+    /// [`Action::Unmap`] steps (nothing for a [`Status::Live`] or
+    /// [`Status::Unreadable`] record): the guest's fstab mounts over the
+    /// root of a [`crate::Partition::Os`] mount, so that the root can be
+    /// unmounted (`diskmount umount`). The record stays.
+    pub fn tear_down_guest_mounts(&self) -> Outcome {
+        let mut out = Outcome::default();
+        if matches!(self.status, Status::Live { .. } | Status::Unreadable { .. }) {
+            return out;
+        }
+        for action in &self.plan {
+            if matches!(
+                action,
+                Action::UnmountGuestMount { .. } | Action::Unmap { .. }
+            ) {
+                if let Err(e) = carry_out(action, None) {
+                    out.errors.push(e);
+                }
+                out.done.push(action.clone());
+            }
+        }
+        out
     }
 
     /// Carries out the plan (nothing for a [`Status::Live`] or
@@ -499,6 +544,13 @@ fn carry_out(action: &Action, helper: Option<&Helper>) -> Result<()> {
             }
             Ok(())
         }
+        Action::UnmountGuestMount { mountpoint } => crate::mount::unmount::unmount(
+            Step::Cleanup,
+            mountpoint,
+            "",
+            crate::retry::RetryPolicy::UNMOUNT,
+        ),
+        Action::Unmap { device } => crate::adopt::release_mapping(device),
         Action::Release { device } => crate::adopt(device)?.close(),
         Action::StopHelper { pid, .. } => {
             let Some(h) = helper.filter(|h| h.pid == *pid) else {
@@ -565,6 +617,16 @@ fn stop_helper(h: &Helper) -> Result<()> {
 /// What tearing down `s` does: only verified objects.
 fn plan_of(s: &Survey) -> Vec<Action> {
     let mut plan = Vec::new();
+    // The guest's fstab mounts first, children before parents, then the
+    // devices only they used.
+    for m in s.tree_mounts.iter().rev() {
+        plan.push(Action::UnmountGuestMount {
+            mountpoint: m.clone(),
+        });
+    }
+    for d in s.tree_mapped.iter().rev() {
+        plan.push(Action::Unmap { device: d.clone() });
+    }
     if let Some(m) = &s.mount {
         plan.push(Action::Unmount {
             mountpoint: m.clone(),

@@ -446,3 +446,113 @@ fn fedora_auto_mounts_the_root_subvolume_and_os_mounts_home_and_boot() {
     independent(&fx, &img, boot, None, |d| assert!(d.join("new").exists()));
     fx.assert_clean();
 }
+
+fn diskmount(records: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_diskmount"));
+    c.env("DISKMOUNT_RUN_DIR", records);
+    c
+}
+
+fn succeeds(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{c:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The Debian layout's tree on `mnt`: `/`, `/boot`, `/var` mounted or not.
+fn assert_tree(mnt: &Path, mounted: bool, context: &str) {
+    for sub in ["", "boot", "var"] {
+        let at = if sub.is_empty() {
+            mnt.to_path_buf()
+        } else {
+            mnt.join(sub)
+        };
+        assert_eq!(common::is_mount_point(&at), mounted, "/{sub}: {context}");
+    }
+}
+
+#[test]
+fn cli_mount_os_then_umount_takes_the_whole_tree_down() {
+    let _s = serial();
+    let mut fx = Fixture::new();
+    let records = fx.records();
+    let (img, parts) = debian(&fx, "debian.img", "");
+    let mnt = fx.tree("mnt", &[]);
+    succeeds(
+        diskmount(&records)
+            .args(["mount", "--partition", "os"])
+            .arg(&img)
+            .arg(&mnt),
+    );
+    assert_tree(&mnt, true, "after mount");
+    std::fs::write(mnt.join("var/written"), "into var").unwrap();
+    // The record names every piece of the tree.
+    let record = std::fs::read_dir(&records)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a record");
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(
+        text.contains("tree_mounts") && text.contains("/var\"") && text.contains("/boot\""),
+        "{text}"
+    );
+    let out = succeeds(diskmount(&records).arg("umount").arg(&mnt));
+    assert_tree(&mnt, false, &out);
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "{out}");
+    independent(&fx, &img, geometry(&parts, 5), None, |d| {
+        assert_eq!(
+            std::fs::read_to_string(d.join("written")).unwrap(),
+            "into var"
+        );
+    });
+    independent(&fx, &img, geometry(&parts, 2), None, |d| {
+        assert!(
+            !d.join("var/written").exists(),
+            "the root took /var's write"
+        );
+    });
+    fx.assert_clean();
+}
+
+#[test]
+fn a_killed_holder_of_an_os_tree_on_partitions_is_cleaned_up() {
+    let _s = serial();
+    let mut fx = Fixture::new();
+    let records = fx.records();
+    let (img, _) = debian(&fx, "debian.img", "");
+    let mnt = fx.tree("mnt", &[]);
+    let mut child = diskmount(&records)
+        .args(["hold", "--state", "mounted", "--partition", "os"])
+        .arg(&img)
+        .arg(&mnt)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    if !line.starts_with("READY /dev/") {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("{line:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_tree(&mnt, true, "after the kill");
+    let out = succeeds(diskmount(&records).arg("cleanup"));
+    assert!(out.contains("0 failed"), "{out}");
+    assert!(out.contains("unmount guest fstab mount"), "{out}");
+    assert_tree(&mnt, false, &out);
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "{out}");
+    fx.assert_clean();
+}

@@ -1569,6 +1569,56 @@ fn lvm_two_same_named_vgs_as_os_trees() {
     fx.assert_clean();
 }
 
+/// A holder of the two-PV Rocky tree (`Partition::Os`: three LV targets,
+/// /boot on the kernel's node) SIGKILLed, then `diskmount cleanup`: every
+/// mount, target and loop device gone, and the record.
+fn lvm_killed_holder_of_an_os_tree_cleanup() {
+    let mut fx = Fixture::new();
+    let records = fx.records();
+    let (img, _) = fx.rocky_two_pv_image("rocky2.img");
+    let mnt = fx.tree("mnt", &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", &records)
+        .args(["hold", "--state", "mounted", "--partition", "os"])
+        .arg(&img.path)
+        .arg(&mnt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("READY /dev/"), "{line:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(diskmount_dm_targets().lines().count(), 3);
+    for sub in ["boot", "home", "srv"] {
+        assert!(common::is_mount_point(&mnt.join(sub)), "/{sub}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", &records)
+        .arg("cleanup")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("0 failed"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(diskmount_dm_targets(), "", "{text}");
+    for sub in ["boot", "home", "srv"] {
+        assert!(!common::is_mount_point(&mnt.join(sub)), "/{sub}: {text}");
+    }
+    assert!(!common::is_mount_point(&mnt), "{text}");
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "{text}");
+    img.assert_not_active();
+    fx.assert_clean();
+}
+
 fn lvm_killed_holder_dm_target_cleanup() {
     let mut fx = Fixture::new();
     let records = fx.records();
@@ -1650,6 +1700,11 @@ fn main() {
             "lvm_two_same_named_vgs_as_os_trees",
             &[Needs::DeviceMapper],
             lvm_two_same_named_vgs_as_os_trees,
+        ),
+        (
+            "lvm_killed_holder_of_an_os_tree_cleanup",
+            &[Needs::DeviceMapper],
+            lvm_killed_holder_of_an_os_tree_cleanup,
         ),
         (
             "lvm_killed_holder_dm_target_cleanup",

@@ -15,7 +15,7 @@ use crate::image::Image;
 use crate::mount::guard::{MountGuard, mount_id, open_root};
 use crate::mount::{by_fd, fstype, plan};
 use crate::options::MountOptions;
-use crate::record::{Field, Key};
+use crate::record::{Field, Keeper, Key};
 use crate::retry::RetryPolicy;
 
 /// A mounted filesystem. Dropping it unmounts, unmaps and detaches;
@@ -109,6 +109,7 @@ impl<B: Backend> Parts<B> {
             mapped.abandon();
             return;
         }
+        mapped.attached.record.unset(Key::Tree);
         if let Err(e) = mount.release() {
             errors.push(e);
         }
@@ -338,10 +339,13 @@ impl<B: Backend> Mapped<B> {
         });
         if tree_wanted && let Some(found) = &found {
             // On an error the partial tree, then the root, come down.
-            let tree = super::mount_os::mount_tree(&mounted, found, options)?;
-            if let Some(parts) = mounted.inner.as_mut() {
-                parts.tree = tree;
-            }
+            // The record is lent to the tree's mount for its entries.
+            let parts = mounted.inner.as_mut().expect("just made");
+            let mut record = std::mem::replace(&mut parts.mapped.attached.record, Keeper::none());
+            let tree = super::mount_os::mount_tree(&mounted, found, options, &mut record);
+            let parts = mounted.inner.as_mut().expect("just made");
+            parts.mapped.attached.record = record;
+            parts.tree = tree?;
         }
         Ok(mounted)
     }
@@ -569,6 +573,7 @@ impl<B: Backend> Mounted<B> {
             });
         }
         drop(tree);
+        mapped.attached.record.unset(Key::Tree);
         if let Err(error) = Error::collect(tree_errors) {
             drop(mount);
             drop(mapped);

@@ -19,6 +19,7 @@ use crate::mount::{by_fd, fstype, plan};
 use crate::options::MountOptions;
 use crate::os::Found;
 use crate::os::source::Target;
+use crate::record::{Field, Keeper};
 
 /// One filesystem of a mounted tree, as [`Mounted::mounts`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,10 +107,12 @@ impl Drop for Tree {
 }
 
 /// Mounts the fstab entries of `os` over `mounted` (its root).
+/// Each device it maps and each mount goes into `record` as it is made.
 pub(crate) fn mount_tree<B: Backend>(
     mounted: &Mounted<B>,
     os: &Found,
     options: &MountOptions,
+    record: &mut Keeper,
 ) -> Result<Tree> {
     let mut tree = Tree::default();
     let root = mounted.root()?;
@@ -180,6 +183,10 @@ pub(crate) fn mount_tree<B: Backend>(
             );
             let device = PathBuf::from("excluded");
             let dir = by_fd::mount(&device, &plan, at.as_fd(), &host)?;
+            record.set(Field::TreeMount {
+                path: &host,
+                device: None,
+            });
             info!(
                 "mount: {what} excluded: an empty read-only tmpfs on {}",
                 host.display()
@@ -225,6 +232,10 @@ pub(crate) fn mount_tree<B: Backend>(
                 }
             };
             let r = (m.path.clone(), m.file().try_clone());
+            record.set(Field::TreeMapped {
+                path: &m.path,
+                mapping: m.mapping.as_str(),
+            });
             tree.parts.push((key, m));
             r
         };
@@ -270,6 +281,10 @@ pub(crate) fn mount_tree<B: Backend>(
                 ));
             }
         };
+        record.set(Field::TreeMount {
+            path: &host,
+            device: Some(&device),
+        });
         debug!("mount: {what}: {} on {}", device.display(), host.display());
         info!(
             "mounted {} ({driver}) on {}",

@@ -35,6 +35,8 @@ use crate::error::{Error, ErrorKind, Result, Step};
 use crate::partition::PartitionInfo;
 use crate::retry::poll_until;
 
+pub(crate) use blkpg::delete as delete_partition;
+pub(crate) use device_mapper::remove as remove_dm;
 pub use logical_volume::LogicalVolumeInfo;
 pub(crate) use logical_volume::map as logical_volume;
 

@@ -105,6 +105,26 @@ pub(crate) struct MappedId {
     pub mapping: String,
 }
 
+/// One filesystem of the guest's fstab mounted over the root
+/// ([`crate::Partition::Os`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TreeMount {
+    /// Its mount point on the host, inside the root's.
+    pub path: RawPath,
+    /// The device mounted there (`excluded`: the empty read-only tmpfs of
+    /// an excluded mount point).
+    pub device: RawPath,
+    /// That device's number (0 for an excluded mount point).
+    pub rdev: u64,
+}
+
+/// The largest number of tree entries a record may hold.
+pub(crate) const MAX_TREE: usize = 256;
+
+/// The source an excluded mount point's tmpfs is mounted with.
+pub(crate) const EXCLUDED: &str = "excluded";
+
 /// One record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +142,14 @@ pub(crate) struct Data {
     pub mapped: Option<MappedId>,
     pub mountpoint: Option<RawPath>,
     pub persistent: bool,
+    /// [`crate::Partition::Os`]: the devices mapped for the fstab's
+    /// mounts only (not the root's), in the order they were made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tree_mapped: Vec<MappedId>,
+    /// [`crate::Partition::Os`]: the fstab's mounts over the root, in
+    /// mount order (parents first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tree_mounts: Vec<TreeMount>,
 }
 
 /// The backends a record may name.
@@ -247,6 +275,32 @@ impl Data {
         if let Some(m) = &self.mountpoint {
             check("mount point", &m.0)?;
         }
+        if self.tree_mapped.len() > MAX_TREE || self.tree_mounts.len() > MAX_TREE {
+            return Err(format!("more than {MAX_TREE} tree entries"));
+        }
+        for m in &self.tree_mapped {
+            under_dev("tree device", &m.path.0)?;
+        }
+        for t in &self.tree_mounts {
+            check("tree mount point", &t.path.0)?;
+            // Inside the root's mount point, never the root itself.
+            match &self.mountpoint {
+                Some(root) if t.path.0.starts_with(&root.0) && t.path.0 != root.0 => {}
+                _ => {
+                    return Err(format!(
+                        "tree mount point {:?} is not inside the mount point",
+                        t.path.0
+                    ));
+                }
+            }
+            if t.device.0 == Path::new(EXCLUDED) {
+                if t.rdev != 0 {
+                    return Err("an excluded mount point with a device number".into());
+                }
+            } else {
+                under_dev("tree mount device", &t.device.0)?;
+            }
+        }
         if let Some(h) = &self.helper {
             check("helper executable", &h.exe.0)?;
             if h.pid == 0 {
@@ -287,6 +341,8 @@ mod tests {
             mapped: None,
             mountpoint: Some(RawPath(PathBuf::from(OsStr::from_bytes(b"/mnt/\xff\"x")))),
             persistent: false,
+            tree_mapped: Vec::new(),
+            tree_mounts: Vec::new(),
         }
     }
 
@@ -327,6 +383,42 @@ mod tests {
         v["helper_dir"] = "/etc".into();
         assert!(Data::parse(v.to_string().as_bytes(), "12-34-0").is_err());
         assert!(Data::parse(b"pid=1\nhelper_dir=/etc\n", "12-34-0").is_err());
+    }
+
+    #[test]
+    fn tree_entries_round_trip_and_stay_inside_the_mount_point() {
+        let mut d = sample();
+        d.mountpoint = Some(RawPath("/mnt".into()));
+        // A record without a tree is written as before.
+        assert!(!String::from_utf8_lossy(&d.to_json()).contains("tree"));
+        d.tree_mapped.push(MappedId {
+            path: RawPath("/dev/loop4".into()),
+            rdev: 1796,
+            mapping: "offset-loop".into(),
+        });
+        d.tree_mounts.push(TreeMount {
+            path: RawPath("/mnt/boot".into()),
+            device: RawPath("/dev/loop4".into()),
+            rdev: 1796,
+        });
+        d.tree_mounts.push(TreeMount {
+            path: RawPath("/mnt/srv".into()),
+            device: RawPath(EXCLUDED.into()),
+            rdev: 0,
+        });
+        assert_eq!(Data::parse(&d.to_json(), "12-34-0").unwrap(), d);
+        let bad = |edit: &dyn Fn(&mut Data)| {
+            let mut e = d.clone();
+            edit(&mut e);
+            Data::parse(&e.to_json(), "12-34-0").unwrap_err()
+        };
+        bad(&|e| e.tree_mounts[0].path = RawPath("/etc".into()));
+        bad(&|e| e.tree_mounts[0].path = RawPath("/mnt".into()));
+        bad(&|e| e.tree_mounts[0].path = RawPath("/mnt/../etc".into()));
+        bad(&|e| e.tree_mounts[0].device = RawPath("/tmp/x".into()));
+        bad(&|e| e.tree_mounts[1].rdev = 5);
+        bad(&|e| e.tree_mapped[0].path = RawPath("/etc/passwd".into()));
+        bad(&|e| e.mountpoint = None);
     }
 
     #[test]

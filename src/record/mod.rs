@@ -36,7 +36,7 @@ pub use crate::run_dir::RunDir;
 
 use crate::error::{Result, Step};
 use crate::sys::flock::{Lock, flock};
-use format::{Data, DeviceId, FileId, Helper, Inode, MappedId, RawPath};
+use format::{Data, DeviceId, FileId, Helper, Inode, MappedId, RawPath, TreeMount};
 
 /// The start time of process `pid` (field 22 of /proc/PID/stat), which
 /// tells a reused pid apart.
@@ -81,12 +81,22 @@ pub(crate) enum Field<'a> {
     Mapped { path: &'a Path, mapping: &'a str },
     /// Where it is mounted.
     Mountpoint(&'a Path),
+    /// A device mapped for the guest's fstab ([`crate::Partition::Os`]).
+    TreeMapped { path: &'a Path, mapping: &'a str },
+    /// A mount of the guest's fstab over the root: its mount point, and
+    /// its device (`None`: an excluded mount point's tmpfs).
+    TreeMount {
+        path: &'a Path,
+        device: Option<&'a Path>,
+    },
 }
 
 /// A field removed again ([`Keeper::unset`]).
 pub(crate) enum Key {
     Mapped,
     Mountpoint,
+    /// Every tree entry (the fstab's mounts and their devices).
+    Tree,
 }
 
 /// The absolute, normal form of `path`, as far as it can be had.
@@ -167,6 +177,8 @@ impl Keeper {
             mapped: None,
             mountpoint: None,
             persistent: false,
+            tree_mapped: Vec::new(),
+            tree_mounts: Vec::new(),
         };
         Ok(Keeper {
             live: Some(Live {
@@ -227,6 +239,20 @@ impl Keeper {
                 })
             }
             Field::Mountpoint(path) => live.data.mountpoint = Some(RawPath(absolute(path))),
+            Field::TreeMapped { path, mapping } => live.data.tree_mapped.push(MappedId {
+                path: RawPath(path.to_path_buf()),
+                rdev: std::fs::metadata(path).map_or(0, |m| m.rdev()),
+                mapping: mapping.to_string(),
+            }),
+            Field::TreeMount { path, device } => live.data.tree_mounts.push(TreeMount {
+                path: RawPath(absolute(path)),
+                device: RawPath(
+                    device.map_or_else(|| PathBuf::from(format::EXCLUDED), Path::to_path_buf),
+                ),
+                rdev: device
+                    .and_then(|d| std::fs::metadata(d).ok())
+                    .map_or(0, |m| m.rdev()),
+            }),
         }
         self.save();
     }
@@ -237,6 +263,13 @@ impl Keeper {
         match key {
             Key::Mapped => live.data.mapped = None,
             Key::Mountpoint => live.data.mountpoint = None,
+            Key::Tree => {
+                if live.data.tree_mapped.is_empty() && live.data.tree_mounts.is_empty() {
+                    return;
+                }
+                live.data.tree_mapped.clear();
+                live.data.tree_mounts.clear();
+            }
         }
         self.save();
     }

@@ -27,6 +27,10 @@ pub(crate) struct Survey {
     pub(crate) mapped: Option<PathBuf>,
     /// The verified mount point.
     pub(crate) mount: Option<PathBuf>,
+    /// The verified mounts of the guest's fstab over it, in mount order.
+    pub(crate) tree_mounts: Vec<PathBuf>,
+    /// The verified devices mapped for those mounts.
+    pub(crate) tree_mapped: Vec<PathBuf>,
     /// The verified helper.
     pub(crate) helper: Option<(u32, PathBuf)>,
     /// A FUSE export still mounted in the helper directory.
@@ -44,6 +48,12 @@ pub(crate) struct Survey {
 impl Survey {
     pub(crate) fn describe(&self) -> Vec<String> {
         let mut left = Vec::new();
+        for m in self.tree_mounts.iter().rev() {
+            left.push(format!("mount on {}", m.display()));
+        }
+        for d in self.tree_mapped.iter().rev() {
+            left.push(d.display().to_string());
+        }
         if let Some(m) = &self.mount {
             left.push(format!("mount on {}", m.display()));
         }
@@ -345,12 +355,55 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
             ));
         }
     }
+    // The devices mapped for the guest's fstab ([`crate::Partition::Os`]).
+    let mut ours_rdev: Vec<u64> = device_rdev.into_iter().chain(mapped_rdev).collect();
+    if let Some(parent) = parent {
+        for m in &data.tree_mapped {
+            match open_node(&m.path.0) {
+                Some((file, meta)) if meta.rdev() == m.rdev => {
+                    if mapped_of(&file, m.rdev, parent, data) {
+                        ours_rdev.push(m.rdev);
+                        s.tree_mapped.push(m.path.0.clone());
+                    } else {
+                        s.unverified.push(format!(
+                            "{} is not a partition of the recorded device; left alone",
+                            m.path.0.display()
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mounts = mountinfo::mounts().unwrap_or_default();
+    // The mounts of the guest's fstab, each on its recorded mount point
+    // and of one of the verified devices (or an excluded mount point's
+    // empty tmpfs).
+    for t in &data.tree_mounts {
+        let Some(entry) = mounts.iter().rev().find(|e| e.target == t.path.0) else {
+            continue;
+        };
+        let ours = if t.rdev == 0 {
+            t.device.0 == Path::new(super::format::EXCLUDED)
+                && entry.fstype == "tmpfs"
+                && entry.source == Path::new(super::format::EXCLUDED)
+        } else {
+            mount_device(entry) == t.rdev && ours_rdev.contains(&t.rdev)
+        };
+        if ours {
+            s.tree_mounts.push(t.path.0.clone());
+        } else {
+            s.unverified.push(format!(
+                "{} is a mount of another device; left alone",
+                t.path.0.display()
+            ));
+        }
+    }
     // The mount.
     if let Some(mp) = &data.mountpoint
-        && let Ok(mounts) = mountinfo::mounts()
         && let Some(entry) = mounts.iter().rev().find(|e| e.target == mp.0)
     {
-        let ours = [device_rdev, mapped_rdev].contains(&Some(entry.dev));
+        let ours = [device_rdev, mapped_rdev].contains(&Some(mount_device(entry)));
         if ours {
             s.mount = Some(mp.0.clone());
         } else if !s.doubtful.is_empty() {
@@ -375,6 +428,19 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
         s.helper_dir = Some(hdir);
     }
     s
+}
+
+/// The block device a mount is on: its `st_dev`, or, for a filesystem
+/// that reports an anonymous device number (btrfs), the block device its
+/// source names.
+fn mount_device(m: &mountinfo::Mount) -> u64 {
+    if nix::sys::stat::major(m.dev) == 0
+        && let Ok(meta) = std::fs::metadata(&m.source)
+        && meta.file_type().is_block_device()
+    {
+        return meta.rdev();
+    }
+    m.dev
 }
 
 /// Whether the device open as `file` (number `rdev`) is a partition,

@@ -187,3 +187,18 @@ pub fn release_persistent(target: &Path) -> Result<(Vec<String>, Vec<PathBuf>), 
     }
     Ok((warnings, removed))
 }
+
+/// Before `diskmount umount` takes the mount on `target` down: unmounts
+/// the guest's fstab mounts over it and removes their devices, as the
+/// persistent record of that mount names them (a `--partition os` mount).
+pub fn release_guest_mounts(target: &Path) -> Result<(), Error> {
+    for f in diskmount::cleanup::scan(&run_dir())? {
+        if f.is_persistent() && f.mountpoint() == Some(target) {
+            let out = f.tear_down_guest_mounts();
+            if let Some(e) = out.errors.into_iter().next() {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}

@@ -138,6 +138,10 @@ struct Unmounted {
 }
 
 pub fn umount(args: UmountArgs, as_json: bool) -> Result<(), Error> {
+    // A `--partition os` mount: the guest's fstab mounts over it (known
+    // from the record `mount` left) come down first.
+    let target = std::fs::canonicalize(&args.mountpoint).unwrap_or(args.mountpoint.clone());
+    crate::cleanup::release_guest_mounts(&target)?;
     let adopted = diskmount::adopt(&args.mountpoint)?;
     let device = adopted.device().to_path_buf();
     let backend = adopted.backend().to_string();
@@ -145,7 +149,6 @@ pub fn umount(args: UmountArgs, as_json: bool) -> Result<(), Error> {
     let what = format!("{} ({backend}, {mapping})", device.display());
     adopted.close()?;
     // The record `mount` left, if any, is done with.
-    let target = std::fs::canonicalize(&args.mountpoint).unwrap_or(args.mountpoint.clone());
     let (warnings, records) = crate::cleanup::release_persistent(&target)?;
     for w in warnings {
         eprintln!("diskmount: warning: {w}");
