@@ -274,3 +274,37 @@ fn a_killed_holder_of_an_os_tree_is_cleaned_up() {
     img.assert_not_active();
     fx.assert_clean();
 }
+
+#[test]
+fn two_images_with_the_same_vg_name_as_os_trees_at_once() {
+    let mut fx = Fixture::new();
+    let a = fx.ubuntu_image("a.img");
+    let b = fx.ubuntu_image("b.img");
+    with_mounted(&image(&a.path), Partition::Os, |da| {
+        with_mounted(&image(&b.path), Partition::Os, |db| {
+            for (d, which) in [(da, "a"), (db, "b")] {
+                assert_eq!(std::fs::read_to_string(d.join("boot/id")).unwrap(), "boot");
+                std::fs::write(d.join("which"), which).unwrap();
+                std::fs::write(d.join("boot/which"), which).unwrap();
+            }
+        })
+        .unwrap();
+    })
+    .unwrap();
+    for (i, want) in [(&a, "a"), (&b, "b")] {
+        i.assert_not_active();
+        let root = range(i, "ubuntu-lv");
+        assert_eq!(
+            read_at_offset(&fx, &i.path, root, "which").as_deref(),
+            Some(want)
+        );
+        assert_eq!(read_at_offset(&fx, &i.path, root, "boot/which"), None);
+        let parts = common::layout(&i.path);
+        let &(_, at, len) = parts.iter().find(|p| p.0 == 2).unwrap();
+        assert_eq!(
+            read_at_offset(&fx, &i.path, (at, len), "which").as_deref(),
+            Some(want)
+        );
+    }
+    fx.assert_clean();
+}

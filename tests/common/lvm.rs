@@ -925,6 +925,9 @@ impl Fixture {
             lvs: lvs.iter().map(|l| l.0.clone()).collect(),
         };
         for (lv, segs, content) in lvs {
+            if matches!(content, Content::Empty) {
+                continue;
+            }
             let ranges = image.ranges(segs);
             let total: u64 = ranges.iter().map(|r| r.1).sum();
             let file = self.path().join(format!("{name}.{lv}.fs"));
