@@ -34,8 +34,8 @@ use std::process::Command;
 use common::{Table, Variant, compare, run};
 use diskmount::sys::{block as blk, loop_dev};
 use diskmount::{
-    Backend, Format, Fuse, Image, Loop, MapOptions, MapStrategy, Mapping, MountOptions, Nbd,
-    Partition, Unattached,
+    AttachOptions, Backend, Format, Fuse, Image, Loop, MapOptions, MapStrategy, Mapping,
+    MountOptions, Nbd, Partition, RunDir, Unattached,
 };
 use nix::mount::{MntFlags, MsFlags};
 
@@ -49,6 +49,22 @@ fn library_image<B: Backend>(image: &Image, mnt: &Path) {
         .unwrap()
         .close()
         .unwrap();
+}
+
+/// The whole-disk library cycle of `img` with its records in `run_dir`.
+fn library_records(img: &Path, mnt: &Path, run_dir: RunDir) {
+    Unattached::<Loop>::with_options(
+        Image::file(img, Format::Raw).unwrap(),
+        AttachOptions::default().run_dir(run_dir),
+    )
+    .attach()
+    .unwrap()
+    .map(Partition::Whole)
+    .unwrap()
+    .mount(mnt, &MountOptions::default())
+    .unwrap()
+    .close()
+    .unwrap();
 }
 
 /// Partition `number` of `img` with `strategy`; returns how it was mapped.
@@ -266,6 +282,9 @@ fn logical_image(img: &Path, scratch: &Path) -> (u64, u64) {
 fn main() {
     let iterations: usize = common::arg("--iterations").unwrap_or(200);
     let only: Option<String> = common::arg("--only");
+    // `--quick`: the library and the syscall floors only (no util-linux
+    // processes), for measuring a library change several times in a row.
+    let quick = common::flag("--quick");
     let wants = |s: &str| only.as_deref().is_none_or(|o| o == s);
     common::require_root("cycle");
     let dir = tempfile::Builder::new()
@@ -284,6 +303,12 @@ fn main() {
     let machine = common::print_machine("cycle");
     let mut tables: Vec<Table> = Vec::new();
 
+    // A run directory on tmpfs, for the records-on-tmpfs variant.
+    let shm = tempfile::Builder::new()
+        .prefix("diskmount-bench-run-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let shm = shm.path().join("run");
     if wants("raw") {
         let mut variants: Vec<Variant> = vec![
             (
@@ -291,12 +316,12 @@ fn main() {
                 Box::new(|| common::library_cycle(&img, &mnt)),
             ),
             (
-                "util-linux: losetup, mount, umount, losetup -d".into(),
-                Box::new(|| util_linux(&img, &mnt)),
+                "diskmount (library), records off".into(),
+                Box::new(|| library_records(&img, &mnt, RunDir::off())),
             ),
             (
-                "util-linux: mount -o loop, umount".into(),
-                Box::new(|| mount_loop(&img, &mnt, None)),
+                "diskmount (library), records on tmpfs (/dev/shm)".into(),
+                Box::new(|| library_records(&img, &mnt, RunDir::new(&shm))),
             ),
             (
                 "syscalls, same flushes".into(),
@@ -311,6 +336,27 @@ fn main() {
                 Box::new(|| syscalls_scan_probe(&img, &mnt)),
             ),
         ];
+        if !quick {
+            variants.insert(
+                3,
+                (
+                    "util-linux: losetup, mount, umount, losetup -d".into(),
+                    Box::new(|| util_linux(&img, &mnt)),
+                ),
+            );
+            variants.insert(
+                4,
+                (
+                    "util-linux: mount -o loop, umount".into(),
+                    Box::new(|| mount_loop(&img, &mnt, None)),
+                ),
+            );
+        }
+        // `--variant TEXT`: only the variants whose name contains TEXT (for
+        // profiling one of them).
+        if let Some(v) = common::arg::<String>("--variant") {
+            variants.retain(|(name, _)| name.contains(&v));
+        }
         let t = compare(
             "raw-whole",
             &format!(

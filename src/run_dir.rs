@@ -66,6 +66,12 @@ impl RunDir {
         let Some(path) = self.path() else {
             return Ok(None);
         };
+        // The common case, an existing directory: one `lstat` (in `check`).
+        match self.check(step) {
+            Ok(path) => return Ok(Some(path)),
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(parent) = path.parent() {

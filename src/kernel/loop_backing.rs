@@ -40,19 +40,21 @@ pub(crate) fn loops_over(meta: &Metadata, writable_only: bool) -> Vec<PathBuf> {
         if !sysfs::is_loop_disk(&name) {
             continue;
         }
-        let Some(info) = sysfs::loop_info(&name) else {
+        // Only the backing file: the other four attributes `loop_info`
+        // reads do not matter here.
+        let Some((backing_file, _)) = sysfs::loop_backing_file(&name) else {
             continue;
         };
-        if !may_hold(&mounts, &info.backing_file, meta.dev()) {
+        if !may_hold(&mounts, &backing_file, meta.dev()) {
             debug!(
                 "{name}: backing file {} is on another filesystem; not looked at",
-                info.backing_file.display()
+                backing_file.display()
             );
             continue;
         }
         // What the kernel has cached: not even a filesystem that may hold
         // the image is asked to refresh attributes for this.
-        let Ok((dev, ino)) = crate::sys::statx::cached_inode(&info.backing_file) else {
+        let Ok((dev, ino)) = crate::sys::statx::cached_inode(&backing_file) else {
             continue;
         };
         if dev != meta.dev() || ino != meta.ino() {

@@ -141,21 +141,29 @@ pub struct LoopInfo {
 
 /// Loop device `name`'s binding; `None` if it is not a bound loop device.
 pub fn loop_info(name: &str) -> Option<LoopInfo> {
-    let raw = std::fs::read(dir(name).join("loop/backing_file")).ok()?;
-    let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
-    let (path, deleted) = match raw.strip_suffix(b" (deleted)") {
-        Some(p) => (p, true),
-        None => (raw, false),
-    };
+    let (backing_file, deleted) = loop_backing_file(name)?;
     let flag = |f: &str| attr(name, f).as_deref() == Some("1");
     Some(LoopInfo {
-        backing_file: PathBuf::from(OsString::from_vec(path.to_vec())),
+        backing_file,
         deleted,
         offset: number(name, "loop/offset").unwrap_or(0),
         size_limit: number(name, "loop/sizelimit").unwrap_or(0),
         partscan: flag("loop/partscan"),
         autoclear: flag("loop/autoclear"),
     })
+}
+
+/// The file bound to loop device `name` (as [`LoopInfo::backing_file`])
+/// and whether it was deleted; `None` if unbound. One attribute read, where
+/// [`loop_info`] reads five.
+pub fn loop_backing_file(name: &str) -> Option<(PathBuf, bool)> {
+    let raw = std::fs::read(dir(name).join("loop/backing_file")).ok()?;
+    let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    let (path, deleted) = match raw.strip_suffix(b" (deleted)") {
+        Some(p) => (p, true),
+        None => (raw, false),
+    };
+    Some((PathBuf::from(OsString::from_vec(path.to_vec())), deleted))
 }
 
 /// Whether `name` is a loop device itself (`loop7`), not one of its

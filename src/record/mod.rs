@@ -5,11 +5,19 @@
 //!
 //! One file per attached image, `<id>.json` with `id` = `<pid>-<start>-<n>`
 //! (the start time tells a reused pid apart), in the versioned JSON of
-//! [`format`]. Every save writes a temporary `.<id>.tmp`, takes an
-//! exclusive `flock` on it and renames it into place, so a reader sees the
-//! old record or the new one, whole, and always a locked one while its
-//! owner lives: the lock is how others tell the owner is alive (its pid and
-//! start time are the second check). Teardown removes the record; one whose
+//! [`format`]. The first save writes a temporary `.<id>.tmp`, takes an
+//! exclusive `flock` on it and renames it into place, so a reader never
+//! sees a record before it is whole and locked: the lock is how others
+//! tell the owner is alive (its pid and start time are the second check).
+//! Later saves rewrite the locked file in place with one `pwrite` at
+//! offset 0, padded with spaces (JSON whitespace) to the length it had:
+//! no new inode, no directory change, so no journal work beyond the
+//! file's times where the run directory is on a journalling filesystem
+//! (`/run` on the root disk). A write within one page is all or nothing
+//! even under `SIGKILL` (the kernel checks for a fatal signal only between
+//! pages), so a killed owner leaves the old record or the new one, whole;
+//! a record that would not fit in [`IN_PLACE_MAX`] bytes is still written
+//! by temporary file and rename. Teardown removes the record; one whose
 //! teardown did not finish stays, unlocked, for `diskmount cleanup`. A
 //! record marked `persistent` (`diskmount mount`) is left alone while its
 //! mount is there.
@@ -24,7 +32,7 @@ pub(crate) mod verify;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +67,10 @@ pub(crate) fn temp_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!(".{id}.tmp"))
 }
 
+/// The largest record rewritten in place (one page: a `write` within it is
+/// not torn by a fatal signal).
+pub(crate) const IN_PLACE_MAX: usize = 4096;
+
 /// What one attached image's record says, held while this process owns it.
 #[derive(Debug)]
 struct Live {
@@ -67,6 +79,9 @@ struct Live {
     /// The record file as last renamed into place, exclusively locked.
     /// `None` until the first save.
     file: Option<File>,
+    /// The length of the file's contents (what an in-place rewrite must
+    /// cover).
+    len: usize,
 }
 
 /// The record this process keeps for one attached image; removed on drop.
@@ -185,6 +200,7 @@ impl Keeper {
                 dir,
                 data,
                 file: None,
+                len: 0,
             }),
         })
     }
@@ -284,11 +300,33 @@ impl Keeper {
         self.live = None;
     }
 
-    /// Writes the record: a temporary file, locked, renamed into place.
-    /// Records are a help for cleanup after a crash: a failure is logged,
-    /// not fatal.
+    /// Writes the record: the first time (or when it does not fit in
+    /// [`IN_PLACE_MAX`]) a temporary file, locked, renamed into place; then
+    /// in place, in the locked file (see the module). Records are a help
+    /// for cleanup after a crash: a failure is logged, not fatal.
     fn save(&mut self) {
         let Some(live) = &mut self.live else { return };
+        let mut json = live.data.to_json();
+        if let Some(file) = &live.file
+            && json.len() <= IN_PLACE_MAX
+            && live.len <= IN_PLACE_MAX
+        {
+            let whole = json.len();
+            let len = whole.max(live.len);
+            // Spaces after the newline: whitespace to a JSON reader.
+            json.resize(len, b' ');
+            match file.write_at(&json, 0) {
+                Ok(n) if n == len => {
+                    live.len = len;
+                    return;
+                }
+                // A short write only extends the file (ENOSPC): the
+                // rename below writes a whole new one.
+                Ok(n) => debug!("record rewrite: {n} of {len} bytes; writing a new file"),
+                Err(e) => debug!("record rewrite: {e}; writing a new file"),
+            }
+            json.truncate(whole);
+        }
         let tmp = temp_path(&live.dir, &live.data.id);
         let path = record_path(&live.dir, &live.data.id);
         let write = || -> std::io::Result<File> {
@@ -299,7 +337,7 @@ impl Keeper {
                 .mode(0o600)
                 .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
                 .open(&tmp)?;
-            f.write_all(&live.data.to_json())?;
+            f.write_all(&json)?;
             // A new file nobody else has open: never blocks.
             flock(f.as_fd(), Lock::Exclusive, false).map_err(std::io::Error::from)?;
             std::fs::rename(&tmp, &path)?;
@@ -307,7 +345,10 @@ impl Keeper {
         };
         match write() {
             // The old file's lock goes with it.
-            Ok(f) => live.file = Some(f),
+            Ok(f) => {
+                live.file = Some(f);
+                live.len = json.len();
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 warn!(
@@ -342,5 +383,59 @@ impl Drop for Keeper {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => warn!("record {}: remove: {e}", path.display()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dir: &Path, id: &str) -> (Vec<u8>, std::fs::Metadata) {
+        let path = record_path(dir, id);
+        (
+            std::fs::read(&path).unwrap(),
+            std::fs::metadata(&path).unwrap(),
+        )
+    }
+
+    /// Later saves rewrite the first file in place (same inode, no
+    /// temporary file), padded so that a shorter record still parses.
+    #[test]
+    fn later_saves_rewrite_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let image = dir.path().join("image");
+        std::fs::write(&image, b"").unwrap();
+        let mut keeper = Keeper::start(Some(&run), &image).unwrap();
+        keeper.attached(&Attachment {
+            backend: "loop",
+            path: Path::new("/dev/loop99"),
+            rdev: 0,
+            diskseq: None,
+            backing: None,
+            helper_pid: None,
+        });
+        let live = keeper.live.as_ref().unwrap();
+        let (dir, id) = (live.dir.clone(), live.data.id.clone());
+        let (first, meta) = read(&dir, &id);
+        keeper.set(Field::Mountpoint(Path::new(
+            "/a/long/mount/point/for/this/test",
+        )));
+        let (second, now) = read(&dir, &id);
+        assert_eq!((now.dev(), now.ino()), (meta.dev(), meta.ino()));
+        assert!(second.len() > first.len());
+        let data = format::Data::parse(&second, &id).unwrap();
+        assert!(data.mountpoint.is_some());
+        keeper.unset(Key::Mountpoint);
+        let (third, now) = read(&dir, &id);
+        assert_eq!((now.dev(), now.ino()), (meta.dev(), meta.ino()));
+        assert_eq!(third.len(), second.len());
+        assert!(third.ends_with(b" "));
+        let data = format::Data::parse(&third, &id).unwrap();
+        assert_eq!(data.mountpoint, None);
+        assert!(!temp_path(&dir, &id).exists());
+        // Teardown verified nothing is left (no /dev/loop99 here): removed.
+        drop(keeper);
+        assert!(!record_path(&dir, &id).exists());
     }
 }
