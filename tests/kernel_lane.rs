@@ -1160,6 +1160,27 @@ fn rbd_holder_killed_then_cleanup() {
     fx.assert_clean();
 }
 
+/// Times the steps of a case, printed as one line at the end (for
+/// docs/testing.md).
+struct Laps(std::time::Instant, std::time::Instant, Vec<String>);
+
+impl Laps {
+    fn new() -> Laps {
+        let now = std::time::Instant::now();
+        Laps(now, now, Vec::new())
+    }
+
+    fn lap(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        self.2.push(format!("{what} {:.1?}", now - self.1));
+        self.1 = now;
+    }
+
+    fn print(&self, case: &str) {
+        println!("{case}: {:.1?} ({})", self.0.elapsed(), self.2.join(", "));
+    }
+}
+
 /// The private directories of ours that hold a secret file
 /// (`diskmount-secret-*` in the temporary directory).
 fn secret_dirs() -> Vec<String> {
@@ -1183,16 +1204,20 @@ fn mount_nbd_url(image: Image, mnt: &Path) -> diskmount::Result<diskmount::Mount
 /// ext4 image on 127.0.0.1 is mounted through `qemu-nbd --image-opts` and
 /// /dev/nbdN, written, and the write is in the served file; a qcow2
 /// served as plain bytes on a unix socket is probed through the protocol
-/// and mounted read-only; a missing export is a clear error. Nothing is
-/// left: no nbd device connected, no qemu client of ours.
+/// and mounted read-only. (A missing export fails in that probe, which
+/// the host's net_nbd covers.) Nothing is left: no nbd device connected,
+/// no qemu client of ours.
 fn nbd_backend_serves_nbd_urls() {
     use common::servers::{Listen, QemuNbd, assert_no_client, free_port};
-    let started = std::time::Instant::now();
+    let mut laps = Laps::new();
+    // The lane's guest has no network and its loopback starts down.
+    run(Command::new("ip").args(["link", "set", "lo", "up"]));
     let mut fx = Fixture::new();
     let img = fx.ext4("served.img", &[("id", "served")]);
     let mnt = fx.tree("mnt", &[]);
     let port = free_port();
     let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    laps.lap("image+server");
     let image = Image::url(&server.url).unwrap();
     assert!(image.needs_format_probe());
     let m = mount_nbd_url(image, &mnt).unwrap();
@@ -1207,16 +1232,11 @@ fn nbd_backend_serves_nbd_urls() {
         "served"
     );
     std::fs::write(m.path().join("written"), "through nbd://").unwrap();
+    laps.lap("probe+attach+mount+write");
     m.close().unwrap();
+    laps.lap("close");
     assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
     assert_no_client(&format!("port={port}"), Some(server.pid()));
-    // A missing export: one clear error, nothing connected.
-    let e = Unattached::<Nbd>::new(Image::url(&format!("nbd://127.0.0.1:{port}/nope")).unwrap())
-        .attach()
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("nbd://127.0.0.1") && e.contains("export"), "{e}");
-    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
     server.stop();
     assert_eq!(
         run(Command::new("debugfs")
@@ -1232,6 +1252,7 @@ fn nbd_backend_serves_nbd_urls() {
         .arg(&q));
     let sock = fx.path().join("nbd.sock");
     let mut server = QemuNbd::start(&q, "raw", Listen::Unix(sock.clone()));
+    laps.lap("qcow2+server");
     let m = mount_nbd_url(Image::url(&server.url).unwrap().read_only(true), &mnt).unwrap();
     assert_eq!(m.backend(), BackendKind::Nbd);
     assert_eq!(
@@ -1240,9 +1261,10 @@ fn nbd_backend_serves_nbd_urls() {
     );
     assert!(std::fs::write(m.path().join("x"), "no").is_err());
     m.close().unwrap();
+    laps.lap("qcow2 probe+attach+mount+close");
     server.stop();
     nbd_nothing_left(&mut fx);
-    println!("nbd_backend_serves_nbd_urls: {:.1?}", started.elapsed());
+    laps.print("nbd_backend_serves_nbd_urls");
 }
 
 /// The Nbd backend on an rbd:// URL (librbd in qemu-nbd), with the test
@@ -1255,10 +1277,11 @@ fn nbd_backend_serves_rbd_through_librbd() {
     use common::ceph::{self, Cluster};
     let mut fx = Fixture::new();
     let c = ceph::cluster();
-    let started = std::time::Instant::now();
+    let mut laps = Laps::new();
     let img = fx.ext4("rbdnbd.img", &[("id", "rbd-nbd")]);
     c.import(&img, "viannbd");
     c.snap("viannbd", "before");
+    laps.lap("mkfs+import+snap");
     let mnt = fx.tree("mnt", &[]);
     let m = mount_nbd_url(Image::url(&c.url("viannbd", None)).unwrap(), &mnt).unwrap();
     assert_eq!(m.backend(), BackendKind::Nbd);
@@ -1277,7 +1300,9 @@ fn nbd_backend_serves_rbd_through_librbd() {
         "rbd-nbd"
     );
     std::fs::write(m.path().join("written"), "through librbd in qemu-nbd").unwrap();
+    laps.lap("attach+mount+write");
     m.close().unwrap();
+    laps.lap("close");
     assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
     let back = fx.path().join("back.img");
     c.export("viannbd", &back);
@@ -1287,11 +1312,13 @@ fn nbd_backend_serves_rbd_through_librbd() {
             .arg(&back)),
         "through librbd in qemu-nbd"
     );
+    laps.lap("export+debugfs");
     // The snapshot: read-only, without the write.
     let snap = mount_nbd_url(Image::url(&c.url("viannbd", Some("before"))).unwrap(), &mnt).unwrap();
     assert!(!snap.path().join("written").exists());
     assert!(std::fs::write(snap.path().join("x"), "no").is_err());
     snap.close().unwrap();
+    laps.lap("snapshot");
     // A wrong key: one line, no key text, nothing left.
     let e =
         Unattached::<Nbd>::new(Image::url(&c.url_with("viannbd", None, &c.wrong_keyring)).unwrap())
@@ -1306,26 +1333,23 @@ fn nbd_backend_serves_rbd_through_librbd() {
     assert!(!Cluster::leaks_key(&text), "{text}");
     assert!(secret_dirs().is_empty(), "{:?}", secret_dirs());
     assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    laps.lap("wrong key");
     // Auto: krbd here; nbd once the rbd driver is gone and cannot load.
     let image = Image::url(&c.url("viannbd", None)).unwrap();
     assert_eq!(diskmount::Auto::choose(&image), BackendKind::Rbd);
     assert!(ids().is_empty(), "cannot unload rbd: {:?}", ids());
+    let module = run(Command::new("modinfo").args(["-n", "rbd"]))
+        .trim()
+        .to_string();
     run(Command::new("rmmod").arg("rbd"));
-    let release = run(Command::new("uname").arg("-r")).trim().to_string();
-    let found = run(Command::new("find")
-        .arg(format!("/lib/modules/{release}"))
-        .args(["-name", "rbd.ko*"]));
-    let module = found.lines().next().expect("rbd module file").to_string();
     std::fs::rename(&module, format!("{module}.hidden")).unwrap();
     let picked = diskmount::Auto::choose(&image);
     std::fs::rename(format!("{module}.hidden"), &module).unwrap();
     run(Command::new("modprobe").arg("rbd"));
     assert_eq!(picked, BackendKind::Nbd);
+    laps.lap("auto order");
     nbd_nothing_left(&mut fx);
-    println!(
-        "nbd_backend_serves_rbd_through_librbd: {:.1?} (after the cluster was up)",
-        started.elapsed()
-    );
+    laps.print("nbd_backend_serves_rbd_through_librbd (after the cluster was up)");
 }
 
 type Case = (&'static str, &'static [Needs], fn());

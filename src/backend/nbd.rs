@@ -305,11 +305,15 @@ impl Source<'_> {
 fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
     let path = image.path();
     let checked;
+    let mut claimed = None;
     let (source, size) = match image.location() {
         // A network image: the protocol node qemu-nbd opens, its format
         // read through the protocol first with the rules of a file
-        // (only header bytes; a backing or data file is refused).
+        // (only header bytes; a backing or data file is refused). The
+        // device is claimed first: a kernel without nbd is said before
+        // any server is contacted.
         Some(location) => {
+            claimed = Some(claim_within(path, options.retry)?);
             let blockdev = Blockdev::of(location, image.is_read_only())?;
             let (format, size) = if image.needs_format_probe() {
                 let (format, size) = super::fuse::probe_url(image, &blockdev, options)?;
@@ -331,7 +335,10 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
             (Source::File(&checked), Some(checked.info.virtual_size))
         }
     };
-    let (name, file) = claim_within(path, options.retry)?;
+    let (name, file) = match claimed {
+        Some(claimed) => claimed,
+        None => claim_within(path, options.retry)?,
+    };
     let node = PathBuf::from("/dev").join(&name);
     let mut server = Server::start(image, &source, &node, options)?;
     let ready = server.wait_ready(&name, size);
