@@ -1160,6 +1160,198 @@ fn rbd_holder_killed_then_cleanup() {
     fx.assert_clean();
 }
 
+/// Times the steps of a case, printed as one line at the end (for
+/// docs/testing.md).
+struct Laps(std::time::Instant, std::time::Instant, Vec<String>);
+
+impl Laps {
+    fn new() -> Laps {
+        let now = std::time::Instant::now();
+        Laps(now, now, Vec::new())
+    }
+
+    fn lap(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        self.2.push(format!("{what} {:.1?}", now - self.1));
+        self.1 = now;
+    }
+
+    fn print(&self, case: &str) {
+        println!("{case}: {:.1?} ({})", self.0.elapsed(), self.2.join(", "));
+    }
+}
+
+/// The private directories of ours that hold a secret file
+/// (`diskmount-secret-*` in the temporary directory).
+fn secret_dirs() -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("diskmount-secret-"))
+        .collect()
+}
+
+/// Mounts `image` whole through the Nbd backend on `mnt`.
+fn mount_nbd_url(image: Image, mnt: &Path) -> diskmount::Result<diskmount::Mounted<Nbd>> {
+    Unattached::<Nbd>::new(image)
+        .attach()?
+        .map(Partition::Whole)?
+        .mount(mnt, &MountOptions::default())
+}
+
+/// The Nbd backend on nbd:// URLs: a qemu-nbd in the guest serving a raw
+/// ext4 image on 127.0.0.1 is mounted through `qemu-nbd --image-opts` and
+/// /dev/nbdN, written, and the write is in the served file; a qcow2
+/// served as plain bytes on a unix socket is probed through the protocol
+/// and mounted read-only. (A missing export fails in that probe, which
+/// the host's net_nbd covers.) Nothing is left: no nbd device connected,
+/// no qemu client of ours.
+fn nbd_backend_serves_nbd_urls() {
+    use common::servers::{Listen, QemuNbd, assert_no_client, free_port};
+    let mut laps = Laps::new();
+    // The lane's guest has no network and its loopback starts down.
+    run(Command::new("ip").args(["link", "set", "lo", "up"]));
+    let mut fx = Fixture::new();
+    let img = fx.ext4("served.img", &[("id", "served")]);
+    let mnt = fx.tree("mnt", &[]);
+    let port = free_port();
+    let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    laps.lap("image+server");
+    let image = Image::url(&server.url).unwrap();
+    assert!(image.needs_format_probe());
+    let m = mount_nbd_url(image, &mnt).unwrap();
+    assert_eq!(m.backend(), BackendKind::Nbd);
+    assert!(
+        m.device().to_string_lossy().starts_with("/dev/nbd"),
+        "{:?}",
+        m.device()
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.path().join("id")).unwrap(),
+        "served"
+    );
+    std::fs::write(m.path().join("written"), "through nbd://").unwrap();
+    laps.lap("probe+attach+mount+write");
+    m.close().unwrap();
+    laps.lap("close");
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    assert_no_client(&format!("port={port}"), Some(server.pid()));
+    server.stop();
+    assert_eq!(
+        run(Command::new("debugfs")
+            .args(["-R", "cat /written"])
+            .arg(&img)),
+        "through nbd://"
+    );
+    // qcow2 bytes on a unix socket: probed through the protocol, read-only.
+    let q = fx.path().join("served.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&img)
+        .arg(&q));
+    let sock = fx.path().join("nbd.sock");
+    let mut server = QemuNbd::start(&q, "raw", Listen::Unix(sock.clone()));
+    laps.lap("qcow2+server");
+    let m = mount_nbd_url(Image::url(&server.url).unwrap().read_only(true), &mnt).unwrap();
+    assert_eq!(m.backend(), BackendKind::Nbd);
+    assert_eq!(
+        std::fs::read_to_string(m.path().join("written")).unwrap(),
+        "through nbd://"
+    );
+    assert!(std::fs::write(m.path().join("x"), "no").is_err());
+    m.close().unwrap();
+    laps.lap("qcow2 probe+attach+mount+close");
+    server.stop();
+    nbd_nothing_left(&mut fx);
+    laps.print("nbd_backend_serves_nbd_urls");
+}
+
+/// The Nbd backend on an rbd:// URL (librbd in qemu-nbd), with the test
+/// cluster in the guest: mounted, written, the bytes in `rbd export`; the
+/// key only in a secret file (never in qemu-nbd's command line), the file
+/// gone once attached; a snapshot read-only; a wrong key a one-line error
+/// without the key. Then Auto's order for RBD on this kernel: krbd, and
+/// nbd once the rbd driver is gone.
+fn nbd_backend_serves_rbd_through_librbd() {
+    use common::ceph::{self, Cluster};
+    let mut fx = Fixture::new();
+    let c = ceph::cluster();
+    let mut laps = Laps::new();
+    let img = fx.ext4("rbdnbd.img", &[("id", "rbd-nbd")]);
+    c.import(&img, "viannbd");
+    c.snap("viannbd", "before");
+    laps.lap("mkfs+import+snap");
+    let mnt = fx.tree("mnt", &[]);
+    let m = mount_nbd_url(Image::url(&c.url("viannbd", None)).unwrap(), &mnt).unwrap();
+    assert_eq!(m.backend(), BackendKind::Nbd);
+    assert!(m.device().to_string_lossy().starts_with("/dev/nbd"));
+    let helpers = common::qemu_processes();
+    assert!(
+        helpers.iter().any(|(_, c)| c.contains("driver=rbd")),
+        "{helpers:?}"
+    );
+    for (_, cmdline) in &helpers {
+        assert!(!Cluster::leaks_key(cmdline), "{cmdline}");
+    }
+    assert!(secret_dirs().is_empty(), "{:?}", secret_dirs());
+    assert_eq!(
+        std::fs::read_to_string(m.path().join("id")).unwrap(),
+        "rbd-nbd"
+    );
+    std::fs::write(m.path().join("written"), "through librbd in qemu-nbd").unwrap();
+    laps.lap("attach+mount+write");
+    m.close().unwrap();
+    laps.lap("close");
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    let back = fx.path().join("back.img");
+    c.export("viannbd", &back);
+    assert_eq!(
+        run(Command::new("debugfs")
+            .args(["-R", "cat /written"])
+            .arg(&back)),
+        "through librbd in qemu-nbd"
+    );
+    laps.lap("export+debugfs");
+    // The snapshot: read-only, without the write.
+    let snap = mount_nbd_url(Image::url(&c.url("viannbd", Some("before"))).unwrap(), &mnt).unwrap();
+    assert!(!snap.path().join("written").exists());
+    assert!(std::fs::write(snap.path().join("x"), "no").is_err());
+    snap.close().unwrap();
+    laps.lap("snapshot");
+    // A wrong key: one line, no key text, nothing left.
+    let e =
+        Unattached::<Nbd>::new(Image::url(&c.url_with("viannbd", None, &c.wrong_keyring)).unwrap())
+            .attach()
+            .unwrap_err();
+    assert_eq!(e.kind(), diskmount::ErrorKind::PermissionDenied, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("refused the key") && !text.contains('\n'),
+        "{text}"
+    );
+    assert!(!Cluster::leaks_key(&text), "{text}");
+    assert!(secret_dirs().is_empty(), "{:?}", secret_dirs());
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    laps.lap("wrong key");
+    // Auto: krbd here; nbd once the rbd driver is gone and cannot load.
+    let image = Image::url(&c.url("viannbd", None)).unwrap();
+    assert_eq!(diskmount::Auto::choose(&image), BackendKind::Rbd);
+    assert!(ids().is_empty(), "cannot unload rbd: {:?}", ids());
+    let module = run(Command::new("modinfo").args(["-n", "rbd"]))
+        .trim()
+        .to_string();
+    run(Command::new("rmmod").arg("rbd"));
+    std::fs::rename(&module, format!("{module}.hidden")).unwrap();
+    let picked = diskmount::Auto::choose(&image);
+    std::fs::rename(format!("{module}.hidden"), &module).unwrap();
+    run(Command::new("modprobe").arg("rbd"));
+    assert_eq!(picked, BackendKind::Nbd);
+    laps.lap("auto order");
+    nbd_nothing_left(&mut fx);
+    laps.print("nbd_backend_serves_rbd_through_librbd (after the cluster was up)");
+}
+
 type Case = (&'static str, &'static [Needs], fn());
 
 /// The longest one case may run. The slowest takes about 40 s under the
@@ -1745,6 +1937,16 @@ fn main() {
             "adopts_a_kernel_partition_node",
             &[Needs::PartitionParsers],
             adopts_a_kernel_partition_node,
+        ),
+        (
+            "nbd_backend_serves_nbd_urls",
+            &[Needs::Nbd],
+            nbd_backend_serves_nbd_urls,
+        ),
+        (
+            "nbd_backend_serves_rbd_through_librbd",
+            &[Needs::Nbd, Needs::Rbd],
+            nbd_backend_serves_rbd_through_librbd,
         ),
         (
             "nbd_reads_and_writes_a_raw_image",

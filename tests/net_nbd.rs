@@ -202,3 +202,34 @@ fn a_server_stopped_while_mounted_gives_a_bounded_teardown() {
     assert_no_client(&format!("\"port\":\"{port}\""), None);
     fx.assert_clean();
 }
+
+/// The Nbd backend on an nbd:// URL (`qemu-nbd --image-opts`): on a
+/// kernel without nbd (this host) a clear refusal before any server is
+/// contacted, nothing started; where the kernel has nbd (the VM lane's
+/// `nbd_backend_serves_nbd_urls` covers it in full), the image mounts.
+#[test]
+fn the_nbd_backend_takes_a_url_where_the_kernel_has_nbd() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "net")]);
+    let port = free_port();
+    let server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    let mnt = fx.tree("mnt", &[]);
+    let attached = Unattached::<diskmount::Nbd>::new(Image::url(&server.url).unwrap())
+        .attach()
+        .and_then(|a| a.map(Partition::Whole))
+        .and_then(|m| m.mount(&mnt, &MountOptions::default()));
+    if diskmount::backend::nbd::available() {
+        let m = attached.unwrap();
+        assert_eq!(std::fs::read_to_string(m.path().join("id")).unwrap(), "net");
+        m.close().unwrap();
+    } else {
+        let e = attached.map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("nbd is unavailable") && !e.contains('\n'), "{e}");
+        assert!(e.contains(&server.url), "{e}");
+    }
+    assert!(!is_mount_point(&mnt));
+    assert_no_client(&format!("port={port}"), Some(server.pid()));
+    assert_no_client(&format!("\"port\":\"{port}\""), Some(server.pid()));
+    drop(server);
+    fx.assert_clean();
+}

@@ -58,12 +58,14 @@ fn rbd_backend_without_krbd_refuses_clearly() {
         fx.assert_clean();
         return;
     }
-    // Auto: krbd, then nbd (the Nbd backend takes no URLs yet), then
-    // Fuse (librbd).
-    assert_eq!(
-        diskmount::Auto::choose(&image),
+    // Auto: krbd, then nbd (librbd in qemu-nbd), then Fuse (librbd in
+    // qemu-storage-daemon).
+    let want = if diskmount::backend::nbd::available() {
+        diskmount::BackendKind::Nbd
+    } else {
         diskmount::BackendKind::Fuse
-    );
+    };
+    assert_eq!(diskmount::Auto::choose(&image), want);
     let e = diskmount::Unattached::<diskmount::Rbd>::new(image)
         .attach()
         .unwrap_err();

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use log::info;
+use log::{debug, info};
 
 use super::device::{Core, Found};
 use super::{Backend, Device, nbd, rbd, sealed};
@@ -21,10 +21,13 @@ use crate::options::AttachOptions;
 
 /// Picks the backend from the image, as Nova's `instance_for_format`
 /// does: a block device → [`super::Block`]; a raw file → [`super::Loop`];
-/// an RBD image (raw) → [`super::Rbd`] where the kernel has rbd; any
-/// other format or URL → [`super::Nbd`] where the kernel has nbd (the module
-/// loaded or loadable), else [`super::Fuse`] (qemu-storage-daemon). The
-/// choice is logged and visible as [`crate::Attached::backend`].
+/// any other format → [`super::Nbd`] where the kernel has nbd (the module
+/// loaded or loadable), else [`super::Fuse`] (qemu-storage-daemon). An RBD
+/// image goes to [`super::Rbd`] (the kernel's rbd driver, raw images),
+/// then [`super::Nbd`] (librbd in qemu-nbd), then [`super::Fuse`] (librbd
+/// in qemu-storage-daemon), the first this kernel has; the other URL
+/// images to [`super::Fuse`]. The choice is logged and visible as
+/// [`crate::Attached::backend`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Auto;
 
@@ -36,25 +39,49 @@ impl Backend for Auto {
 }
 
 impl Auto {
-    /// The backend [`Auto`] uses for `image` (this may load the nbd module,
-    /// as deciding whether the kernel has nbd means trying).
+    /// The backend [`Auto`] uses for `image` (this may load the nbd or
+    /// rbd module, as deciding whether the kernel has one means trying).
     pub fn choose(image: &Image) -> BackendKind {
-        match (image.kind(), image.format()) {
-            (ImageKind::Block, _) => BackendKind::Block,
-            (ImageKind::File, Format::Raw) => BackendKind::Loop,
-            (ImageKind::File, _) if nbd::available() => BackendKind::Nbd,
-            (ImageKind::File, _) => BackendKind::Fuse,
-            // Network images: RBD through the kernel's rbd driver (raw
-            // images); every protocol through qemu's drivers and a FUSE
-            // export (works on any kernel; the Nbd backend does not take
-            // URLs yet).
-            (ImageKind::Url, Format::Raw)
-                if matches!(image.location(), Some(Location::Rbd(_))) && rbd::available() =>
-            {
+        pick(
+            image.kind(),
+            image.format(),
+            matches!(image.location(), Some(Location::Rbd(_))),
+            rbd::available,
+            nbd::available,
+        )
+    }
+}
+
+/// [`Auto::choose`] given what the image is and which drivers the kernel
+/// has (asked only when the choice depends on it, in the order tried).
+fn pick(
+    kind: ImageKind,
+    format: Format,
+    is_rbd: bool,
+    has_krbd: impl Fn() -> bool,
+    has_nbd: impl Fn() -> bool,
+) -> BackendKind {
+    match (kind, format) {
+        (ImageKind::Block, _) => BackendKind::Block,
+        (ImageKind::File, Format::Raw) => BackendKind::Loop,
+        (ImageKind::File, _) if has_nbd() => BackendKind::Nbd,
+        (ImageKind::File, _) => BackendKind::Fuse,
+        // RBD: krbd (raw images only), then qemu-nbd with librbd, then
+        // qemu-storage-daemon with librbd and a FUSE export (any kernel).
+        (ImageKind::Url, format) if is_rbd => {
+            if format == Format::Raw && has_krbd() {
                 BackendKind::Rbd
+            } else if has_nbd() {
+                debug!("auto: no krbd for this image; nbd is there");
+                BackendKind::Nbd
+            } else {
+                debug!("auto: neither krbd nor nbd for this image");
+                BackendKind::Fuse
             }
-            (ImageKind::Url, _) => BackendKind::Fuse,
         }
+        // The other protocols: qemu's drivers under a FUSE export, whose
+        // teardown watchdog bounds a server that hangs.
+        (ImageKind::Url, _) => BackendKind::Fuse,
     }
 }
 
@@ -190,4 +217,101 @@ backends! {
     Loop(LoopDevice) = "loop",
     /// An existing block device.
     Block(BlockDevice) = "block",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which drivers were asked about, in order.
+    fn pick_asking(
+        kind: ImageKind,
+        format: Format,
+        rbd: bool,
+        krbd: bool,
+        nbd: bool,
+    ) -> (BackendKind, Vec<&'static str>) {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let kind = pick(
+            kind,
+            format,
+            rbd,
+            || {
+                asked.borrow_mut().push("krbd");
+                krbd
+            },
+            || {
+                asked.borrow_mut().push("nbd");
+                nbd
+            },
+        );
+        (kind, asked.into_inner())
+    }
+
+    #[test]
+    fn rbd_goes_to_krbd_then_nbd_then_fuse() {
+        use BackendKind::*;
+        let url = ImageKind::Url;
+        assert_eq!(
+            pick_asking(url, Format::Raw, true, true, true),
+            (Rbd, vec!["krbd"])
+        );
+        assert_eq!(
+            pick_asking(url, Format::Raw, true, false, true),
+            (Nbd, vec!["krbd", "nbd"])
+        );
+        assert_eq!(
+            pick_asking(url, Format::Raw, true, false, false),
+            (Fuse, vec!["krbd", "nbd"])
+        );
+        // krbd maps raw images only: a qcow2 in RBD goes to qemu.
+        assert_eq!(
+            pick_asking(url, Format::Qcow2, true, true, true),
+            (Nbd, vec!["nbd"])
+        );
+        assert_eq!(
+            pick_asking(url, Format::Qcow2, true, true, false),
+            (Fuse, vec!["nbd"])
+        );
+    }
+
+    #[test]
+    fn files_devices_and_other_urls() {
+        use BackendKind::*;
+        assert_eq!(
+            pick_asking(ImageKind::Block, Format::Raw, false, true, true),
+            (Block, vec![])
+        );
+        assert_eq!(
+            pick_asking(ImageKind::File, Format::Raw, false, true, true),
+            (Loop, vec![])
+        );
+        assert_eq!(
+            pick_asking(ImageKind::File, Format::Qcow2, false, true, true),
+            (Nbd, vec!["nbd"])
+        );
+        assert_eq!(
+            pick_asking(ImageKind::File, Format::Qcow2, false, true, false),
+            (Fuse, vec!["nbd"])
+        );
+        assert_eq!(
+            pick_asking(ImageKind::Url, Format::Raw, false, true, true),
+            (Fuse, vec![])
+        );
+    }
+
+    /// On this machine: what choose() picks for an rbd:// URL agrees with
+    /// the order and the drivers this kernel has.
+    #[test]
+    fn choose_follows_this_kernels_drivers_for_rbd() {
+        let image = Image::url("rbd://pool/image").unwrap();
+        let want = if rbd::available() {
+            BackendKind::Rbd
+        } else if nbd::available() {
+            BackendKind::Nbd
+        } else {
+            BackendKind::Fuse
+        };
+        assert_eq!(Auto::choose(&image), want);
+    }
 }

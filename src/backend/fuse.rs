@@ -239,7 +239,7 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
         Some(location) => {
             let blockdev = Blockdev::of(location, image.is_read_only())?;
             let format = if image.needs_format_probe() {
-                probe_url(image, &blockdev, options)?
+                probe_url(image, &blockdev, options)?.0
             } else {
                 image.format()
             };
@@ -309,8 +309,14 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
 /// The format of a URL image, read through the protocol: a short-lived
 /// daemon exports the protocol node read-only, and the format probe and
 /// its safety rules ([`crate::format::check_file`]: a backing file or data
-/// file is refused) read the header bytes from that export.
-fn probe_url(image: &Image, blockdev: &Blockdev, options: &AttachOptions) -> Result<Format> {
+/// file is refused) read the header bytes from that export. Returns the
+/// format and the image's virtual size. (The Nbd backend probes its URL
+/// images here too.)
+pub(crate) fn probe_url(
+    image: &Image,
+    blockdev: &Blockdev,
+    options: &AttachOptions,
+) -> Result<(Format, u64)> {
     let path = image.path();
     let source = Source::Url(blockdev.clone(), Format::Raw);
     let mut daemon = Daemon::start(image, &source, options, Some("diskmount-probe-"))?;
@@ -320,17 +326,17 @@ fn probe_url(image: &Image, blockdev: &Blockdev, options: &AttachOptions) -> Res
             let format = crate::format::probe(&file, path)?;
             let info = crate::format::check_file(&file, path, format, false)?;
             crate::format::require_writable(&info, path, image.is_read_only())?;
-            Ok(format)
+            Ok((format, info.virtual_size))
         });
     let mut errors = Vec::new();
     daemon.stop_into(&mut errors);
-    let format = probed?;
+    let (format, size) = probed?;
     Error::collect(errors)?;
     debug!(
-        "probe: {} is {format} (read through the protocol)",
+        "probe: {} is {format}, {size} bytes virtual (read through the protocol)",
         path.display()
     );
-    Ok(format)
+    Ok((format, size))
 }
 
 impl Daemon {

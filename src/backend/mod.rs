@@ -10,7 +10,7 @@
 //! |---|---|---|---|---|
 //! | [`Loop`] | [`LoopDevice`] | raw image files | `LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE` | `LOOP_CLR_FD` |
 //! | [`Block`] | [`BlockDevice`] | existing block devices | open the device | close it |
-//! | [`Nbd`] | [`NbdDevice`] | any qemu format | `qemu-nbd --connect` | `qemu-nbd --disconnect` |
+//! | [`Nbd`] | [`NbdDevice`] | any qemu format, URL images (`--image-opts`) | `qemu-nbd --connect` | `qemu-nbd --disconnect` |
 //! | [`Rbd`] | [`RbdDevice`] | Ceph RBD images (`rbd://`, raw) | `/sys/bus/rbd/add_single_major` | `remove_single_major` |
 //! | [`Fuse`] | [`FuseDevice`] | any qemu format | qemu-storage-daemon's FUSE export + a loop device | both, in reverse |
 //! | [`Auto`] | [`AutoDevice`] | whatever it is given | picks one of the above at run time | as picked |
@@ -156,7 +156,7 @@ pub(crate) fn check_qemu_image(image: &Image, backend: &str) -> Result<QemuImage
             crate::error::ErrorKind::Unsupported,
             crate::error::Step::Attach,
             path,
-            format!("the {backend} backend does not take URL images yet; use the Fuse backend"),
+            format!("the {backend} backend opens URL images with its own protocol node"),
         ));
     }
     if image.kind() != crate::image::ImageKind::File {

@@ -10,11 +10,21 @@
 //!    while all are busy, wait and try again within [`crate::RetryPolicy`];
 //! 3. `qemu-nbd --connect=/dev/nbdX -f FORMAT [--read-only]` kept in the
 //!    foreground (`--verbose`) as our own child, tied to this process, its
-//!    output in a private file;
+//!    output in a private file. A URL image (`rbd://`, `nbd://`, `http(s)://`,
+//!    `iscsi://`) is opened with `--image-opts` instead: its format node
+//!    over the protocol node of [`super::qemu_blockdev`], secrets as
+//!    `--object secret` files (removed once qemu-nbd has read them, never
+//!    on the command line); its format, unless given, is first read
+//!    through the protocol with the rules of a file (the Fuse backend's
+//!    probe: only header bytes, a backing or data file refused). HTTP(S)
+//!    images and RBD snapshots are attached read-only;
 //! 4. wait (bounded, with back-off) until `/sys/block/nbdX/pid` exists and
-//!    the size is the image's virtual size; `qemu-nbd` returns before the
-//!    device is usable. A qemu-nbd that exits ends the wait with its error;
-//!    a timeout disconnects and says the device did not show up.
+//!    the size is the image's virtual size (not zero, for a URL image
+//!    whose format was given and so not read); `qemu-nbd` returns before
+//!    the device is usable. A qemu-nbd that exits ends the wait with its
+//!    error (for a URL, explained as the Fuse backend explains it: a
+//!    refused key, a missing pool or image); a timeout disconnects and
+//!    says the device did not show up.
 //!
 //! Detach: `BLKFLSBUF`, `qemu-nbd --disconnect`, wait for our qemu-nbd to
 //! exit, check that the pid attribute is gone. A qemu-nbd that died under us
@@ -32,11 +42,12 @@ use nix::errno::Errno;
 use nix::libc;
 
 use super::device::{Core, Found};
+use super::qemu_blockdev::{Blockdev, explain_image_opts_failure};
 use super::{Backend, BackendKind, Device, sealed};
 use crate::command::run;
 use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, ErrorKind, Result, Step};
-use crate::image::Image;
+use crate::image::{Format, Image, Location};
 use crate::kernel::sysfs;
 use crate::options::AttachOptions;
 use crate::retry::{Backoff, RetryPolicy, poll_until, random};
@@ -44,7 +55,8 @@ use crate::sys::block as blk;
 use crate::sys::flock::{Lock, flock};
 use crate::sys::process::{spawn_detached, spawn_tied};
 
-/// Any qemu image format, through `qemu-nbd` and the kernel's nbd driver.
+/// Any qemu image format, and URL images, through `qemu-nbd` and the
+/// kernel's nbd driver.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Nbd;
 
@@ -262,15 +274,95 @@ fn claim_within(image: &Path, policy: RetryPolicy) -> Result<(String, File)> {
     }
 }
 
+/// What qemu-nbd serves: a checked image file, or a network image's
+/// protocol node under its format (`--image-opts`).
+enum Source<'a> {
+    File(&'a super::QemuImage),
+    Url {
+        location: &'a Location,
+        blockdev: Blockdev,
+        format: Format,
+    },
+}
+
+impl Source<'_> {
+    /// The `--image-opts` argument of a URL image: the format node over
+    /// the protocol node (`file.`). No secret in it: keys are objects.
+    fn image_opts(&self) -> Option<String> {
+        match self {
+            Source::File(_) => None,
+            Source::Url {
+                blockdev, format, ..
+            } => Some(format!(
+                "driver={},{}",
+                format.as_str(),
+                blockdev.dotted("file.")
+            )),
+        }
+    }
+}
+
 fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
     let path = image.path();
-    let checked = super::check_qemu_image(image, Nbd::NAME)?;
-    crate::lock::check(image)?;
-    let info = &checked.info;
-    let (name, file) = claim_within(path, options.retry)?;
+    let checked;
+    let mut claimed = None;
+    let (source, size) = match image.location() {
+        // A network image: the protocol node qemu-nbd opens, its format
+        // read through the protocol first with the rules of a file
+        // (only header bytes; a backing or data file is refused). The
+        // device is claimed first: a kernel without nbd is said before
+        // any server is contacted.
+        Some(location) => {
+            claimed = Some(claim_within(path, options.retry)?);
+            let blockdev = Blockdev::of(location, image.is_read_only())?;
+            let (format, size) = if image.needs_format_probe() {
+                let (format, size) = super::fuse::probe_url(image, &blockdev, options)?;
+                (format, Some(size))
+            } else {
+                (image.format(), None)
+            };
+            debug!("attach: {} ({format}) through {QEMU_NBD}", path.display());
+            let source = Source::Url {
+                location,
+                blockdev,
+                format,
+            };
+            (source, size)
+        }
+        None => {
+            checked = super::check_qemu_image(image, Nbd::NAME)?;
+            crate::lock::check(image)?;
+            (Source::File(&checked), Some(checked.info.virtual_size))
+        }
+    };
+    let (name, file) = match claimed {
+        Some(claimed) => claimed,
+        None => claim_within(path, options.retry)?,
+    };
     let node = PathBuf::from("/dev").join(&name);
-    let mut server = Server::start(image, &checked, &node, options)?;
-    if let Err(e) = server.wait_ready(&name, info.virtual_size) {
+    let mut server = Server::start(image, &source, &node, options)?;
+    let ready = server.wait_ready(&name, size);
+    // qemu-nbd has read its secret objects (at start) and opened the
+    // image (before the device shows up): the key file goes now.
+    let opts = source.image_opts();
+    let location = match &source {
+        Source::Url { location, .. } => Some(*location),
+        Source::File(_) => None,
+    };
+    drop(source);
+    if let Err(e) = ready {
+        let e = match (&e, location, &opts) {
+            (Error::Command { stderr, .. }, Some(location), Some(opts)) => {
+                match explain_image_opts_failure(location, stderr, opts) {
+                    Some((kind, reason)) => {
+                        debug!("attach: {e}");
+                        Error::refused(kind, Step::Attach, path, reason)
+                    }
+                    None => e,
+                }
+            }
+            _ => e,
+        };
         let mut errors = vec![e];
         server.stop_into(&mut errors);
         return Err(errors.remove(0));
@@ -364,7 +456,7 @@ impl Server {
 
     fn start(
         image: &Image,
-        checked: &super::QemuImage,
+        source: &Source<'_>,
         device: &Path,
         options: &AttachOptions,
     ) -> Result<Server> {
@@ -378,19 +470,27 @@ impl Server {
             .map_err(|e| Error::os(Step::Attach, &log, "dup", e))?;
         let mut cmd = Command::new(QEMU_NBD);
         cmd.arg(format!("--connect={}", device.display()))
-            .args([
-                "--format",
-                image.format().as_str(),
-                "--verbose",
-                "--cache=writeback",
-            ])
-            .args(image.is_read_only().then_some("--read-only"))
-            .arg(checked.filename(path))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+            .args(["--verbose", "--cache=writeback"])
+            .args(image.is_read_only().then_some("--read-only"));
+        match source {
+            Source::File(checked) => {
+                cmd.args(["--format", image.format().as_str()])
+                    .arg(checked.filename(path));
+                checked.pass_to(&mut cmd);
+            }
+            Source::Url { blockdev, .. } => {
+                for object in &blockdev.objects {
+                    cmd.arg("--object").arg(object);
+                }
+                for (name, value) in &blockdev.env {
+                    cmd.env(name, value);
+                }
+                let opts = source.image_opts().unwrap_or_default();
+                cmd.arg("--image-opts").arg(opts);
+            }
+        }
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         debug!("attach: run {cmd:?}");
-        checked.pass_to(&mut cmd);
         let spawned = if persistent {
             spawn_detached(cmd)
         } else {
@@ -425,14 +525,22 @@ impl Server {
     /// size. qemu-nbd gives no signal of its own for it, so this polls
     /// sysfs with a growing back-off, bounded, and stops early if qemu-nbd
     /// exits.
-    fn wait_ready(&mut self, name: &str, size: u64) -> Result<()> {
+    /// `size`: the image's virtual size where known (a URL image given
+    /// its format is not read before): else any size but zero.
+    fn wait_ready(&mut self, name: &str, size: Option<u64>) -> Result<()> {
         let state = |name: &str| {
             let pid = sysfs::has(name, "pid");
             let sectors = sysfs::number(name, "size");
             (pid, sectors)
         };
+        let want = size.map(|s| s.div_ceil(512));
         let done = poll_until(READY_TIMEOUT, || {
-            if state(name) == (true, Some(size.div_ceil(512))) {
+            let (pid, sectors) = state(name);
+            let sized = match want {
+                Some(w) => sectors == Some(w),
+                None => sectors.is_some_and(|n| n != 0),
+            };
+            if pid && sized {
                 return Some(Ok(()));
             }
             match self.child.as_mut().map(Child::try_wait) {
@@ -458,7 +566,7 @@ impl Server {
                         "nbd device {} did not show up within {READY_TIMEOUT:?} (pid attribute {}, size {sectors:?} sectors, expected {})",
                         self.device.display(),
                         if pid { "present" } else { "missing" },
-                        size.div_ceil(512)
+                        want.map_or_else(|| "more than 0".to_string(), |w| w.to_string())
                     ),
                 ))
             }

@@ -132,7 +132,6 @@ impl Blockdev {
 
     /// The node as dotted `key=value` pairs under `prefix` (e.g. `file.`),
     /// commas escaped, for qemu-nbd's `--image-opts`.
-    #[allow(dead_code)] // for qemu-nbd --image-opts (the Nbd backend's URL images)
     pub(crate) fn dotted(&self, prefix: &str) -> String {
         let mut out = Vec::new();
         let mut node = self.node.clone();
@@ -176,6 +175,27 @@ pub(crate) fn explain_open_failure(
         .map(|at| &line[at + 3..])
         .unwrap_or(line)
         .trim();
+    explain_cause(location, cause)
+}
+
+/// [`explain_open_failure`] for qemu-nbd started with `--image-opts
+/// OPTS`, which prints `qemu-nbd: Failed to blk_new_open 'OPTS': CAUSE`.
+pub(crate) fn explain_image_opts_failure(
+    location: &Location,
+    stderr: &str,
+    opts: &str,
+) -> Option<(ErrorKind, String)> {
+    let prefix = format!("Failed to blk_new_open '{opts}': ");
+    let cause = stderr.lines().find_map(|l| {
+        let at = l.find(&prefix)?;
+        Some(l[at + prefix.len()..].trim())
+    })?;
+    explain_cause(location, cause)
+}
+
+/// What `cause`, the reason qemu's protocol driver gave for not opening
+/// `location`, means, with its kind; `None` for what is not recognised.
+fn explain_cause(location: &Location, cause: &str) -> Option<(ErrorKind, String)> {
     let driver = location.protocol();
     let said = format!("(qemu's {driver} driver: {cause})");
     match location {
@@ -282,7 +302,6 @@ fn secret_object(id: &str, file: &std::path::Path) -> String {
     )
 }
 
-#[allow(dead_code)]
 fn flatten(v: &Value, prefix: &str, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
@@ -334,6 +353,19 @@ mod tests {
         let b = of("https://127.0.0.1:8443/d.qcow2#sslverify=off");
         assert_eq!(b.node["sslverify"], false);
         assert_eq!(b.node["url"], "https://127.0.0.1:8443/d.qcow2");
+    }
+
+    #[test]
+    fn qemu_nbd_open_failures_are_explained() {
+        let location = Location::parse("rbd://bob@pool/img").unwrap();
+        let opts = "driver=raw,file.driver=rbd,file.pool=pool";
+        let stderr = format!(
+            "qemu-nbd: Failed to blk_new_open '{opts}': error connecting: Permission denied\n"
+        );
+        let (kind, reason) = explain_image_opts_failure(&location, &stderr, opts).unwrap();
+        assert_eq!(kind, ErrorKind::PermissionDenied);
+        assert!(reason.contains("refused the key of client.bob"), "{reason}");
+        assert!(explain_image_opts_failure(&location, "qemu-nbd: other\n", opts).is_none());
     }
 
     #[test]

@@ -209,7 +209,7 @@ fn attach(image: &Image, _options: &AttachOptions) -> Result<RbdDevice> {
             ErrorKind::KernelFeatureMissing,
             Step::Attach,
             path,
-            "this kernel has no rbd driver (CONFIG_BLK_DEV_RBD); use the Fuse backend (librbd)",
+            "this kernel has no rbd driver (CONFIG_BLK_DEV_RBD); use the Nbd or Fuse backend (librbd)",
         ));
     }
     let (user, _, conf, key) = credentials(url)?;
