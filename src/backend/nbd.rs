@@ -12,7 +12,7 @@
 //!    foreground (`--verbose`) as our own child, tied to this process, its
 //!    output in a private file. A URL image (`rbd://`, `nbd://`, `http(s)://`,
 //!    `iscsi://`) is opened with `--image-opts` instead: its format node
-//!    over the protocol node of [`super::qemu_blockdev`], secrets as
+//!    over the protocol node of `backend/qemu_blockdev.rs`, secrets as
 //!    `--object secret` files (removed once qemu-nbd has read them, never
 //!    on the command line); its format, unless given, is first read
 //!    through the protocol with the rules of a file (the Fuse backend's

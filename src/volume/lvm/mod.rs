@@ -3,7 +3,7 @@
 //! metadata areas ([`mda`]), the volume group's text metadata
 //! ([`metadata`], in the syntax of [`config`]), the plan that gives a
 //! logical volume a device ([`plan`]), and the search of a whole disk for
-//! its PVs and VGs ([`discover`]).
+//! its PVs and VGs ([`discover()`]).
 //!
 //! No crate on crates.io parses LVM2 well enough for us (`lvm2` 0.0.3 and
 //! its fork `lamlvm` are single-PV readers without bounds; `exhume_lvm` is
