@@ -9,32 +9,12 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::lvm::{Content, LvDef, LvmImage, fs_uuid, os_root};
-use common::{Fixture, kernel_has_device_mapper, run};
+use common::lvm::{Content, LvDef, LvmImage, fs_uuid, os_root, range, read_at_offset};
+use common::{Fixture, kernel_has_device_mapper};
 use diskmount::{Format, Image, MountOptions, Partition, with_mounted, with_mounted_opts};
 
 fn image(path: &Path) -> Image {
     Image::file(path, Format::Raw).unwrap()
-}
-
-/// Reads `rel` from bytes `at..at+len` of `img`, mounted read-only by
-/// util-linux's own loop setup.
-fn read_at_offset(fx: &Fixture, img: &Path, (at, len): (u64, u64), rel: &str) -> Option<String> {
-    let mnt = fx.path().join(format!("check-{at}"));
-    std::fs::create_dir_all(&mnt).unwrap();
-    run(Command::new("mount")
-        .args(["-o", &format!("ro,loop,offset={at},sizelimit={len}")])
-        .arg(img)
-        .arg(&mnt));
-    let got = std::fs::read_to_string(mnt.join(rel)).ok();
-    common::system::umount(&mnt);
-    got
-}
-
-fn range(img: &LvmImage, name: &str) -> (u64, u64) {
-    let r = img.lv_ranges(name);
-    assert_eq!(r.len(), 1, "{name}: {r:?}");
-    r[0]
 }
 
 #[test]

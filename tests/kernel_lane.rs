@@ -13,6 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::process::Command;
 
+use common::lvm::read_at_offset;
 use common::{Fixture, kernel_has_device_mapper, kernel_parses_partitions, run};
 use diskmount::{
     Adopted, BackendKind, Block, Format, Image, Loop, MapOptions, MapStrategy, Mapping,
@@ -1571,19 +1572,6 @@ fn lvm_vg_over_two_partitions() {
     assert_eq!(read_file_fs(&fx, &f, "written").as_deref(), Some("two pvs"));
     std::fs::remove_file(f).unwrap();
     fx.assert_clean();
-}
-
-/// Mounts bytes `at..at+len` of `img` read-only with util-linux's own
-/// loop setup (`offset=`, `sizelimit=`) and reads `rel`.
-fn read_at_offset(fx: &Fixture, img: &Path, (at, len): (u64, u64), rel: &str) -> Option<String> {
-    let mnt = fx.tree(&format!("check-{at}"), &[]);
-    run(Command::new("mount")
-        .args(["-o", &format!("ro,loop,offset={at},sizelimit={len}")])
-        .arg(img)
-        .arg(&mnt));
-    let got = std::fs::read_to_string(mnt.join(rel)).ok();
-    run(Command::new("umount").arg(&mnt));
-    got
 }
 
 /// `Partition::Os` and `diskmount run --partition os` on the Rocky layout

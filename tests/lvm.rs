@@ -11,8 +11,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::lvm::{LvmImage, Seg};
-use common::{Fixture, assert_no_records, kernel_has_device_mapper, run};
+use common::lvm::{Seg, range, read_at_offset};
+use common::{Fixture, assert_no_records, kernel_has_device_mapper};
 use diskmount::{
     Format, Image, Loop, MapOptions, MapStrategy, Mapping, MountOptions, Partition, Unattached,
     with_mounted,
@@ -27,27 +27,6 @@ fn lv(vg: &str, lv: &str) -> Partition {
 
 fn image(path: &Path) -> Image {
     Image::file(path, Format::Raw).unwrap()
-}
-
-/// Mounts bytes `at..at+len` of `img` read-only with util-linux's own loop
-/// setup (an independent reader of what diskmount wrote), and reads `rel`.
-fn read_at_offset(fx: &Fixture, img: &Path, (at, len): (u64, u64), rel: &str) -> Option<String> {
-    let mnt = fx.path().join(format!("check-{at}"));
-    std::fs::create_dir_all(&mnt).unwrap();
-    run(Command::new("mount")
-        .args(["-o", &format!("ro,loop,offset={at},sizelimit={len}")])
-        .arg(img)
-        .arg(&mnt));
-    let got = std::fs::read_to_string(mnt.join(rel)).ok();
-    common::system::umount(&mnt);
-    got
-}
-
-/// The one image range of a single-segment LV.
-fn range(img: &LvmImage, name: &str) -> (u64, u64) {
-    let r = img.lv_ranges(name);
-    assert_eq!(r.len(), 1, "{name}: {r:?}");
-    r[0]
 }
 
 /// The byte range of partition `n` of `img`.

@@ -1107,3 +1107,30 @@ fn add_raw_lvs(text: &str, lvs: &[MultiLv], names: &[String]) -> String {
     out.replace_range(seq_at..seq_end, &(seqno + 1).to_string());
     out
 }
+
+/// Mounts bytes `at..at+len` of `img` read-only with util-linux's own loop
+/// setup (`offset=`, `sizelimit=`: an independent reader of what diskmount
+/// wrote) and reads `rel`.
+pub fn read_at_offset(
+    fx: &Fixture,
+    img: &Path,
+    (at, len): (u64, u64),
+    rel: &str,
+) -> Option<String> {
+    let mnt = fx.path().join(format!("check-{at}"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(Command::new("mount")
+        .args(["-o", &format!("ro,loop,offset={at},sizelimit={len}")])
+        .arg(img)
+        .arg(&mnt));
+    let got = std::fs::read_to_string(mnt.join(rel)).ok();
+    super::system::umount(&mnt);
+    got
+}
+
+/// The one image range of a single-segment LV.
+pub fn range(img: &LvmImage, name: &str) -> (u64, u64) {
+    let r = img.lv_ranges(name);
+    assert_eq!(r.len(), 1, "{name}: {r:?}");
+    r[0]
+}
