@@ -34,7 +34,8 @@ const OWN_DEVICE_NUMBERS: &[&str] = &["btrfs", "overlay", "bcachefs"];
 /// them: an unbound device has no `loop/backing_file`, and sysfs does not
 /// cache a failed lookup (about 10 us per device asked).
 pub(crate) fn loops_over(meta: &Metadata, writable_only: bool) -> Vec<PathBuf> {
-    let mounts = mountinfo::mounts().unwrap_or_default();
+    // Read only once a bound loop device is found: most attaches see none.
+    let mounts = std::cell::OnceCell::new();
     let mut out = Vec::new();
     for name in sysfs::sized_disks() {
         if !sysfs::is_loop_disk(&name) {
@@ -45,7 +46,8 @@ pub(crate) fn loops_over(meta: &Metadata, writable_only: bool) -> Vec<PathBuf> {
         let Some((backing_file, _)) = sysfs::loop_backing_file(&name) else {
             continue;
         };
-        if !may_hold(&mounts, &backing_file, meta.dev()) {
+        let mounts = mounts.get_or_init(|| mountinfo::mounts().unwrap_or_default());
+        if !may_hold(mounts, &backing_file, meta.dev()) {
             debug!(
                 "{name}: backing file {} is on another filesystem; not looked at",
                 backing_file.display()
