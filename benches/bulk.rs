@@ -37,7 +37,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use common::{Stats, Table, run, stats};
@@ -149,28 +149,10 @@ fn chain(images: &[PathBuf], format: Format, work: &Path, mnt: &Path, key: &Path
     t.elapsed().as_secs_f64()
 }
 
-/// Runs `cmd`; its wall time in seconds, or its failure with the end of
-/// stderr.
+/// Runs `cmd`; its wall time in seconds (`common::timed`, in ms), or its
+/// failure with the end of stderr.
 fn timed(cmd: &mut Command) -> Result<f64, String> {
-    let t = Instant::now();
-    let out = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let s = t.elapsed().as_secs_f64();
-    if out.status.success() {
-        Ok(s)
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(12).collect();
-        Err(format!(
-            "{} failed ({}):\n{}",
-            cmd.get_program().to_string_lossy(),
-            out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ))
-    }
+    common::timed(cmd).map(|ms| ms / 1000.0)
 }
 
 /// libguestfs's name of disk `i` (0: `/dev/sda`, 26: `/dev/sdaa`).

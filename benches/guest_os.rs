@@ -37,7 +37,7 @@ mod bench;
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use bench::{Table, stats};
@@ -45,28 +45,6 @@ use common::lvm::{Content, LvDef, fs_uuid};
 use diskmount::{Format, Image, Loop, Partition, Unattached, with_mounted};
 
 const DISKMOUNT: &str = env!("CARGO_BIN_EXE_diskmount");
-
-/// Runs `cmd`; its wall time in ms, or its failure with the end of stderr.
-fn timed(cmd: &mut Command) -> Result<f64, String> {
-    let t = Instant::now();
-    let out = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let ms = bench::ms(t.elapsed());
-    if out.status.success() {
-        Ok(ms)
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(12).collect();
-        Err(format!(
-            "{cmd:?} failed ({}):\n{}",
-            out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ))
-    }
-}
 
 /// A Rocky 9 root, enough for libguestfs's inspection too.
 fn rocky_root(fstab: &str) -> Vec<(String, String)> {
@@ -115,16 +93,16 @@ fn by_hand(
         loops.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
     }
     // loops: /boot, root, /home; mounted root first.
-    timed(Command::new("mount").arg(&loops[1]).arg(mnt))?;
-    timed(Command::new("mount").arg(&loops[0]).arg(mnt.join("boot")))?;
-    timed(Command::new("mount").arg(&loops[2]).arg(mnt.join("home")))?;
+    bench::timed(Command::new("mount").arg(&loops[1]).arg(mnt))?;
+    bench::timed(Command::new("mount").arg(&loops[0]).arg(mnt.join("boot")))?;
+    bench::timed(Command::new("mount").arg(&loops[2]).arg(mnt.join("home")))?;
     let targets = [mnt.to_path_buf(), mnt.join("boot"), mnt.join("home")];
     f(mnt)?;
     for t in targets.iter().rev() {
-        timed(Command::new("umount").arg(t))?;
+        bench::timed(Command::new("umount").arg(t))?;
     }
     for l in &loops {
-        timed(Command::new("losetup").args(["-d", l]))?;
+        bench::timed(Command::new("losetup").args(["-d", l]))?;
     }
     Ok(bench::ms(t.elapsed()))
 }
@@ -196,7 +174,7 @@ fn main() {
 
     // diskmount and by hand.
     let dm_run = || {
-        timed(
+        bench::timed(
             Command::new(DISKMOUNT)
                 .args(["run", "--partition", "os"])
                 .arg(&img.path)
@@ -204,7 +182,7 @@ fn main() {
         )
     };
     let dm_copy_in = || {
-        timed(
+        bench::timed(
             Command::new(DISKMOUNT)
                 .args(["copy-in", "--partition", "os"])
                 .arg(&img.path)
@@ -214,12 +192,12 @@ fn main() {
     };
     let hand_cat = || {
         by_hand(&img.path, &ranges, &hand_mnt, &|m| {
-            timed(Command::new("cat").arg(m.join("etc/hostname")))
+            bench::timed(Command::new("cat").arg(m.join("etc/hostname")))
         })
     };
     let hand_copy_in = || {
         by_hand(&img.path, &ranges, &hand_mnt, &|m| {
-            timed(Command::new("cp").arg(&payload).arg(m.join("etc")))
+            bench::timed(Command::new("cp").arg(&payload).arg(m.join("etc")))
         })
     };
     // In process.
@@ -340,13 +318,13 @@ fn main() {
         c.args(["--ro", "-a"])
             .arg(&img.path)
             .args(["-i", "cat", "/etc/hostname"]);
-        timed(&mut c)
+        bench::timed(&mut c)
     };
     let copy_in = || {
         let mut c = Command::new("virt-copy-in");
         guestfs_env(&mut c);
         c.arg("-a").arg(&img.path).arg(&payload).arg("/etc");
-        timed(&mut c)
+        bench::timed(&mut c)
     };
     let guestfs = match Command::new("guestfish").arg("--version").output() {
         Err(_) => Err("libguestfs not installed: apt-get install libguestfs-tools".to_string()),

@@ -29,34 +29,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
 use common::{Table, stats};
 
 const DISKMOUNT: &str = env!("CARGO_BIN_EXE_diskmount");
-
-/// Runs `cmd`; its wall time in ms, or its failure with the end of stderr.
-fn timed(cmd: &mut Command) -> Result<f64, String> {
-    let t = Instant::now();
-    let out = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let ms = common::ms(t.elapsed());
-    if out.status.success() {
-        Ok(ms)
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(12).collect();
-        Err(format!(
-            "{cmd:?} failed ({}):\n{}",
-            out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ))
-    }
-}
 
 fn main() {
     common::require_root("libguestfs");
@@ -148,13 +125,13 @@ fn main() {
         let mut c = Command::new("virt-cat");
         guestfs_env(&mut c);
         c.arg("-a").arg(img).arg("/etc/hostname");
-        timed(&mut c)
+        common::timed(&mut c)
     };
     let virt_copy_in = |img: &Path| {
         let mut c = Command::new("virt-copy-in");
         guestfs_env(&mut c);
         c.arg("-a").arg(img).arg(&payload).arg("/etc");
-        timed(&mut c)
+        common::timed(&mut c)
     };
     // guestfish with the filesystem named (no inspection): the cheapest
     // libguestfs way.
@@ -165,7 +142,7 @@ fn main() {
             .arg("-a")
             .arg(img)
             .args(["-m", "/dev/sda", "cat", "/etc/hostname"]);
-        timed(&mut c)
+        common::timed(&mut c)
     };
     let fish_copy_in = |img: &Path| {
         let mut c = Command::new("guestfish");
@@ -175,11 +152,11 @@ fn main() {
             .args(["-m", "/dev/sda", "copy-in"])
             .arg(&payload)
             .arg("/etc");
-        timed(&mut c)
+        common::timed(&mut c)
     };
     let dm_copy_out = |img: &Path| {
         let _ = std::fs::remove_file(&out);
-        timed(
+        common::timed(
             Command::new(DISKMOUNT)
                 .arg("copy-out")
                 .arg(img)
@@ -188,15 +165,14 @@ fn main() {
         )
     };
     let dm_run_cat = |img: &Path| {
-        timed(
-            Command::new(DISKMOUNT)
-                .arg("run")
-                .arg(img)
-                .args(["--", "cat", "etc/hostname"]),
-        )
+        common::timed(Command::new(DISKMOUNT).arg("run").arg(img).args([
+            "--",
+            "cat",
+            "etc/hostname",
+        ]))
     };
     let dm_copy_in = |img: &Path| {
-        timed(
+        common::timed(
             Command::new(DISKMOUNT)
                 .arg("copy-in")
                 .arg(img)
@@ -216,11 +192,11 @@ fn main() {
             .args(["--no-network", "--ssh-inject"])
             .arg(format!("root:file:{}", key.display()))
             .args(["--hostname", "web01"]);
-        timed(&mut c)
+        common::timed(&mut c)
     };
     let dm_inject = |_: &Path| {
         fresh();
-        timed(
+        common::timed(
             Command::new(DISKMOUNT)
                 .arg("inject")
                 .arg(&work)

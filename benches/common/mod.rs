@@ -587,3 +587,25 @@ pub fn open_rw(path: impl AsRef<Path>) -> std::fs::File {
         .open(path)
         .unwrap()
 }
+
+/// Runs `cmd`; its wall time in ms, or its failure with the end of stderr.
+pub fn timed(cmd: &mut std::process::Command) -> Result<f64, String> {
+    let t = Instant::now();
+    let out = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let ms = ms(t.elapsed());
+    if out.status.success() {
+        Ok(ms)
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(12).collect();
+        Err(format!(
+            "{cmd:?} failed ({}):\n{}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
+    }
+}
