@@ -135,18 +135,7 @@ pub fn parse(text: &[u8]) -> Vec<Mount> {
 
 /// Every mount of this process's mount namespace.
 pub fn mounts() -> io::Result<Vec<Mount>> {
-    Ok(parse(&read_whole("/proc/self/mountinfo")?))
-}
-
-/// A `/proc` file, read whole with a buffer of 16 KiB to start with: the
-/// kernel reports no size for it, so `std::fs::read` starts at 32 bytes
-/// and doubles, one `read` each (8 system calls for a table of 20 mounts,
-/// on every teardown's check); this makes it 2.
-fn read_whole(path: &str) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = Vec::with_capacity(16 * 1024);
-    std::fs::File::open(path)?.read_to_end(&mut buf)?;
-    Ok(buf)
+    Ok(parse(&super::read_proc("/proc/self/mountinfo")?))
 }
 
 /// The topmost mount on `target` (an exact, already resolved path), if any.

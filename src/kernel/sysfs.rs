@@ -77,9 +77,9 @@ pub fn disks() -> Vec<String> {
 /// skip the many unbound loop and nbd devices); all disks if it cannot be
 /// read.
 pub fn sized_disks() -> Vec<String> {
-    match std::fs::read_to_string("/proc/partitions") {
+    match super::read_proc("/proc/partitions") {
         // "major minor #blocks name"
-        Ok(text) => text
+        Ok(text) => String::from_utf8_lossy(&text)
             .lines()
             .filter_map(|l| l.split_whitespace().nth(3))
             .map(str::to_owned)

@@ -122,6 +122,8 @@ impl<B: Backend> Parts<B> {
             mapped.abandon();
             return;
         }
+        // Unmounted: the record's last check need not look for it.
+        mapped.attached.record.forget(Key::Mountpoint);
         drop(mount);
         mapped.close_into(errors);
     }

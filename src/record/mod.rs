@@ -34,8 +34,8 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use log::{debug, warn};
 use nix::libc;
@@ -94,7 +94,8 @@ pub(crate) struct Keeper {
 pub(crate) enum Field<'a> {
     /// The mapped partition's device and how it was mapped.
     Mapped { path: &'a Path, mapping: &'a str },
-    /// Where it is mounted.
+    /// Where it is mounted: the absolute, resolved path the mount step
+    /// mounted on (`mount::by_fd::resolve_mount_point`), kept as it is.
     Mountpoint(&'a Path),
     /// A device mapped for the guest's fstab ([`crate::Partition::Os`]).
     TreeMapped { path: &'a Path, mapping: &'a str },
@@ -123,6 +124,31 @@ fn absolute(path: &Path) -> PathBuf {
     std::fs::canonicalize(path)
         .or_else(|_| std::path::absolute(path))
         .unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The real path of the open regular file `file`, as the kernel names it
+/// (`None` if it was deleted or cannot be read).
+fn served_path(file: &File) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    (path.is_absolute() && !path.as_os_str().as_encoded_bytes().ends_with(b" (deleted)"))
+        .then_some(path)
+}
+
+/// The real path of the run directory `dir`, resolved once per process
+/// for the directory last used (the common case: one directory).
+fn canonical_run_dir(dir: &Path) -> Result<PathBuf> {
+    static LAST: Mutex<Option<(PathBuf, PathBuf)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((given, real)) = last.as_ref()
+        && given == dir
+    {
+        return Ok(real.clone());
+    }
+    let real = std::fs::canonicalize(dir)
+        .map_err(|e| crate::error::Error::os(Step::Attach, dir, "resolve run directory", e))?;
+    *last = Some((dir.to_path_buf(), real.clone()));
+    Ok(real)
 }
 
 fn inode(meta: &std::fs::Metadata) -> Inode {
@@ -163,28 +189,36 @@ impl Keeper {
     /// mode 0700) or cannot be created.
     pub(crate) fn start(run_dir: Option<&RunDir>, image: &Path) -> Result<Keeper> {
         static N: AtomicU64 = AtomicU64::new(0);
-        static START: OnceLock<u64> = OnceLock::new();
+        static START: OnceLock<(u32, u64)> = OnceLock::new();
         let run_dir = run_dir.cloned().unwrap_or_default();
         let Some(dir) = run_dir.ensure(Step::Attach)? else {
             return Ok(Keeper::none());
         };
         // The path the kernel reports for loop backing files is the real one.
-        let dir = std::fs::canonicalize(dir)
-            .map_err(|e| crate::error::Error::os(Step::Attach, dir, "resolve run directory", e))?;
+        let dir = canonical_run_dir(dir)?;
         let pid = std::process::id();
-        let start = *START.get_or_init(|| start_time(pid).unwrap_or(0));
+        // A forked child is another process: its own start time.
+        let start = match START.get() {
+            Some(&(p, s)) if p == pid => s,
+            _ => {
+                let s = start_time(pid).unwrap_or(0);
+                let _ = START.set((pid, s));
+                s
+            }
+        };
         let id = format!("{pid}-{start}-{}", N.fetch_add(1, Ordering::Relaxed));
-        let path = absolute(image);
-        let meta = std::fs::metadata(&path).ok();
+        // The image's real path and identity are taken at `attached`, from
+        // the file the device serves where there is one (one `readlink`
+        // instead of resolving the path a component at a time).
         let data = Data {
             version: format::VERSION,
             id,
             pid,
             start,
             image: FileId {
-                path: RawPath(path),
-                dev: meta.as_ref().map_or(0, |m| m.dev()),
-                ino: meta.as_ref().map_or(0, |m| m.ino()),
+                path: RawPath(image.to_path_buf()),
+                dev: 0,
+                ino: 0,
             },
             backend: String::new(),
             device: None,
@@ -220,12 +254,23 @@ impl Keeper {
             .backing
             .and_then(|f| f.metadata().ok())
             .map(|m| inode(&m));
-        if device.backend == "loop"
-            && let Some(b) = backing
-        {
-            // The file the loop device serves is the image as opened.
+        let served = (device.backend == "loop")
+            .then(|| device.backing.zip(backing))
+            .flatten()
+            .and_then(|(file, b)| Some((served_path(file)?, b)));
+        if let Some((path, b)) = served {
+            // The file the loop device serves is the image as opened, and
+            // its path is the one the kernel reports for the device.
+            d.image.path = RawPath(path);
             d.image.dev = b.dev;
             d.image.ino = b.ino;
+        } else {
+            let path = absolute(&d.image.path.0);
+            if let Ok(m) = std::fs::metadata(&path) {
+                d.image.dev = m.dev();
+                d.image.ino = m.ino();
+            }
+            d.image.path = RawPath(path);
         }
         d.device = Some(DeviceId {
             path: RawPath(device.path.to_path_buf()),
@@ -254,7 +299,7 @@ impl Keeper {
                     mapping: mapping.to_string(),
                 })
             }
-            Field::Mountpoint(path) => live.data.mountpoint = Some(RawPath(absolute(path))),
+            Field::Mountpoint(path) => live.data.mountpoint = Some(RawPath(path.to_path_buf())),
             Field::TreeMapped { path, mapping } => live.data.tree_mapped.push(MappedId {
                 path: RawPath(path.to_path_buf()),
                 rdev: std::fs::metadata(path).map_or(0, |m| m.rdev()),
@@ -275,19 +320,37 @@ impl Keeper {
 
     /// Removes a field and saves.
     pub(crate) fn unset(&mut self, key: Key) {
-        let Some(live) = &mut self.live else { return };
+        if self.clear(key) {
+            self.save();
+        }
+    }
+
+    /// Removes a field without saving: for a step whose teardown just
+    /// succeeded while the rest goes on. The file keeps naming it until
+    /// the next save or the record's removal, which a crash in between
+    /// leaves to `cleanup` (it finds the thing gone); the record's own
+    /// check at the end then need not look for it (for a mount: no
+    /// mountinfo read).
+    pub(crate) fn forget(&mut self, key: Key) {
+        self.clear(key);
+    }
+
+    /// Removes a field in memory; whether there was one.
+    fn clear(&mut self, key: Key) -> bool {
+        let Some(live) = &mut self.live else {
+            return false;
+        };
+        let d = &mut live.data;
         match key {
-            Key::Mapped => live.data.mapped = None,
-            Key::Mountpoint => live.data.mountpoint = None,
+            Key::Mapped => d.mapped.take().is_some(),
+            Key::Mountpoint => d.mountpoint.take().is_some(),
             Key::Tree => {
-                if live.data.tree_mapped.is_empty() && live.data.tree_mounts.is_empty() {
-                    return;
-                }
-                live.data.tree_mapped.clear();
-                live.data.tree_mounts.clear();
+                let had = !d.tree_mapped.is_empty() || !d.tree_mounts.is_empty();
+                d.tree_mapped.clear();
+                d.tree_mounts.clear();
+                had
             }
         }
-        self.save();
     }
 
     /// Stops managing the record: it stays on disk, unlocked, marked

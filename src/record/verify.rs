@@ -378,7 +378,12 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
             }
         }
     }
-    let mounts = mountinfo::mounts().unwrap_or_default();
+    // Read only when a mount is recorded: a finished teardown has none.
+    let mounts = if data.mountpoint.is_some() || !data.tree_mounts.is_empty() {
+        mountinfo::mounts().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     // The mounts of the guest's fstab, each on its recorded mount point
     // and of one of the verified devices (or an excluded mount point's
     // empty tmpfs).
@@ -421,9 +426,12 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
             ));
         }
     }
-    // The helper's directory: derived from the id, never read from the record.
+    // The helper's directory: derived from the id, never read from the
+    // record. The loop and block backends run no helper and make none.
     let hdir = super::helper_dir(dir, &data.id);
-    if std::fs::symlink_metadata(&hdir).is_ok_and(|m| m.is_dir()) {
+    if !matches!(data.backend.as_str(), "loop" | "block")
+        && std::fs::symlink_metadata(&hdir).is_ok_and(|m| m.is_dir())
+    {
         let export = hdir.join("export");
         if is_mount_point(&export) {
             s.export = Some(export);
