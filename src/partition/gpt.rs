@@ -323,7 +323,7 @@ fn entry(number: u32, e: &[u8], sector: u64) -> Option<std::result::Result<Parti
     Some(Ok(PartitionInfo {
         number,
         start: first.saturating_mul(sector),
-        size: (last - first + 1).saturating_mul(sector),
+        size: (last - first).saturating_add(1).saturating_mul(sector),
         kind: PartitionType::Gpt {
             name: type_name(&guid),
             guid,
