@@ -124,7 +124,7 @@ pub(crate) fn le64(b: &[u8], off: usize) -> u64 {
 
 /// `b` up to its first NUL byte, as C code sees a string.
 pub(crate) fn c_str(b: &[u8]) -> &[u8] {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    let end = memchr::memchr(0, b).unwrap_or(b.len());
     &b[..end]
 }
 

@@ -125,8 +125,8 @@ fn sparse<R: ReadAt + ?Sized>(src: &Src<'_, R>, head: &[u8]) -> Result<ImageInfo
             ))
         })?;
         src.within(start, 1, "the embedded descriptor")?;
-        let area = src.read_clipped(start, MAX_DESCRIPTOR + 1, "the embedded descriptor")?;
-        let text = c_str(&area);
+        let area = read_c_str(src, start, MAX_DESCRIPTOR + 1, "the embedded descriptor")?;
+        let text = area.as_slice();
         if text.len() as u64 > MAX_DESCRIPTOR {
             return Err(inconsistent(format!(
                 "its embedded descriptor runs on for more than {MAX_DESCRIPTOR} bytes"
@@ -314,7 +314,31 @@ fn token(s: &[u8]) -> (&[u8], &[u8]) {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
+}
+
+/// What `c_str(&src.read_clipped(start, len, what)?)` is, read in pieces
+/// that stop at the first NUL: a descriptor is a few hundred bytes of the
+/// window that may hold it, and the rest need not be read.
+fn read_c_str<R: ReadAt + ?Sized>(
+    src: &Src<'_, R>,
+    start: u64,
+    len: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let mut text = Vec::new();
+    let mut piece = 4096;
+    while (text.len() as u64) < len {
+        let want = piece.min(len - text.len() as u64);
+        let got = src.read_clipped(start + text.len() as u64, want, what)?;
+        let nul = memchr::memchr(0, &got);
+        text.extend_from_slice(&got[..nul.unwrap_or(got.len())]);
+        if nul.is_some() || (got.len() as u64) < want {
+            break;
+        }
+        piece *= 2;
+    }
+    Ok(text)
 }
 
 /// The virtual size qemu computes: the extents it uses, added up.
@@ -357,8 +381,8 @@ fn parent_hint<R: ReadAt + ?Sized>(
     window: u64,
 ) -> Result<()> {
     const KEY: &[u8] = b"parentFileNameHint";
-    let area = src.read_clipped(window, QEMU_DESC_SIZE, "the vmdk descriptor")?;
-    let text = c_str(&area);
+    let area = read_c_str(src, window, QEMU_DESC_SIZE, "the vmdk descriptor")?;
+    let text = area.as_slice();
     let Some(at) = find(text, KEY) else {
         return Ok(());
     };

@@ -67,13 +67,15 @@ pub fn probe_at<R: ReadAt + ?Sized>(
     len: u64,
 ) -> std::io::Result<Detected> {
     let limit = usize::try_from(len).unwrap_or(usize::MAX).min(PROBE_BYTES);
-    let mut buf = vec![0u8; limit];
     let first = FIRST_READ.min(limit);
-    let filled = device.read_at_most(&mut buf[..first], offset)?;
+    // The rest of the window is allocated (and zeroed) only when it is read.
+    let mut buf = vec![0u8; first];
+    let filled = device.read_at_most(&mut buf, offset)?;
     let found = identify(&buf[..filled]);
     if filled < first || limit == first || !matches!(found, Detected::Empty | Detected::Unknown) {
         return Ok(found);
     }
+    buf.resize(limit, 0);
     let more = device.read_at_most(&mut buf[first..], offset.saturating_add(first as u64))?;
     Ok(identify(&buf[..first + more]))
 }
@@ -144,10 +146,17 @@ pub fn identify(buf: &[u8]) -> Detected {
     if at(buf, 32769, 5) == Some(b"CD001") {
         return fs(FsType::Iso9660, label(at(buf, 32808, 32)));
     }
-    if buf.iter().all(|&b| b == 0) {
+    if all_zero(buf) {
         return Detected::Empty;
     }
     Detected::Unknown
+}
+
+/// Whether `buf` holds only zeros: compared a page at a time (one `memcmp`
+/// each), not a byte at a time.
+fn all_zero(buf: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    buf.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
 fn identify_ext(buf: &[u8]) -> Option<Detected> {

@@ -93,7 +93,9 @@ fn path(b: &[u8]) -> PathBuf {
 }
 
 fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(&unescape(b)).into_owned()
+    // Valid UTF-8 (nearly every field) keeps its buffer.
+    String::from_utf8(unescape(b))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Undoes the kernel's octal escapes (`\040` for a space, `\012` for a
@@ -101,27 +103,31 @@ fn text(b: &[u8]) -> String {
 /// followed by three octal digits stays as it is.
 pub fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field
+    let mut rest = field;
+    // The bytes up to each backslash are copied at once: most fields have
+    // none.
+    while let Some(i) = rest.iter().position(|&c| c == b'\\') {
+        out.extend_from_slice(&rest[..i]);
+        let octal = rest
             .get(i + 1..i + 4)
             .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (field[i], octal) {
-            (b'\\', Some(d)) => {
+        match octal {
+            Some(d) => {
                 // Three octal digits can spell up to 0o777; the kernel only
                 // writes bytes, so the top bit of a larger value is dropped.
                 let v = u32::from(d[0] - b'0') * 64
                     + u32::from(d[1] - b'0') * 8
                     + u32::from(d[2] - b'0');
                 out.push(v as u8);
-                i += 4;
+                rest = &rest[i + 4..];
             }
-            (c, _) => {
-                out.push(c);
-                i += 1;
+            None => {
+                out.push(b'\\');
+                rest = &rest[i + 1..];
             }
         }
     }
+    out.extend_from_slice(rest);
     out
 }
 

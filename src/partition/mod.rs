@@ -46,7 +46,6 @@ impl fmt::Display for Partition {
 
 pub mod gpt;
 pub mod mbr;
-mod reader;
 mod select;
 
 use std::fs::File;

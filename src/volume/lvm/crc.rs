@@ -5,32 +5,15 @@
 /// The value every LVM2 checksum starts from.
 pub(crate) const INITIAL: u32 = 0xf597_a6cf;
 
-const TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xEDB8_8320
-            } else {
-                c >> 1
-            };
-            bit += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
-
 /// The checksum of `data`, continuing from `crc` ([`INITIAL`] to start).
-pub(crate) fn crc(mut crc: u32, data: &[u8]) -> u32 {
-    for &b in data {
-        crc = (crc >> 8) ^ TABLE[((crc ^ u32::from(b)) & 0xff) as usize];
-    }
-    crc
+///
+/// crc32fast computes the same CRC with the register inverted before and
+/// after (its `initial` is the previous result), so the register is
+/// inverted on the way in and out.
+pub(crate) fn crc(crc: u32, data: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(!crc);
+    h.update(data);
+    !h.finalize()
 }
 
 #[cfg(test)]
