@@ -147,6 +147,16 @@ impl VolumeGroup {
     /// [`VolumeGroup::pieces`].
     pub fn plan(&self, lv: &str, path: &Path, present: impl Fn(&Pv) -> bool) -> Result<Plan> {
         let mut pieces = self.pieces(lv, path, present)?;
+        if pieces.is_empty() {
+            return Err(Error::invalid(
+                Step::Map,
+                path,
+                format!(
+                    "logical volume {}/{lv} has no segments (no extents): nothing to map",
+                    self.name
+                ),
+            ));
+        }
         Ok(if pieces.len() == 1 {
             Plan::OffsetLoop(pieces.remove(0))
         } else {
@@ -304,6 +314,18 @@ mod tests {
             })
         );
         assert_eq!(plan.size(), 40 * MIB);
+    }
+
+    /// Found by fuzzing: an LV with `segment_count = 0` was planned as a
+    /// device-mapper table of no lines.
+    #[test]
+    fn an_lv_without_segments_is_refused() {
+        let mut vg = sample();
+        let lv = vg.lvs.iter_mut().find(|l| l.name == "root").unwrap();
+        lv.segments.clear();
+        let err = vg.plan("root", Path::new("/img"), all).unwrap_err();
+        assert_eq!(err.step(), Some(Step::Map));
+        assert!(err.to_string().contains("rl/root has no segments"), "{err}");
     }
 
     #[test]
