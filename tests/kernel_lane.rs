@@ -1353,6 +1353,144 @@ fn nbd_backend_serves_rbd_through_librbd() {
     laps.print("nbd_backend_serves_rbd_through_librbd (after the cluster was up)");
 }
 
+/// `diskmount hold --backend nbd --state mounted URL MNT` with records in
+/// `records`, once it says READY (the device it printed).
+fn hold_nbd_url(url: &str, mnt: &Path, records: &Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", records)
+        .args(["hold", "--backend", "nbd", "--state", "mounted", url])
+        .arg(mnt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("READY /dev/nbd"), "{line:?}");
+    let device = line.trim().trim_start_matches("READY ").to_string();
+    (child, device)
+}
+
+/// Everything in the run directory `records`, as text.
+fn records_text(records: &Path) -> String {
+    let mut text = String::new();
+    for e in std::fs::read_dir(records).unwrap().flatten() {
+        if let Ok(t) = std::fs::read_to_string(e.path()) {
+            text += &t;
+        }
+    }
+    text
+}
+
+/// `diskmount cleanup` on `records`: its output (stdout and stderr).
+fn cleanup_cli(records: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", records)
+        .arg("cleanup")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The holder of an `nbd://127.0.0.1:PORT/EXPORT` mount through the Nbd
+/// backend SIGKILLed: its record names the URL (not qemu-nbd's
+/// `--image-opts` string); `diskmount cleanup` verifies the device and its
+/// qemu-nbd, takes the mount and the device down, and leaves nothing (no
+/// nbd device connected, no qemu-nbd client, no record). Then adoption: a
+/// persistent mount's device, adopted in process, is named by the URL
+/// (read back from qemu-nbd's options), with the Nbd backend, and closes;
+/// cleanup then only removes the record.
+fn nbd_url_holder_killed_then_cleanup_and_adopt() {
+    use common::servers::{Listen, QemuNbd, assert_no_client, free_port};
+    let mut laps = Laps::new();
+    run(Command::new("ip").args(["link", "set", "lo", "up"]));
+    let mut fx = Fixture::new();
+    let records = fx.records();
+    let img = fx.ext4("served.img", &[("id", "served")]);
+    let mnt = fx.tree("mnt", &[]);
+    let port = free_port();
+    let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    let url = server.url.clone();
+    laps.lap("image+server");
+    // Killed holder, then cleanup.
+    let (mut child, _device) = hold_nbd_url(&url, &mnt, &records);
+    laps.lap("hold");
+    let recorded = records_text(&records);
+    assert!(
+        recorded.contains(&format!("\"{url}\"")),
+        "the record does not name {url}: {recorded}"
+    );
+    assert!(!recorded.contains("driver="), "{recorded}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        common::is_mount_point(&mnt),
+        "the killed holder's mount is gone"
+    );
+    let (ok, text) = cleanup_cli(&records);
+    laps.lap("kill+cleanup");
+    assert!(ok && text.contains("0 failed"), "{text}");
+    assert!(text.contains(&url), "cleanup does not name {url}: {text}");
+    assert!(!text.contains("driver="), "{text}");
+    assert!(!common::is_mount_point(&mnt), "{text}");
+    assert!(
+        connected_nbds().is_empty(),
+        "{:?}\n{text}",
+        connected_nbds()
+    );
+    assert_no_client(&format!("port={port}"), Some(server.pid()));
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "{text}");
+    // A persistent mount (`diskmount mount`: its qemu-nbd outlives the
+    // command), adopted in process: named by the URL, through the Nbd
+    // backend; closing it disconnects the device. (A killed holder's
+    // qemu-nbd dies with it, leaving the kernel a stale pid: only its
+    // record names the image then, as above.)
+    let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", &records)
+        .args(["mount", "--backend", "nbd", &url])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let adopted = adopt(&mnt).unwrap();
+    assert_eq!(adopted.backend(), BackendKind::Nbd);
+    assert_eq!(adopted.image(), Path::new(&url));
+    assert!(
+        adopted
+            .attached_device()
+            .to_string_lossy()
+            .starts_with("/dev/nbd")
+    );
+    adopted.close().unwrap();
+    laps.lap("mount+adopt+close");
+    assert!(!common::is_mount_point(&mnt));
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    assert_no_client(&format!("port={port}"), Some(server.pid()));
+    let (ok, text) = cleanup_cli(&records);
+    assert!(ok && text.contains("0 failed"), "{text}");
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "{text}");
+    // The server saw the data: the mount was the served image.
+    assert_eq!(
+        run(Command::new("debugfs").args(["-R", "cat /id"]).arg(&img)),
+        "served"
+    );
+    server.stop();
+    nbd_nothing_left(&mut fx);
+    laps.print("nbd_url_holder_killed_then_cleanup_and_adopt");
+}
+
 type Case = (&'static str, &'static [Needs], fn());
 
 /// The longest one case may run. The slowest takes about 40 s under the
@@ -1935,6 +2073,11 @@ fn main() {
             "nbd_backend_serves_rbd_through_librbd",
             &[Needs::Nbd, Needs::Rbd],
             nbd_backend_serves_rbd_through_librbd,
+        ),
+        (
+            "nbd_url_holder_killed_then_cleanup_and_adopt",
+            &[Needs::Nbd],
+            nbd_url_holder_killed_then_cleanup_and_adopt,
         ),
         (
             "nbd_reads_and_writes_a_raw_image",

@@ -128,13 +128,22 @@ fn a_missing_export_and_an_unreachable_port_are_clear_errors() {
     let port = free_port();
     let server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
     let mnt = fx.tree("mnt", &[]);
+    // Told by our own handshake (NBD_OPT_INFO, then NBD_OPT_LIST), in one
+    // line naming the export, the server and what it has: not qemu's
+    // retries for its whole open timeout.
     let url = format!("nbd://127.0.0.1:{port}/nope");
-    let err = mount(&url, &mnt)
-        .map(|_| ())
-        .expect_err("no such export")
-        .to_string();
+    let err = mount(&url, &mnt).map(|_| ()).expect_err("no such export");
+    assert_eq!(err.kind(), diskmount::ErrorKind::NotFound, "{err}");
+    let err = err.to_string();
     assert!(err.starts_with("attach: "), "{err}");
-    assert!(err.contains(&url) && err.contains("export"), "{err}");
+    assert!(
+        err.contains(&url)
+            && err.contains(&format!(
+                "the NBD server at 127.0.0.1:{port} has no export \"nope\" (it has \"disk\")"
+            ))
+            && !err.contains('\n'),
+        "{err}"
+    );
     drop(server);
     let closed = free_port();
     let url = format!("nbd://127.0.0.1:{closed}/disk");
@@ -142,7 +151,23 @@ fn a_missing_export_and_an_unreachable_port_are_clear_errors() {
         .map(|_| ())
         .expect_err("nothing listens")
         .to_string();
-    assert!(err.contains(&url) && err.contains("refused"), "{err}");
+    assert!(
+        err.contains(&url)
+            && err.contains(&format!("nothing answers at 127.0.0.1:{closed}"))
+            && err.contains("refused")
+            && !err.contains('\n'),
+        "{err}"
+    );
+    // A unix socket nobody listens on.
+    let url = format!("nbd+unix:///disk?socket={}/none.sock", fx.path().display());
+    let err = mount(&url, &mnt)
+        .map(|_| ())
+        .expect_err("no socket")
+        .to_string();
+    assert!(
+        err.contains("nothing answers at unix socket") && !err.contains('\n'),
+        "{err}"
+    );
     assert!(!is_mount_point(&mnt));
     assert_no_client(&format!("\"port\":\"{port}\""), None);
     assert_no_client(&format!("\"port\":\"{closed}\""), None);

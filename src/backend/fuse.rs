@@ -40,7 +40,7 @@ use nix::unistd::Pid;
 use super::device::{Core, Found};
 use super::fuse_abort::{TEARDOWN_BOUND, Watchdog, connection_of};
 use super::r#loop::{LoopDevice, unbind_core};
-use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE, explain_open_failure};
+use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE, check_server, explain_open_failure};
 use super::{Backend, BackendKind, Device, sealed};
 use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
@@ -237,6 +237,7 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
     let path = image.path();
     let source = match image.location() {
         Some(location) => {
+            check_server(location, path)?;
             let blockdev = Blockdev::of(location, image.is_read_only())?;
             let format = if image.needs_format_probe() {
                 probe_url(image, &blockdev, options)?.0

@@ -27,6 +27,7 @@ pub(crate) mod fuse;
 pub(crate) mod fuse_abort;
 pub(crate) mod r#loop;
 pub mod nbd;
+mod nbd_export;
 pub(crate) mod qemu_blockdev;
 pub mod rbd;
 
