@@ -258,3 +258,61 @@ fn the_nbd_backend_takes_a_url_where_the_kernel_has_nbd() {
     drop(server);
     fx.assert_clean();
 }
+
+/// The NBD server stopped (SIGSTOP) while an image is mounted through the
+/// Fuse backend: qemu's nbd driver waits for ever, but the device's I/O
+/// timeout (`AttachOptions::io_timeout`, 3 s here) ends a read through it
+/// with EIO (the FUSE export aborted, its daemon killed); close() says the
+/// server stopped answering, and nothing is left.
+#[test]
+fn a_read_through_a_stopped_server_fails_within_the_io_timeout() {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "net")]);
+    let port = free_port();
+    let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    let mnt = fx.tree("mnt", &[]);
+    let options = diskmount::AttachOptions::default().io_timeout(std::time::Duration::from_secs(3));
+    let m = Unattached::<Fuse>::with_options(Image::url(&server.url).unwrap(), options)
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    let device = m.device().to_path_buf();
+    server.signal("STOP");
+    // A direct read of the device: past every cache, to the server.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(&device)
+            .and_then(|f| {
+                let mut buf = AlignedBlock([0; 4096]);
+                f.read_at(&mut buf.0, 4 << 20)
+            });
+        let _ = tx.send(read);
+    });
+    // Far more than the timeout; without one the read waits for ever.
+    let read = rx.recv_timeout(std::time::Duration::from_secs(60));
+    server.signal("CONT");
+    let read = read.expect("the read through the stopped server did not end");
+    let e = read.expect_err("a read through a stopped server succeeded");
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");
+    let text = m.close().unwrap_err().to_string();
+    assert!(
+        text.contains(&server.url)
+            && text.contains("server stopped answering")
+            && text.contains("I/O timeout (3s)"),
+        "{text}"
+    );
+    server.stop();
+    assert!(!is_mount_point(&mnt));
+    assert_no_client(&format!("\"port\":\"{port}\""), None);
+    fx.assert_clean();
+}
+
+#[repr(align(4096))]
+struct AlignedBlock([u8; 4096]);
