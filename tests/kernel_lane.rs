@@ -1491,6 +1491,137 @@ fn nbd_url_holder_killed_then_cleanup_and_adopt() {
     laps.print("nbd_url_holder_killed_then_cleanup_and_adopt");
 }
 
+/// A direct read of 4 KiB of `device` at 4 MiB on another thread: past
+/// every cache, to the server. Its outcome, or `None` if it did not end
+/// within `bound`.
+fn direct_read(device: &Path, bound: std::time::Duration) -> Option<std::io::Result<usize>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    #[repr(align(4096))]
+    struct Block([u8; 4096]);
+    let device = device.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(&device)
+            .and_then(|f| {
+                let mut buf = Block([0; 4096]);
+                f.read_at(&mut buf.0, 4 << 20)
+            });
+        let _ = tx.send(read);
+    });
+    rx.recv_timeout(bound).ok()
+}
+
+/// The Nbd backend's faults on nbd:// URLs: a missing export and a closed
+/// port are one-line errors (our handshake: at once, naming the export,
+/// the server and what it has); a server stopped (SIGSTOP) while mounted
+/// fails a direct read with EIO within the device's I/O timeout (3 s),
+/// and close() ends and says the server stopped answering; a server
+/// killed while mounted fails the read at once, and close() ends; each
+/// leaves nothing. Then `diskmount run --backend nbd nbd://...`.
+fn nbd_backend_url_faults() {
+    use common::servers::{Listen, QemuNbd, assert_no_client, free_port};
+    let mut laps = Laps::new();
+    run(Command::new("ip").args(["link", "set", "lo", "up"]));
+    let mut fx = Fixture::new();
+    let img = fx.ext4("served.img", &[("id", "served")]);
+    let mnt = fx.tree("mnt", &[]);
+    let port = free_port();
+    let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    // A missing export.
+    let url = format!("nbd://127.0.0.1:{port}/nope");
+    let e = Unattached::<Nbd>::new(Image::url(&url).unwrap())
+        .attach()
+        .unwrap_err();
+    assert_eq!(e.kind(), diskmount::ErrorKind::NotFound, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.starts_with("attach: ")
+            && text.contains(&url)
+            && text.contains(&format!(
+                "the NBD server at 127.0.0.1:{port} has no export \"nope\" (it has \"disk\")"
+            ))
+            && !text.contains('\n'),
+        "{text}"
+    );
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    // A closed port.
+    let closed = free_port();
+    let url = format!("nbd://127.0.0.1:{closed}/disk");
+    let text = Unattached::<Nbd>::new(Image::url(&url).unwrap())
+        .attach()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains(&url)
+            && text.contains(&format!("nothing answers at 127.0.0.1:{closed}"))
+            && !text.contains('\n'),
+        "{text}"
+    );
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    laps.lap("missing export+closed port");
+    // Stopped while mounted.
+    let options = diskmount::AttachOptions::default().io_timeout(std::time::Duration::from_secs(3));
+    let m = Unattached::<Nbd>::with_options(Image::url(&server.url).unwrap(), options)
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    server.signal("STOP");
+    let read = direct_read(m.device(), std::time::Duration::from_secs(120));
+    let read = read.expect("the read through the stopped server did not end");
+    let e = read.expect_err("a read through a stopped server succeeded");
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");
+    laps.lap("stopped: read failed");
+    let closed = m.close();
+    server.signal("CONT");
+    laps.lap("stopped: close");
+    println!("nbd_backend_url_faults: stopped server: close() -> {closed:?}");
+    let text = closed.expect_err("close() after a dead device").to_string();
+    assert!(text.contains("stopped answering"), "{text}");
+    assert!(!common::is_mount_point(&mnt));
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    assert_no_client(&format!("port={port}"), Some(server.pid()));
+    // Killed while mounted.
+    let m = mount_nbd_url(Image::url(&server.url).unwrap(), &mnt).unwrap();
+    server.signal("KILL");
+    server.stop();
+    let read = direct_read(m.device(), std::time::Duration::from_secs(120));
+    let read = read.expect("the read through the killed server did not end");
+    let e = read.expect_err("a read through a killed server succeeded");
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");
+    let closed = m.close();
+    laps.lap("killed: read+close");
+    println!("nbd_backend_url_faults: killed server: close() -> {closed:?}");
+    assert!(!common::is_mount_point(&mnt));
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    assert_no_client(&format!("port={port}"), None);
+    // The command line.
+    let port = free_port();
+    let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", fx.records())
+        .args(["run", "--backend", "nbd", &server.url, "--", "cat", "id"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "served");
+    laps.lap("cli run");
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    assert_no_client(&format!("port={port}"), Some(server.pid()));
+    server.stop();
+    nbd_nothing_left(&mut fx);
+    laps.print("nbd_backend_url_faults");
+}
+
 type Case = (&'static str, &'static [Needs], fn());
 
 /// The longest one case may run. The slowest takes about 40 s under the
@@ -2078,6 +2209,11 @@ fn main() {
             "nbd_url_holder_killed_then_cleanup_and_adopt",
             &[Needs::Nbd],
             nbd_url_holder_killed_then_cleanup_and_adopt,
+        ),
+        (
+            "nbd_backend_url_faults",
+            &[Needs::Nbd],
+            nbd_backend_url_faults,
         ),
         (
             "nbd_reads_and_writes_a_raw_image",

@@ -650,6 +650,12 @@ impl Server {
                             format!(
                                 "{QEMU_NBD} (pid {pid}) was stopped (SIGSTOP or a debugger) and answered nothing; it was killed, writes it had not flushed are lost"
                             )
+                        } else if self.image.to_string_lossy().contains("://") {
+                            // A network image: qemu-nbd waits on the
+                            // server for the requests it still has there.
+                            format!(
+                                "the server stopped answering: {QEMU_NBD} (pid {pid}) did not exit within {EXIT_TIMEOUT:?} after the disconnect, waiting on it, and was killed; writes not flushed are lost"
+                            )
                         } else {
                             format!(
                                 "{QEMU_NBD} (pid {pid}) did not exit within {EXIT_TIMEOUT:?} after the disconnect and was killed"
