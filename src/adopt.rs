@@ -371,15 +371,29 @@ fn adopt_whole(name: &str, read_only: bool) -> Result<Attached<Auto>> {
     let found = Found::new(name, read_only);
     let device = AutoDevice::adopt(&found)
         .unwrap_or_else(|| Err(invalid(&found.node, "no backend recognises this device")))?;
-    let image = Image::found(
-        device.core().image.clone(),
-        if device.core().kind == BackendKind::Block {
-            ImageKind::Block
-        } else {
-            ImageKind::File
-        },
-        found.read_only,
-    );
+    let core = device.core();
+    // A network image (served by a qemu helper, or krbd) is named by its
+    // URL, read back from what serves it.
+    let url = match core.kind {
+        BackendKind::Nbd | BackendKind::Fuse | BackendKind::Rbd => core
+            .image
+            .to_str()
+            .filter(|s| s.contains("://"))
+            .and_then(|s| Image::url(s).ok()),
+        _ => None,
+    };
+    let image = match url {
+        Some(image) => image.read_only(found.read_only),
+        None => Image::found(
+            core.image.clone(),
+            if core.kind == BackendKind::Block {
+                ImageKind::Block
+            } else {
+                ImageKind::File
+            },
+            found.read_only,
+        ),
+    };
     Ok(Attached::from_parts(device, image))
 }
 

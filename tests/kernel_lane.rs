@@ -1353,6 +1353,275 @@ fn nbd_backend_serves_rbd_through_librbd() {
     laps.print("nbd_backend_serves_rbd_through_librbd (after the cluster was up)");
 }
 
+/// `diskmount hold --backend nbd --state mounted URL MNT` with records in
+/// `records`, once it says READY (the device it printed).
+fn hold_nbd_url(url: &str, mnt: &Path, records: &Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", records)
+        .args(["hold", "--backend", "nbd", "--state", "mounted", url])
+        .arg(mnt)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("READY /dev/nbd"), "{line:?}");
+    let device = line.trim().trim_start_matches("READY ").to_string();
+    (child, device)
+}
+
+/// Everything in the run directory `records`, as text.
+fn records_text(records: &Path) -> String {
+    let mut text = String::new();
+    for e in std::fs::read_dir(records).unwrap().flatten() {
+        if let Ok(t) = std::fs::read_to_string(e.path()) {
+            text += &t;
+        }
+    }
+    text
+}
+
+/// `diskmount cleanup` on `records`: its output (stdout and stderr).
+fn cleanup_cli(records: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", records)
+        .arg("cleanup")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The holder of an `nbd://127.0.0.1:PORT/EXPORT` mount through the Nbd
+/// backend SIGKILLed: its record names the URL (not qemu-nbd's
+/// `--image-opts` string); `diskmount cleanup` verifies the device and its
+/// qemu-nbd, takes the mount and the device down, and leaves nothing (no
+/// nbd device connected, no qemu-nbd client, no record). Then adoption: a
+/// persistent mount's device, adopted in process, is named by the URL
+/// (read back from qemu-nbd's options), with the Nbd backend, and closes;
+/// cleanup then only removes the record.
+fn nbd_url_holder_killed_then_cleanup_and_adopt() {
+    use common::servers::{Listen, QemuNbd, assert_no_client, free_port};
+    let mut laps = Laps::new();
+    run(Command::new("ip").args(["link", "set", "lo", "up"]));
+    let mut fx = Fixture::new();
+    let records = fx.records();
+    let img = fx.ext4("served.img", &[("id", "served")]);
+    let mnt = fx.tree("mnt", &[]);
+    let port = free_port();
+    let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    let url = server.url.clone();
+    laps.lap("image+server");
+    // Killed holder, then cleanup.
+    let (mut child, _device) = hold_nbd_url(&url, &mnt, &records);
+    laps.lap("hold");
+    let recorded = records_text(&records);
+    assert!(
+        recorded.contains(&format!("\"{url}\"")),
+        "the record does not name {url}: {recorded}"
+    );
+    assert!(!recorded.contains("driver="), "{recorded}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        common::is_mount_point(&mnt),
+        "the killed holder's mount is gone"
+    );
+    let (ok, text) = cleanup_cli(&records);
+    laps.lap("kill+cleanup");
+    assert!(ok && text.contains("0 failed"), "{text}");
+    assert!(text.contains(&url), "cleanup does not name {url}: {text}");
+    assert!(!text.contains("driver="), "{text}");
+    assert!(!common::is_mount_point(&mnt), "{text}");
+    assert!(
+        connected_nbds().is_empty(),
+        "{:?}\n{text}",
+        connected_nbds()
+    );
+    assert_no_client(&format!("port={port}"), Some(server.pid()));
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "{text}");
+    // A persistent mount (`diskmount mount`: its qemu-nbd outlives the
+    // command), adopted in process: named by the URL, through the Nbd
+    // backend; closing it disconnects the device. (A killed holder's
+    // qemu-nbd dies with it, leaving the kernel a stale pid: only its
+    // record names the image then, as above.)
+    let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", &records)
+        .args(["mount", "--backend", "nbd", &url])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let adopted = adopt(&mnt).unwrap();
+    assert_eq!(adopted.backend(), BackendKind::Nbd);
+    assert_eq!(adopted.image(), Path::new(&url));
+    assert!(
+        adopted
+            .attached_device()
+            .to_string_lossy()
+            .starts_with("/dev/nbd")
+    );
+    adopted.close().unwrap();
+    laps.lap("mount+adopt+close");
+    assert!(!common::is_mount_point(&mnt));
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    assert_no_client(&format!("port={port}"), Some(server.pid()));
+    let (ok, text) = cleanup_cli(&records);
+    assert!(ok && text.contains("0 failed"), "{text}");
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "{text}");
+    // The server saw the data: the mount was the served image.
+    assert_eq!(
+        run(Command::new("debugfs").args(["-R", "cat /id"]).arg(&img)),
+        "served"
+    );
+    server.stop();
+    nbd_nothing_left(&mut fx);
+    laps.print("nbd_url_holder_killed_then_cleanup_and_adopt");
+}
+
+/// A direct read of 4 KiB of `device` at 4 MiB on another thread: past
+/// every cache, to the server. Its outcome, or `None` if it did not end
+/// within `bound`.
+fn direct_read(device: &Path, bound: std::time::Duration) -> Option<std::io::Result<usize>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    #[repr(align(4096))]
+    struct Block([u8; 4096]);
+    let device = device.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(&device)
+            .and_then(|f| {
+                let mut buf = Block([0; 4096]);
+                f.read_at(&mut buf.0, 4 << 20)
+            });
+        let _ = tx.send(read);
+    });
+    rx.recv_timeout(bound).ok()
+}
+
+/// The Nbd backend's faults on nbd:// URLs: a missing export and a closed
+/// port are one-line errors (our handshake: at once, naming the export,
+/// the server and what it has); a server stopped (SIGSTOP) while mounted
+/// fails a direct read with EIO within the device's I/O timeout (3 s),
+/// and close() ends and says the server stopped answering; a server
+/// killed while mounted fails the read at once, and close() ends; each
+/// leaves nothing. Then `diskmount run --backend nbd nbd://...`.
+fn nbd_backend_url_faults() {
+    use common::servers::{Listen, QemuNbd, assert_no_client, free_port};
+    let mut laps = Laps::new();
+    run(Command::new("ip").args(["link", "set", "lo", "up"]));
+    let mut fx = Fixture::new();
+    let img = fx.ext4("served.img", &[("id", "served")]);
+    let mnt = fx.tree("mnt", &[]);
+    let port = free_port();
+    let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    // A missing export.
+    let url = format!("nbd://127.0.0.1:{port}/nope");
+    let e = Unattached::<Nbd>::new(Image::url(&url).unwrap())
+        .attach()
+        .unwrap_err();
+    assert_eq!(e.kind(), diskmount::ErrorKind::NotFound, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.starts_with("attach: ")
+            && text.contains(&url)
+            && text.contains(&format!(
+                "the NBD server at 127.0.0.1:{port} has no export \"nope\" (it has \"disk\")"
+            ))
+            && !text.contains('\n'),
+        "{text}"
+    );
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    // A closed port.
+    let closed = free_port();
+    let url = format!("nbd://127.0.0.1:{closed}/disk");
+    let text = Unattached::<Nbd>::new(Image::url(&url).unwrap())
+        .attach()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains(&url)
+            && text.contains(&format!("nothing answers at 127.0.0.1:{closed}"))
+            && !text.contains('\n'),
+        "{text}"
+    );
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    laps.lap("missing export+closed port");
+    // Stopped while mounted.
+    let options = diskmount::AttachOptions::default().io_timeout(std::time::Duration::from_secs(3));
+    let m = Unattached::<Nbd>::with_options(Image::url(&server.url).unwrap(), options)
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    server.signal("STOP");
+    let read = direct_read(m.device(), std::time::Duration::from_secs(120));
+    let read = read.expect("the read through the stopped server did not end");
+    let e = read.expect_err("a read through a stopped server succeeded");
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");
+    laps.lap("stopped: read failed");
+    let closed = m.close();
+    server.signal("CONT");
+    laps.lap("stopped: close");
+    println!("nbd_backend_url_faults: stopped server: close() -> {closed:?}");
+    let text = closed.expect_err("close() after a dead device").to_string();
+    assert!(text.contains("stopped answering"), "{text}");
+    assert!(!common::is_mount_point(&mnt));
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    assert_no_client(&format!("port={port}"), Some(server.pid()));
+    // Killed while mounted.
+    let m = mount_nbd_url(Image::url(&server.url).unwrap(), &mnt).unwrap();
+    server.signal("KILL");
+    server.stop();
+    let read = direct_read(m.device(), std::time::Duration::from_secs(120));
+    let read = read.expect("the read through the killed server did not end");
+    let e = read.expect_err("a read through a killed server succeeded");
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");
+    let closed = m.close();
+    laps.lap("killed: read+close");
+    println!("nbd_backend_url_faults: killed server: close() -> {closed:?}");
+    assert!(!common::is_mount_point(&mnt));
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    assert_no_client(&format!("port={port}"), None);
+    // The command line.
+    let port = free_port();
+    let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", fx.records())
+        .args(["run", "--backend", "nbd", &server.url, "--", "cat", "id"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "served");
+    laps.lap("cli run");
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    assert_no_client(&format!("port={port}"), Some(server.pid()));
+    server.stop();
+    nbd_nothing_left(&mut fx);
+    laps.print("nbd_backend_url_faults");
+}
+
 type Case = (&'static str, &'static [Needs], fn());
 
 /// The longest one case may run. The slowest takes about 40 s under the
@@ -1935,6 +2204,16 @@ fn main() {
             "nbd_backend_serves_rbd_through_librbd",
             &[Needs::Nbd, Needs::Rbd],
             nbd_backend_serves_rbd_through_librbd,
+        ),
+        (
+            "nbd_url_holder_killed_then_cleanup_and_adopt",
+            &[Needs::Nbd],
+            nbd_url_holder_killed_then_cleanup_and_adopt,
+        ),
+        (
+            "nbd_backend_url_faults",
+            &[Needs::Nbd],
+            nbd_backend_url_faults,
         ),
         (
             "nbd_reads_and_writes_a_raw_image",

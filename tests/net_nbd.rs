@@ -128,13 +128,22 @@ fn a_missing_export_and_an_unreachable_port_are_clear_errors() {
     let port = free_port();
     let server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
     let mnt = fx.tree("mnt", &[]);
+    // Told by our own handshake (NBD_OPT_INFO, then NBD_OPT_LIST), in one
+    // line naming the export, the server and what it has: not qemu's
+    // retries for its whole open timeout.
     let url = format!("nbd://127.0.0.1:{port}/nope");
-    let err = mount(&url, &mnt)
-        .map(|_| ())
-        .expect_err("no such export")
-        .to_string();
+    let err = mount(&url, &mnt).map(|_| ()).expect_err("no such export");
+    assert_eq!(err.kind(), diskmount::ErrorKind::NotFound, "{err}");
+    let err = err.to_string();
     assert!(err.starts_with("attach: "), "{err}");
-    assert!(err.contains(&url) && err.contains("export"), "{err}");
+    assert!(
+        err.contains(&url)
+            && err.contains(&format!(
+                "the NBD server at 127.0.0.1:{port} has no export \"nope\" (it has \"disk\")"
+            ))
+            && !err.contains('\n'),
+        "{err}"
+    );
     drop(server);
     let closed = free_port();
     let url = format!("nbd://127.0.0.1:{closed}/disk");
@@ -142,7 +151,23 @@ fn a_missing_export_and_an_unreachable_port_are_clear_errors() {
         .map(|_| ())
         .expect_err("nothing listens")
         .to_string();
-    assert!(err.contains(&url) && err.contains("refused"), "{err}");
+    assert!(
+        err.contains(&url)
+            && err.contains(&format!("nothing answers at 127.0.0.1:{closed}"))
+            && err.contains("refused")
+            && !err.contains('\n'),
+        "{err}"
+    );
+    // A unix socket nobody listens on.
+    let url = format!("nbd+unix:///disk?socket={}/none.sock", fx.path().display());
+    let err = mount(&url, &mnt)
+        .map(|_| ())
+        .expect_err("no socket")
+        .to_string();
+    assert!(
+        err.contains("nothing answers at unix socket") && !err.contains('\n'),
+        "{err}"
+    );
     assert!(!is_mount_point(&mnt));
     assert_no_client(&format!("\"port\":\"{port}\""), None);
     assert_no_client(&format!("\"port\":\"{closed}\""), None);
@@ -233,3 +258,61 @@ fn the_nbd_backend_takes_a_url_where_the_kernel_has_nbd() {
     drop(server);
     fx.assert_clean();
 }
+
+/// The NBD server stopped (SIGSTOP) while an image is mounted through the
+/// Fuse backend: qemu's nbd driver waits for ever, but the device's I/O
+/// timeout (`AttachOptions::io_timeout`, 3 s here) ends a read through it
+/// with EIO (the FUSE export aborted, its daemon killed); close() says the
+/// server stopped answering, and nothing is left.
+#[test]
+fn a_read_through_a_stopped_server_fails_within_the_io_timeout() {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "net")]);
+    let port = free_port();
+    let mut server = QemuNbd::start(&img, "raw", Listen::Tcp(port));
+    let mnt = fx.tree("mnt", &[]);
+    let options = diskmount::AttachOptions::default().io_timeout(std::time::Duration::from_secs(3));
+    let m = Unattached::<Fuse>::with_options(Image::url(&server.url).unwrap(), options)
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    let device = m.device().to_path_buf();
+    server.signal("STOP");
+    // A direct read of the device: past every cache, to the server.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(&device)
+            .and_then(|f| {
+                let mut buf = AlignedBlock([0; 4096]);
+                f.read_at(&mut buf.0, 4 << 20)
+            });
+        let _ = tx.send(read);
+    });
+    // Far more than the timeout; without one the read waits for ever.
+    let read = rx.recv_timeout(std::time::Duration::from_secs(60));
+    server.signal("CONT");
+    let read = read.expect("the read through the stopped server did not end");
+    let e = read.expect_err("a read through a stopped server succeeded");
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");
+    let text = m.close().unwrap_err().to_string();
+    assert!(
+        text.contains(&server.url)
+            && text.contains("server stopped answering")
+            && text.contains("I/O timeout (3s)"),
+        "{text}"
+    );
+    server.stop();
+    assert!(!is_mount_point(&mnt));
+    assert_no_client(&format!("\"port\":\"{port}\""), None);
+    fx.assert_clean();
+}
+
+#[repr(align(4096))]
+struct AlignedBlock([u8; 4096]);

@@ -39,8 +39,9 @@ use nix::unistd::Pid;
 
 use super::device::{Core, Found};
 use super::fuse_abort::{TEARDOWN_BOUND, Watchdog, connection_of};
+use super::fuse_stall::StallWatch;
 use super::r#loop::{LoopDevice, unbind_core};
-use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE, explain_open_failure};
+use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE, check_server, explain_open_failure};
 use super::{Backend, BackendKind, Device, sealed};
 use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, Result, Step};
@@ -66,7 +67,10 @@ impl Backend for Fuse {
 /// serves the image.
 #[derive(Debug)]
 pub struct FuseDevice {
-    // Field order is teardown order: the loop device, then the daemon.
+    // Field order is teardown order: the I/O watch, the loop device, then
+    // the daemon.
+    /// A network image's I/O timeout ([`super::fuse_stall`]).
+    stall: Option<StallWatch>,
     lo: LoopDevice,
     daemon: Daemon,
 }
@@ -117,6 +121,7 @@ impl sealed::Ops for FuseDevice {
             found
                 .core(BackendKind::Fuse, image, backing)
                 .map(|core| FuseDevice {
+                    stall: None,
                     lo: LoopDevice::from_parts(core, nr),
                     daemon,
                 }),
@@ -132,6 +137,9 @@ impl sealed::Ops for FuseDevice {
     }
 
     fn check(&mut self, step: Step) -> Result<()> {
+        if let Some(stall) = &self.stall {
+            stall.check(step)?;
+        }
         self.daemon.check_alive(step)?;
         self.lo.core().check_image(step)
     }
@@ -153,16 +161,11 @@ impl sealed::Ops for FuseDevice {
 
     /// A network image's export: the server behind it can hang.
     fn watchdog(&self) -> Option<Watchdog> {
-        self.daemon.network.then(|| Watchdog {
-            image: self.daemon.image.clone(),
-            connection: self.daemon.connection,
-            export: self.daemon.export.clone(),
-            pid: self.daemon.child.id(),
-            bound: TEARDOWN_BOUND,
-        })
+        self.daemon.watchdog()
     }
 
     fn disown(mut self) {
+        drop(self.stall.take());
         self.daemon.disown();
     }
 
@@ -170,6 +173,7 @@ impl sealed::Ops for FuseDevice {
         if !self.daemon.is_persistent() {
             return Err(self);
         }
+        drop(self.stall.take());
         self.daemon.disown();
         Ok(())
     }
@@ -177,9 +181,16 @@ impl sealed::Ops for FuseDevice {
     /// The loop device over the export (flush, `fsync` of the export,
     /// which qemu turns into a flush of the image), then the daemon.
     fn release(self) -> Result<()> {
-        let FuseDevice { lo, mut daemon } = self;
+        let FuseDevice {
+            stall,
+            lo,
+            mut daemon,
+        } = self;
+        // A server that stopped answering while attached: said first.
+        let stalled = stall.and_then(|s| s.stop(Step::Detach));
         let (core, nr) = lo.into_parts();
-        let mut errors = unbind_core(Step::Detach, core, nr);
+        let mut errors: Vec<Error> = stalled.into_iter().collect();
+        errors.extend(unbind_core(Step::Detach, core, nr));
         daemon.stop_into(&mut errors);
         Error::collect(errors)
     }
@@ -237,6 +248,7 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
     let path = image.path();
     let source = match image.location() {
         Some(location) => {
+            check_server(location, path)?;
             let blockdev = Blockdev::of(location, image.is_read_only())?;
             let format = if image.needs_format_probe() {
                 probe_url(image, &blockdev, options)?.0
@@ -303,7 +315,21 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
         sealed::Ops::core(&lo).path().display(),
         daemon.child.id()
     );
-    Ok(FuseDevice { lo, daemon })
+    // A network image's I/O timeout, while attached (qemu's nbd driver
+    // has none; the other protocols' own fail first).
+    let stall = if daemon.network && !options.persistent {
+        daemon.watchdog().and_then(|w| {
+            let name = sealed::Ops::core(&lo)
+                .path()
+                .file_name()?
+                .to_str()?
+                .to_string();
+            StallWatch::start(&name, w, options.io_timeout)
+        })
+    } else {
+        None
+    };
+    Ok(FuseDevice { stall, lo, daemon })
 }
 
 /// The format of a URL image, read through the protocol: a short-lived
@@ -340,6 +366,18 @@ pub(crate) fn probe_url(
 }
 
 impl Daemon {
+    /// The teardown watchdog of a network image's export (the server
+    /// behind it can hang); `None` for an image file.
+    fn watchdog(&self) -> Option<Watchdog> {
+        self.network.then(|| Watchdog {
+            image: self.image.clone(),
+            connection: self.connection,
+            export: self.export.clone(),
+            pid: self.child.id(),
+            bound: TEARDOWN_BOUND,
+        })
+    }
+
     /// The daemon's pid and directory, for the cleanup record.
     fn record_fields(&self) -> Vec<(&'static str, String)> {
         let mut f = vec![("daemon_pid", self.child.id().to_string())];

@@ -104,6 +104,26 @@ impl Watchdog {
             self.connection.map(|n| format!(" {n}")).unwrap_or_default(),
             self.pid
         );
+        let aborted = self.cut();
+        Error::invalid(
+            Step::Detach,
+            &self.image,
+            format!(
+                "the server stopped answering: the teardown did not end within {:?}, so the FUSE \
+                 connection was {} and qemu-storage-daemon (pid {}) killed; writes not flushed \
+                 are lost",
+                self.bound,
+                if aborted { "aborted" } else { "cut" },
+                self.pid
+            ),
+        )
+    }
+
+    /// Aborts the export's FUSE connection (while it is still this
+    /// export's) and kills the daemon, which ends the connection too:
+    /// every pending and later request fails. Whether the abort itself
+    /// worked.
+    pub(crate) fn cut(&self) -> bool {
         let still_ours = |n: u64| {
             crate::kernel::mountinfo::on(&self.export)
                 .is_some_and(|m| m.fstype.starts_with("fuse") && connection_of(m.dev) == n)
@@ -122,21 +142,10 @@ impl Watchdog {
             )),
         };
         if let Err(e) = &aborted {
-            warn!("teardown: {e}; killing the daemon ends the connection too");
+            warn!("{e}; killing the daemon ends the connection too");
         }
         let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        Error::invalid(
-            Step::Detach,
-            &self.image,
-            format!(
-                "the server stopped answering: the teardown did not end within {:?}, so the FUSE \
-                 connection was {} and qemu-storage-daemon (pid {}) killed; writes not flushed \
-                 are lost",
-                self.bound,
-                if aborted.is_ok() { "aborted" } else { "cut" },
-                self.pid
-            ),
-        )
+        aborted.is_ok()
     }
 }
 

@@ -25,8 +25,10 @@ mod ceph_conf;
 pub(crate) mod device;
 pub(crate) mod fuse;
 pub(crate) mod fuse_abort;
+mod fuse_stall;
 pub(crate) mod r#loop;
 pub mod nbd;
+mod nbd_export;
 pub(crate) mod qemu_blockdev;
 pub mod rbd;
 

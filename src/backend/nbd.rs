@@ -42,7 +42,9 @@ use nix::errno::Errno;
 use nix::libc;
 
 use super::device::{Core, Found};
-use super::qemu_blockdev::{Blockdev, explain_image_opts_failure};
+use super::qemu_blockdev::{
+    Blockdev, check_server, explain_image_opts_failure, location_of_image_opts,
+};
 use super::{Backend, BackendKind, Device, sealed};
 use crate::command::run;
 use crate::command::{describe_status, wait_timeout};
@@ -82,7 +84,8 @@ impl sealed::Ops for NbdDevice {
     }
 
     /// A connected nbd device; its server is found from the device's
-    /// `pid` attribute, and the image is the server's last argument.
+    /// `pid` attribute, and the image is the server's last argument: a
+    /// file, or (`--image-opts`) a network image, named by its URL.
     fn adopt(found: &Found) -> Option<Result<Self>> {
         if !found.name.starts_with("nbd") {
             return None;
@@ -90,14 +93,7 @@ impl sealed::Ops for NbdDevice {
         let pid = sysfs::nbd_pid(&found.name)?;
         let image = std::fs::read(format!("/proc/{pid}/cmdline"))
             .ok()
-            .and_then(|c| {
-                c.split(|b| *b == 0).rfind(|a| !a.is_empty()).map(|a| {
-                    let name = PathBuf::from(
-                        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a),
-                    );
-                    super::fuse::passed_file(pid, name)
-                })
-            })
+            .and_then(|c| served_image(pid, &c))
             .unwrap_or_else(|| found.node.clone());
         let server = adopted(&found.node, &image);
         Some(
@@ -314,6 +310,7 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
         // any server is contacted.
         Some(location) => {
             claimed = Some(claim_within(path, options.retry)?);
+            check_server(location, path)?;
             let blockdev = Blockdev::of(location, image.is_read_only())?;
             let (format, size) = if image.needs_format_probe() {
                 let (format, size) = super::fuse::probe_url(image, &blockdev, options)?;
@@ -653,6 +650,12 @@ impl Server {
                             format!(
                                 "{QEMU_NBD} (pid {pid}) was stopped (SIGSTOP or a debugger) and answered nothing; it was killed, writes it had not flushed are lost"
                             )
+                        } else if self.image.to_string_lossy().contains("://") {
+                            // A network image: qemu-nbd waits on the
+                            // server for the requests it still has there.
+                            format!(
+                                "the server stopped answering: {QEMU_NBD} (pid {pid}) did not exit within {EXIT_TIMEOUT:?} after the disconnect, waiting on it, and was killed; writes not flushed are lost"
+                            )
                         } else {
                             format!(
                                 "{QEMU_NBD} (pid {pid}) did not exit within {EXIT_TIMEOUT:?} after the disconnect and was killed"
@@ -692,6 +695,37 @@ impl Server {
             }
         }
     }
+}
+
+/// What the qemu-nbd `pid` with command line `cmdline` (NUL-separated)
+/// serves: the URL of a network image (`--image-opts`, read back into
+/// its location: no secret in it), else its last argument, the image file
+/// (as it opened it, where it was handed a descriptor).
+fn served_image(pid: u32, cmdline: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let after = |flag: &[u8]| -> Vec<String> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| String::from_utf8_lossy(w[1]).into_owned())
+            .collect()
+    };
+    if let Some(opts) = after(b"--image-opts").last() {
+        let objects = after(b"--object");
+        return Some(match location_of_image_opts(opts, &objects) {
+            Some(location) => PathBuf::from(location.to_string()),
+            // Options not of ours: named by the driver only, never by
+            // options that could hold anything.
+            None => PathBuf::from(format!(
+                "{QEMU_NBD} --image-opts (not a URL diskmount knows)"
+            )),
+        });
+    }
+    let last = args.iter().rfind(|a| !a.is_empty())?;
+    Some(super::fuse::passed_file(
+        pid,
+        PathBuf::from(std::ffi::OsStr::from_bytes(last)),
+    ))
 }
 
 /// The server of an nbd device another process connected (adoption): it

@@ -25,6 +25,10 @@ pub(crate) const PROTOCOL_NODE: &str = "proto0";
 /// (curl's `timeout`, nbd's `open-timeout`, iSCSI's `timeout`), in seconds.
 pub(crate) const IO_TIMEOUT_SECS: u64 = 15;
 
+/// The initiator name diskmount logs in to an iSCSI target as, unless the
+/// URL names one.
+const DEFAULT_INITIATOR: &str = "iqn.2024-01.org.diskmount:initiator";
+
 /// The protocol node of `location` and the objects it needs.
 #[derive(Debug, Clone)]
 pub(crate) struct Blockdev {
@@ -90,7 +94,7 @@ impl Blockdev {
                     "target": i.target,
                     "lun": i.lun,
                     "initiator-name": i.initiator.clone()
-                        .unwrap_or_else(|| "iqn.2024-01.org.diskmount:initiator".into()),
+                        .unwrap_or_else(|| DEFAULT_INITIATOR.into()),
                     "timeout": IO_TIMEOUT_SECS,
                 });
                 if let Some(user) = &i.user {
@@ -140,6 +144,23 @@ impl Blockdev {
         }
         flatten(&node, prefix, &mut out);
         out.join(",")
+    }
+}
+
+/// What can be checked of `location`'s server before a qemu helper opens
+/// it, quickly and with one clear line if it fails: an NBD server must
+/// answer the handshake and have the export ([`super::nbd_export`]),
+/// where qemu's nbd driver would retry a missing export for its whole
+/// open timeout. `image` is the URL as errors name it.
+///
+/// # Errors
+/// [`Step::Attach`]: see [`super::nbd_export::check`].
+pub(crate) fn check_server(location: &Location, image: &std::path::Path) -> Result<()> {
+    match location {
+        Location::Nbd(n) => {
+            super::nbd_export::check(n, image, std::time::Duration::from_secs(IO_TIMEOUT_SECS))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -294,6 +315,118 @@ fn explain_cause(location: &Location, cause: &str) -> Option<(ErrorKind, String)
     }
 }
 
+/// The network image a qemu-nbd serves, read back from its command line
+/// (adoption, cleanup): the protocol node under the `file.` prefix of its
+/// `--image-opts` string, as the [`Location`] it was made from. `objects`
+/// are its `--object` arguments (an iSCSI password's file is named there).
+/// The URL it gives holds no secret, as none is in the options: an RBD
+/// keyring, which diskmount reads itself, is not named. `None` if the
+/// options are not a protocol node of [`Blockdev::of`].
+pub(crate) fn location_of_image_opts(opts: &str, objects: &[String]) -> Option<Location> {
+    use crate::image::url::{HostPort, HttpUrl, IscsiUrl, NbdUrl, RbdUrl};
+    let pairs = qemu_pairs(opts);
+    let get = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k.strip_prefix("file.") == Some(key))
+            .map(|(_, v)| v.clone())
+    };
+    let location = match get("driver")?.as_str() {
+        "nbd" => {
+            let server = match get("server.type")?.as_str() {
+                "inet" => NbdServer::Tcp(HostPort {
+                    host: get("server.host")?,
+                    port: get("server.port")?.parse().ok()?,
+                }),
+                "unix" => NbdServer::Unix(get("server.path")?.into()),
+                _ => return None,
+            };
+            Location::Nbd(NbdUrl {
+                server,
+                export: get("export")?,
+            })
+        }
+        "rbd" => Location::Rbd(RbdUrl {
+            // Ceph's default user is left out, as a URL without one says it.
+            user: get("user").filter(|u| u != "admin"),
+            pool: get("pool")?,
+            image: get("image")?,
+            snap: get("snapshot"),
+            conf: get("conf").map(Into::into),
+            keyring: None,
+        }),
+        driver @ ("http" | "https") => {
+            let Location::Http(h) = Location::parse(&get("url")?).ok()? else {
+                return None;
+            };
+            Location::Http(HttpUrl {
+                secure: driver == "https",
+                verify_tls: get("sslverify").as_deref() != Some("false"),
+                ..h
+            })
+        }
+        "iscsi" => {
+            let portal = match Location::parse(&format!("nbd://{}/x", get("portal")?)).ok()? {
+                Location::Nbd(NbdUrl {
+                    server: NbdServer::Tcp(hp),
+                    ..
+                }) => hp,
+                _ => return None,
+            };
+            let secret = get("password-secret");
+            let password_file = secret.and_then(|id| {
+                objects.iter().find_map(|o| {
+                    let pairs = qemu_pairs(o);
+                    let has = |k: &str, v: &str| pairs.iter().any(|(a, b)| a == k && b == v);
+                    (pairs.first().is_some_and(|(k, _)| k == "secret") && has("id", &id))
+                        .then(|| pairs.iter().find(|(k, _)| k == "file"))
+                        .flatten()
+                        .map(|(_, f)| f.into())
+                })
+            });
+            Location::Iscsi(IscsiUrl {
+                portal,
+                target: get("target")?,
+                lun: get("lun")?.parse().ok()?,
+                user: get("user"),
+                password_file,
+                initiator: get("initiator-name").filter(|i| i != DEFAULT_INITIATOR),
+            })
+        }
+        _ => return None,
+    };
+    // What a URL could not say is not a location of ours.
+    Location::parse(&location.to_string()).ok()
+}
+
+/// qemu's `key=value,key=value` option syntax (`,,` an escaped comma); a
+/// leading word without `=` (an object's type) is a key with no value.
+fn qemu_pairs(s: &str) -> Vec<(String, String)> {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                cur.push(',');
+            } else {
+                items.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(c);
+        }
+    }
+    items.push(cur);
+    items
+        .into_iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (item, String::new()),
+        })
+        .collect()
+}
+
 /// `secret,id=ID,file=PATH`: qemu reads the secret from the file.
 fn secret_object(id: &str, file: &std::path::Path) -> String {
     format!(
@@ -366,6 +499,51 @@ mod tests {
         assert_eq!(kind, ErrorKind::PermissionDenied);
         assert!(reason.contains("refused the key of client.bob"), "{reason}");
         assert!(explain_image_opts_failure(&location, "qemu-nbd: other\n", opts).is_none());
+    }
+
+    /// Adoption reads the URL back from qemu-nbd's `--image-opts`: the
+    /// same location for every protocol, no secret in it.
+    #[test]
+    fn image_opts_give_the_url_back() {
+        for url in [
+            "nbd://127.0.0.1:10810/disk",
+            "nbd://[::1]:10809/a/b%20c",
+            "nbd+unix:///e?socket=/run/a,b.sock",
+            "https://127.0.0.1:8443/d.qcow2?x=1#sslverify=off",
+            "http://127.0.0.1:8080/d.raw",
+            "iscsi://127.0.0.1:3261/iqn.2024-01.x:t/1",
+            "iscsi://u@127.0.0.1:3260/iqn.2024-01.x:t/0?password-file=/etc/p,w&initiator=iqn.2024-01.y:i",
+        ] {
+            let location = Location::parse(url).unwrap();
+            let b = Blockdev::of(&location, false).unwrap();
+            let opts = format!("driver=raw,{}", b.dotted("file."));
+            assert_eq!(
+                location_of_image_opts(&opts, &b.objects),
+                Some(location),
+                "{opts}"
+            );
+        }
+        // RBD (made here by hand: Blockdev::of reads a keyring).
+        let opts = "driver=qcow2,file.driver=rbd,file.pool=vms,file.image=my,,disk,\
+                    file.user=admin,file.conf=/etc/ceph/ceph.conf,file.key-secret=rbd-secret0,\
+                    file.snapshot=s1";
+        assert_eq!(
+            location_of_image_opts(opts, &[]).unwrap().to_string(),
+            "rbd://vms/my%2Cdisk@s1?conf=/etc/ceph/ceph.conf"
+        );
+        let opts = "driver=raw,file.driver=rbd,file.pool=p,file.image=i,file.user=bob";
+        assert_eq!(
+            location_of_image_opts(opts, &[]).unwrap().to_string(),
+            "rbd://bob@p/i"
+        );
+        for other in [
+            "driver=raw,file.driver=file,file.filename=/x",
+            "/var/lib/disk.img",
+            "driver=raw,file.driver=nbd,file.server.type=inet,file.server.host=h",
+            "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=rel,file.export=e",
+        ] {
+            assert_eq!(location_of_image_opts(other, &[]), None, "{other}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use diskmount::{
-    Auto, Backend, Format, Fuse, Image, Loop, MountOptions, Nbd, Partition, Unattached,
+    Auto, Backend, Format, Fuse, Image, Loop, MountOptions, Nbd, Partition, Rbd, Unattached,
 };
 
 #[derive(clap::Args)]
@@ -13,16 +13,17 @@ pub struct Args {
     /// attached, mapped or mounted.
     #[arg(long)]
     state: String,
-    /// A raw image file.
+    /// An image file, or a network image's URL (nbd://, rbd://, ...).
     image: PathBuf,
     /// Where to mount (state mounted).
     mountpoint: Option<PathBuf>,
-    /// loop, nbd, fuse or auto.
+    /// loop, nbd, fuse, rbd or auto.
     #[arg(long, default_value = "loop")]
     backend: String,
-    /// The image format.
-    #[arg(long, default_value = "raw")]
-    format: String,
+    /// The image format (a file's default: raw; a URL's: probed, raw for
+    /// rbd://).
+    #[arg(long)]
+    format: Option<String>,
     /// Partition number, lv=VG/LV, or os (the guest's root and its fstab),
     /// to map (default: the whole disk).
     #[arg(long)]
@@ -33,8 +34,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let format: Format = args.format.parse()?;
-    let image = Image::file(&args.image, format)?;
+    let format: Option<Format> = args.format.as_deref().map(str::parse).transpose()?;
+    let image = match args.image.to_str().filter(|s| s.contains("://")) {
+        Some(url) => {
+            let image = Image::url(url)?;
+            match format {
+                Some(f) => image.with_format(f),
+                None => image,
+            }
+        }
+        None => Image::file(&args.image, format.unwrap_or(Format::Raw))?,
+    };
     let partition = match args.partition.as_deref() {
         None => Partition::Whole,
         Some("os") => Partition::Os,
@@ -56,6 +66,7 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "nbd" => hold::<Nbd>(image, partition, state, dir, options),
         "fuse" => hold::<Fuse>(image, partition, state, dir, options),
         "auto" => hold::<Auto>(image, partition, state, dir, options),
+        "rbd" => hold::<Rbd>(image, partition, state, dir, options),
         other => Err(format!("unknown backend {other:?}").into()),
     }
 }
