@@ -17,6 +17,11 @@
 //! monitor with a keyring, `ceph osd new`, `ceph-osd --mkfs`, memstore),
 //! with cephx on (the tests need wrong keys to fail) and loopback-only
 //! addresses.
+//!
+//! Shared with the benchmarks (benches/network.rs includes this file): it
+//! needs only `crate::common::system` (tests/common/system.rs), which both
+//! the tests' and the benchmarks' `common` modules have. A benchmark stops
+//! the cluster itself with [`stop`] to check that nothing is left.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -197,12 +202,12 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn start() -> Cluster {
-    crate::common::require_root();
+    crate::common::system::require_root_for("the Ceph test cluster");
     let started = Instant::now();
     if std::env::var("DISKMOUNT_VM_LANE").as_deref() == Ok("1") {
         // The VM lane's guest has no network, and its loopback starts
         // down: the cluster lives on the guest's own 127.0.0.1.
-        crate::common::run(Command::new("ip").args(["link", "set", "lo", "up"]));
+        crate::common::system::run(Command::new("ip").args(["link", "set", "lo", "up"]));
     }
     let dir = tempfile::Builder::new()
         .prefix("diskmount-ceph-")
@@ -395,6 +400,13 @@ fn stop_child(child: &mut Child) {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Stops the cluster now (if it was started) and waits until its daemons
+/// have exited and its directory is gone; what the `atexit` hook does.
+/// Later calls, and the hook, then do nothing.
+pub fn stop() {
+    stop_at_exit();
 }
 
 extern "C" fn stop_at_exit() {
