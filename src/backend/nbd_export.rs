@@ -89,19 +89,20 @@ pub(crate) fn check(url: &NbdUrl, image: &Path, timeout: Duration) -> Result<()>
             format!("the NBD server at {server} did not answer the handshake ({what}: {cause})"),
         )
     };
+    let nothing_answers = |e: std::io::Error| {
+        Error::refused(
+            ErrorKind::Io,
+            Step::Attach,
+            image,
+            format!(
+                "nothing answers at {server} ({})",
+                e.to_string().to_lowercase()
+            ),
+        )
+    };
     let verdict = match &url.server {
         NbdServer::Tcp(hp) => {
-            let stream = connect_tcp(&hp.host, hp.port, timeout).map_err(|e| {
-                Error::refused(
-                    ErrorKind::Io,
-                    Step::Attach,
-                    image,
-                    format!(
-                        "nothing answers at {server} ({})",
-                        e.to_string().to_lowercase()
-                    ),
-                )
-            })?;
+            let stream = connect_tcp(&hp.host, hp.port, timeout).map_err(nothing_answers)?;
             stream
                 .set_read_timeout(Some(timeout))
                 .and_then(|()| stream.set_write_timeout(Some(timeout)))
@@ -109,17 +110,7 @@ pub(crate) fn check(url: &NbdUrl, image: &Path, timeout: Duration) -> Result<()>
             handshake(stream, &url.export)
         }
         NbdServer::Unix(path) => {
-            let stream = UnixStream::connect(path).map_err(|e| {
-                Error::refused(
-                    ErrorKind::Io,
-                    Step::Attach,
-                    image,
-                    format!(
-                        "nothing answers at {server} ({})",
-                        e.to_string().to_lowercase()
-                    ),
-                )
-            })?;
+            let stream = UnixStream::connect(path).map_err(nothing_answers)?;
             stream
                 .set_read_timeout(Some(timeout))
                 .and_then(|()| stream.set_write_timeout(Some(timeout)))
