@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::servers::{HttpServer, TlsFront, assert_no_client};
 use common::{Fixture, is_mount_point, run};
-use diskmount::{Format, Fuse, Image, MountOptions, Partition, Unattached};
+use diskmount::{AttachOptions, Format, Fuse, Image, MountOptions, Partition, Unattached};
 
 fn needle(server: &HttpServer) -> String {
     format!("127.0.0.1:{}", server.port)
@@ -28,10 +28,13 @@ fn qcow2_over_http_mounts_read_only_and_copies_out() {
         .unwrap()
         .read_only(false);
     assert!(image.is_read_only(), "http is always read-only");
+    assert!(image.needs_format_probe());
     let mnt = fx.tree("mnt", &[]);
-    let m = Unattached::<Fuse>::new(image)
-        .attach()
-        .unwrap()
+    let attached = Unattached::<Fuse>::new(image).attach().unwrap();
+    // The format found through the protocol, not the raw of the URL.
+    assert_eq!(attached.format(), Format::Qcow2);
+    assert_eq!(attached.image().format(), Format::Raw);
+    let m = attached
         .map(Partition::Whole)
         .unwrap()
         .mount(&mnt, &MountOptions::default())
@@ -141,6 +144,70 @@ fn https_with_a_self_signed_certificate_is_refused_unless_the_url_says_so() {
     assert!(!is_mount_point(&mnt));
     assert_no_client(&format!("127.0.0.1:{}", tls.port), None);
     drop(tls);
+    drop(server);
+    fx.assert_clean();
+}
+
+/// A server that answers `HEAD` but hangs in every `GET` while the format
+/// is probed: the probe gives up after the I/O timeout with one line at
+/// the probe step (qemu's curl driver alone can wait far longer), and
+/// nothing is left behind.
+#[test]
+fn a_server_hanging_while_the_format_is_probed_gives_a_bounded_probe_error() {
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "x")]);
+    let server = HttpServer::start(&img);
+    server.hang_gets(true);
+    let url = server.url("disk.img");
+    let options = AttachOptions::default().io_timeout(std::time::Duration::from_secs(2));
+    let e = Unattached::<Fuse>::with_options(Image::url(&url).unwrap(), options)
+        .attach()
+        .map(|_| ())
+        .expect_err("a hung server");
+    let text = e.to_string();
+    eprintln!("{text}");
+    assert_eq!(e.step(), Some(diskmount::Step::Probe), "{text}");
+    assert!(
+        text.starts_with(&format!("probe: {url}: the server stopped answering: "))
+            && text.contains("reading the image's header")
+            && !text.contains('\n'),
+        "{text}"
+    );
+    assert_no_client(&needle(&server), None);
+    drop(server);
+    fx.assert_clean();
+}
+
+/// `diskmount inspect` of a qcow2 URL: the format it reports is the one
+/// probed through the protocol (not the URL's raw), and the image is
+/// attached once for the table, the filesystems and the OS (the info log
+/// has one daemon's "attached" line).
+#[test]
+fn inspect_of_a_qcow2_url_names_its_format_and_attaches_once() {
+    let mut fx = Fixture::new();
+    let raw = fx.ext4("disk.img", &[("id", "inspected")]);
+    let img = fx.path().join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&img));
+    let server = HttpServer::start(&img);
+    let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .args(["-v", "inspect", "--json"])
+        .arg(server.url("disk.qcow2"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["format"], "qcow2", "{stdout}");
+    assert_eq!(report["fstype"], "ext4", "{stdout}");
+    let attaches = stderr.matches(" through qemu-storage-daemon (pid").count();
+    assert_eq!(attaches, 1, "{stderr}");
+    assert_no_client(&needle(&server), None);
     drop(server);
     fx.assert_clean();
 }

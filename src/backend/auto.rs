@@ -125,7 +125,11 @@ macro_rules! backends {
                 info!(
                     "auto: {} ({}) -> the {kind} backend",
                     image.path().display(),
-                    image.format()
+                    if image.needs_format_probe() {
+                        "format to be probed through the protocol".into()
+                    } else {
+                        image.format().to_string()
+                    }
                 );
                 match kind {
                     $(BackendKind::$kind => {

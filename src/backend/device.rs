@@ -14,6 +14,7 @@ use nix::libc;
 use super::BackendKind;
 use super::sealed::Ops;
 use crate::error::{Error, Result, Step};
+use crate::image::Format;
 use crate::kernel::sysfs;
 use crate::sys::block as blk;
 
@@ -39,6 +40,9 @@ pub struct Core {
     /// The image file as attached, to notice it being deleted or truncated
     /// under us; `bool`: the format is raw (the file's size is the device's).
     image_file: Option<(File, bool)>,
+    /// The format read through the protocol, for a URL image that was
+    /// probed at attach (`Image::format` still says raw).
+    pub(crate) probed: Option<Format>,
 }
 
 impl Core {
@@ -70,6 +74,7 @@ impl Core {
             file,
             backing,
             image_file: None,
+            probed: None,
         })
     }
 

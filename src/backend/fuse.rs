@@ -246,12 +246,15 @@ enum Source {
 
 fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
     let path = image.path();
+    let mut probed = None;
     let source = match image.location() {
         Some(location) => {
             check_server(location, path)?;
             let blockdev = Blockdev::of(location, image.is_read_only())?;
             let format = if image.needs_format_probe() {
-                probe_url(image, &blockdev, options)?.0
+                let format = probe_url(image, &blockdev, options)?.0;
+                probed = Some(format);
+                format
             } else {
                 image.format()
             };
@@ -301,17 +304,18 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
             return Err(e);
         }
     };
-    let lo = match LoopDevice::new(image, nr, file, export, BackendKind::Fuse) {
+    let mut lo = match LoopDevice::new(image, nr, file, export, BackendKind::Fuse) {
         Ok(lo) => lo,
         Err(e) => {
             daemon.stop_into(&mut Vec::new());
             return Err(e);
         }
     };
+    sealed::Ops::core_mut(&mut lo).probed = probed;
     info!(
         "attached {} ({}) to {} through {DAEMON} (pid {})",
         path.display(),
-        image.format(),
+        probed.unwrap_or(image.format()),
         sealed::Ops::core(&lo).path().display(),
         daemon.child.id()
     );
@@ -346,6 +350,18 @@ pub(crate) fn probe_url(
     let path = image.path();
     let source = Source::Url(blockdev.clone(), Format::Raw);
     let mut daemon = Daemon::start(image, &source, options, Some("diskmount-probe-"))?;
+    // The header reads wait for the server: one that stops answering
+    // (qemu's curl and nbd drivers can wait for ever) has the watchdog cut
+    // the export after the I/O timeout, which fails the reads at once.
+    let watch = daemon
+        .watchdog()
+        .map(|w| Watchdog {
+            bound: options.io_timeout,
+            step: Step::Probe,
+            doing: "reading the image's header through the protocol",
+            ..w
+        })
+        .and_then(Watchdog::arm);
     let probed = File::open(&daemon.export)
         .map_err(|e| Error::os(Step::Probe, path, "open the protocol's FUSE export", e))
         .and_then(|file| {
@@ -354,8 +370,14 @@ pub(crate) fn probe_url(
             crate::format::require_writable(&info, path, image.is_read_only())?;
             Ok((format, info.virtual_size))
         });
+    let cut = watch.and_then(|w| w.disarm());
     let mut errors = Vec::new();
     daemon.stop_into(&mut errors);
+    if let Some(e) = cut {
+        // The reads' own errors (ENOTCONN) and the killed daemon's say
+        // less than why they failed.
+        return Err(e);
+    }
     let (format, size) = probed?;
     Error::collect(errors)?;
     debug!(
@@ -375,6 +397,8 @@ impl Daemon {
             export: self.export.clone(),
             pid: self.child.id(),
             bound: TEARDOWN_BOUND,
+            step: Step::Detach,
+            doing: "the teardown",
         })
     }
 

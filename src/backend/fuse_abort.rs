@@ -47,6 +47,11 @@ pub struct Watchdog {
     pub(crate) pid: u32,
     /// How long before it fires.
     pub(crate) bound: Duration,
+    /// The step it watches ([`Step::Detach`] for a teardown,
+    /// [`Step::Probe`] for the header reads of a URL image's probe), and
+    /// what that step does, for the error.
+    pub(crate) step: Step,
+    pub(crate) doing: &'static str,
 }
 
 /// The FUSE connection number of the filesystem with `st_dev` `dev`: the
@@ -68,7 +73,8 @@ impl Watchdog {
     /// `None` (no watch) if no thread can be started.
     pub(crate) fn arm(self) -> Option<Armed> {
         debug!(
-            "teardown: watchdog armed for {} ({:?})",
+            "{}: watchdog armed for {} ({:?})",
+            self.step,
             self.image.display(),
             self.bound
         );
@@ -97,8 +103,9 @@ impl Watchdog {
     /// Aborts the connection and kills the daemon; the error to report.
     fn fire(&self) -> Error {
         warn!(
-            "teardown: {} made no end within {:?}; aborting its FUSE connection{} and killing \
+            "{}: {} made no end within {:?}; aborting its FUSE connection{} and killing \
              qemu-storage-daemon (pid {})",
+            self.step,
             self.image.display(),
             self.bound,
             self.connection.map(|n| format!(" {n}")).unwrap_or_default(),
@@ -106,15 +113,20 @@ impl Watchdog {
         );
         let aborted = self.cut();
         Error::invalid(
-            Step::Detach,
+            self.step,
             &self.image,
             format!(
-                "the server stopped answering: the teardown did not end within {:?}, so the FUSE \
-                 connection was {} and qemu-storage-daemon (pid {}) killed; writes not flushed \
-                 are lost",
+                "the server stopped answering: {} did not end within {:?}, so the FUSE \
+                 connection was {} and qemu-storage-daemon (pid {}) killed{}",
+                self.doing,
                 self.bound,
                 if aborted { "aborted" } else { "cut" },
-                self.pid
+                self.pid,
+                if self.step == Step::Detach {
+                    "; writes not flushed are lost"
+                } else {
+                    ""
+                }
             ),
         )
     }

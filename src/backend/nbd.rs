@@ -302,6 +302,7 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
     let path = image.path();
     let checked;
     let mut claimed = None;
+    let mut probed = None;
     let (source, size) = match image.location() {
         // A network image: the protocol node qemu-nbd opens, its format
         // read through the protocol first with the rules of a file
@@ -314,6 +315,7 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
             let blockdev = Blockdev::of(location, image.is_read_only())?;
             let (format, size) = if image.needs_format_probe() {
                 let (format, size) = super::fuse::probe_url(image, &blockdev, options)?;
+                probed = Some(format);
                 (format, Some(size))
             } else {
                 (image.format(), None)
@@ -397,7 +399,7 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
             node.display()
         );
     }
-    let core = match Core::new(
+    let mut core = match Core::new(
         Step::Attach,
         BackendKind::Nbd,
         node,
@@ -413,10 +415,11 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
             return Err(errors.remove(0));
         }
     };
+    core.probed = probed;
     info!(
         "attached {} ({}) to {} through {QEMU_NBD} (pid {})",
         path.display(),
-        image.format(),
+        probed.unwrap_or(image.format()),
         core.path().display(),
         server.child.as_ref().map_or(0, Child::id)
     );

@@ -159,6 +159,13 @@ impl<B: Backend> Attached<B> {
         self.device.core().kind
     }
 
+    /// The format the device serves the image as: the one given, or for
+    /// a URL image whose format was probed through the protocol at
+    /// attach, the one found ([`Image::format`] still says raw there).
+    pub fn format(&self) -> Format {
+        self.device.core().probed.unwrap_or(self.image.format())
+    }
+
     /// The device size in bytes.
     pub fn size(&self) -> u64 {
         self.device.core().size

@@ -117,6 +117,9 @@ pub struct HttpServer {
     pub port: u16,
     pub sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// While set, a `GET` gets its status line and headers and then no
+    /// body: a server that hangs mid-answer.
+    hang: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -127,9 +130,10 @@ impl HttpServer {
         let port = listener.local_addr().unwrap().port();
         let sent = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let hang = Arc::new(AtomicBool::new(false));
         let name = format!("/{}", file.file_name().unwrap().to_string_lossy());
         let file = file.to_path_buf();
-        let (s, st) = (sent.clone(), stop.clone());
+        let (s, st, h) = (sent.clone(), stop.clone(), hang.clone());
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
@@ -137,8 +141,9 @@ impl HttpServer {
                 }
                 let Ok(conn) = conn else { continue };
                 let (file, name, s) = (file.clone(), name.clone(), s.clone());
+                let (st, h) = (st.clone(), h.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &file, &name, &s);
+                    let _ = serve(conn, &file, &name, &s, &Hang { on: &h, stop: &st });
                 });
             }
         });
@@ -146,6 +151,7 @@ impl HttpServer {
             port,
             sent,
             stop,
+            hang,
             thread: Some(thread),
         }
     }
@@ -156,6 +162,29 @@ impl HttpServer {
 
     pub fn bytes_sent(&self) -> u64 {
         self.sent.load(Ordering::SeqCst)
+    }
+
+    /// From now on (`true`), every `GET` hangs after its headers until
+    /// the server is dropped; `HEAD` still answers.
+    pub fn hang_gets(&self, on: bool) {
+        self.hang.store(on, Ordering::SeqCst);
+    }
+}
+
+/// A connection's view of [`HttpServer::hang_gets`].
+struct Hang<'a> {
+    on: &'a AtomicBool,
+    stop: &'a AtomicBool,
+}
+
+impl Hang<'_> {
+    /// Waits while hanging is on, until the server stops.
+    fn wait(&self) -> bool {
+        let hung = self.on.load(Ordering::SeqCst);
+        while self.on.load(Ordering::SeqCst) && !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        hung
     }
 }
 
@@ -169,7 +198,13 @@ impl Drop for HttpServer {
     }
 }
 
-fn serve(conn: TcpStream, file: &Path, name: &str, sent: &AtomicU64) -> std::io::Result<()> {
+fn serve(
+    conn: TcpStream,
+    file: &Path,
+    name: &str,
+    sent: &AtomicU64,
+    hang: &Hang,
+) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut out = conn;
@@ -205,6 +240,9 @@ fn serve(conn: TcpStream, file: &Path, name: &str, sent: &AtomicU64) -> std::io:
                     out,
                     "HTTP/1.1 206 Partial Content\r\nContent-Length: {len}\r\nContent-Range: bytes {a}-{b}/{size}\r\nAccept-Ranges: bytes\r\n\r\n"
                 )?;
+                if hang.wait() {
+                    return Ok(());
+                }
                 f.seek(SeekFrom::Start(a))?;
                 let n = std::io::copy(&mut Read::by_ref(&mut f).take(len), &mut out)?;
                 sent.fetch_add(n, Ordering::SeqCst);

@@ -152,36 +152,47 @@ pub fn inspect(args: Args, json: bool) -> Result<(), Error> {
     };
     let image: Image = opts.image(&args.image)?;
     let local = image.kind() != ImageKind::Url;
-    let mut report = if local && (image.kind() == ImageKind::Block || image.format() == Format::Raw)
-    {
-        // Raw bytes: read the file or device itself.
+    let report = if local && (image.kind() == ImageKind::Block || image.format() == Format::Raw) {
+        // Raw bytes: read the file or device itself; the OS is looked for
+        // on one read-only attach.
         let file = File::open(image.path())
             .map_err(|e| Failed::new("probe", image.path(), "open image", e))?;
         let size = match image.kind() {
             ImageKind::Block => diskmount::format::ReadAt::size(&file)?,
             _ => file.metadata()?.len(),
         };
-        examine(&file, image.path(), size, image.format())?
+        let mut report = examine(&file, image.path(), size, image.format())?;
+        report.os = crate::inspect_os::find(&image)?;
+        report
     } else {
-        // Other formats: the disk as qemu shows it, attached read-only.
+        // Other formats and URLs: the disk as qemu shows it, attached
+        // read-only once for the table, the filesystems and the OS.
         let bar = crate::progress::spinner(&format!(
             "attaching {} ({}) read-only to read it",
             image.path().display(),
-            image.format()
+            if image.needs_format_probe() {
+                "format probed through the protocol".to_string()
+            } else {
+                image.format().to_string()
+            }
         ));
         let attached = Unattached::<Auto>::new(image.clone()).attach()?;
         bar.set_message(format!("reading {}", attached.device().display()));
-        let file = File::open(attached.device())
-            .map_err(|e| Failed::new("probe", attached.device(), "open device", e))?;
-        let report = examine(&file, attached.device(), attached.size(), image.format());
-        drop(file);
+        let report = File::open(attached.device())
+            .map_err(|e| Error::from(Failed::new("probe", attached.device(), "open device", e)))
+            .and_then(|file| examine(&file, attached.device(), attached.size(), attached.format()))
+            .and_then(|mut report| {
+                bar.set_message("looking for the guest OS");
+                report.os = crate::inspect_os::of(&attached)?;
+                Ok(report)
+            });
         bar.set_message("detaching");
         let closed = attached.close();
         bar.finish_and_clear();
+        let report = report?;
         closed?;
-        report?
+        report
     };
-    report.os = crate::inspect_os::find(&image)?;
     if json {
         crate::json::print(&report)?;
     } else {

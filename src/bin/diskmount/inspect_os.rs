@@ -2,7 +2,7 @@
 //! by [`diskmount::Attached::inspect_os`] on a read-only attach.
 
 use diskmount::os::OsInfo;
-use diskmount::{Auto, Error, Image, Unattached};
+use diskmount::{Attached, Auto, Error, Image, Unattached};
 use serde::Serialize;
 
 /// One fstab entry, as `--json` prints it (docs/cli.md).
@@ -56,16 +56,32 @@ impl From<OsInfo> for Os {
 /// The OSes of `image` (attached read-only, then detached); `None` when
 /// not root (a warning says so: looking inside needs a mount).
 pub fn find(image: &Image) -> Result<Option<Vec<Os>>, Error> {
-    if !nix::unistd::geteuid().is_root() {
-        log::warn!("inspect: not root, so the guest OS is not looked for (it needs a mount)");
+    if !is_root() {
         return Ok(None);
     }
     let attached = Unattached::<Auto>::new(image.clone()).attach()?;
-    let found = attached.inspect_os();
+    let found = of(&attached);
     let closed = attached.close();
     let found = found?;
     closed?;
+    Ok(found)
+}
+
+/// The OSes of an image already attached; `None` when not root.
+pub fn of(attached: &Attached<Auto>) -> Result<Option<Vec<Os>>, Error> {
+    if !is_root() {
+        return Ok(None);
+    }
+    let found = attached.inspect_os()?;
     Ok(Some(found.into_iter().map(Os::from).collect()))
+}
+
+fn is_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        log::warn!("inspect: not root, so the guest OS is not looked for (it needs a mount)");
+    }
+    root
 }
 
 /// Lines for the table: `OS on partition 2: Debian GNU/Linux 12 (debian 12), host debian-guest`.
