@@ -24,7 +24,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::signal::{Signal, kill};
@@ -331,7 +331,10 @@ impl Found {
     }
 }
 
-/// Every entry of `dir`, each verified; nothing is changed.
+/// Every entry of `dir`, each verified; nothing is changed, except that
+/// the empty record slots of processes that are gone are removed (a
+/// process keeps its emptied records for its next attach, see
+/// `record` in docs/architecture.md; a live owner's are skipped).
 ///
 /// # Errors
 /// [`Step::Cleanup`]: the run directory is unsafe (not root's, not mode
@@ -367,7 +370,7 @@ pub fn scan(dir: &RunDir) -> Result<Vec<Found>> {
             continue;
         };
         if let Some(stem) = name.strip_suffix(".json") {
-            out.push(read_record(path, file, stem));
+            out.extend(read_record(path, file, stem));
         } else if let Some(id) = name.strip_suffix(".helper")
             && !records.iter().any(|r| r == id)
         {
@@ -422,8 +425,23 @@ fn stray(dir: &Path, file: PathBuf, id: &str, is_dir: bool) -> Found {
     found
 }
 
-/// Opens a record, tells whose it is, parses and verifies it.
-fn read_record(dir: &Path, file: PathBuf, stem: &str) -> Found {
+/// Opens a record, tells whose it is, parses and verifies it. `None` for
+/// an empty slot (it names nothing): skipped while its owner lives,
+/// removed once it is gone.
+fn read_record(dir: &Path, file: PathBuf, stem: &str) -> Option<Found> {
+    let found = read_locked(dir, file, stem)?;
+    Some(match found {
+        Ok(found) => found,
+        Err((handle, file, text)) => record_of(dir, file, stem, handle, &text),
+    })
+}
+
+/// An opened record: `Ok` with what is already known (unreadable, or
+/// live), `Err` with the locked file and its text to parse; `None` for an
+/// empty slot.
+type Opened = Option<std::result::Result<Found, (File, PathBuf, Vec<u8>)>>;
+
+fn read_locked(dir: &Path, file: PathBuf, stem: &str) -> Opened {
     let mut attempts = 0;
     let (handle, text) = loop {
         attempts += 1;
@@ -433,30 +451,32 @@ fn read_record(dir: &Path, file: PathBuf, stem: &str) -> Found {
             .open(&file);
         let handle = match opened {
             Ok(f) => f,
-            Err(e) => return unreadable(dir, file, format!("open: {e}")),
+            Err(e) => return Some(Ok(unreadable(dir, file, format!("open: {e}")))),
         };
         let meta = match handle.metadata() {
             Ok(m) => m,
-            Err(e) => return unreadable(dir, file, format!("fstat: {e}")),
+            Err(e) => return Some(Ok(unreadable(dir, file, format!("fstat: {e}")))),
         };
         if !meta.file_type().is_file() || meta.uid() != 0 || meta.len() > format::MAX_SIZE {
-            return unreadable(
+            return Some(Ok(unreadable(
                 dir,
                 file,
                 "not a regular file owned by root of at most 64 KiB",
-            );
+            )));
         }
         let pid_of = || format::parse_id(stem).map_or(0, |(p, _)| p);
         match flock(handle.as_fd(), Lock::Exclusive, false) {
             Err(Errno::EWOULDBLOCK) => {
+                let text = std::fs::read(&file).unwrap_or_default();
+                if format::is_free_slot(&text, stem) {
+                    return None;
+                }
                 let mut f = unreadable(dir, file, "");
                 f.status = Status::Live { pid: pid_of() };
-                f.data = std::fs::read(&f.file)
-                    .ok()
-                    .and_then(|t| Data::parse(&t, stem).ok());
-                return f;
+                f.data = Data::parse(&text, stem).ok();
+                return Some(Ok(f));
             }
-            Err(e) => return unreadable(dir, file, format!("flock: {e}")),
+            Err(e) => return Some(Ok(unreadable(dir, file, format!("flock: {e}")))),
             Ok(()) => {}
         }
         // Renamed over since we opened it: its owner saved again.
@@ -466,15 +486,30 @@ fn read_record(dir: &Path, file: PathBuf, stem: &str) -> Found {
             if attempts < 5 {
                 continue;
             }
-            return unreadable(dir, file, "keeps being replaced");
+            return Some(Ok(unreadable(dir, file, "keeps being replaced")));
         }
         let mut text = Vec::new();
         if let Err(e) = std::io::Read::read_to_end(&mut (&handle), &mut text) {
-            return unreadable(dir, file, format!("read: {e}"));
+            return Some(Ok(unreadable(dir, file, format!("read: {e}"))));
         }
         break (handle, text);
     };
-    let data = match Data::parse(&text, stem) {
+    if format::is_free_slot(&text, stem) {
+        // An empty slot whose owner is gone (it holds the lock for as
+        // long as it lives): nothing to tear down, only the file.
+        debug!(
+            "cleanup: {} is an empty slot of a dead process; removed",
+            file.display()
+        );
+        let _ = std::fs::remove_file(&file);
+        return None;
+    }
+    Some(Err((handle, file, text)))
+}
+
+/// Parses and verifies a locked record's `text`.
+fn record_of(dir: &Path, file: PathBuf, stem: &str, handle: File, text: &[u8]) -> Found {
+    let data = match Data::parse(text, stem) {
         Ok(d) => d,
         Err(reason) => return unreadable(dir, file, reason),
     };

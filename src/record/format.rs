@@ -209,6 +209,34 @@ pub(crate) fn path_fault(path: &Path) -> Option<&'static str> {
     None
 }
 
+/// An empty slot: a record file its owner keeps, locked, for its next
+/// attach (see the module docs of [`super`]). It names nothing.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Free {
+    version: u32,
+    id: String,
+    free: bool,
+}
+
+/// The contents of the empty slot `id`.
+pub(crate) fn free_slot(id: &str) -> Vec<u8> {
+    let free = Free {
+        version: VERSION,
+        id: id.to_string(),
+        free: true,
+    };
+    let mut v = serde_json::to_vec(&free).expect("a slot always serializes");
+    v.push(b'\n');
+    v
+}
+
+/// Whether `text`, read from `stem.json`, is an empty slot of that name.
+pub(crate) fn is_free_slot(text: &[u8], stem: &str) -> bool {
+    serde_json::from_slice::<Free>(text)
+        .is_ok_and(|f| f.free && f.version == VERSION && f.id == stem)
+}
+
 impl Data {
     /// Parses and checks a record read from the file named `stem.json`.
     pub(crate) fn parse(text: &[u8], stem: &str) -> Result<Data, String> {
@@ -383,6 +411,16 @@ mod tests {
         v["helper_dir"] = "/etc".into();
         assert!(Data::parse(v.to_string().as_bytes(), "12-34-0").is_err());
         assert!(Data::parse(b"pid=1\nhelper_dir=/etc\n", "12-34-0").is_err());
+        // An empty slot is no record, and is one only under its own name.
+        let free = free_slot("12-34-0");
+        assert!(Data::parse(&free, "12-34-0").is_err());
+        assert!(is_free_slot(&free, "12-34-0"));
+        assert!(!is_free_slot(&free, "12-34-1"));
+        assert!(!is_free_slot(&sample().to_json(), "12-34-0"));
+        // Padded with spaces, as a slot rewritten in place is.
+        let mut padded = free.clone();
+        padded.resize(400, b' ');
+        assert!(is_free_slot(&padded, "12-34-0"));
     }
 
     #[test]

@@ -17,10 +17,19 @@
 //! even under `SIGKILL` (the kernel checks for a fatal signal only between
 //! pages), so a killed owner leaves the old record or the new one, whole;
 //! a record that would not fit in [`IN_PLACE_MAX`] bytes is still written
-//! by temporary file and rename. Teardown removes the record; one whose
-//! teardown did not finish stays, unlocked, for `diskmount cleanup`. A
-//! record marked `persistent` (`diskmount mount`) is left alone while its
-//! mount is there.
+//! by temporary file and rename.
+//!
+//! A record whose teardown finished is not removed but emptied: rewritten
+//! in place as an empty slot (`{"version":1,"id":..,"free":true}`), still
+//! locked, and kept for this process's next attach in the same directory,
+//! which writes its record into it in place. Sequential cycles thus make
+//! no directory change at all (no create, rename or unlink joining the
+//! journal commit that the image's `fsync` forces when the run directory
+//! is on the root disk). [`crate::cleanup::scan`] skips empty slots and
+//! removes those whose owner is gone; the process removes its own when it
+//! exits normally (`atexit`). One whose teardown did not finish stays,
+//! unlocked, for `diskmount cleanup`. A record marked `persistent`
+//! (`diskmount mount`) is left alone while its mount is there.
 //!
 //! The qemu helpers' private directory (the FUSE export, logs) is
 //! `<id>.helper` in the same directory: cleanup derives that name from the
@@ -70,6 +79,115 @@ pub(crate) fn temp_path(dir: &Path, id: &str) -> PathBuf {
 /// The largest record rewritten in place (one page: a `write` within it is
 /// not torn by a fatal signal).
 pub(crate) const IN_PLACE_MAX: usize = 4096;
+
+/// The most empty slots a process keeps (one per image it has attached
+/// at once, up to this); more are removed.
+const MAX_SLOTS: usize = 64;
+
+/// An empty record file of this process, locked, for its next attach.
+#[derive(Debug)]
+struct Slot {
+    dir: PathBuf,
+    id: String,
+    file: File,
+    len: usize,
+}
+
+/// This process's empty slots (`pid`: the process they belong to; a
+/// forked child inherits the memory, not the slots).
+struct Pool {
+    pid: u32,
+    slots: Vec<Slot>,
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    pid: 0,
+    slots: Vec::new(),
+});
+
+fn pool() -> std::sync::MutexGuard<'static, Pool> {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    if pool.pid != pid {
+        // Inherited by fork: the descriptors share the parent's locks.
+        pool.slots.clear();
+        pool.pid = pid;
+    }
+    pool
+}
+
+/// An empty slot of this process in `dir`, if one is still in place (the
+/// run directory may have been removed or replaced since).
+fn take_slot(dir: &Path) -> Option<Slot> {
+    let slot = {
+        let mut pool = pool();
+        let i = pool.slots.iter().position(|s| s.dir == dir)?;
+        pool.slots.swap_remove(i)
+    };
+    let here = std::fs::symlink_metadata(record_path(dir, &slot.id)).ok()?;
+    let open = slot.file.metadata().ok()?;
+    (here.ino() == open.ino() && here.dev() == open.dev()).then_some(slot)
+}
+
+/// Empties the record `live` (its teardown finished) and keeps it as a
+/// slot; gives it back if it cannot be one (then it is removed).
+fn free_slot(live: Live) -> Option<Live> {
+    static AT_EXIT: OnceLock<bool> = OnceLock::new();
+    let usable = live.len <= IN_PLACE_MAX
+        && !live.data.persistent
+        && !helper_dir(&live.dir, &live.data.id).exists()
+        && *AT_EXIT.get_or_init(|| {
+            crate::sys::process::at_exit(remove_slots_at_exit)
+                .map_err(|e| debug!("record slots: {e}"))
+                .is_ok()
+        });
+    let Some(file) = live.file.as_ref().filter(|_| usable) else {
+        return Some(live);
+    };
+    let mut free = format::free_slot(&live.data.id);
+    if free.len() > live.len {
+        return Some(live);
+    }
+    free.resize(live.len, b' ');
+    if !matches!(file.write_at(&free, 0), Ok(n) if n == free.len()) {
+        return Some(live);
+    }
+    let mut pool = pool();
+    if pool.slots.len() >= MAX_SLOTS {
+        return Some(live);
+    }
+    let Live {
+        dir,
+        data,
+        file,
+        len,
+        ..
+    } = live;
+    let file = file?;
+    debug!("record {}: emptied, kept for the next attach", data.id);
+    pool.slots.push(Slot {
+        dir,
+        id: data.id,
+        file,
+        len,
+    });
+    None
+}
+
+/// Removes this process's empty slots (run by `exit`).
+extern "C" fn remove_slots_at_exit() {
+    let mut pool = match POOL.try_lock() {
+        Ok(p) => p,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    if pool.pid != std::process::id() {
+        return;
+    }
+    for slot in pool.slots.drain(..) {
+        let _ = std::fs::remove_file(record_path(&slot.dir, &slot.id));
+    }
+}
 
 /// What one attached image's record says, held while this process owns it.
 #[derive(Debug)]
@@ -206,7 +324,11 @@ impl Keeper {
                 s
             }
         };
-        let id = format!("{pid}-{start}-{}", N.fetch_add(1, Ordering::Relaxed));
+        let slot = take_slot(&dir);
+        let id = match &slot {
+            Some(slot) => slot.id.clone(),
+            None => format!("{pid}-{start}-{}", N.fetch_add(1, Ordering::Relaxed)),
+        };
         // The image's real path and identity are taken at `attached`, from
         // the file the device serves where there is one (one `readlink`
         // instead of resolving the path a component at a time).
@@ -229,12 +351,13 @@ impl Keeper {
             tree_mapped: Vec::new(),
             tree_mounts: Vec::new(),
         };
+        let (file, len) = slot.map_or((None, 0), |s| (Some(s.file), s.len));
         Ok(Keeper {
             live: Some(Live {
                 dir,
                 data,
-                file: None,
-                len: 0,
+                file,
+                len,
             }),
         })
     }
@@ -441,6 +564,10 @@ impl Drop for Keeper {
             );
             return;
         }
+        // Kept (locked) until it is unlinked.
+        let Some(_live) = free_slot(live) else {
+            return;
+        };
         match std::fs::remove_file(&path) {
             Ok(()) => debug!("record {} removed", path.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -497,8 +624,26 @@ mod tests {
         let data = format::Data::parse(&third, &id).unwrap();
         assert_eq!(data.mountpoint, None);
         assert!(!temp_path(&dir, &id).exists());
-        // Teardown verified nothing is left (no /dev/loop99 here): removed.
+        // Teardown verified nothing is left (no /dev/loop99 here): the
+        // file is emptied in place and kept, still locked, for the next
+        // attach of this process in this directory.
         drop(keeper);
+        let (emptied, now) = read(&dir, &id);
+        assert_eq!((now.dev(), now.ino()), (meta.dev(), meta.ino()));
+        assert!(format::is_free_slot(&emptied, &id));
+        let found = crate::cleanup::scan(&run).unwrap();
+        assert!(found.is_empty(), "an empty slot is no record: {found:?}");
+        let again = Keeper::start(Some(&run), &image).unwrap();
+        let live = again.live.as_ref().unwrap();
+        assert_eq!(live.data.id, id, "the slot is reused");
+        assert!(live.file.is_some());
+        drop(again);
+        // Emptied again; once it is given up (as at exit, or by a process
+        // that died holding it), a scan removes it.
+        let slot = take_slot(&dir).unwrap();
+        assert_eq!(slot.id, id);
+        drop(slot);
+        assert!(crate::cleanup::scan(&run).unwrap().is_empty());
         assert!(!record_path(&dir, &id).exists());
     }
 }

@@ -158,3 +158,19 @@ pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: the kernel just returned this descriptor; nothing else owns it.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) })
 }
+
+/// Runs `f` when the process exits normally (`exit`, a return from
+/// `main`); not on a fatal signal. For leaving nothing behind that only
+/// this process uses.
+///
+/// # References
+/// - [`atexit(3)`](https://man7.org/linux/man-pages/man3/atexit.3.html)
+#[doc(alias = "atexit")]
+pub fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `f` is a plain function with no arguments, as atexit wants;
+    // registering it touches no memory of ours.
+    match unsafe { libc::atexit(f) } {
+        0 => Ok(()),
+        _ => Err(io::Error::other("atexit: no room for another handler")),
+    }
+}
