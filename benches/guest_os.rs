@@ -109,6 +109,7 @@ fn by_hand(
 
 fn main() {
     bench::require_root("guest_os");
+    let _ = env_logger::builder().format_timestamp_micros().try_init();
     let iterations: usize = bench::arg("--iterations").unwrap_or(20);
     let guestfs_iterations: usize = bench::arg("--guestfs-iterations").unwrap_or(2);
     let machine = bench::print_machine("guest_os");

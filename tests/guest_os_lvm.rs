@@ -288,3 +288,64 @@ fn two_images_with_the_same_vg_name_as_os_trees_at_once() {
     }
     fx.assert_clean();
 }
+
+/// A `/home` that itself holds an `etc/os-release` (a user's copy, a
+/// container tree kept there) is, by the root's fstab, that OS's `/home`,
+/// not a second OS root: `Partition::Os` mounts the root and the `/home`
+/// under it instead of refusing the image as holding two OSes, and finds
+/// the root without mounting the `/home` to look into it. `inspect_os`,
+/// which lists everything, still reports both.
+#[test]
+fn a_home_holding_an_os_release_is_the_roots_home_not_a_second_root() {
+    let mut fx = Fixture::new();
+    let p = fx.path().display().to_string();
+    let fstab = "/dev/vg0/root / ext4 defaults 0 0\n/dev/mapper/vg0-home /home ext4 defaults 0 0\n";
+    let mut root_files = os_root("debian", "12", "Debian GNU/Linux 12", "deb", fstab, "root");
+    root_files.push(("home/.keep".into(), String::new()));
+    let home_files = os_root("alpine", "3.20", "Alpine Linux v3.20", "alp", "", "home");
+    let img = fx.lvm_image(
+        "home-os.img",
+        160 << 20,
+        None,
+        &[],
+        "vg0",
+        vec![
+            LvDef::new(
+                "root",
+                &[(0, 16)],
+                Content::Fs {
+                    fstype: "ext4",
+                    uuid: fs_uuid(&format!("{p}/root")),
+                    files: root_files,
+                },
+            ),
+            LvDef::new(
+                "home",
+                &[(16, 16)],
+                Content::Fs {
+                    fstype: "ext4",
+                    uuid: fs_uuid(&format!("{p}/home")),
+                    files: home_files,
+                },
+            ),
+        ],
+    );
+    let (id, home_id) = with_mounted(&image(&img.path), Partition::Os, |dir| {
+        (
+            std::fs::read_to_string(dir.join("id")).unwrap(),
+            std::fs::read_to_string(dir.join("home/id")).unwrap(),
+        )
+    })
+    .unwrap();
+    assert_eq!((id.as_str(), home_id.as_str()), ("root", "home"));
+    let attached = diskmount::Unattached::<diskmount::Loop>::new(image(&img.path))
+        .attach()
+        .unwrap();
+    let all = attached.inspect_os().unwrap();
+    attached.close().unwrap();
+    let mut ids: Vec<&str> = all.iter().map(|o| o.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["alpine", "debian"]);
+    img.assert_not_active();
+    fx.assert_clean();
+}

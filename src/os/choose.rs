@@ -14,7 +14,7 @@ use std::path::Path;
 use log::{debug, warn};
 
 use super::Found;
-use super::inspect::inspect;
+use super::inspect::{Scope, inspect};
 use crate::backend::Core;
 use crate::error::{Error, ErrorKind, Result, Step};
 use crate::options::MountOptions;
@@ -60,7 +60,7 @@ pub(crate) fn choose(
         _ => return Ok(None),
     };
     let path = device.path();
-    let report = inspect(device, table)?;
+    let report = inspect(device, table, Scope::ForMount)?;
     let all: Vec<&Found> = report.found.iter().collect();
     if all.is_empty() {
         if tree {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use log::{debug, warn};
 
+use super::source::Target;
 use super::{Found, Location, OsInfo, OsMountpoint};
 use crate::backend::Core;
 use crate::error::Result;
@@ -37,9 +38,26 @@ pub(crate) struct Report {
     pub(crate) failed: Vec<String>,
 }
 
+/// How much of the image to look into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every filesystem ([`crate::Attached::inspect_os`]: list them all).
+    Every,
+    /// For a mount ([`crate::Partition::Os`], [`crate::Partition::Auto`]):
+    /// the likely roots first (the DPS root partition type, an LV named
+    /// `root`), and a filesystem that the fstab of a root already found
+    /// mounts below `/` (its `/boot`, its `/home`) is that OS's, not a root
+    /// of its own, so it is not mounted to be looked into.
+    ForMount,
+}
+
 /// Inspects every filesystem of `device` (partitions of `table`, or the
-/// whole device if it has none).
-pub(crate) fn inspect(device: &Core, table: Option<&PartitionTable>) -> Result<Report> {
+/// whole device if it has none), as far as `scope` says.
+pub(crate) fn inspect(
+    device: &Core,
+    table: Option<&PartitionTable>,
+    scope: Scope,
+) -> Result<Report> {
     let mut report = Report {
         found: Vec::new(),
         failed: Vec::new(),
@@ -68,6 +86,11 @@ pub(crate) fn inspect(device: &Core, table: Option<&PartitionTable>) -> Result<R
             device.path().display()
         ),
     }
+    if scope == Scope::ForMount {
+        candidates.sort_by_key(|(part, lv, _)| !likely_root(part.as_ref(), lv.as_ref()));
+    }
+    // What the fstabs of the roots found so far mount below `/`.
+    let mut claimed: Vec<(Target, String)> = Vec::new();
     for (part, lv, detected) in candidates {
         let Detected::Filesystem { fstype, .. } = detected else {
             continue;
@@ -81,7 +104,26 @@ pub(crate) fn inspect(device: &Core, table: Option<&PartitionTable>) -> Result<R
             lv: lv.clone(),
             subvolume: None,
         };
-        if let Err(why) = inspect_one(device, &place, fstype, &mut report.found) {
+        let target = match &lv {
+            Some((vg, lv)) => Target::Lv(vg.clone(), lv.clone()),
+            None => Target::Part(part.clone()),
+        };
+        if let Some((_, by)) = claimed.iter().find(|(t, _)| *t == target) {
+            debug!(
+                "inspect: {}: {} is {by}: not looked into",
+                device.path().display(),
+                place.describe()
+            );
+            continue;
+        }
+        let before = report.found.len();
+        let looked = inspect_one(device, &place, fstype, &mut report.found);
+        if scope == Scope::ForMount {
+            for f in &report.found[before..] {
+                claimed.extend(claims(device, table, f));
+            }
+        }
+        if let Err(why) = looked {
             let what = format!("{} ({fstype}): {why}", place.describe());
             warn!(
                 "inspect: {}: cannot look into {what}",
@@ -102,6 +144,28 @@ pub(crate) fn inspect(device: &Core, table: Option<&PartitionTable>) -> Result<R
             .join(", ")
     );
     Ok(report)
+}
+
+/// Whether a candidate is likely an OS root: on this architecture's DPS
+/// root partition type, or a logical volume named like one.
+fn likely_root(part: Option<&PartitionInfo>, lv: Option<&Lv>) -> bool {
+    let dps = part
+        .is_some_and(|p| matches!(&p.kind, PartitionType::Gpt { guid, .. } if guid == ROOT_NATIVE));
+    dps || lv.is_some_and(|(_, name)| name == "root" || name.ends_with("root"))
+}
+
+/// What the fstab of the root `found` mounts below `/` (entries it would
+/// skip aside), each with what it is for the log.
+fn claims(device: &Core, table: Option<&PartitionTable>, found: &Found) -> Vec<(Target, String)> {
+    found
+        .fstab
+        .iter()
+        .filter(|e| e.mount_point != "/" && e.skip().is_none())
+        .filter_map(|e| {
+            let target = super::source::resolve(device, table, &e.source).ok()?;
+            Some((target, format!("{} of {}", e.mount_point, found.describe())))
+        })
+        .collect()
 }
 
 /// Mounts one filesystem detached and looks for roots in it (and in its

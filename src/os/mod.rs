@@ -148,6 +148,6 @@ pub(crate) fn inspect_device(
     device: &crate::backend::Core,
     table: Option<&crate::partition::PartitionTable>,
 ) -> Result<Vec<OsInfo>> {
-    let report = inspect::inspect(device, table)?;
+    let report = inspect::inspect(device, table, inspect::Scope::Every)?;
     Ok(report.found.into_iter().map(|f| f.info).collect())
 }
