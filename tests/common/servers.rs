@@ -226,6 +226,10 @@ fn serve(
                 range = Some((a.parse::<u64>().unwrap_or(0), b.parse::<u64>().ok()));
             }
         }
+        // Each request on stderr, for chasing a client that stops asking.
+        if std::env::var_os("DISKMOUNT_TEST_HTTP_TRACE").is_some() {
+            eprintln!("http: {method} {path} {range:?} from {:?}", out.peer_addr());
+        }
         if path != name {
             out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
             continue;
