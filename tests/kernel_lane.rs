@@ -1080,6 +1080,55 @@ fn krbd_maps_mounts_writes_and_snapshots() {
     fx.assert_clean();
 }
 
+/// krbd bounded by the attach's I/O timeout (5 s here, 30 s by default):
+/// the mapping's kernel options carry it as `osd_request_timeout` and
+/// `mount_timeout` (sysfs `config_info`, read without printing the key it
+/// also holds); with the OSD stopped (SIGSTOP) a direct read of the
+/// device fails instead of hanging, close() ends (the unmap's bound
+/// follows from the timeout), and nothing is left mapped.
+fn krbd_io_timeout_bounds_a_frozen_osd() {
+    use common::ceph::{self, Cluster};
+    let mut fx = Fixture::new();
+    let c = ceph::cluster();
+    let img = fx.ext4("krbd-frozen.img", &[("id", "x")]);
+    c.import(&img, "krbdfrozen");
+    let options = diskmount::AttachOptions::default().io_timeout(std::time::Duration::from_secs(5));
+    let attached = Unattached::<diskmount::Rbd>::with_options(
+        Image::url(&c.url("krbdfrozen", None)).unwrap(),
+        options,
+    )
+    .attach()
+    .unwrap();
+    let mapped = ids();
+    assert_eq!(mapped.len(), 1, "{mapped:?}");
+    let info =
+        std::fs::read_to_string(format!("/sys/bus/rbd/devices/{}/config_info", mapped[0])).unwrap();
+    // What comes before the key: the monitors and the options.
+    let shown = info.split("secret=").next().unwrap_or_default().to_string();
+    assert!(
+        shown.contains("osd_request_timeout=5,mount_timeout=5"),
+        "{shown}"
+    );
+    let frozen = c.freeze_osd();
+    let read = direct_read(attached.device(), std::time::Duration::from_secs(120));
+    let read = read.expect("a direct read through a stopped OSD did not end");
+    eprintln!("krbd, frozen OSD: direct read -> {read:?}");
+    assert!(read.is_err(), "a read through a stopped OSD succeeded");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(attached.close());
+    });
+    let closed = rx.recv_timeout(std::time::Duration::from_secs(120));
+    drop(frozen);
+    let closed = closed.expect("close() with a stopped OSD did not end");
+    eprintln!("krbd, frozen OSD: close -> {closed:?}");
+    if let Err(e) = &closed {
+        assert!(!Cluster::leaks_key(&e.to_string()), "{e}");
+    }
+    assert!(ids().is_empty(), "left mapped: {:?}", ids());
+    fx.assert_clean();
+}
+
 /// The rbd devices the kernel has.
 fn ids() -> Vec<String> {
     std::fs::read_dir("/sys/bus/rbd/devices")
@@ -2169,6 +2218,11 @@ fn main() {
             "rbd_holder_killed_then_cleanup",
             &[Needs::Rbd],
             rbd_holder_killed_then_cleanup,
+        ),
+        (
+            "krbd_io_timeout_bounds_a_frozen_osd",
+            &[Needs::Rbd],
+            krbd_io_timeout_bounds_a_frozen_osd,
         ),
         (
             "kernel_nodes_for_every_mbr_partition",
