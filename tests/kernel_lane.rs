@@ -1085,7 +1085,8 @@ fn krbd_maps_mounts_writes_and_snapshots() {
 /// `mount_timeout` (sysfs `config_info`, read without printing the key it
 /// also holds); with the OSD stopped (SIGSTOP) a direct read of the
 /// device fails instead of hanging, close() ends (the unmap's bound
-/// follows from the timeout), and nothing is left mapped.
+/// follows from the timeout) and the device goes away while the OSD is
+/// still stopped; nothing is left mapped.
 fn krbd_io_timeout_bounds_a_frozen_osd() {
     use common::ceph::{self, Cluster};
     let mut fx = Fixture::new();
@@ -1110,20 +1111,51 @@ fn krbd_io_timeout_bounds_a_frozen_osd() {
         "{shown}"
     );
     let frozen = c.freeze_osd();
-    let read = direct_read(attached.device(), std::time::Duration::from_secs(120));
+    let start = std::time::Instant::now();
+    let read = common::direct_read(
+        attached.device(),
+        4 << 20,
+        std::time::Duration::from_secs(120),
+    );
     let read = read.expect("a direct read through a stopped OSD did not end");
-    eprintln!("krbd, frozen OSD: direct read -> {read:?}");
+    eprintln!(
+        "krbd, frozen OSD: direct read -> {read:?} after {:.1?}",
+        start.elapsed()
+    );
     assert!(read.is_err(), "a read through a stopped OSD succeeded");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(attached.close());
     });
+    let start = std::time::Instant::now();
     let closed = rx.recv_timeout(std::time::Duration::from_secs(120));
+    let took = start.elapsed();
+    // How long the kernel's own unmap takes, the OSD still stopped.
+    let mut gone = None;
+    while start.elapsed() < std::time::Duration::from_secs(150) {
+        if ids().is_empty() {
+            gone = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     drop(frozen);
     let closed = closed.expect("close() with a stopped OSD did not end");
-    eprintln!("krbd, frozen OSD: close -> {closed:?}");
+    eprintln!(
+        "krbd, frozen OSD: close -> {closed:?} after {took:.1?}; unmapped (OSD still stopped) \
+         after {gone:.1?}"
+    );
     if let Err(e) = &closed {
         assert!(!Cluster::leaks_key(&e.to_string()), "{e}");
+    }
+    // The kernel's timeouts (not the OSD's return) ended the unmap.
+    assert!(
+        gone.is_some(),
+        "still mapped 150 s into close with the OSD stopped"
+    );
+    let thawed = std::time::Instant::now();
+    while !ids().is_empty() && thawed.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(ids().is_empty(), "left mapped: {:?}", ids());
     fx.assert_clean();
@@ -1540,29 +1572,6 @@ fn nbd_url_holder_killed_then_cleanup_and_adopt() {
     laps.print("nbd_url_holder_killed_then_cleanup_and_adopt");
 }
 
-/// A direct read of 4 KiB of `device` at 4 MiB on another thread: past
-/// every cache, to the server. Its outcome, or `None` if it did not end
-/// within `bound`.
-fn direct_read(device: &Path, bound: std::time::Duration) -> Option<std::io::Result<usize>> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    #[repr(align(4096))]
-    struct Block([u8; 4096]);
-    let device = device.to_path_buf();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let read = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_DIRECT)
-            .open(&device)
-            .and_then(|f| {
-                let mut buf = Block([0; 4096]);
-                f.read_at(&mut buf.0, 4 << 20)
-            });
-        let _ = tx.send(read);
-    });
-    rx.recv_timeout(bound).ok()
-}
-
 /// The Nbd backend's faults on nbd:// URLs: a missing export and a closed
 /// port are one-line errors (our handshake: at once, naming the export,
 /// the server and what it has); a server stopped (SIGSTOP) while mounted
@@ -1621,7 +1630,7 @@ fn nbd_backend_url_faults() {
         .mount(&mnt, &MountOptions::default())
         .unwrap();
     server.signal("STOP");
-    let read = direct_read(m.device(), std::time::Duration::from_secs(120));
+    let read = common::direct_read(m.device(), 4 << 20, std::time::Duration::from_secs(120));
     let read = read.expect("the read through the stopped server did not end");
     let e = read.expect_err("a read through a stopped server succeeded");
     assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");
@@ -1639,7 +1648,7 @@ fn nbd_backend_url_faults() {
     let m = mount_nbd_url(Image::url(&server.url).unwrap(), &mnt).unwrap();
     server.signal("KILL");
     server.stop();
-    let read = direct_read(m.device(), std::time::Duration::from_secs(120));
+    let read = common::direct_read(m.device(), 4 << 20, std::time::Duration::from_secs(120));
     let read = read.expect("the read through the killed server did not end");
     let e = read.expect_err("a read through a killed server succeeded");
     assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");

@@ -561,3 +561,31 @@ pub fn files_holding(dir: &Path, secret: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
     }
     (all, holding)
 }
+
+/// Reads 4 KiB at `offset` of `path` (a device or a file) with `O_DIRECT`,
+/// past every cache, to whatever serves it, on a thread: its outcome, or
+/// `None` if it did not end within `bound` (a read that hangs fails the
+/// test instead of hanging it).
+pub fn direct_read(
+    path: &Path,
+    offset: u64,
+    bound: std::time::Duration,
+) -> Option<std::io::Result<usize>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    #[repr(align(4096))]
+    struct Block([u8; 4096]);
+    let path = path.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(&path)
+            .and_then(|f| {
+                let mut buf = Block([0; 4096]);
+                f.read_at(&mut buf.0, offset)
+            });
+        let _ = tx.send(read);
+    });
+    rx.recv_timeout(bound).ok()
+}
