@@ -68,6 +68,12 @@ impl AttachOptions {
     /// of processes stuck in the kernel, and teardown does not hang. Whole
     /// seconds, at least one. Default [`DEFAULT_IO_TIMEOUT`] (30 s), as the
     /// kernel's SCSI and block layers use.
+    ///
+    /// Where it applies: the nbd device's timeout (Nbd backend); the watch
+    /// on a network image's FUSE export (Fuse backend: requests unanswered
+    /// this long abort the export); the kernel's rbd driver
+    /// (`osd_request_timeout` and `mount_timeout`, and the unmap's bound
+    /// derived from them).
     pub fn io_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.io_timeout = timeout.max(std::time::Duration::from_secs(1));
         self

@@ -1080,6 +1080,87 @@ fn krbd_maps_mounts_writes_and_snapshots() {
     fx.assert_clean();
 }
 
+/// krbd bounded by the attach's I/O timeout (5 s here, 30 s by default):
+/// the mapping's kernel options carry it as `osd_request_timeout` and
+/// `mount_timeout` (sysfs `config_info`, read without printing the key it
+/// also holds); with the OSD stopped (SIGSTOP) a direct read of the
+/// device fails instead of hanging, close() ends (the unmap's bound
+/// follows from the timeout) and the device goes away while the OSD is
+/// still stopped; nothing is left mapped.
+fn krbd_io_timeout_bounds_a_frozen_osd() {
+    use common::ceph::{self, Cluster};
+    let mut fx = Fixture::new();
+    let c = ceph::cluster();
+    let img = fx.ext4("krbd-frozen.img", &[("id", "x")]);
+    c.import(&img, "krbdfrozen");
+    let options = diskmount::AttachOptions::default().io_timeout(std::time::Duration::from_secs(5));
+    let attached = Unattached::<diskmount::Rbd>::with_options(
+        Image::url(&c.url("krbdfrozen", None)).unwrap(),
+        options,
+    )
+    .attach()
+    .unwrap();
+    let mapped = ids();
+    assert_eq!(mapped.len(), 1, "{mapped:?}");
+    let info =
+        std::fs::read_to_string(format!("/sys/bus/rbd/devices/{}/config_info", mapped[0])).unwrap();
+    // What comes before the key: the monitors and the options.
+    let shown = info.split("secret=").next().unwrap_or_default().to_string();
+    assert!(
+        shown.contains("osd_request_timeout=5,mount_timeout=5"),
+        "{shown}"
+    );
+    let frozen = c.freeze_osd();
+    let start = std::time::Instant::now();
+    let read = common::direct_read(
+        attached.device(),
+        4 << 20,
+        std::time::Duration::from_secs(120),
+    );
+    let read = read.expect("a direct read through a stopped OSD did not end");
+    eprintln!(
+        "krbd, frozen OSD: direct read -> {read:?} after {:.1?}",
+        start.elapsed()
+    );
+    assert!(read.is_err(), "a read through a stopped OSD succeeded");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(attached.close());
+    });
+    let start = std::time::Instant::now();
+    let closed = rx.recv_timeout(std::time::Duration::from_secs(120));
+    let took = start.elapsed();
+    // How long the kernel's own unmap takes, the OSD still stopped.
+    let mut gone = None;
+    while start.elapsed() < std::time::Duration::from_secs(150) {
+        if ids().is_empty() {
+            gone = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(frozen);
+    let closed = closed.expect("close() with a stopped OSD did not end");
+    eprintln!(
+        "krbd, frozen OSD: close -> {closed:?} after {took:.1?}; unmapped (OSD still stopped) \
+         after {gone:.1?}"
+    );
+    if let Err(e) = &closed {
+        assert!(!Cluster::leaks_key(&e.to_string()), "{e}");
+    }
+    // The kernel's timeouts (not the OSD's return) ended the unmap.
+    assert!(
+        gone.is_some(),
+        "still mapped 150 s into close with the OSD stopped"
+    );
+    let thawed = std::time::Instant::now();
+    while !ids().is_empty() && thawed.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(ids().is_empty(), "left mapped: {:?}", ids());
+    fx.assert_clean();
+}
+
 /// The rbd devices the kernel has.
 fn ids() -> Vec<String> {
     std::fs::read_dir("/sys/bus/rbd/devices")
@@ -1491,29 +1572,6 @@ fn nbd_url_holder_killed_then_cleanup_and_adopt() {
     laps.print("nbd_url_holder_killed_then_cleanup_and_adopt");
 }
 
-/// A direct read of 4 KiB of `device` at 4 MiB on another thread: past
-/// every cache, to the server. Its outcome, or `None` if it did not end
-/// within `bound`.
-fn direct_read(device: &Path, bound: std::time::Duration) -> Option<std::io::Result<usize>> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    #[repr(align(4096))]
-    struct Block([u8; 4096]);
-    let device = device.to_path_buf();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let read = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_DIRECT)
-            .open(&device)
-            .and_then(|f| {
-                let mut buf = Block([0; 4096]);
-                f.read_at(&mut buf.0, 4 << 20)
-            });
-        let _ = tx.send(read);
-    });
-    rx.recv_timeout(bound).ok()
-}
-
 /// The Nbd backend's faults on nbd:// URLs: a missing export and a closed
 /// port are one-line errors (our handshake: at once, naming the export,
 /// the server and what it has); a server stopped (SIGSTOP) while mounted
@@ -1572,7 +1630,7 @@ fn nbd_backend_url_faults() {
         .mount(&mnt, &MountOptions::default())
         .unwrap();
     server.signal("STOP");
-    let read = direct_read(m.device(), std::time::Duration::from_secs(120));
+    let read = common::direct_read(m.device(), 4 << 20, std::time::Duration::from_secs(120));
     let read = read.expect("the read through the stopped server did not end");
     let e = read.expect_err("a read through a stopped server succeeded");
     assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");
@@ -1590,7 +1648,7 @@ fn nbd_backend_url_faults() {
     let m = mount_nbd_url(Image::url(&server.url).unwrap(), &mnt).unwrap();
     server.signal("KILL");
     server.stop();
-    let read = direct_read(m.device(), std::time::Duration::from_secs(120));
+    let read = common::direct_read(m.device(), 4 << 20, std::time::Duration::from_secs(120));
     let read = read.expect("the read through the killed server did not end");
     let e = read.expect_err("a read through a killed server succeeded");
     assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");
@@ -2169,6 +2227,11 @@ fn main() {
             "rbd_holder_killed_then_cleanup",
             &[Needs::Rbd],
             rbd_holder_killed_then_cleanup,
+        ),
+        (
+            "krbd_io_timeout_bounds_a_frozen_osd",
+            &[Needs::Rbd],
+            krbd_io_timeout_bounds_a_frozen_osd,
         ),
         (
             "kernel_nodes_for_every_mbr_partition",

@@ -178,6 +178,69 @@ fn a_server_hanging_while_the_format_is_probed_gives_a_bounded_probe_error() {
     fx.assert_clean();
 }
 
+/// The I/O timeout the fault tests attach with: short, so that a read
+/// through a dead or stopped server ends soon.
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// An image mounted over HTTPS (`#sslverify=off`, the TLS front in front
+/// of the test server) whose front gets `signal` (with every connection
+/// it forked) while mounted: an uncached read of a file (`O_DIRECT`, past
+/// every cache, to the server) fails within a bound, close() ends with an
+/// error that names the step, the URL and `says`, and nothing is left.
+fn https_front_fault(signal: &str, says: &[&str]) {
+    let mut fx = Fixture::new();
+    let big = "b".repeat(1 << 20);
+    let img = fx.ext4("disk.img", &[("id", "over https"), ("big", &big)]);
+    let server = HttpServer::start(&img);
+    let tls = TlsFront::start(server.port);
+    let url = format!("{}#sslverify=off", tls.url("disk.img"));
+    let mnt = fx.tree("mnt", &[]);
+    let options = diskmount::AttachOptions::default().io_timeout(IO_TIMEOUT);
+    let m = Unattached::<Fuse>::with_options(Image::url(&url).unwrap(), options)
+        .attach()
+        .unwrap()
+        .map(Partition::Whole)
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(m.path().join("id")).unwrap(),
+        "over https"
+    );
+    tls.signal(signal);
+    // Far more than the I/O timeout; a read that waits for ever fails here.
+    let bound = std::time::Duration::from_secs(90);
+    let read = common::direct_read(&m.path().join("big"), 512 << 10, bound);
+    let read = read.expect("the read through the front did not end");
+    let e = read.expect_err("a read through a dead front succeeded");
+    eprintln!("front {signal}: read -> {e}");
+    assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(m.close());
+    });
+    let closed = rx
+        .recv_timeout(std::time::Duration::from_secs(150))
+        .expect("close() did not end");
+    let text = closed.expect_err("close() hid the fault").to_string();
+    eprintln!("front {signal}: close -> {text}");
+    assert!(
+        text.contains(&format!("detach: {url}: ")) && !text.contains('\n'),
+        "{text}"
+    );
+    for words in says {
+        assert!(text.contains(words), "{words:?}: {text}");
+    }
+    if signal == "STOP" {
+        tls.signal("CONT");
+    }
+    assert!(!is_mount_point(&mnt));
+    assert_no_client(&format!("127.0.0.1:{}", tls.port), None);
+    drop(tls);
+    drop(server);
+    fx.assert_clean();
+}
+
 /// `diskmount inspect` of a qcow2 URL: the format it reports is the one
 /// probed through the protocol (not the URL's raw), and the image is
 /// attached once for the table, the filesystems and the OS (the info log
@@ -210,4 +273,26 @@ fn inspect_of_a_qcow2_url_names_its_format_and_attaches_once() {
     assert_no_client(&needle(&server), None);
     drop(server);
     fx.assert_clean();
+}
+
+/// Killed: the connections reset, qemu's curl driver fails each request
+/// at once (nothing to reconnect to), and close() says the server failed
+/// requests, quoting the driver.
+#[test]
+fn an_https_front_killed_while_mounted_fails_reads_and_close() {
+    https_front_fault("KILL", &["the server failed requests", "said: curl: "]);
+}
+
+/// Stopped: no answer at all; the I/O timeout (3 s, less than curl's own
+/// 15 s) aborts the export, and close() says the server stopped answering.
+#[test]
+fn an_https_front_stopped_while_mounted_fails_reads_within_the_io_timeout() {
+    https_front_fault(
+        "STOP",
+        &[
+            "the server stopped answering",
+            "I/O timeout (3s)",
+            "aborted",
+        ],
+    );
 }

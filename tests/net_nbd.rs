@@ -266,7 +266,6 @@ fn the_nbd_backend_takes_a_url_where_the_kernel_has_nbd() {
 /// server stopped answering, and nothing is left.
 #[test]
 fn a_read_through_a_stopped_server_fails_within_the_io_timeout() {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let mut fx = Fixture::new();
     let img = fx.ext4("disk.img", &[("id", "net")]);
     let port = free_port();
@@ -280,23 +279,10 @@ fn a_read_through_a_stopped_server_fails_within_the_io_timeout() {
         .unwrap()
         .mount(&mnt, &MountOptions::default())
         .unwrap();
-    let device = m.device().to_path_buf();
     server.signal("STOP");
-    // A direct read of the device: past every cache, to the server.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let read = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_DIRECT)
-            .open(&device)
-            .and_then(|f| {
-                let mut buf = AlignedBlock([0; 4096]);
-                f.read_at(&mut buf.0, 4 << 20)
-            });
-        let _ = tx.send(read);
-    });
-    // Far more than the timeout; without one the read waits for ever.
-    let read = rx.recv_timeout(std::time::Duration::from_secs(60));
+    // A direct read of the device: past every cache, to the server. Far
+    // more than the timeout; without one the read waits for ever.
+    let read = common::direct_read(m.device(), 4 << 20, std::time::Duration::from_secs(60));
     server.signal("CONT");
     let read = read.expect("the read through the stopped server did not end");
     let e = read.expect_err("a read through a stopped server succeeded");
@@ -313,6 +299,3 @@ fn a_read_through_a_stopped_server_fails_within_the_io_timeout() {
     assert_no_client(&format!("\"port\":\"{port}\""), None);
     fx.assert_clean();
 }
-
-#[repr(align(4096))]
-struct AlignedBlock([u8; 4096]);

@@ -114,6 +114,7 @@ impl sealed::Ops for FuseDevice {
             image: image.clone(),
             persistent: true,
             network: false,
+            log_mark: None,
             connection: mountinfo::on(&export).map(|m| connection_of(m.dev)),
         };
         let backing = super::device::open_node(&export, found.read_only, Step::Open).ok();
@@ -191,6 +192,14 @@ impl sealed::Ops for FuseDevice {
         let (core, nr) = lo.into_parts();
         let mut errors: Vec<Error> = stalled.into_iter().collect();
         errors.extend(unbind_core(Step::Detach, core, nr));
+        // A server that failed requests (killed, refusing, timing out)
+        // while attached: the reads and writes that got EIO are said here,
+        // not only to whoever made them. (A stall already said why.)
+        if errors.is_empty()
+            && let Some(e) = daemon.io_failures()
+        {
+            errors.push(e);
+        }
         daemon.stop_into(&mut errors);
         Error::collect(errors)
     }
@@ -230,6 +239,10 @@ struct Daemon {
     network: bool,
     /// The export's FUSE connection number, once it is live.
     connection: Option<u64>,
+    /// The length of its log once the export was live (a daemon we
+    /// started for a network image): what the protocol driver prints
+    /// after that is a request the server failed ([`Daemon::io_failures`]).
+    log_mark: Option<u64>,
 }
 
 /// Escapes a value for qemu's `key=value,...` option syntax.
@@ -529,6 +542,7 @@ impl Daemon {
             persistent,
             network: image.location().is_some(),
             connection: None,
+            log_mark: None,
         };
         let ready = daemon.wait_ready(&inotify, &pidfile);
         close_in_background(inotify);
@@ -537,6 +551,9 @@ impl Daemon {
                 daemon.connection = mountinfo::on(&daemon.export)
                     .filter(|m| m.fstype.starts_with("fuse"))
                     .map(|m| connection_of(m.dev));
+                if daemon.network {
+                    daemon.log_mark = std::fs::metadata(&daemon.log).map(|m| m.len()).ok();
+                }
                 debug!(
                     "attach: {DAEMON} exports {} (FUSE connection {:?})",
                     daemon.export.display(),
@@ -569,6 +586,40 @@ impl Daemon {
         let mut s = std::fs::read_to_string(&self.log).unwrap_or_default();
         s.truncate(16 * 1024);
         s
+    }
+
+    /// What the protocol driver printed since the export went live (qemu
+    /// prints a request the server failed, e.g. `curl: Failed to connect
+    /// ...`), as an error of the detach step: the first and the last such
+    /// line, bounded. `None` if it printed nothing (or the image is a file).
+    fn io_failures(&self) -> Option<Error> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mark = self.log_mark?;
+        let mut text = String::new();
+        let mut file = File::open(&self.log).ok()?;
+        file.seek(SeekFrom::Start(mark)).ok()?;
+        file.take(16 * 1024).read_to_string(&mut text).ok()?;
+        let said: Vec<&str> = text
+            .lines()
+            .map(|l| l.trim().trim_start_matches(&format!("{DAEMON}: ")).trim())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let (first, last) = (said.first()?, said.last()?);
+        let bounded = |l: &str| l.chars().take(300).collect::<String>();
+        let quoted = if said.len() == 1 {
+            bounded(first)
+        } else {
+            format!("{}; ... {}", bounded(first), bounded(last))
+        };
+        Some(Error::refused(
+            crate::error::ErrorKind::Io,
+            Step::Detach,
+            &self.image,
+            format!(
+                "the server failed requests while the image was attached, so reads or writes \
+                 through the device got I/O errors ({DAEMON} said: {quoted})"
+            ),
+        ))
     }
 
     /// Waits for the pid file (the daemon is ready: inotify wakes us at

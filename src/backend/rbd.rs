@@ -11,7 +11,9 @@
 //!
 //! A hung cluster cannot hang the device without end: `osd_request_timeout`
 //! fails I/O that got no answer, and `mount_timeout` bounds the map itself
-//! and the unmap's goodbye to the cluster.
+//! and the unmap's goodbye to the cluster. Both are the attach's
+//! [`AttachOptions::io_timeout`] (whole seconds, at least one; 30 s by
+//! default), and the unmap's own bound follows from it ([`unmap_bound`]).
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -34,8 +36,37 @@ use crate::sys::block as blk;
 const BUS: &str = "/sys/bus/rbd";
 
 /// How long an rbd request may wait for the cluster before it fails, and
-/// how long mapping may wait for the monitors (seconds).
-const CLUSTER_TIMEOUT_S: u64 = 30;
+/// how long mapping (and the unmap's goodbye) may wait for the monitors:
+/// `io_timeout` in whole seconds, at least one (the kernel's options take
+/// seconds).
+fn cluster_timeout(io_timeout: Duration) -> u64 {
+    io_timeout.as_secs().max(1)
+}
+
+/// The options of a mapping (without the key): the user, the cluster
+/// timeout `timeout_s` for requests and the monitors, the messenger mode,
+/// read-only.
+fn kernel_options(user: &str, timeout_s: u64, ms_mode: Option<&str>, read_only: bool) -> String {
+    let mut opts = format!("name={user},osd_request_timeout={timeout_s},mount_timeout={timeout_s}");
+    if let Some(mode) = ms_mode {
+        opts.push_str(&format!(",ms_mode={mode}"));
+    }
+    if read_only {
+        opts.push_str(",read_only");
+    }
+    opts
+}
+
+/// How long the unmap may take for a device mapped with `cluster_timeout`
+/// seconds. With the OSD stopped, the kernel's goodbye (the watch's
+/// removal and the requests behind it, each bounded by the timeouts)
+/// took about 2 x timeout + 10 s in the VM lane (20.4 s at 5 s, and it
+/// was done when a 30 s bound ran out at 10 s;
+/// `kernel_lane::krbd_io_timeout_bounds_a_frozen_osd`): one more timeout
+/// and 5 s on top are the slack for a slow machine.
+fn unmap_bound(cluster_timeout: u64) -> Duration {
+    Duration::from_secs(3 * cluster_timeout + 15)
+}
 
 /// The kernel's rbd driver: RBD images (`rbd://` URLs, raw) mapped as
 /// `/dev/rbdN`; snapshots read-only. Needs a kernel with `CONFIG_BLK_DEV_RBD`
@@ -99,6 +130,9 @@ pub struct RbdDevice {
     /// Unmapped at release (false for a device another process mapped and
     /// handed over, which [`sealed::Ops::disarm`] leaves).
     mapped: bool,
+    /// The cluster timeout it was mapped with, in seconds
+    /// ([`cluster_timeout`]); the default's for an adopted device.
+    timeout_s: u64,
 }
 
 impl Device for RbdDevice {}
@@ -140,8 +174,9 @@ fn ids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// What a failed write to `add_single_major` means, by its errno.
-fn map_error(errno: i32, url: &RbdUrl) -> (ErrorKind, String) {
+/// What a failed write to `add_single_major` means, by its errno
+/// (`timeout_s`: the `mount_timeout` it was written with).
+fn map_error(errno: i32, url: &RbdUrl, timeout_s: u64) -> (ErrorKind, String) {
     let what = format!(
         "{}/{}{}",
         url.pool,
@@ -165,9 +200,7 @@ fn map_error(errno: i32, url: &RbdUrl) -> (ErrorKind, String) {
         ),
         libc::ETIMEDOUT | libc::EIO => (
             ErrorKind::Io,
-            format!(
-                "no answer from the cluster's monitors within {CLUSTER_TIMEOUT_S} s for {what}"
-            ),
+            format!("no answer from the cluster's monitors within {timeout_s} s for {what}"),
         ),
         e => (
             ErrorKind::Io,
@@ -179,7 +212,7 @@ fn map_error(errno: i32, url: &RbdUrl) -> (ErrorKind, String) {
     }
 }
 
-fn attach(image: &Image, _options: &AttachOptions) -> Result<RbdDevice> {
+fn attach(image: &Image, options: &AttachOptions) -> Result<RbdDevice> {
     let path = image.path();
     let url = match (image.kind(), image.location()) {
         (ImageKind::Url, Some(Location::Rbd(url))) => url,
@@ -215,15 +248,8 @@ fn attach(image: &Image, _options: &AttachOptions) -> Result<RbdDevice> {
     let (user, _, conf, key) = credentials(url)?;
     let read_only = image.is_read_only() || url.snap.is_some();
     let (mons, ms_mode) = ceph_conf::kernel_mons(&conf.mons);
-    let mut opts = format!(
-        "name={user},osd_request_timeout={CLUSTER_TIMEOUT_S},mount_timeout={CLUSTER_TIMEOUT_S}"
-    );
-    if let Some(mode) = ms_mode {
-        opts.push_str(&format!(",ms_mode={mode}"));
-    }
-    if read_only {
-        opts.push_str(",read_only");
-    }
+    let timeout_s = cluster_timeout(options.io_timeout);
+    let opts = kernel_options(user, timeout_s, ms_mode, read_only);
     let snap = url.snap.as_deref().unwrap_or("-");
     // Logged without the key; the key is appended only to the line written.
     debug!(
@@ -239,7 +265,7 @@ fn attach(image: &Image, _options: &AttachOptions) -> Result<RbdDevice> {
     let written = std::fs::write(Path::new(BUS).join("add_single_major"), line.as_bytes());
     drop(line);
     if let Err(e) = written {
-        let (kind, reason) = map_error(e.raw_os_error().unwrap_or(libc::EIO), url);
+        let (kind, reason) = map_error(e.raw_os_error().unwrap_or(libc::EIO), url, timeout_s);
         return Err(Error::refused(kind, Step::Attach, path, reason));
     }
     let spec = Spec {
@@ -259,7 +285,7 @@ fn attach(image: &Image, _options: &AttachOptions) -> Result<RbdDevice> {
         ));
     };
     let unmap_on_error = |e: Error| {
-        if let Err(u) = unmap(id, path) {
+        if let Err(u) = unmap(id, path, timeout_s) {
             warn!("teardown: {u}");
         }
         e
@@ -296,13 +322,15 @@ fn attach(image: &Image, _options: &AttachOptions) -> Result<RbdDevice> {
         id,
         spec,
         mapped: true,
+        timeout_s,
     })
 }
 
 /// Writes `id` to `remove_single_major` from a helper thread and waits for
-/// it within a bound: the kernel says goodbye to the cluster, which a hung
-/// cluster answers only when `mount_timeout` runs out.
-pub(crate) fn unmap(id: u32, path: &Path) -> Result<()> {
+/// it within a bound ([`unmap_bound`] of `timeout_s`, the device's cluster
+/// timeout): the kernel says goodbye to the cluster, which a hung cluster
+/// answers only when the timeouts run out.
+pub(crate) fn unmap(id: u32, path: &Path, timeout_s: u64) -> Result<()> {
     debug!("detach: unmap rbd device {id} through {BUS}/remove_single_major");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -312,7 +340,7 @@ pub(crate) fn unmap(id: u32, path: &Path) -> Result<()> {
             let _ = tx.send(r);
         })
         .map_err(|e| Error::os(Step::Detach, path, "start the rbd unmap", e))?;
-    let bound = Duration::from_secs(CLUSTER_TIMEOUT_S + 30);
+    let bound = unmap_bound(timeout_s);
     // The device may still be held a moment by a closing opener (EBUSY).
     match rx.recv_timeout(bound) {
         Ok(Ok(())) => Ok(()),
@@ -323,10 +351,14 @@ pub(crate) fn unmap(id: u32, path: &Path) -> Result<()> {
             again.ok_or_else(|| Error::os(Step::Detach, path, "unmap rbd device (in use)", e))
         }
         Ok(Err(e)) => Err(Error::os(Step::Detach, path, "unmap rbd device", e)),
-        Err(_) => Err(Error::invalid(
+        Err(_) => Err(Error::refused(
+            ErrorKind::Io,
             Step::Detach,
             path,
-            format!("the rbd unmap did not finish within {bound:?} (the cluster does not answer)"),
+            format!(
+                "the rbd unmap did not finish within {bound:?} (the cluster does not answer); \
+                 the kernel goes on with it, and the device stays until it is done"
+            ),
         )),
     }
 }
@@ -360,6 +392,7 @@ impl sealed::Ops for RbdDevice {
                     id,
                     spec,
                     mapped: true,
+                    timeout_s: cluster_timeout(crate::options::DEFAULT_IO_TIMEOUT),
                 }),
         )
     }
@@ -398,7 +431,11 @@ impl sealed::Ops for RbdDevice {
     /// Flushes, closes the device and unmaps it.
     fn release(self) -> Result<()> {
         let RbdDevice {
-            core, id, mapped, ..
+            core,
+            id,
+            mapped,
+            timeout_s,
+            ..
         } = self;
         let path = core.path().to_path_buf();
         debug!("detach: {} (rbd device {id})", path.display());
@@ -413,7 +450,7 @@ impl sealed::Ops for RbdDevice {
         }
         let (file, _): (File, _) = core.into_files();
         drop(file);
-        if mapped && let Err(e) = unmap(id, &path) {
+        if mapped && let Err(e) = unmap(id, &path, timeout_s) {
             errors.push(e);
         }
         Error::collect(errors)
@@ -501,6 +538,29 @@ pub(crate) fn maps_recorded(node: &Path, recorded: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_timeout_is_the_io_timeout_in_whole_seconds() {
+        // The default keeps the 30 s the kernel's SCSI and block layers use.
+        assert_eq!(cluster_timeout(crate::options::DEFAULT_IO_TIMEOUT), 30);
+        let short = AttachOptions::default().io_timeout(Duration::from_millis(3500));
+        assert_eq!(cluster_timeout(short.io_timeout), 3);
+        assert_eq!(cluster_timeout(Duration::from_millis(200)), 1);
+        assert_eq!(
+            kernel_options("bob", 3, Some("prefer-crc"), true),
+            "name=bob,osd_request_timeout=3,mount_timeout=3,ms_mode=prefer-crc,read_only"
+        );
+        assert_eq!(
+            kernel_options("admin", 30, None, false),
+            "name=admin,osd_request_timeout=30,mount_timeout=30"
+        );
+        // The unmap outlasts the kernel's goodbye (2 x timeout + 10 s
+        // measured) with room to spare.
+        assert_eq!(unmap_bound(30), Duration::from_secs(105));
+        for t in [1, 5, 10, 30] {
+            assert!(unmap_bound(t) > Duration::from_secs(2 * t + 10));
+        }
+    }
 
     #[test]
     fn qemu_node_keeps_the_key_in_a_file() {

@@ -504,3 +504,88 @@ pub fn forge_gpt_header(img: &Path, at: u64, edit: impl Fn(&mut [u8])) {
     h[16..20].copy_from_slice(&crc.to_le_bytes());
     f.write_all_at(&h, at).unwrap();
 }
+
+/// The processes whose command line or environment (`/proc/PID/cmdline`,
+/// `/proc/PID/environ`) holds `secret`, as `PID: FILE`: every process on
+/// the machine, not only ours.
+pub fn processes_holding(secret: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.parse::<u32>().is_err() {
+            continue;
+        }
+        for file in ["cmdline", "environ"] {
+            // A process that ended meanwhile has nothing to read.
+            let Ok(data) = std::fs::read(entry.path().join(file)) else {
+                continue;
+            };
+            if data.windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                found.push(format!("{name}: {file}"));
+            }
+        }
+    }
+    found
+}
+
+/// The regular files under `dir` (recursively, on `dir`'s own
+/// filesystem: a FUSE export mounted on a file there is not read) and
+/// those of them that hold `secret`.
+pub fn files_holding(dir: &Path, secret: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).unwrap().dev();
+    let (mut all, mut holding) = (Vec::new(), Vec::new());
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.dev() != dev {
+                continue;
+            }
+            if meta.is_dir() {
+                todo.push(path);
+            } else if meta.is_file() {
+                let data = std::fs::read(&path).unwrap_or_default();
+                if data.windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                    holding.push(path.clone());
+                }
+                all.push(path);
+            }
+        }
+    }
+    (all, holding)
+}
+
+/// Reads 4 KiB at `offset` of `path` (a device or a file) with `O_DIRECT`,
+/// past every cache, to whatever serves it, on a thread: its outcome, or
+/// `None` if it did not end within `bound` (a read that hangs fails the
+/// test instead of hanging it).
+pub fn direct_read(
+    path: &Path,
+    offset: u64,
+    bound: std::time::Duration,
+) -> Option<std::io::Result<usize>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    #[repr(align(4096))]
+    struct Block([u8; 4096]);
+    let path = path.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let read = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(&path)
+            .and_then(|f| {
+                let mut buf = Block([0; 4096]);
+                f.read_at(&mut buf.0, offset)
+            });
+        let _ = tx.send(read);
+    });
+    rx.recv_timeout(bound).ok()
+}

@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -272,7 +273,9 @@ pub fn assert_no_client(needle: &str, except: Option<u32>) {
 
 /// A TLS front for an [`HttpServer`]: socat on 127.0.0.1 with a
 /// self-signed certificate (made by openssl for `127.0.0.1`), passing each
-/// connection on to the plain server. Stopped on drop.
+/// connection on to the plain server. It runs in its own process group
+/// (socat forks one process per connection), which [`TlsFront::signal`]
+/// and drop act on as a whole. Stopped on drop.
 pub struct TlsFront {
     pub port: u16,
     child: Child,
@@ -316,6 +319,7 @@ impl TlsFront {
                 key.display()
             ))
             .arg(format!("TCP:127.0.0.1:{backend}"))
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -337,11 +341,28 @@ impl TlsFront {
     pub fn url(&self, name: &str) -> String {
         format!("https://127.0.0.1:{}/{name}", self.port)
     }
+
+    /// Sends `signal` (e.g. `KILL`, `STOP`, `CONT`) to socat and every
+    /// connection it forked (its process group).
+    pub fn signal(&self, signal: &str) {
+        super::run(
+            Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg("--")
+                .arg(format!("-{}", self.child.id())),
+        );
+    }
 }
 
 impl Drop for TlsFront {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        for signal in ["-CONT", "-KILL"] {
+            let _ = Command::new("kill")
+                .args([signal, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.wait();
     }
 }
@@ -361,6 +382,18 @@ impl TgtTarget {
     pub const IQN: &'static str = "iqn.2024-01.org.diskmount:test";
 
     pub fn start(image: &Path) -> TgtTarget {
+        Self::start_with(image, None)
+    }
+
+    /// [`TgtTarget::start`] with CHAP: initiators must log in as `user`
+    /// with `password` (an incoming account bound to the target). The
+    /// password is on tgtadm's command line for the moment it runs: the
+    /// test server's setup, over before any client starts.
+    pub fn with_chap(image: &Path, user: &str, password: &str) -> TgtTarget {
+        Self::start_with(image, Some((user, password)))
+    }
+
+    fn start_with(image: &Path, chap: Option<(&str, &str)>) -> TgtTarget {
         let port = free_port();
         // tgtd takes small control numbers only; one not in use.
         let control = (0..8000)
@@ -417,6 +450,21 @@ impl TgtTarget {
             "-I",
             "127.0.0.1",
         ]);
+        if let Some((user, password)) = chap {
+            t.adm(&[
+                "--op",
+                "new",
+                "--mode",
+                "account",
+                "--user",
+                user,
+                "--password",
+                password,
+            ]);
+            t.adm(&[
+                "--op", "bind", "--mode", "account", "--tid", "1", "--user", user,
+            ]);
+        }
         t
     }
 
@@ -446,6 +494,15 @@ impl TgtTarget {
     /// `iscsi://127.0.0.1:PORT/IQN/LUN`.
     pub fn url(&self, iqn: &str, lun: u32) -> String {
         format!("iscsi://127.0.0.1:{}/{iqn}/{lun}", self.port)
+    }
+
+    /// `iscsi://USER@127.0.0.1:PORT/IQN/LUN?password-file=FILE`.
+    pub fn chap_url(&self, user: &str, iqn: &str, lun: u32, file: &Path) -> String {
+        format!(
+            "iscsi://{user}@127.0.0.1:{}/{iqn}/{lun}?password-file={}",
+            self.port,
+            file.display()
+        )
     }
 }
 
