@@ -207,6 +207,7 @@ fn serve(
     hang: &Hang,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.set_nodelay(true)?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut out = conn;
     loop {
@@ -241,10 +242,10 @@ fn serve(
             ("GET", Some((a, b))) => {
                 let b = b.unwrap_or(size - 1).min(size - 1);
                 let len = b + 1 - a;
-                write!(
-                    out,
+                // The head in one write, as real servers send it.
+                out.write_all(format!(
                     "HTTP/1.1 206 Partial Content\r\nContent-Length: {len}\r\nContent-Range: bytes {a}-{b}/{size}\r\nAccept-Ranges: bytes\r\n\r\n"
-                )?;
+                ).as_bytes())?;
                 if hang.wait() {
                     return Ok(());
                 }
@@ -252,9 +253,11 @@ fn serve(
                 let n = std::io::copy(&mut Read::by_ref(&mut f).take(len), &mut out)?;
                 sent.fetch_add(n, Ordering::SeqCst);
             }
-            ("HEAD", _) => write!(
-                out,
-                "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nAccept-Ranges: bytes\r\n\r\n"
+            ("HEAD", _) => out.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nAccept-Ranges: bytes\r\n\r\n"
+                )
+                .as_bytes(),
             )?,
             _ => out.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")?,
         }
