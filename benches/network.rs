@@ -498,10 +498,10 @@ fn http(dir: &Path, iterations: usize, tables: &mut Vec<Table>) {
         }
         let mut wall: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         let mut sent: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-        // Runs that failed: qemu's curl driver (10.0.2) now and then stops
-        // asking for the rest of a read with the server alive and idle;
-        // diskmount gives up after its I/O timeout (30 s) with an error.
-        // Counted, not timed.
+        // Runs that failed (qemu's curl driver, 10.0.2, could stop for good
+        // with two requests at once before the export was limited to one;
+        // diskmount's I/O timeout then ended it with an error): counted,
+        // not timed.
         let mut failed = vec![0usize; variants.len()];
         for _ in 0..iterations {
             for (i, (_, prog, args)) in variants.iter().enumerate() {

@@ -182,13 +182,25 @@ impl Drop for Armed {
     }
 }
 
-/// Writes to connection `n`'s `abort` file: in `/sys/fs/fuse/connections`
-/// if `fusectl` is mounted there, else through a private mount of it
-/// (one superblock for the whole system) that is gone again afterwards.
+/// Writes to connection `n`'s `abort` file (see [`write_control`]).
 fn abort_connection(n: u64) -> Result<()> {
+    write_control(n, "abort", "1", Step::Detach)
+}
+
+/// Lets at most `max` background requests (readahead, asynchronous
+/// reads) of connection `n` wait for the daemon at a time.
+pub(crate) fn limit_background(n: u64, max: u32) -> Result<()> {
+    write_control(n, "max_background", &max.to_string(), Step::Attach)
+}
+
+/// Writes `value` to connection `n`'s control file `name`: in
+/// `/sys/fs/fuse/connections` if `fusectl` is mounted there, else through
+/// a private mount of it (one superblock for the whole system) that is
+/// gone again afterwards.
+fn write_control(n: u64, name: &str, value: &str, step: Step) -> Result<()> {
     let here = Path::new(CONNECTIONS).join(n.to_string());
-    if here.join("abort").exists() {
-        return write_abort(&here);
+    if here.join(name).exists() {
+        return write_file(&here, name, value, step);
     }
     let dir = super::private_dir(
         &crate::options::AttachOptions::default(),
@@ -196,7 +208,7 @@ fn abort_connection(n: u64) -> Result<()> {
     )
     .map_err(|e| {
         Error::invalid(
-            Step::Detach,
+            step,
             CONNECTIONS,
             format!("no private directory to mount fusectl on: {e}"),
         )
@@ -208,17 +220,23 @@ fn abort_connection(n: u64) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(|e| Error::os(Step::Detach, dir.path(), "mount fusectl", e))?;
-    let written = write_abort(&dir.path().join(n.to_string()));
+    .map_err(|e| Error::os(step, dir.path(), "mount fusectl", e))?;
+    let written = write_file(&dir.path().join(n.to_string()), name, value, step);
     if let Err(e) = nix::mount::umount2(dir.path(), MntFlags::MNT_DETACH) {
-        warn!("teardown: unmount {}: {e}", dir.path().display());
+        warn!("{step}: unmount {}: {e}", dir.path().display());
     }
     let _ = dir.close();
     written
 }
 
-fn write_abort(conn: &Path) -> Result<()> {
-    debug!("teardown: write 1 to {}/abort", conn.display());
-    std::fs::write(conn.join("abort"), "1")
-        .map_err(|e| Error::os(Step::Detach, conn, "abort the FUSE connection", e))
+fn write_file(conn: &Path, name: &str, value: &str, step: Step) -> Result<()> {
+    debug!("{step}: write {value} to {}/{name}", conn.display());
+    std::fs::write(conn.join(name), value).map_err(|e| {
+        Error::os(
+            step,
+            conn,
+            format!("write {name} of the FUSE connection"),
+            e,
+        )
+    })
 }
