@@ -172,6 +172,8 @@ pub(crate) struct Attachment<'a> {
     pub(crate) backing: Option<&'a std::fs::File>,
     /// The qemu helper serving it.
     pub(crate) helper_pid: Option<u32>,
+    /// Whether that helper is the process's shared daemon.
+    pub(crate) helper_shared: bool,
 }
 
 impl Keeper {
@@ -283,6 +285,7 @@ impl Keeper {
                 pid,
                 start: start_time(pid)?,
                 exe: RawPath(std::fs::read_link(format!("/proc/{pid}/exe")).ok()?),
+                shared: device.helper_shared,
             })
         });
         self.save();
@@ -477,6 +480,7 @@ mod tests {
             diskseq: None,
             backing: None,
             helper_pid: None,
+            helper_shared: false,
         });
         let live = keeper.live.as_ref().unwrap();
         let (dir, id) = (live.dir.clone(), live.data.id.clone());

@@ -504,3 +504,45 @@ pub fn forge_gpt_header(img: &Path, at: u64, edit: impl Fn(&mut [u8])) {
     h[16..20].copy_from_slice(&crc.to_le_bytes());
     f.write_all_at(&h, at).unwrap();
 }
+
+/// `raw` converted by qemu-img to `format` (with `-o opts` if any).
+pub fn convert(
+    fx: &Fixture,
+    raw: &std::path::Path,
+    name: &str,
+    format: &str,
+    opts: &[&str],
+) -> std::path::PathBuf {
+    let out = fx.path().join(name);
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", format])
+        .args(opts)
+        .arg(raw)
+        .arg(&out));
+    out
+}
+
+/// A qemu command that wants to write `path`: its stderr (it must fail).
+pub fn qemu_write_refused(what: &str, cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{what}: qemu wrote: {err}");
+    assert!(
+        err.contains("Failed to get \"write\" lock"),
+        "{what}: {err}"
+    );
+    err
+}
+
+/// `qemu-img bench` writing one request to `path` (opened as raw): a
+/// writer that qemu's image locks refuse while another holds the file.
+pub fn bench_write(path: &Path) -> Command {
+    bench_write_as(path, "raw")
+}
+
+/// [`bench_write`] of an image of `format`.
+pub fn bench_write_as(path: &Path, format: &str) -> Command {
+    let mut c = Command::new("qemu-img");
+    c.args(["bench", "-w", "-c", "1", "-f", format]).arg(path);
+    c
+}
