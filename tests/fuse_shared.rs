@@ -15,6 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use common::{
     Fixture, bench_write_as, convert, fixture_qemu, is_mount_point, qemu_write_refused, run,
+    signal, wait_stopped,
 };
 use diskmount::{
     AttachOptions, Attached, Format, Fuse, Image, MountOptions, Mounted, Partition, Step,
@@ -280,6 +281,37 @@ fn a_killed_daemon_is_reported_and_replaced() {
     assert_ne!(new, old);
     assert_eq!(std::fs::read_to_string(mnt.join("id")).unwrap(), "x");
     t.close().unwrap();
+    fx.assert_clean();
+}
+
+/// The shared daemon stopped (SIGSTOP) under a mount: close() waits a
+/// moment, then kills it so that the teardown goes on, reports both, and
+/// leaves nothing; the next attach gets a new daemon.
+#[test]
+fn a_stopped_daemon_is_killed_at_close_and_replaced() {
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let img = qcow2(&fx, "disk.qcow2", &[("id", "x")]);
+    let mnt = fx.tree("mnt", &[]);
+    let t = mount(&img, &mnt);
+    std::fs::write(mnt.join("late"), "lost").unwrap();
+    let pid = daemon(&fx);
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    wait_stopped(pid);
+    let msg = t.close().unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("qemu-storage-daemon (pid {pid})"))
+            && msg.contains("is stopped")
+            && msg.contains("was killed"),
+        "{msg}"
+    );
+    assert!(!is_mount_point(&mnt));
+    assert!(!running(pid));
+    fx.assert_clean();
+    let t = mount(&img, &mnt);
+    assert_ne!(daemon(&fx), pid);
+    t.close().unwrap();
+    common::assert_no_records(&fx);
     fx.assert_clean();
 }
 

@@ -546,3 +546,20 @@ pub fn bench_write_as(path: &Path, format: &str) -> Command {
     c.args(["bench", "-w", "-c", "1", "-f", format]).arg(path);
     c
 }
+
+/// Sends `signal` to process `pid`.
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+/// Waits (bounded) until `pid` shows the stopped state.
+pub fn wait_stopped(pid: u32) {
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") T ")) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{pid} not stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
