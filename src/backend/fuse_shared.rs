@@ -26,10 +26,11 @@
 //!
 //! Then the loop device over the export, as with a daemon of its own.
 //! Teardown: the loop unbind (flush, `fsync` of the export), then
-//! `block-export-del` (`hard`), the wait for `BLOCK_EXPORT_DELETED` (it can come
-//! before the command's reply), `blockdev-del` of `d<n>` and `f<n>`, and
-//! the export's directory. A refusal is one error naming the step, the
-//! node and qemu's `desc`.
+//! `block-export-del` (`hard`) with `blockdev-del` of `d<n>` and `f<n>` in
+//! the same batch (the event `BLOCK_EXPORT_DELETED` comes before the
+//! reply when no request is in flight; nodes deleted too early are deleted
+//! again after the event), and the export's directory. A refusal is one
+//! error naming the step, the node and qemu's `desc`.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -265,18 +266,6 @@ fn qmp_error(image: &Path, step: Step, pid: u32, what: &str, e: &QmpError) -> Er
     )
 }
 
-/// Runs one command on the daemon of `generation`.
-fn execute(
-    state: &mut State,
-    generation: u64,
-    command: &str,
-    arguments: Value,
-) -> std::result::Result<Value, QmpError> {
-    execute_all(state, generation, vec![(command, arguments)])
-        .pop()
-        .expect("one result per command")
-}
-
 /// Runs `commands` on the daemon of `generation`, sent together (one
 /// round trip: about 0.6 ms each here, most of a command's cost); each
 /// one's result. A broken connection kills the daemon (the next attach
@@ -475,31 +464,54 @@ impl Export {
                 // is in flight (the kernel's release of the file the loop
                 // device let go of can still be on its way). The data is
                 // flushed already; a per-image daemon is stopped the same
-                // way. The export is gone once the event says so.
-                let deleted = execute(
+                // way. The export is gone once the event says so, which
+                // qemu sends before the command's reply when no request
+                // is in flight: the nodes' `blockdev-del` go in the same
+                // batch, and again after the event if they came too early
+                // ("Node dN is in use").
+                let (d, f) = (format!("d{}", self.n), format!("f{}", self.n));
+                let results = execute_all(
                     &mut state,
                     self.generation,
-                    "block-export-del",
-                    json!({"id": id, "mode": "hard"}),
-                )
-                .and_then(|_| {
-                    let daemon = state
+                    vec![
+                        ("block-export-del", json!({"id": id, "mode": "hard"})),
+                        ("blockdev-del", json!({"node-name": d})),
+                        ("blockdev-del", json!({"node-name": f})),
+                    ],
+                );
+                let deleted = match &results[0] {
+                    Err(e) => Err(e.to_string()),
+                    Ok(_) => state
                         .of(self.generation)
-                        .map_err(|(how, _)| QmpError::Broken(how))?;
-                    daemon.qmp.wait_event(
-                        "BLOCK_EXPORT_DELETED",
-                        |d| d.get("id").and_then(Value::as_str) == Some(id.as_str()),
-                        QMP_TIMEOUT,
-                    )
-                });
+                        .map_err(|(how, _)| how)
+                        .and_then(|daemon| {
+                            daemon
+                                .qmp
+                                .wait_event(
+                                    "BLOCK_EXPORT_DELETED",
+                                    |d| d.get("id").and_then(Value::as_str) == Some(id.as_str()),
+                                    QMP_TIMEOUT,
+                                )
+                                .map_err(|e| e.to_string())
+                        }),
+                };
                 match deleted {
-                    Ok(()) => self.remove_nodes(&mut state, 2, errors),
+                    Ok(()) => {
+                        let left = results[1..].iter().filter(|r| r.is_err()).count();
+                        if left > 0 {
+                            debug!(
+                                "detach: {left} node(s) of e{} went too early; again",
+                                self.n
+                            );
+                            self.remove_nodes(&mut state, left, errors);
+                        }
+                    }
                     Err(e) => errors.push(qmp_error(
                         &self.image,
                         Step::Detach,
                         self.pid,
                         &format!("block-export-del of the FUSE export {id}"),
-                        &e,
+                        &QmpError::Refused(e),
                     )),
                 }
             }
