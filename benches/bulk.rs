@@ -7,7 +7,9 @@
 //!    every 2nd or 4th image, on its own mount point): attach (raw: a loop
 //!    device; qcow2: qemu-storage-daemon's FUSE export and a loop device
 //!    over it), mount, `Root::copy_in`, `close()` (syncfs, unmount, flush,
-//!    `fsync` of the image, detach);
+//!    `fsync` of the image, detach); qcow2 twice: a daemon per image, and
+//!    the process's shared daemon (`AttachOptions::shared_daemon`, started
+//!    by the warm-up);
 //! 2. the chain of processes a Nova-style tool runs per image: raw:
 //!    `losetup --find --show`, `mount`, `mkdir -p`, `cp`, `umount`,
 //!    `losetup --detach`; qcow2 (this host kernel has no nbd, so not
@@ -41,7 +43,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{Stats, Table, run, stats};
-use diskmount::{Backend, Format, Fuse, Image, Loop, MountOptions, Partition, Unattached};
+use diskmount::{
+    AttachOptions, Backend, Format, Fuse, Image, Loop, MountOptions, Partition, Unattached,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -51,8 +55,14 @@ const KEY: &str =
 
 /// One library run over `images`, on `mnt`: attach, mount, copy the key
 /// in, close.
-fn library_one<B: Backend>(img: &Path, format: Format, mnt: &Path, key: &Path) {
-    let mounted = Unattached::<B>::new(Image::file(img, format).unwrap())
+fn library_one<B: Backend>(
+    img: &Path,
+    format: Format,
+    mnt: &Path,
+    key: &Path,
+    options: &AttachOptions,
+) {
+    let mounted = Unattached::<B>::with_options(Image::file(img, format).unwrap(), options.clone())
         .attach()
         .unwrap()
         .map(Partition::Whole)
@@ -63,22 +73,25 @@ fn library_one<B: Backend>(img: &Path, format: Format, mnt: &Path, key: &Path) {
     mounted.close().unwrap();
 }
 
-/// The library over all images with `threads` threads; seconds.
+/// The library over all images with `threads` threads (qcow2: through
+/// the shared daemon if `shared`); seconds.
 fn library(
     images: &[PathBuf],
     format: Format,
     mnts: &[PathBuf],
     key: &Path,
     threads: usize,
+    shared: bool,
 ) -> f64 {
+    let options = &AttachOptions::default().shared_daemon(shared);
     let t = Instant::now();
     std::thread::scope(|s| {
         for (i, mnt) in mnts.iter().enumerate().take(threads) {
             s.spawn(move || {
                 for img in images.iter().skip(i).step_by(threads) {
                     match format {
-                        Format::Qcow2 => library_one::<Fuse>(img, format, mnt, key),
-                        _ => library_one::<Loop>(img, format, mnt, key),
+                        Format::Qcow2 => library_one::<Fuse>(img, format, mnt, key, options),
+                        _ => library_one::<Loop>(img, format, mnt, key, options),
                     }
                 }
             });
@@ -373,14 +386,25 @@ fn main() {
             })
             .collect();
         // Warm-up (untimed): one image each way.
-        library(&images[..1], format, &mnts, &key, 1);
+        // The shared daemon (qcow2) starts in its warm-up.
+        let qcow2 = format == Format::Qcow2;
+        library(&images[..1], format, &mnts, &key, 1, false);
+        if qcow2 {
+            library(&images[..1], format, &mnts, &key, 1, true);
+        }
         chain(&images[..1], format, &work, &mnts[0], &key);
 
         let mut times: [Vec<f64>; 4] = Default::default();
+        let mut shared: [Vec<f64>; 3] = Default::default();
         for _ in 0..rounds {
-            times[0].push(library(&images, format, &mnts, &key, 1));
-            times[1].push(library(&images, format, &mnts, &key, 2));
-            times[2].push(library(&images, format, &mnts, &key, 4));
+            times[0].push(library(&images, format, &mnts, &key, 1, false));
+            times[1].push(library(&images, format, &mnts, &key, 2, false));
+            times[2].push(library(&images, format, &mnts, &key, 4, false));
+            if qcow2 {
+                shared[0].push(library(&images, format, &mnts, &key, 1, true));
+                shared[1].push(library(&images, format, &mnts, &key, 2, true));
+                shared[2].push(library(&images, format, &mnts, &key, 4, true));
+            }
             times[3].push(chain(&images, format, &work, &mnts[0], &key));
         }
         let mut t = Table::new(
@@ -395,6 +419,12 @@ fn main() {
         push(&mut t, "diskmount, 1 thread", one, n);
         push(&mut t, "diskmount, 2 threads", two, n);
         push(&mut t, "diskmount, 4 threads", four, n);
+        if qcow2 {
+            let [one, two, four] = shared;
+            push(&mut t, "diskmount, shared daemon, 1 thread", one, n);
+            push(&mut t, "diskmount, shared daemon, 2 threads", two, n);
+            push(&mut t, "diskmount, shared daemon, 4 threads", four, n);
+        }
         let chain_name = if format == Format::Qcow2 {
             "shell chain: qemu-storage-daemon, losetup, mount, mkdir, cp, umount, losetup -d, kill"
         } else {

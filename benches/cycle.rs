@@ -15,8 +15,10 @@
 //!    `mount -o loop,offset=,sizelimit=`, `LOOP_CONFIGURE` with offset and
 //!    limit). util-linux and the floor are given the partition's offset
 //!    (read once, untimed); the library reads the table every cycle;
-//! 3. the same whole-disk filesystem as qcow2, through the Fuse backend (and
-//!    Nbd where the kernel has nbd: the kernel VM lane), next to raw.
+//! 3. the same whole-disk filesystem as qcow2, through the Fuse backend with
+//!    a daemon per attach and with the process's shared daemon
+//!    (`AttachOptions::shared_daemon`, warm: started in the warm-up), and
+//!    Nbd where the kernel has nbd (the kernel VM lane), next to raw.
 //!
 //! Run as root: `cargo bench --bench cycle` (`-- --iterations N`; `--once`
 //! runs one library cycle and exits; `--only raw|part|qcow2`). Prints the
@@ -39,8 +41,8 @@ use diskmount::{
 };
 use nix::mount::{MntFlags, MsFlags};
 
-fn library_image<B: Backend>(image: &Image, mnt: &Path) {
-    Unattached::<B>::new(image.clone())
+fn library_image<B: Backend>(image: &Image, mnt: &Path, options: &AttachOptions) {
+    Unattached::<B>::with_options(image.clone(), options.clone())
         .attach()
         .unwrap()
         .map(Partition::Whole)
@@ -439,6 +441,9 @@ fn main() {
         let n = (iterations / 6).max(10);
         // The kernel-nbd path where the kernel has nbd (the kernel VM lane).
         let with_nbd = diskmount::backend::nbd::available();
+        let own = AttachOptions::default();
+        // Warm: the shared daemon starts in the warm-up cycles.
+        let shared = AttachOptions::default().shared_daemon(true);
         let mut variants: Vec<Variant> = vec![
             (
                 "raw via Loop".into(),
@@ -446,13 +451,17 @@ fn main() {
             ),
             (
                 "qcow2 via Fuse".into(),
-                Box::new(|| library_image::<Fuse>(&qimage, &mnt)),
+                Box::new(|| library_image::<Fuse>(&qimage, &mnt, &own)),
+            ),
+            (
+                "qcow2 via Fuse, shared daemon (warm)".into(),
+                Box::new(|| library_image::<Fuse>(&qimage, &mnt, &shared)),
             ),
         ];
         if with_nbd {
             variants.push((
                 "qcow2 via Nbd".into(),
-                Box::new(|| library_image::<Nbd>(&qimage, &mnt)),
+                Box::new(|| library_image::<Nbd>(&qimage, &mnt, &own)),
             ));
         }
         tables.push(compare(

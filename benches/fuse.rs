@@ -17,6 +17,12 @@
 //! daemon stop. By hand, the daemon's exit is waited for exactly (this
 //! process is the child subreaper, so the daemonized qemu is its child).
 //!
+//! The library runs twice: a daemon per attach, and the process's shared
+//! daemon (`AttachOptions::shared_daemon`, started in the warm-up), whose
+//! attach is two `blockdev-add` and a `block-export-add` over QMP plus the
+//! loop attach, and whose detach the loop unbind plus `block-export-del`
+//! and two `blockdev-del`.
+//!
 //! Run as root: `cargo bench --bench fuse` (`-- --iterations N`, default
 //! 30). Prints the tables, writes `target/bench-results/fuse.json` and
 //! `docs/charts/fuse-phases.svg`.
@@ -28,7 +34,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{Table, run, stats};
-use diskmount::{Format, Fuse, Image, MountOptions, Partition, Unattached};
+use diskmount::{AttachOptions, Format, Fuse, Image, MountOptions, Partition, Unattached};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -52,15 +58,18 @@ const HAND_PHASES: [&str; 7] = [
     "kill, daemon exit",
 ];
 
-/// One library cycle; the time of each phase in ms.
-fn library(image: &Image, mnt: &Path) -> Vec<f64> {
+/// One library cycle with `options` (a daemon per attach, or the shared
+/// one); the time of each phase in ms.
+fn library(image: &Image, mnt: &Path, options: &AttachOptions) -> Vec<f64> {
     let mut t = Instant::now();
     let mut lap = |v: &mut Vec<f64>| {
         v.push(common::ms(t.elapsed()));
         t = Instant::now();
     };
     let mut v = Vec::new();
-    let attached = Unattached::<Fuse>::new(image.clone()).attach().unwrap();
+    let attached = Unattached::<Fuse>::with_options(image.clone(), options.clone())
+        .attach()
+        .unwrap();
     lap(&mut v);
     let mapped = attached.map(Partition::Whole).unwrap();
     lap(&mut v);
@@ -170,18 +179,29 @@ fn main() {
     let work = dir.path().join("hand");
     std::fs::create_dir(&work).unwrap();
 
+    let own = AttachOptions::default();
+    // The shared daemon starts in the warm-up: its cycles are warm.
+    let shared = AttachOptions::default().shared_daemon(true);
     for _ in 0..3 {
-        library(&image, &mnt);
+        library(&image, &mnt, &own);
+        library(&image, &mnt, &shared);
         by_hand(&qcow2, &work, &mnt);
     }
     let mut lib: Vec<Vec<f64>> = vec![Vec::new(); LIB_PHASES.len()];
+    let mut lib_shared: Vec<Vec<f64>> = vec![Vec::new(); LIB_PHASES.len()];
+    let mut shared_total = Vec::new();
     let mut hand: Vec<Vec<f64>> = vec![Vec::new(); HAND_PHASES.len()];
     let (mut lib_total, mut hand_total) = (Vec::new(), Vec::new());
     for _ in 0..iterations {
-        let l = library(&image, &mnt);
+        let l = library(&image, &mnt, &own);
         lib_total.push(l.iter().sum());
         for (i, x) in l.into_iter().enumerate() {
             lib[i].push(x);
+        }
+        let l = library(&image, &mnt, &shared);
+        shared_total.push(l.iter().sum());
+        for (i, x) in l.into_iter().enumerate() {
+            lib_shared[i].push(x);
         }
         let h = by_hand(&qcow2, &work, &mnt);
         hand_total.push(h.iter().sum());
@@ -199,6 +219,10 @@ fn main() {
     );
     totals.push("diskmount (library, Fuse backend)", stats(lib_total));
     totals.push(
+        "diskmount, shared daemon (AttachOptions::shared_daemon, warm)",
+        stats(shared_total),
+    );
+    totals.push(
         "by hand: qemu-storage-daemon --daemonize, losetup, mount, umount, losetup -d, kill",
         stats(hand_total),
     );
@@ -206,6 +230,15 @@ fn main() {
     let mut phases = Table::new("fuse-phases", "qcow2 through FUSE, per phase", "ms", "");
     for (name, v) in LIB_PHASES.iter().zip(lib) {
         phases.push(&format!("diskmount: {name}"), stats(v));
+    }
+    for (name, v) in LIB_PHASES.iter().zip(lib_shared) {
+        let name = name
+            .replace(
+                "daemon start, export ready",
+                "blockdev-add x2, block-export-add",
+            )
+            .replace("daemon stop", "block-export-del, blockdev-del x2");
+        phases.push(&format!("diskmount, shared daemon: {name}"), stats(v));
     }
     for (name, v) in HAND_PHASES.iter().zip(hand) {
         phases.push(&format!("by hand: {name}"), stats(v));

@@ -15,6 +15,7 @@ pub struct AttachOptions {
     /// (set by the attach step for the backend).
     pub(crate) helper_dir: Option<std::path::PathBuf>,
     pub(crate) io_timeout: std::time::Duration,
+    pub(crate) shared_daemon: bool,
 }
 
 /// The default of [`AttachOptions::io_timeout`].
@@ -29,6 +30,7 @@ impl Default for AttachOptions {
             run_dir: None,
             helper_dir: None,
             io_timeout: DEFAULT_IO_TIMEOUT,
+            shared_daemon: false,
         }
     }
 }
@@ -76,6 +78,21 @@ impl AttachOptions {
     /// derived from them).
     pub fn io_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.io_timeout = timeout.max(std::time::Duration::from_secs(1));
+        self
+    }
+
+    /// Serve image files through the Fuse backend from one long-lived
+    /// qemu-storage-daemon per process, shared by every attach that asks
+    /// for it, instead of starting a daemon per attach: each image becomes
+    /// a block node and a FUSE export added over QMP (`blockdev-add`,
+    /// `block-export-add`) and removed at detach. This saves the daemon's
+    /// start (most of a qcow2 cycle). The daemon is tied to this process
+    /// and ends with it; one that died is replaced at the next attach.
+    /// Persistent attaches ([`AttachOptions::persistent`]) and URL images
+    /// ([`crate::Image::url`]) still get a daemon of their own. Other
+    /// backends ignore it. Default: off (opt in).
+    pub fn shared_daemon(mut self, on: bool) -> Self {
+        self.shared_daemon = on;
         self
     }
 

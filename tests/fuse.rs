@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Fixture, is_mount_point, run};
+use common::{Fixture, convert, is_mount_point, run};
 use diskmount::{
     BackendKind, Error, Format, Fuse, Image, MountOptions, Partition, Step, Unattached,
 };
@@ -47,23 +47,6 @@ fn a_daemon_killed_while_mounted_is_reported_and_nothing_is_left() {
     );
     assert!(!is_mount_point(&mnt));
     fx.assert_clean();
-}
-
-/// `raw` converted by qemu-img to `format` (with `-o opts` if any).
-fn convert(
-    fx: &Fixture,
-    raw: &std::path::Path,
-    name: &str,
-    format: &str,
-    opts: &[&str],
-) -> std::path::PathBuf {
-    let out = fx.path().join(name);
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", format])
-        .args(opts)
-        .arg(raw)
-        .arg(&out));
-    out
 }
 
 /// Converts `img` (format `format`) back to raw, for an independent look.

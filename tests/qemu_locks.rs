@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Fixture, fixture_qemu, run};
+use common::{Fixture, bench_write, fixture_qemu, qemu_write_refused, run};
 use diskmount::{Backend, Block, Format, Fuse, Image, Loop, Unattached};
 
 /// A qemu process of this test, killed (and reaped) on drop.
@@ -99,24 +99,6 @@ fn qemu_nbd(img: &Path, socket: &Path, read_only: bool) -> Qemu {
 fn attach<B: Backend>(img: &Path, read_only: bool) -> diskmount::Result<diskmount::Attached<B>> {
     let image = Image::file(img, Format::Raw)?.read_only(read_only);
     Unattached::<B>::new(image).attach()
-}
-
-/// A qemu command that wants to write `path`: its stderr (it must fail).
-fn qemu_write_refused(what: &str, cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{what}: qemu wrote: {err}");
-    assert!(
-        err.contains("Failed to get \"write\" lock"),
-        "{what}: {err}"
-    );
-    err
-}
-
-fn bench_write(path: &Path) -> Command {
-    let mut c = Command::new("qemu-img");
-    c.args(["bench", "-w", "-c", "1", "-f", "raw"]).arg(path);
-    c
 }
 
 #[test]

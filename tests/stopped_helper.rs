@@ -13,9 +13,8 @@ mod common;
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use common::{Fixture, assert_no_records, fixture_qemu};
+use common::{Fixture, assert_no_records, fixture_qemu, signal, wait_stopped};
 use diskmount::{Format, Fuse, Image, MountOptions, Partition, Step, Unattached};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -44,22 +43,6 @@ fn assert_nothing_left(fx: &mut Fixture) {
     assert!(fixture_qemu(fx).is_empty(), "{:?}", fixture_qemu(fx));
     fx.assert_clean();
     assert_no_records(fx);
-}
-
-fn signal(pid: u32, signal: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
-}
-
-/// Waits (bounded) until `pid` shows the stopped state.
-fn wait_stopped(pid: u32) {
-    let start = Instant::now();
-    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") T ")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{pid} not stopped"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// A stopped daemon (SIGSTOP) with unflushed writes: unmount() fails at

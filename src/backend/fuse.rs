@@ -21,6 +21,10 @@
 //! it (bounded), make sure the FUSE mount is gone, remove the directory.
 //! A daemon that died under us is an error of this step, with what it
 //! printed.
+//!
+//! With [`AttachOptions::shared_daemon`], an image file is served instead
+//! by the process's shared daemon ([`super::fuse_shared`]): steps 3 and 4
+//! become nodes and an export added over QMP, and the detach removes them.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
@@ -39,6 +43,7 @@ use nix::unistd::Pid;
 
 use super::device::{Core, Found};
 use super::fuse_abort::{TEARDOWN_BOUND, Watchdog, connection_of, limit_background};
+use super::fuse_shared::Export;
 use super::fuse_stall::StallWatch;
 use super::r#loop::{LoopDevice, unbind_core};
 use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE, check_server, explain_open_failure};
@@ -72,7 +77,80 @@ pub struct FuseDevice {
     /// A network image's I/O timeout ([`super::fuse_stall`]).
     stall: Option<StallWatch>,
     lo: LoopDevice,
-    daemon: Daemon,
+    daemon: Server,
+}
+
+/// What serves the export: a daemon of its own, or the shared one.
+#[derive(Debug)]
+enum Server {
+    Own(Daemon),
+    Shared(Export),
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        match self {
+            Server::Own(d) => d.child.id(),
+            Server::Shared(e) => e.pid(),
+        }
+    }
+
+    fn check_alive(&mut self, step: Step) -> Result<()> {
+        match self {
+            Server::Own(d) => d.check_alive(step),
+            Server::Shared(e) => e.check_alive(step),
+        }
+    }
+
+    fn record_fields(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Server::Own(d) => d.record_fields(),
+            Server::Shared(e) => e.record_fields(),
+        }
+    }
+
+    fn watchdog(&self) -> Option<Watchdog> {
+        match self {
+            Server::Own(d) => d.watchdog(),
+            Server::Shared(_) => None,
+        }
+    }
+
+    /// What the protocol driver failed while attached (a network image's
+    /// own daemon; the shared one serves only image files).
+    fn io_failures(&self) -> Option<Error> {
+        match self {
+            Server::Own(d) => d.io_failures(),
+            Server::Shared(_) => None,
+        }
+    }
+
+    fn is_persistent(&self) -> bool {
+        matches!(self, Server::Own(d) if d.is_persistent())
+    }
+
+    fn disown(&mut self) {
+        match self {
+            Server::Own(d) => d.disown(),
+            Server::Shared(e) => e.disown(),
+        }
+    }
+
+    fn kill(&self) {
+        match self {
+            Server::Own(d) => {
+                let _ = kill(Pid::from_raw(d.child.id() as i32), Signal::SIGKILL);
+            }
+            Server::Shared(e) => e.kill_daemon(),
+        }
+    }
+
+    fn stop_into(&mut self, errors: &mut Vec<Error>) {
+        match self {
+            Server::Own(d) => d.stop_into(errors),
+            Server::Shared(e) => e.remove_into(errors),
+        }
+    }
 }
 
 impl Device for FuseDevice {}
@@ -124,7 +202,7 @@ impl sealed::Ops for FuseDevice {
                 .map(|core| FuseDevice {
                     stall: None,
                     lo: LoopDevice::from_parts(core, nr),
-                    daemon,
+                    daemon: Server::Own(daemon),
                 }),
         )
     }
@@ -146,14 +224,11 @@ impl sealed::Ops for FuseDevice {
     }
 
     fn server(&self) -> Option<(&'static str, u32)> {
-        Some((DAEMON, self.daemon.child.id()))
+        Some((DAEMON, self.daemon.pid()))
     }
 
     fn kill_server(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.daemon.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        self.daemon.kill();
     }
 
     fn record_fields(&self) -> Vec<(&'static str, String)> {
@@ -286,17 +361,28 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
             Source::File(checked)
         }
     };
-    let mut daemon = Daemon::start(image, &source, options, None)?;
-    drop(source);
+    let mut daemon = match source {
+        // Image files only: a URL's protocol node takes secrets and
+        // environment in the daemon's start, and a persistent attach must
+        // outlive this process.
+        Source::File(checked) if options.shared_daemon && !options.persistent => {
+            Server::Shared(super::fuse_shared::add(image, &checked, options)?)
+        }
+        source => Server::Own(Daemon::start(image, &source, options, None)?),
+    };
+    let export_path = match &daemon {
+        Server::Own(d) => d.export.clone(),
+        Server::Shared(e) => e.export.clone(),
+    };
     let export = match OpenOptions::new()
         .read(true)
         .write(!image.is_read_only())
         .custom_flags(libc::O_CLOEXEC)
-        .open(&daemon.export)
+        .open(&export_path)
     {
         Ok(f) => f,
         Err(e) => {
-            let err = Error::os(Step::Attach, &daemon.export, "open the FUSE export", e);
+            let err = Error::os(Step::Attach, &export_path, "open the FUSE export", e);
             daemon.stop_into(&mut Vec::new());
             return Err(err);
         }
@@ -326,15 +412,21 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<FuseDevice> {
     };
     sealed::Ops::core_mut(&mut lo).probed = probed;
     info!(
-        "attached {} ({}) to {} through {DAEMON} (pid {})",
+        "attached {} ({}) to {} through {DAEMON} (pid {}{})",
         path.display(),
         probed.unwrap_or(image.format()),
         sealed::Ops::core(&lo).path().display(),
-        daemon.child.id()
+        daemon.pid(),
+        if matches!(daemon, Server::Shared(_)) {
+            ", shared"
+        } else {
+            ""
+        }
     );
     // A network image's I/O timeout, while attached (qemu's nbd driver
     // has none; the other protocols' own fail first).
-    let stall = if daemon.network && !options.persistent {
+    let network = matches!(&daemon, Server::Own(d) if d.network);
+    let stall = if network && !options.persistent {
         daemon.watchdog().and_then(|w| {
             let name = sealed::Ops::core(&lo)
                 .path()
@@ -719,30 +811,7 @@ impl Daemon {
             Ok(s) => errors.push(self.died(describe_status(s))),
             Err(e) => errors.push(e),
         }
-        // A daemon that died leaves its FUSE mount behind (ENOTCONN).
-        if is_mount_point(&self.export) {
-            warn!(
-                "detach: {} is still mounted; unmounting it",
-                self.export.display()
-            );
-            // The loop device that was over the export lets go of it a
-            // moment after it shows unbound (the kernel drops the backing
-            // file last): until then the mount is busy.
-            if let Err(e) = crate::mount::unmount::unmount(
-                Step::Detach,
-                &self.export,
-                "stale FUSE export",
-                RetryPolicy::UNMOUNT,
-            ) {
-                errors.push(e);
-            }
-        }
-        if let Some(dir) = self.dir.take() {
-            let path = dir.path().to_path_buf();
-            if let Err(e) = dir.close() {
-                errors.push(Error::os(Step::Detach, path, "remove export directory", e));
-            }
-        }
+        remove_export_dir(&self.export, self.dir.take(), errors);
         if let Some(dir) = self.found_dir.take() {
             remove_found_dir(&dir, errors);
         }
@@ -809,6 +878,39 @@ impl Drop for Daemon {
             for e in errors {
                 warn!("teardown: {e}");
             }
+        }
+    }
+}
+
+/// Makes sure the FUSE export `export` is no longer mounted (a daemon that
+/// died leaves its mount behind, `ENOTCONN`), then removes its private
+/// directory `dir`. Pushes every error.
+pub(super) fn remove_export_dir(
+    export: &Path,
+    dir: Option<tempfile::TempDir>,
+    errors: &mut Vec<Error>,
+) {
+    if is_mount_point(export) {
+        warn!(
+            "detach: {} is still mounted; unmounting it",
+            export.display()
+        );
+        // The loop device that was over the export lets go of it a
+        // moment after it shows unbound (the kernel drops the backing
+        // file last): until then the mount is busy.
+        if let Err(e) = crate::mount::unmount::unmount(
+            Step::Detach,
+            export,
+            "stale FUSE export",
+            RetryPolicy::UNMOUNT,
+        ) {
+            errors.push(e);
+        }
+    }
+    if let Some(dir) = dir {
+        let path = dir.path().to_path_buf();
+        if let Err(e) = dir.close() {
+            errors.push(Error::os(Step::Detach, path, "remove export directory", e));
         }
     }
 }

@@ -25,13 +25,12 @@ mod ceph_conf;
 pub(crate) mod device;
 pub(crate) mod fuse;
 pub(crate) mod fuse_abort;
+mod fuse_shared;
 mod fuse_stall;
 pub(crate) mod r#loop;
 pub mod nbd;
 mod nbd_export;
 pub(crate) mod qemu_blockdev;
-// Not wired in yet (issue 17's shared daemon, unfinished): see docs/backends.md.
-#[allow(dead_code)]
 mod qmp;
 pub mod rbd;
 
@@ -202,10 +201,30 @@ impl QemuImage {
     /// whose relative names qemu resolves against the image's own
     /// directory (every file of the chain was checked by path).
     pub(crate) fn filename(&self, path: &std::path::Path) -> std::path::PathBuf {
+        self.name(path, || {
+            format!("/proc/self/fd/{}", crate::sys::process::PASSED_FD)
+        })
+    }
+
+    /// [`QemuImage::filename`] for a helper that already runs (the shared
+    /// daemon, [`fuse_shared`]): the checked file as this process holds
+    /// it, `/proc/<our pid>/fd/<fd>`, which qemu opens while the file is
+    /// still open here.
+    pub(crate) fn own_filename(&self, path: &std::path::Path) -> std::path::PathBuf {
+        self.name(path, || {
+            format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                std::os::fd::AsRawFd::as_raw_fd(&self.file)
+            )
+        })
+    }
+
+    fn name(&self, path: &std::path::Path, fd: impl Fn() -> String) -> std::path::PathBuf {
         if self.info.backing_file.is_some() {
             path.to_path_buf()
         } else {
-            std::path::PathBuf::from(format!("/proc/self/fd/{}", crate::sys::process::PASSED_FD))
+            std::path::PathBuf::from(fd())
         }
     }
 

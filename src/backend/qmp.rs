@@ -1,5 +1,5 @@
 //! A minimal QMP client (the QEMU Machine Protocol, JSON lines over a
-//! socket) for the shared qemu-storage-daemon ([`super::qemu_shared`]):
+//! socket) for the shared qemu-storage-daemon ([`super::fuse_shared`]):
 //! the greeting, `qmp_capabilities`, commands with their replies matched by
 //! `id`, and events kept until they are waited for (an event can arrive
 //! before the reply of the command that caused it: `BLOCK_EXPORT_DELETED`
@@ -77,15 +77,64 @@ impl Qmp {
 
     /// Runs `command` with `arguments`; its `return` value.
     pub(crate) fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
+        let id = self.send(command, arguments)?;
+        self.reply(id, command, Instant::now() + self.timeout)
+    }
+
+    /// Runs `commands` in order, sent together (one round trip instead of
+    /// one each: qemu answers commands in the order they came); each
+    /// one's result. A command after a refused one still runs (and is
+    /// refused in turn where it needed what the first would have made).
+    pub(crate) fn execute_all(
+        &mut self,
+        commands: Vec<(&str, Value)>,
+    ) -> Vec<Result<Value, QmpError>> {
+        let mut sent = Vec::new();
+        for (command, arguments) in &commands {
+            match self.send(command, arguments.clone()) {
+                Ok(id) => sent.push(id),
+                Err(e) => {
+                    let why = e.to_string();
+                    return commands
+                        .iter()
+                        .map(|_| Err(QmpError::Broken(why.clone())))
+                        .collect();
+                }
+            }
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut out = Vec::new();
+        for (id, (command, _)) in sent.into_iter().zip(&commands) {
+            let got = self.reply(id, command, deadline);
+            let broken = match &got {
+                Err(QmpError::Broken(why)) => Some(why.clone()),
+                _ => None,
+            };
+            out.push(got);
+            if let Some(why) = broken {
+                out.resize_with(commands.len(), || Err(QmpError::Broken(why.clone())));
+                break;
+            }
+        }
+        out
+    }
+
+    /// Sends `command`; its id.
+    fn send(&mut self, command: &str, arguments: Value) -> Result<u64, QmpError> {
         self.next_id += 1;
         let id = self.next_id;
         let mut line = json!({"execute": command, "arguments": arguments, "id": id}).to_string();
         line.push('\n');
-        let deadline = Instant::now() + self.timeout;
         self.writer
             .set_write_timeout(Some(self.timeout))
             .and_then(|()| self.writer.write_all(line.as_bytes()))
             .map_err(|e| QmpError::Broken(format!("send {command}: {e}")))?;
+        Ok(id)
+    }
+
+    /// The reply to command `id`, by `deadline` (events on the way are
+    /// kept).
+    fn reply(&mut self, id: u64, command: &str, deadline: Instant) -> Result<Value, QmpError> {
         loop {
             let msg = self.read_message(deadline)?;
             if msg.get("event").is_some() {
@@ -241,6 +290,46 @@ mod tests {
             Err(QmpError::Broken(_)) => {}
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Commands sent together get their own replies, in order, a
+    /// refusal among them included.
+    #[test]
+    fn commands_sent_together() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut r = BufReader::new(theirs.try_clone().unwrap());
+            let mut w = theirs;
+            writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).unwrap();
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            writeln!(w, r#"{{"return": {{}}, "id": 1}}"#).unwrap();
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                got.push(line.clone());
+            }
+            // All three arrived before any reply.
+            writeln!(w, r#"{{"return": {{}}, "id": 2}}"#).unwrap();
+            writeln!(
+                w,
+                r#"{{"error": {{"class": "GenericError", "desc": "no"}}, "id": 3}}"#
+            )
+            .unwrap();
+            writeln!(w, r#"{{"event": "X", "data": {{}}}}"#).unwrap();
+            writeln!(w, r#"{{"return": {{"n": 4}}, "id": 4}}"#).unwrap();
+            got
+        });
+        let mut q = Qmp::handshake(ours, Duration::from_secs(5)).unwrap();
+        let out = q.execute_all(vec![("a", json!({})), ("b", json!({})), ("c", json!({}))]);
+        let got = server.join().unwrap();
+        assert!(got[2].contains(r#""execute":"c""#), "{got:?}");
+        assert!(out[0].is_ok());
+        assert!(matches!(&out[1], Err(QmpError::Refused(d)) if d == "no"));
+        assert_eq!(out[2].as_ref().unwrap()["n"], 4);
+        q.wait_event("X", |_| true, Duration::from_millis(10))
+            .unwrap();
     }
 
     #[test]

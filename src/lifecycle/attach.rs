@@ -64,17 +64,18 @@ impl<B: Backend> Unattached<B> {
                 .watch_image(file, self.image.format() == Format::Raw);
         }
         let core = device.core();
+        let fields = device.record_fields();
         record.attached(&Attachment {
             backend: core.kind.as_str(),
             path: core.path(),
             rdev: core.rdev,
             diskseq: core.diskseq,
             backing: core.backing(),
-            helper_pid: device
-                .record_fields()
+            helper_pid: fields
                 .iter()
                 .find(|(k, _)| *k == "daemon_pid")
                 .and_then(|(_, pid)| pid.parse().ok()),
+            helper_shared: fields.iter().any(|(k, v)| *k == "shared" && v == "true"),
         });
         let device = Held::new(device);
         Ok(Attached {

@@ -94,6 +94,12 @@ pub(crate) struct Helper {
     pub pid: u32,
     pub start: u64,
     pub exe: RawPath,
+    /// The process's shared qemu-storage-daemon
+    /// ([`crate::AttachOptions::shared_daemon`]), serving other images of
+    /// the same owner too: not left behind while the owner lives (it ends
+    /// with it), stopped by cleanup once the owner is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// The mapped partition's device.
@@ -340,10 +346,11 @@ impl Data {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> Data {
+    /// A record naming a fuse device and its helper, for the tests.
+    pub(crate) fn sample() -> Data {
         Data {
             version: VERSION,
             id: "12-34-0".into(),
@@ -365,6 +372,7 @@ mod tests {
                 pid: 99,
                 start: 100,
                 exe: RawPath("/usr/bin/qemu-storage-daemon".into()),
+                shared: false,
             }),
             mapped: None,
             mountpoint: Some(RawPath(PathBuf::from(OsStr::from_bytes(b"/mnt/\xff\"x")))),
@@ -372,6 +380,20 @@ mod tests {
             tree_mapped: Vec::new(),
             tree_mounts: Vec::new(),
         }
+    }
+
+    /// A shared helper is marked; records written before the mark existed
+    /// read as not shared.
+    #[test]
+    fn the_shared_mark_is_optional() {
+        let mut d = sample();
+        let old = String::from_utf8(d.to_json()).unwrap();
+        assert!(!old.contains("shared"), "{old}");
+        assert_eq!(Data::parse(old.as_bytes(), "12-34-0").unwrap(), d);
+        d.helper.as_mut().unwrap().shared = true;
+        let new = d.to_json();
+        assert!(String::from_utf8_lossy(&new).contains(r#""shared":true"#));
+        assert_eq!(Data::parse(&new, "12-34-0").unwrap(), d);
     }
 
     #[test]

@@ -290,6 +290,8 @@ pub(crate) struct Attachment<'a> {
     pub(crate) backing: Option<&'a std::fs::File>,
     /// The qemu helper serving it.
     pub(crate) helper_pid: Option<u32>,
+    /// Whether that helper is the process's shared daemon.
+    pub(crate) helper_shared: bool,
 }
 
 impl Keeper {
@@ -406,6 +408,7 @@ impl Keeper {
                 pid,
                 start: start_time(pid)?,
                 exe: RawPath(std::fs::read_link(format!("/proc/{pid}/exe")).ok()?),
+                shared: device.helper_shared,
             })
         });
         self.save();
@@ -604,6 +607,7 @@ mod tests {
             diskseq: None,
             backing: None,
             helper_pid: None,
+            helper_shared: false,
         });
         let live = keeper.live.as_ref().unwrap();
         let (dir, id) = (live.dir.clone(), live.data.id.clone());

@@ -191,7 +191,17 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
     let mut s = Survey::default();
     let helper_ok = data.helper.as_ref().filter(|h| helper_runs(h));
     if let Some(h) = helper_ok {
-        s.helper = Some((h.pid, h.exe.0.clone()));
+        // The owner's shared daemon serves its other images and ends with
+        // it: nothing this image left behind while the owner lives. Once
+        // the owner is gone, it is stopped like a helper of its own.
+        if h.shared && alive(data.pid, data.start) {
+            debug!(
+                "record {}: helper {} is its live owner's shared daemon",
+                data.id, h.pid
+            );
+        } else {
+            s.helper = Some((h.pid, h.exe.0.clone()));
+        }
     } else if let Some(h) = &data.helper
         && start_time(h.pid).is_some()
         && !alive(h.pid, h.start)
@@ -490,4 +500,58 @@ pub(crate) fn mapped_of(file: &File, rdev: u64, parent: u64, data: &Data) -> boo
         return want.is_some() && loop_backing(file).ok().flatten() == want;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::format::{RawPath, tests::sample};
+
+    /// A record whose helper runs (a real process, verified by pid, start
+    /// time and executable), marked shared or not, of an owner alive
+    /// (this process) or gone (a child already reaped).
+    #[test]
+    fn a_shared_helper_is_left_behind_only_once_its_owner_is_gone() {
+        let mut helper = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = helper.id();
+        let exe = crate::retry::poll_until(std::time::Duration::from_secs(5), || {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .filter(|e| e.file_name().is_some_and(|n| n == "sleep"))
+        })
+        .unwrap();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        let gone_start = start_time(gone_pid).unwrap_or(1);
+        gone.wait().unwrap();
+        let me = std::process::id();
+        let dir = tempfile::tempdir().unwrap();
+        let left = |owner: (u32, u64), shared: bool| {
+            let mut d = sample();
+            d.device = None;
+            d.mountpoint = None;
+            (d.pid, d.start) = owner;
+            d.id = format!("{}-{}-0", owner.0, owner.1);
+            d.helper = Some(Helper {
+                pid,
+                start: start_time(pid).unwrap(),
+                exe: RawPath(exe.clone()),
+                shared,
+            });
+            survey(&d, dir.path()).helper.is_some()
+        };
+        let alive = (me, start_time(me).unwrap());
+        assert!(!left(alive, true), "a live owner's shared daemon");
+        assert!(left(alive, false), "a helper of its own");
+        assert!(
+            left((gone_pid, gone_start), true),
+            "a dead owner's shared daemon"
+        );
+        assert!(left((gone_pid, gone_start), false));
+        helper.kill().unwrap();
+        helper.wait().unwrap();
+    }
 }

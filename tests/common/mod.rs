@@ -589,3 +589,62 @@ pub fn direct_read(
     });
     rx.recv_timeout(bound).ok()
 }
+
+/// `raw` converted by qemu-img to `format` (with `-o opts` if any).
+pub fn convert(
+    fx: &Fixture,
+    raw: &std::path::Path,
+    name: &str,
+    format: &str,
+    opts: &[&str],
+) -> std::path::PathBuf {
+    let out = fx.path().join(name);
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", format])
+        .args(opts)
+        .arg(raw)
+        .arg(&out));
+    out
+}
+
+/// A qemu command that wants to write `path`: its stderr (it must fail).
+pub fn qemu_write_refused(what: &str, cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{what}: qemu wrote: {err}");
+    assert!(
+        err.contains("Failed to get \"write\" lock"),
+        "{what}: {err}"
+    );
+    err
+}
+
+/// `qemu-img bench` writing one request to `path` (opened as raw): a
+/// writer that qemu's image locks refuse while another holds the file.
+pub fn bench_write(path: &Path) -> Command {
+    bench_write_as(path, "raw")
+}
+
+/// [`bench_write`] of an image of `format`.
+pub fn bench_write_as(path: &Path, format: &str) -> Command {
+    let mut c = Command::new("qemu-img");
+    c.args(["bench", "-w", "-c", "1", "-f", format]).arg(path);
+    c
+}
+
+/// Sends `signal` to process `pid`.
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+/// Waits (bounded) until `pid` shows the stopped state.
+pub fn wait_stopped(pid: u32) {
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") T ")) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{pid} not stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
