@@ -135,271 +135,175 @@ pub(crate) fn mount_tree<B: Backend>(
         }
     }
     entries.sort_by_key(|(t, _)| t.components().count());
-    // Entries of one depth are siblings: each is prepared in turn (its
-    // mount point resolved inside the tree, its device mapped), then they
-    // are mounted at once (a filesystem's mount mostly waits for its
-    // device), then recorded and guarded in fstab order.
-    let mut groups: Vec<Vec<(PathBuf, &fstab::Entry)>> = Vec::new();
     for (guest, e) in entries {
-        match groups.last_mut() {
-            Some(g) if g[0].0.components().count() == guest.components().count() => {
-                g.push((guest, e))
+        let what = format!("fstab line {} ({} on {})", e.line, e.spec, e.mount_point);
+        let fail = |kind: ErrorKind, why: String| {
+            Error::refused(kind, Step::Mount, &fstab_path, format!("{what}: {why}"))
+        };
+        let excluded = options
+            .exclude
+            .iter()
+            .any(|x| fstab::normalize(&x.to_string_lossy()).as_deref() == Some(guest.as_path()));
+        // The directory it goes on, inside the tree.
+        let at = match root.resolve(&guest, true) {
+            Ok(fd) => fd,
+            Err(err) if e.nofail() || excluded => {
+                warn!("mount: skipping {what}: its mount point: {err}");
+                continue;
             }
-            _ => groups.push(vec![(guest, e)]),
+            Err(err) => return Err(fail(ErrorKind::NotFound, format!("mount point: {err}"))),
+        };
+        let st = nix::sys::stat::fstat(&at)
+            .map_err(|err| Error::os(Step::Mount, &fstab_path, format!("{what}: fstat"), err))?;
+        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFDIR {
+            return Err(fail(
+                ErrorKind::InvalidInput,
+                "the mount point is not a directory in the image".into(),
+            ));
         }
-    }
-    for group in groups {
-        let mut pending: Vec<Pending> = Vec::new();
-        for (guest, e) in group {
-            let what = format!("fstab line {} ({} on {})", e.line, e.spec, e.mount_point);
-            let fail = |kind: ErrorKind, why: String| {
-                Error::refused(kind, Step::Mount, &fstab_path, format!("{what}: {why}"))
-            };
-            let excluded = options.exclude.iter().any(|x| {
-                fstab::normalize(&x.to_string_lossy()).as_deref() == Some(guest.as_path())
+        let host = std::fs::read_link(format!("/proc/self/fd/{}", at.as_raw_fd()))
+            .map_err(|err| Error::os(Step::Mount, &fstab_path, format!("{what}: readlink"), err))?;
+        if !host.starts_with(mounted.path()) {
+            return Err(fail(
+                ErrorKind::InvalidImage,
+                format!(
+                    "the mount point resolves to {} outside the image's tree; refused",
+                    host.display()
+                ),
+            ));
+        }
+        if excluded {
+            let plan = plan::plan(
+                &MountOptions::default()
+                    .read_only(true)
+                    .options("size=4k,mode=0555"),
+                "tmpfs".into(),
+                None,
+                true,
+            );
+            let device = PathBuf::from("excluded");
+            let dir = by_fd::mount(&device, &plan, at.as_fd(), &host)?;
+            record.set(Field::TreeMount {
+                path: &host,
+                device: None,
             });
-            // The directory it goes on, inside the tree.
-            let at = match root.resolve(&guest, true) {
-                Ok(fd) => fd,
-                Err(err) if e.nofail() || excluded => {
-                    warn!("mount: skipping {what}: its mount point: {err}");
-                    continue;
-                }
-                Err(err) => return Err(fail(ErrorKind::NotFound, format!("mount point: {err}"))),
-            };
-            let st = nix::sys::stat::fstat(&at).map_err(|err| {
-                Error::os(Step::Mount, &fstab_path, format!("{what}: fstat"), err)
-            })?;
-            if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFDIR {
-                return Err(fail(
-                    ErrorKind::InvalidInput,
-                    "the mount point is not a directory in the image".into(),
-                ));
+            info!(
+                "mount: {what} excluded: an empty read-only tmpfs on {}",
+                host.display()
+            );
+            tree.mounts.push((
+                guest,
+                guard(&host, device, &dir, mounted, "tmpfs", true, options)?,
+            ));
+            continue;
+        }
+        let part = match crate::os::source::resolve(core, table.as_ref(), &e.source) {
+            Ok(p) => p,
+            Err(why) if e.nofail() => {
+                warn!("mount: skipping {what} (nofail): {why}");
+                continue;
             }
-            let host =
-                std::fs::read_link(format!("/proc/self/fd/{}", at.as_raw_fd())).map_err(|err| {
-                    Error::os(Step::Mount, &fstab_path, format!("{what}: readlink"), err)
-                })?;
-            if !host.starts_with(mounted.path()) {
+            Err(why) => {
                 return Err(fail(
-                    ErrorKind::InvalidImage,
+                    ErrorKind::NotFound,
                     format!(
-                        "the mount point resolves to {} outside the image's tree; refused",
-                        host.display()
+                        "{why}; the entry has no nofail (exclude it with MountOptions::exclude)"
                     ),
                 ));
             }
-            if excluded {
-                let plan = plan::plan(
-                    &MountOptions::default()
-                        .read_only(true)
-                        .options("size=4k,mode=0555"),
-                    "tmpfs".into(),
-                    None,
-                    true,
-                );
-                let device = PathBuf::from("excluded");
-                let dir = by_fd::mount(&device, &plan, at.as_fd(), &host)?;
-                record.set(Field::TreeMount {
-                    path: &host,
-                    device: None,
-                });
-                info!(
-                    "mount: {what} excluded: an empty read-only tmpfs on {}",
-                    host.display()
-                );
-                tree.mounts.push((
-                    guest,
-                    guard(&host, device, &dir, mounted, "tmpfs", true, options)?,
-                ));
+        };
+        let key = match &part {
+            Target::Lv(vg, lv) => format!("{vg}/{lv}"),
+            Target::Part(p) => format!("{:?}", p.as_ref().map(|p| p.number)),
+        };
+        let (device, file) = if key == root_key {
+            (
+                mounted.device().to_path_buf(),
+                mounted.mapped().part.file().try_clone(),
+            )
+        } else if let Some((_, p)) = tree.parts.iter().find(|(k, _)| *k == key) {
+            (p.path.clone(), p.file().try_clone())
+        } else {
+            let m = match &part {
+                Target::Lv(vg, lv) => mapping::logical_volume(core, vg, lv, MapStrategy::Auto)?,
+                Target::Part(p) => {
+                    let p = p.as_ref().expect("only the whole disk has no number");
+                    mapping::map(core, p, MapStrategy::Auto)?
+                }
+            };
+            let r = (m.path.clone(), m.file().try_clone());
+            record.set(Field::TreeMapped {
+                path: &m.path,
+                mapping: m.mapping.as_str(),
+            });
+            tree.parts.push((key, m));
+            r
+        };
+        let file = file.map_err(|err| Error::os(Step::Mount, &device, "dup device", err))?;
+        let (driver, fst) = match fstype::choose(&device, &file, &MountOptions::default()) {
+            Ok(x) => x,
+            Err(err) if e.nofail() => {
+                warn!("mount: skipping {what} (nofail): {err}");
                 continue;
             }
-            let part = match crate::os::source::resolve(core, table.as_ref(), &e.source) {
-                Ok(p) => p,
-                Err(why) if e.nofail() => {
-                    warn!("mount: skipping {what} (nofail): {why}");
-                    continue;
-                }
-                Err(why) => {
-                    return Err(fail(
-                        ErrorKind::NotFound,
-                        format!(
-                            "{why}; the entry has no nofail (exclude it with MountOptions::exclude)"
-                        ),
-                    ));
-                }
-            };
-            let key = match &part {
-                Target::Lv(vg, lv) => format!("{vg}/{lv}"),
-                Target::Part(p) => format!("{:?}", p.as_ref().map(|p| p.number)),
-            };
-            let (device, file) = if key == root_key {
-                (
-                    mounted.device().to_path_buf(),
-                    mounted.mapped().part.file().try_clone(),
-                )
-            } else if let Some((_, p)) = tree.parts.iter().find(|(k, _)| *k == key) {
-                (p.path.clone(), p.file().try_clone())
-            } else {
-                let m = match &part {
-                    Target::Lv(vg, lv) => mapping::logical_volume(core, vg, lv, MapStrategy::Auto)?,
-                    Target::Part(p) => {
-                        let p = p.as_ref().expect("only the whole disk has no number");
-                        mapping::map(core, p, MapStrategy::Auto)?
-                    }
-                };
-                let r = (m.path.clone(), m.file().try_clone());
-                record.set(Field::TreeMapped {
-                    path: &m.path,
-                    mapping: m.mapping.as_str(),
-                });
-                tree.parts.push((key, m));
-                r
-            };
-            let file = file.map_err(|err| Error::os(Step::Mount, &device, "dup device", err))?;
-            let (driver, fst) = match fstype::choose(&device, &file, &MountOptions::default()) {
-                Ok(x) => x,
-                Err(err) if e.nofail() => {
-                    warn!("mount: skipping {what} (nofail): {err}");
-                    continue;
-                }
-                Err(err) => return Err(fail(err.kind(), err.to_string())),
-            };
-            let mut mo = MountOptions::default()
-                .read_only(read_only || e.read_only())
-                .noexec(options.noexec);
-            if let Some(sv) = e.option("subvol") {
-                mo = mo.subvolume(sv);
-                mo.subvolume_option(&device)?;
-            }
-            if let Some(id) = e.option("subvolid") {
-                if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(fail(
-                        ErrorKind::InvalidImage,
-                        format!("bad subvolid={id:?}"),
-                    ));
-                }
-                mo = mo.options(format!("subvolid={id}"));
-            }
-            let plan = plan::plan(&mo, driver.clone(), fst, core.read_only);
-            pending.push(Pending {
-                guest,
-                entry: e,
-                what,
-                device,
-                driver,
-                plan,
-                at,
-                host,
-            });
+            Err(err) => return Err(fail(err.kind(), err.to_string())),
+        };
+        let mut mo = MountOptions::default()
+            .read_only(read_only || e.read_only())
+            .noexec(options.noexec);
+        if let Some(sv) = e.option("subvol") {
+            mo = mo.subvolume(sv);
+            mo.subvolume_option(&device)?;
         }
-        let results = mount_all(&pending);
-        // Every mount that was made is guarded before an error is returned
-        // (the tree's drop then takes them down).
-        let mut failed = None;
-        for (p, result) in pending.into_iter().zip(results) {
-            let e = p.entry;
-            let dir = match result {
-                Ok(d) => d,
-                Err(err) if e.nofail() => {
-                    warn!("mount: skipping {} (nofail): {err}", p.what);
-                    continue;
-                }
-                Err(err) => {
-                    failed.get_or_insert(Error::refused(
-                        err.kind(),
-                        Step::Mount,
-                        &fstab_path,
-                        format!(
-                            "{}: {err}; exclude it with MountOptions::exclude({:?})",
-                            p.what, e.mount_point
-                        ),
-                    ));
-                    continue;
-                }
-            };
-            record.set(Field::TreeMount {
-                path: &p.host,
-                device: Some(&p.device),
-            });
-            debug!(
-                "mount: {}: {} on {}",
-                p.what,
-                p.device.display(),
-                p.host.display()
-            );
-            info!(
-                "mounted {} ({}) on {}",
-                p.device.display(),
-                p.driver,
-                p.host.display()
-            );
-            match guard(
-                &p.host,
-                p.device,
-                &dir,
-                mounted,
-                &p.driver,
-                p.plan.read_only,
-                options,
-            ) {
-                Ok(g) => tree.mounts.push((p.guest, g)),
-                Err(err) => {
-                    failed.get_or_insert(err);
-                }
+        if let Some(id) = e.option("subvolid") {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(fail(
+                    ErrorKind::InvalidImage,
+                    format!("bad subvolid={id:?}"),
+                ));
             }
+            mo = mo.options(format!("subvolid={id}"));
         }
-        if let Some(err) = failed {
-            return Err(err);
-        }
+        let plan = plan::plan(&mo, driver.clone(), fst, core.read_only);
+        let dir = match by_fd::mount(&device, &plan, at.as_fd(), &host) {
+            Ok(d) => d,
+            Err(err) if e.nofail() => {
+                warn!("mount: skipping {what} (nofail): {err}");
+                continue;
+            }
+            Err(err) => {
+                return Err(fail(
+                    err.kind(),
+                    format!(
+                        "{err}; exclude it with MountOptions::exclude({:?})",
+                        e.mount_point
+                    ),
+                ));
+            }
+        };
+        record.set(Field::TreeMount {
+            path: &host,
+            device: Some(&device),
+        });
+        debug!("mount: {what}: {} on {}", device.display(), host.display());
+        info!(
+            "mounted {} ({driver}) on {}",
+            device.display(),
+            host.display()
+        );
+        let g = guard(
+            &host,
+            device,
+            &dir,
+            mounted,
+            &driver,
+            plan.read_only,
+            options,
+        )?;
+        tree.mounts.push((guest, g));
     }
     drop(root);
     Ok(tree)
-}
-
-/// An fstab entry ready to be mounted: its device mapped, its mount point
-/// resolved and checked inside the tree.
-struct Pending<'a> {
-    guest: PathBuf,
-    entry: &'a fstab::Entry,
-    what: String,
-    device: PathBuf,
-    driver: String,
-    plan: plan::MountPlan,
-    at: std::os::fd::OwnedFd,
-    host: PathBuf,
-}
-
-/// Mounts each of `pending` on its directory (siblings: none inside
-/// another), at once when there are several; the results in order.
-fn mount_all(pending: &[Pending<'_>]) -> Vec<Result<std::fs::File>> {
-    let one = |p: &Pending<'_>| by_fd::mount(&p.device, &p.plan, p.at.as_fd(), &p.host);
-    let distinct = pending
-        .iter()
-        .enumerate()
-        .all(|(i, p)| pending[..i].iter().all(|q| q.host != p.host));
-    if pending.len() < 2 || !distinct {
-        return pending.iter().map(one).collect();
-    }
-    std::thread::scope(|scope| {
-        let started: Vec<_> = pending
-            .iter()
-            .map(|p| {
-                std::thread::Builder::new()
-                    .name("diskmount-mount".into())
-                    .spawn_scoped(scope, move || one(p))
-            })
-            .collect();
-        started
-            .into_iter()
-            .zip(pending)
-            .map(|(t, p)| match t {
-                Ok(t) => t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
-                // No thread: mount it here.
-                Err(_) => one(p),
-            })
-            .collect()
-    })
 }
 
 #[allow(clippy::too_many_arguments)]
