@@ -18,11 +18,7 @@ fn needle(server: &HttpServer) -> String {
 fn qcow2_over_http_mounts_read_only_and_copies_out() {
     let mut fx = Fixture::new();
     let raw = fx.ext4("disk.img", &[("id", "over http")]);
-    let img = fx.path().join("disk.qcow2");
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&img));
+    let img = common::convert(&fx, &raw, "disk.qcow2", "qcow2", &[]);
     let server = HttpServer::start(&img);
     let image = Image::url(&server.url("disk.qcow2"))
         .unwrap()
@@ -249,11 +245,7 @@ fn https_front_fault(signal: &str, says: &[&str]) {
 fn inspect_of_a_qcow2_url_names_its_format_and_attaches_once() {
     let mut fx = Fixture::new();
     let raw = fx.ext4("disk.img", &[("id", "inspected")]);
-    let img = fx.path().join("disk.qcow2");
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&img));
+    let img = common::convert(&fx, &raw, "disk.qcow2", "qcow2", &[]);
     let server = HttpServer::start(&img);
     let out = Command::new(env!("CARGO_BIN_EXE_diskmount"))
         .args(["-v", "inspect", "--json"])
@@ -309,11 +301,7 @@ fn parallel_readahead_through_qemus_curl_driver_does_not_hang() {
     let mut fx = Fixture::new();
     let big = "r".repeat(6 << 20);
     let raw = fx.ext4("disk.img", &[("big", &big)]);
-    let img = fx.path().join("disk.qcow2");
-    run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&img));
+    let img = common::convert(&fx, &raw, "disk.qcow2", "qcow2", &[]);
     let server = HttpServer::start(&img);
     for round in 0..6 {
         let options = AttachOptions::default().io_timeout(std::time::Duration::from_secs(5));
