@@ -82,12 +82,10 @@ pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(start)
 }
 
-/// A free TCP port on 127.0.0.1 (the monitor binds it a moment later).
+/// A free TCP port on 127.0.0.1 (the monitor binds it a moment later),
+/// out of the range client connections take theirs from.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a port on 127.0.0.1")
-        .port()
+    super::servers::free_port()
 }
 
 fn write(path: &Path, text: &str) {

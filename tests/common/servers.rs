@@ -13,13 +13,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound, then let go for the server).
+/// A free TCP port on 127.0.0.1 for a server to listen on, below the
+/// kernel's ephemeral range (32768-60999 by default): a port the kernel
+/// handed out (`bind` to port 0) and we let go could be taken as the
+/// source port of any client connection before the server binds it (seen:
+/// qemu-nbd failing to start while other tests' clients connected). Each
+/// call in a process gets another one, starting from a place of its own.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 12000;
+    let base = std::process::id() % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port below the ephemeral range");
+        let port = (LOW + (base + n * 7) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Where an NBD server listens.
@@ -51,13 +64,15 @@ impl QemuNbd {
                 format!("nbd+unix:///disk?socket={}", path.display())
             }
         };
+        let log = tempfile::tempfile().unwrap();
         let child = cmd
             .arg(image)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(log.try_clone().unwrap())
             .spawn()
             .expect("start qemu-nbd");
-        let server = QemuNbd {
+        let mut server = QemuNbd {
             child: Some(child),
             url,
         };
@@ -69,6 +84,13 @@ impl QemuNbd {
             };
             if up {
                 break;
+            }
+            let exited = server.child.as_mut().unwrap().try_wait().unwrap();
+            if let Some(status) = exited {
+                let mut said = String::new();
+                let _ = (&log).seek(SeekFrom::Start(0));
+                let _ = (&log).read_to_string(&mut said);
+                panic!("qemu-nbd exited ({status}) before it listened: {said}");
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
@@ -471,17 +493,27 @@ impl TgtTarget {
         t
     }
 
+    /// Runs tgtadm on this tgtd; a request that did not reach the daemon
+    /// (its control socket not there yet: it can listen on the portal
+    /// first) is sent again, for up to 5 s.
     fn adm(&mut self, args: &[&str]) {
-        let out = Command::new("tgtadm")
-            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tgtadm {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = Command::new("tgtadm")
+                .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
+                .args(args)
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                said.contains("to tgt daemon") && Instant::now() < deadline,
+                "tgtadm {args:?}: {said}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Sends `signal` (e.g. `STOP`, `CONT`) to tgtd.
