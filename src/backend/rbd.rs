@@ -13,7 +13,8 @@
 //! fails I/O that got no answer, and `mount_timeout` bounds the map itself
 //! and the unmap's goodbye to the cluster. Both are the attach's
 //! [`AttachOptions::io_timeout`] (whole seconds, at least one; 30 s by
-//! default), and the unmap's own bound follows from it ([`unmap_bound`]).
+//! default), and the unmap's own bound follows from it (three of them and
+//! 15 s, from what the kernel took in the VM lane).
 
 use std::fs::File;
 use std::os::fd::AsFd;
