@@ -429,17 +429,26 @@ fn stray(dir: &Path, file: PathBuf, id: &str, is_dir: bool) -> Found {
 /// an empty slot (it names nothing): skipped while its owner lives,
 /// removed once it is gone.
 fn read_record(dir: &Path, file: PathBuf, stem: &str) -> Option<Found> {
-    let found = read_locked(dir, file, stem)?;
-    Some(match found {
-        Ok(found) => found,
-        Err((handle, file, text)) => record_of(dir, file, stem, handle, &text),
-    })
+    match read_locked(dir, file, stem) {
+        Opened::EmptySlot => None,
+        Opened::Known(found) => Some(*found),
+        Opened::Locked { handle, file, text } => Some(record_of(dir, file, stem, handle, &text)),
+    }
 }
 
-/// An opened record: `Ok` with what is already known (unreadable, or
-/// live), `Err` with the locked file and its text to parse; `None` for an
-/// empty slot.
-type Opened = Option<std::result::Result<Found, (File, PathBuf, Vec<u8>)>>;
+/// A record file as opened.
+enum Opened {
+    /// An empty slot: nothing to list.
+    EmptySlot,
+    /// Already told: unreadable, or a live owner's.
+    Known(Box<Found>),
+    /// Locked by us, its text still to be parsed and verified.
+    Locked {
+        handle: File,
+        file: PathBuf,
+        text: Vec<u8>,
+    },
+}
 
 fn read_locked(dir: &Path, file: PathBuf, stem: &str) -> Opened {
     let mut attempts = 0;
@@ -451,14 +460,14 @@ fn read_locked(dir: &Path, file: PathBuf, stem: &str) -> Opened {
             .open(&file);
         let handle = match opened {
             Ok(f) => f,
-            Err(e) => return Some(Ok(unreadable(dir, file, format!("open: {e}")))),
+            Err(e) => return Opened::Known(Box::new(unreadable(dir, file, format!("open: {e}")))),
         };
         let meta = match handle.metadata() {
             Ok(m) => m,
-            Err(e) => return Some(Ok(unreadable(dir, file, format!("fstat: {e}")))),
+            Err(e) => return Opened::Known(Box::new(unreadable(dir, file, format!("fstat: {e}")))),
         };
         if !meta.file_type().is_file() || meta.uid() != 0 || meta.len() > format::MAX_SIZE {
-            return Some(Ok(unreadable(
+            return Opened::Known(Box::new(unreadable(
                 dir,
                 file,
                 "not a regular file owned by root of at most 64 KiB",
@@ -469,14 +478,14 @@ fn read_locked(dir: &Path, file: PathBuf, stem: &str) -> Opened {
             Err(Errno::EWOULDBLOCK) => {
                 let text = std::fs::read(&file).unwrap_or_default();
                 if format::is_free_slot(&text, stem) {
-                    return None;
+                    return Opened::EmptySlot;
                 }
                 let mut f = unreadable(dir, file, "");
                 f.status = Status::Live { pid: pid_of() };
                 f.data = Data::parse(&text, stem).ok();
-                return Some(Ok(f));
+                return Opened::Known(Box::new(f));
             }
-            Err(e) => return Some(Ok(unreadable(dir, file, format!("flock: {e}")))),
+            Err(e) => return Opened::Known(Box::new(unreadable(dir, file, format!("flock: {e}")))),
             Ok(()) => {}
         }
         // Renamed over since we opened it: its owner saved again.
@@ -486,11 +495,11 @@ fn read_locked(dir: &Path, file: PathBuf, stem: &str) -> Opened {
             if attempts < 5 {
                 continue;
             }
-            return Some(Ok(unreadable(dir, file, "keeps being replaced")));
+            return Opened::Known(Box::new(unreadable(dir, file, "keeps being replaced")));
         }
         let mut text = Vec::new();
         if let Err(e) = std::io::Read::read_to_end(&mut (&handle), &mut text) {
-            return Some(Ok(unreadable(dir, file, format!("read: {e}"))));
+            return Opened::Known(Box::new(unreadable(dir, file, format!("read: {e}"))));
         }
         break (handle, text);
     };
@@ -502,9 +511,9 @@ fn read_locked(dir: &Path, file: PathBuf, stem: &str) -> Opened {
             file.display()
         );
         let _ = std::fs::remove_file(&file);
-        return None;
+        return Opened::EmptySlot;
     }
-    Some(Err((handle, file, text)))
+    Opened::Locked { handle, file, text }
 }
 
 /// Parses and verifies a locked record's `text`.

@@ -685,9 +685,18 @@ impl Daemon {
 
     /// What the daemon printed (bounded).
     fn output(&self) -> String {
-        let mut s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        s.truncate(16 * 1024);
-        s
+        self.output_from(0).unwrap_or_default()
+    }
+
+    /// At most 16 KiB of what the daemon printed from byte `offset` of its
+    /// log on; `None` if the log cannot be read.
+    fn output_from(&self, offset: u64) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = File::open(&self.log).ok()?;
+        file.seek(SeekFrom::Start(offset)).ok()?;
+        let mut bytes = Vec::new();
+        file.take(16 * 1024).read_to_end(&mut bytes).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// What the protocol driver printed since the export went live (qemu
@@ -695,12 +704,7 @@ impl Daemon {
     /// ...`), as an error of the detach step: the first and the last such
     /// line, bounded. `None` if it printed nothing (or the image is a file).
     fn io_failures(&self) -> Option<Error> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mark = self.log_mark?;
-        let mut text = String::new();
-        let mut file = File::open(&self.log).ok()?;
-        file.seek(SeekFrom::Start(mark)).ok()?;
-        file.take(16 * 1024).read_to_string(&mut text).ok()?;
+        let text = self.output_from(self.log_mark?)?;
         let said: Vec<&str> = text
             .lines()
             .map(|l| l.trim().trim_start_matches(&format!("{DAEMON}: ")).trim())

@@ -133,9 +133,11 @@ fn take_slot(dir: &Path) -> Option<Slot> {
 /// slot; gives it back if it cannot be one (then it is removed).
 fn free_slot(live: Live) -> Option<Live> {
     static AT_EXIT: OnceLock<bool> = OnceLock::new();
+    // Loop and block devices run no helper: no directory to look for.
+    let helper = !matches!(live.data.backend.as_str(), "loop" | "block");
     let usable = live.len <= IN_PLACE_MAX
         && !live.data.persistent
-        && !helper_dir(&live.dir, &live.data.id).exists()
+        && !(helper && helper_dir(&live.dir, &live.data.id).exists())
         && *AT_EXIT.get_or_init(|| {
             crate::sys::process::at_exit(remove_slots_at_exit)
                 .map_err(|e| debug!("record slots: {e}"))
