@@ -63,7 +63,7 @@ impl MountGuard {
     /// or (no id) a mount on the target that shows our filesystem.
     fn still_mounted(&self) -> bool {
         match self.mnt_id {
-            Some(id) => crate::kernel::mountinfo::by_id(id).is_some(),
+            Some(id) => self.ours_by_id(id).is_some(),
             None => {
                 crate::kernel::mountinfo::is_mount_point(&self.target)
                     && std::fs::metadata(&self.target).is_ok_and(|m| m.dev() == self.root_dev)
@@ -132,10 +132,20 @@ impl MountGuard {
     /// Where our mount (by its id) is mounted now, if not at its path and
     /// still showing our filesystem there.
     fn relocated(&self) -> Option<PathBuf> {
-        let id = self.mnt_id?;
-        let entry = crate::kernel::mountinfo::by_id(id)?;
+        let entry = self.ours_by_id(self.mnt_id?)?;
         let shows = std::fs::metadata(&entry.target).is_ok_and(|m| m.dev() == self.root_dev);
         (entry.target != self.target && shows).then_some(entry.target)
+    }
+}
+
+impl MountGuard {
+    /// The mount with id `id` if it is ours: of our device. The kernel
+    /// reuses a mount's id once it is unmounted, so after our unmount the
+    /// id can name someone else's newer mount (seen with tests mounting in
+    /// parallel: the teardown took the stranger for ours, still mounted,
+    /// and left the device for it).
+    fn ours_by_id(&self, id: u64) -> Option<crate::kernel::mountinfo::Mount> {
+        crate::kernel::mountinfo::by_id(id).filter(|m| m.source == self.device)
     }
 }
 
