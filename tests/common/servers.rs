@@ -51,17 +51,49 @@ impl QemuNbd {
     /// Serves `image` (of `format`) read-write on `listen`, export `disk`,
     /// many clients one after another (`--persistent`); waits until it
     /// accepts connections.
+    ///
+    /// A TCP port is bound and listened on here and handed to qemu-nbd as
+    /// systemd socket activation does (descriptor 3, `LISTEN_FDS=1`,
+    /// `LISTEN_PID` its pid, set by the `sh` that execs it): clients wait in
+    /// the backlog from the start, and no other process can take the port
+    /// between the check and qemu-nbd's own bind.
     pub fn start(image: &Path, format: &str, listen: Listen) -> QemuNbd {
-        let mut cmd = Command::new("qemu-nbd");
-        cmd.args(["-f", format, "-x", "disk", "--persistent", "--shared=4"]);
-        let url = match &listen {
+        let qemu_args = ["-f", format, "-x", "disk", "--persistent", "--shared=4"];
+        let mut listener = None;
+        let (mut cmd, url) = match &listen {
             Listen::Tcp(port) => {
-                cmd.args(["-b", "127.0.0.1", "-p", &port.to_string()]);
-                format!("nbd://127.0.0.1:{port}/disk")
+                let l = TcpListener::bind(("127.0.0.1", *port))
+                    .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port} for qemu-nbd: {e}"));
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+                listener = Some(l);
+                let mut cmd = Command::new("sh");
+                cmd.args([
+                    "-c",
+                    "LISTEN_PID=$$ LISTEN_FDS=1 exec qemu-nbd \"$@\"",
+                    "qemu-nbd",
+                ]);
+                cmd.args(qemu_args);
+                // SAFETY: dup2 and fcntl are async-signal-safe; the closure
+                // touches nothing but descriptor numbers.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        let r = if fd == 3 {
+                            nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+                        } else {
+                            nix::libc::dup2(fd, 3)
+                        };
+                        if r < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                (cmd, format!("nbd://127.0.0.1:{port}/disk"))
             }
             Listen::Unix(path) => {
-                cmd.arg("-k").arg(path);
-                format!("nbd+unix:///disk?socket={}", path.display())
+                let mut cmd = Command::new("qemu-nbd");
+                cmd.args(qemu_args).arg("-k").arg(path);
+                (cmd, format!("nbd+unix:///disk?socket={}", path.display()))
             }
         };
         let log = tempfile::tempfile().unwrap();
@@ -72,30 +104,52 @@ impl QemuNbd {
             .stderr(log.try_clone().unwrap())
             .spawn()
             .expect("start qemu-nbd");
+        // qemu-nbd has its own copy now.
+        drop(listener);
         let mut server = QemuNbd {
             child: Some(child),
             url,
         };
         let start = Instant::now();
+        let mut tries: Vec<String> = Vec::new();
         loop {
             let up = match &listen {
-                Listen::Tcp(port) => TcpStream::connect(("127.0.0.1", *port)).is_ok(),
-                Listen::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+                Listen::Tcp(port) => TcpStream::connect(("127.0.0.1", *port)).map(drop),
+                Listen::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
             };
-            if up {
-                break;
+            match up {
+                Ok(()) => break,
+                Err(e) => {
+                    let t = format!("{:?}: {e}", start.elapsed());
+                    if tries.len() < 5 {
+                        tries.push(t);
+                    } else {
+                        tries[4] = t;
+                    }
+                }
             }
-            let exited = server.child.as_mut().unwrap().try_wait().unwrap();
-            if let Some(status) = exited {
+            let said = || {
                 let mut said = String::new();
                 let _ = (&log).seek(SeekFrom::Start(0));
                 let _ = (&log).read_to_string(&mut said);
-                panic!("qemu-nbd exited ({status}) before it listened: {said}");
+                said
+            };
+            let exited = server.child.as_mut().unwrap().try_wait().unwrap();
+            if let Some(status) = exited {
+                panic!("qemu-nbd exited ({status}) before it listened: {}", said());
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "qemu-nbd did not start"
-            );
+            if start.elapsed() > Duration::from_secs(20) {
+                let sockets = Command::new("ss").arg("-antp").output();
+                panic!(
+                    "qemu-nbd (pid {}) did not listen within 20 s; connects: {tries:?}; it said: {:?}; sockets: {}",
+                    server.pid(),
+                    said(),
+                    sockets.map_or_else(
+                        |e| e.to_string(),
+                        |o| String::from_utf8_lossy(&o.stdout).into_owned()
+                    )
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         server
