@@ -281,7 +281,14 @@ fn parse_extents(text: &[u8]) -> Vec<Extent> {
 }
 
 fn extent_line(line: &[u8]) -> Option<Extent> {
-    let (access, rest) = token(line);
+    // Most lines are something else: look no further than their first
+    // byte (a byte compare: fuzzed, every slice compare is an intercepted
+    // memcmp).
+    let start = line.trim_ascii_start();
+    if !matches!(start.first(), Some(b'R' | b'N')) {
+        return None;
+    }
+    let (access, rest) = token(start);
     if !matches!(access, b"RW" | b"RDONLY" | b"NOACCESS") {
         return None;
     }

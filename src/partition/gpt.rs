@@ -47,26 +47,88 @@ pub const USR_NATIVE: &str = match std::env::consts::ARCH.as_bytes() {
 /// "Linux filesystem data": the generic Linux partition type.
 pub const LINUX_GENERIC: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
+/// Common GPT type GUIDs and their names.
+const TYPES: [(&str, &str); 15] = [
+    (LINUX_GENERIC, "Linux filesystem"),
+    ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "EFI System"),
+    ("21686148-6449-6E6F-744E-656564454649", "BIOS boot"),
+    ("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "Linux swap"),
+    ("E6D6D379-F507-44C2-A23C-238F2A3DF928", "Linux LVM"),
+    ("933AC7E1-2EB4-4F13-B844-0E14E2AEF915", "Linux home"),
+    ("3B8F8425-20E0-4F3B-907F-1A25A76F98E8", "Linux server data"),
+    (
+        "4D21B016-B534-45C2-A9FB-5C16E091FD2D",
+        "Linux variable data",
+    ),
+    (
+        "BC13C2FF-59E6-4262-A352-B275FD6F7172",
+        "Linux extended boot",
+    ),
+    (
+        "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
+        "Microsoft basic data",
+    ),
+    (
+        "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+        "Linux root (x86-64)",
+    ),
+    ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "Linux root (ARM64)"),
+    ("44479540-F297-41B2-9AF7-D131D5F0458A", "Linux root (x86)"),
+    (
+        "8484680C-9521-48C6-9C11-B0720656F69E",
+        "Linux /usr (x86-64)",
+    ),
+    ("B0E01050-EE5F-4390-949A-9101B17104E9", "Linux /usr (ARM64)"),
+];
+
+/// [`TYPES`]' GUIDs as they are on disk, read as one little-endian
+/// number: an entry's type is found by comparing integers, not text.
+const TYPE_KEYS: [u128; TYPES.len()] = {
+    let mut keys = [0u128; TYPES.len()];
+    let mut i = 0;
+    while i < TYPES.len() {
+        keys[i] = u128::from_le_bytes(guid_bytes(TYPES[i].0));
+        i += 1;
+    }
+    keys
+};
+
+/// The 16 bytes GPT stores for the upper-case hyphenated `guid` (the first
+/// three fields little-endian). For constants only: it panics on anything
+/// else, at compile time.
+const fn guid_bytes(guid: &str) -> [u8; 16] {
+    const fn hex(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => panic!("not an upper-case hex digit"),
+        }
+    }
+    let s = guid.as_bytes();
+    assert!(s.len() == 36, "not a hyphenated GUID");
+    // Where each stored byte's two digits are in the text.
+    const AT: [usize; 16] = [6, 4, 2, 0, 11, 9, 16, 14, 19, 21, 24, 26, 28, 30, 32, 34];
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = hex(s[AT[i]]) << 4 | hex(s[AT[i] + 1]);
+        i += 1;
+    }
+    out
+}
+
 /// A name for common GPT type GUIDs.
 pub fn type_name(guid: &str) -> Option<&'static str> {
-    Some(match guid {
-        LINUX_GENERIC => "Linux filesystem",
-        "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" => "EFI System",
-        "21686148-6449-6E6F-744E-656564454649" => "BIOS boot",
-        "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F" => "Linux swap",
-        "E6D6D379-F507-44C2-A23C-238F2A3DF928" => "Linux LVM",
-        "933AC7E1-2EB4-4F13-B844-0E14E2AEF915" => "Linux home",
-        "3B8F8425-20E0-4F3B-907F-1A25A76F98E8" => "Linux server data",
-        "4D21B016-B534-45C2-A9FB-5C16E091FD2D" => "Linux variable data",
-        "BC13C2FF-59E6-4262-A352-B275FD6F7172" => "Linux extended boot",
-        "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7" => "Microsoft basic data",
-        "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709" => "Linux root (x86-64)",
-        "B921B045-1DF0-41C3-AF44-4C6F280D3FAE" => "Linux root (ARM64)",
-        "44479540-F297-41B2-9AF7-D131D5F0458A" => "Linux root (x86)",
-        "8484680C-9521-48C6-9C11-B0720656F69E" => "Linux /usr (x86-64)",
-        "B0E01050-EE5F-4390-949A-9101B17104E9" => "Linux /usr (ARM64)",
-        _ => return None,
-    })
+    TYPES
+        .iter()
+        .find(|(g, _)| *g == guid)
+        .map(|(_, name)| *name)
+}
+
+/// [`type_name`] of a type GUID as stored in an entry.
+fn stored_type_name(raw: u128) -> Option<&'static str> {
+    let i = TYPE_KEYS.iter().position(|&k| k == raw)?;
+    Some(TYPES[i].1)
 }
 
 /// What a header says, as far as reading the table needs.
@@ -260,33 +322,27 @@ fn entries<R: ReadAt + ?Sized>(
 ) -> std::result::Result<std::result::Result<Vec<PartitionInfo>, String>, String> {
     let len = u64::from(h.num_parts) * 128;
     let start = h.part_start * sector;
-    // Read in chunks with one buffer, the checksum running along: a crafted
-    // header's 16384 entries cost 16 KiB of memory, not 2 MiB.
+    // Read in chunks with one buffer: a crafted header's 16384 entries cost
+    // 16 KiB of memory, not 2 MiB. The checksum comes first, so an array
+    // that fails it is not parsed; the usual 128 entries are one chunk,
+    // read once.
     let mut buf = vec![0u8; CHUNK.min(len as usize)];
-    let mut crc = crc32fast::Hasher::new();
-    let mut partitions = Vec::new();
-    let mut impossible = None;
-    let mut done = 0u64;
-    while done < len {
-        let chunk = &mut buf[..(len - done).min(CHUNK as u64) as usize];
+    let read = |chunk: &mut [u8], done: u64| {
         let n = device
             .read_at_most(chunk, start + done)
             .map_err(|e| format!("cannot read its entry array: {e}"))?;
         if n < chunk.len() {
-            return Err("the disk ends inside its entry array".into());
+            return Err("the disk ends inside its entry array".to_string());
         }
+        Ok(())
+    };
+    let chunk_len = |done: u64| (len - done).min(CHUNK as u64) as usize;
+    let mut crc = crc32fast::Hasher::new();
+    let mut done = 0u64;
+    while done < len {
+        let chunk = &mut buf[..chunk_len(done)];
+        read(chunk, done)?;
         crc.update(chunk);
-        for (i, e) in chunk.chunks_exact(128).enumerate() {
-            let number = (done / 128) as u32 + i as u32 + 1;
-            if let Some(p) = entry(number, e, sector) {
-                match p {
-                    Ok(p) => partitions.push(p),
-                    Err(why) => {
-                        impossible.get_or_insert(why);
-                    }
-                }
-            }
-        }
         done += chunk.len() as u64;
     }
     let actual = crc.finalize();
@@ -296,6 +352,26 @@ fn entries<R: ReadAt + ?Sized>(
             h.entries_crc
         ));
     }
+    let mut partitions = Vec::new();
+    let mut impossible = None;
+    let mut done = 0u64;
+    while done < len {
+        let chunk = &mut buf[..chunk_len(done)];
+        if len > CHUNK as u64 {
+            read(chunk, done)?;
+        }
+        for (i, e) in chunk.chunks_exact(128).enumerate() {
+            let number = (done / 128) as u32 + i as u32 + 1;
+            match entry(number, e, sector) {
+                None => {}
+                Some(Ok(p)) => partitions.push(p),
+                Some(Err(why)) => {
+                    impossible.get_or_insert(why);
+                }
+            }
+        }
+        done += chunk.len() as u64;
+    }
     Ok(match impossible {
         Some(why) => Err(why),
         None => Ok(partitions),
@@ -304,7 +380,8 @@ fn entries<R: ReadAt + ?Sized>(
 
 /// Entry `number` (128 bytes): `None` if unused (a zero type GUID).
 fn entry(number: u32, e: &[u8], sector: u64) -> Option<std::result::Result<PartitionInfo, String>> {
-    if e[..16].iter().all(|&b| b == 0) {
+    let raw = u128::from_le_bytes(e[..16].try_into().expect("16 bytes"));
+    if raw == 0 {
         return None;
     }
     let (first, last) = (le64(e, 32), le64(e, 40));
@@ -313,20 +390,20 @@ fn entry(number: u32, e: &[u8], sector: u64) -> Option<std::result::Result<Parti
             "partition {number} ends (sector {last}) before it starts (sector {first})"
         )));
     }
-    let guid = guid(&e[..16]);
-    let name: Vec<u16> = e[56..128]
+    let units = e[56..128]
         .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&c| c != 0)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]));
+    let len = units.clone().position(|c| c == 0).unwrap_or(36);
+    let name: String = char::decode_utf16(units.take(len))
+        .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
         .collect();
-    let name = String::from_utf16_lossy(&name);
     Some(Ok(PartitionInfo {
         number,
         start: first.saturating_mul(sector),
         size: (last - first).saturating_add(1).saturating_mul(sector),
         kind: PartitionType::Gpt {
-            name: type_name(&guid),
-            guid,
+            name: stored_type_name(raw),
+            guid: guid(&e[..16]),
         },
         name: (!name.is_empty()).then_some(name),
     }))
@@ -335,20 +412,16 @@ fn entry(number: u32, e: &[u8], sector: u64) -> Option<std::result::Result<Parti
 /// A GUID as GPT stores it (the first three fields little-endian), in
 /// upper-case hyphenated form.
 fn guid(b: &[u8]) -> String {
-    use std::fmt::Write;
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    // The stored byte at each of the text's byte pairs, hyphens between.
+    const ORDER: [usize; 16] = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
     let mut s = String::with_capacity(36);
-    let _ = write!(
-        s,
-        "{:08X}-{:04X}-{:04X}-",
-        le32(b, 0),
-        u16::from_le_bytes([b[4], b[5]]),
-        u16::from_le_bytes([b[6], b[7]])
-    );
-    for (i, x) in b[8..16].iter().enumerate() {
-        if i == 2 {
+    for (i, &at) in ORDER.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
             s.push('-');
         }
-        let _ = write!(s, "{x:02X}");
+        s.push(DIGITS[usize::from(b[at] >> 4)] as char);
+        s.push(DIGITS[usize::from(b[at] & 15)] as char);
     }
     s
 }
@@ -427,6 +500,19 @@ mod tests {
         (1, 34 * 512, 66 * 512, Some("esp")),
         (3, 100 * 512, 900 * 512, Some("root")),
     ];
+
+    /// The stored form of every known type GUID reads back as its text,
+    /// and its name is found from either form.
+    #[test]
+    fn known_type_guids_round_trip() {
+        for (text, name) in TYPES {
+            let raw = guid_bytes(text);
+            assert_eq!(guid(&raw), text);
+            assert_eq!(stored_type_name(u128::from_le_bytes(raw)), Some(name));
+            assert_eq!(type_name(text), Some(name));
+        }
+        assert_eq!(type_name("00000000-0000-0000-0000-000000000001"), None);
+    }
 
     #[test]
     fn entries_by_index_with_type_and_name() {
