@@ -134,35 +134,6 @@ fn util_linux_offset(img: &Path, mnt: &Path, start: u64, size: u64) {
     run(Command::new("losetup").args(["--detach", dev]));
 }
 
-/// The floor's attach: `LOOP_CTL_GET_FREE`, open, one `LOOP_CONFIGURE`
-/// (autoclear; `range` = offset and size limit).
-fn floor_attach(backing: &File, range: Option<(u64, u64)>) -> (String, File) {
-    floor_attach_flags(backing, range, loop_dev::LO_FLAGS_AUTOCLEAR)
-}
-
-/// [`floor_attach`] with these `lo_flags`.
-fn floor_attach_flags(backing: &File, range: Option<(u64, u64)>, flags: u32) -> (String, File) {
-    let control = common::open_rw("/dev/loop-control");
-    let mut info = loop_dev::empty_info();
-    info.lo_flags = flags;
-    if let Some((start, size)) = range {
-        info.lo_offset = start;
-        info.lo_sizelimit = size;
-    }
-    // Other processes on the machine claim loop devices too: EBUSY means
-    // one took this device first; ask for another at once.
-    loop {
-        let nr = loop_dev::ctl_get_free(control.as_fd()).unwrap();
-        let node = format!("/dev/loop{nr}");
-        let dev = common::open_rw(&node);
-        match loop_dev::configure(dev.as_fd(), backing.as_fd(), &info, 0) {
-            Ok(()) => return (node, dev),
-            Err(nix::errno::Errno::EBUSY) => continue,
-            Err(e) => panic!("LOOP_CONFIGURE {node}: {e}"),
-        }
-    }
-}
-
 fn floor_mount(node: &str, mnt: &Path, flush: bool) {
     nix::mount::mount(
         Some(node),
@@ -189,7 +160,7 @@ fn floor_detach(backing: &File, dev: File, flush: bool) {
 
 fn syscalls(img: &Path, mnt: &Path, flush: bool) {
     let backing = common::open_rw(img);
-    let (node, dev) = floor_attach(&backing, None);
+    let (node, dev) = common::floor::attach(&backing, None);
     floor_mount(&node, mnt, flush);
     floor_detach(&backing, dev, flush);
 }
@@ -203,7 +174,7 @@ fn syscalls_scan_probe(img: &Path, mnt: &Path) {
     use std::os::unix::fs::FileExt;
     let backing = common::open_rw(img);
     let flags = loop_dev::LO_FLAGS_AUTOCLEAR | loop_dev::LO_FLAGS_PARTSCAN;
-    let (node, dev) = floor_attach_flags(&backing, None, flags);
+    let (node, dev) = common::floor::attach_flags(&backing, None, flags);
     let mut head = [0u8; 4096];
     dev.read_exact_at(&mut head, 0).unwrap();
     assert_eq!(&head[1024 + 56..1024 + 58], &[0x53, 0xEF], "ext4 magic");
@@ -215,7 +186,7 @@ fn syscalls_scan_probe(img: &Path, mnt: &Path) {
 /// node devtmpfs made, unmount, flush, `BLKPG_DEL_PARTITION`, detach.
 fn syscalls_blkpg(img: &Path, mnt: &Path, number: u32, start: u64, size: u64) {
     let backing = common::open_rw(img);
-    let (node, dev) = floor_attach(&backing, None);
+    let (node, dev) = common::floor::attach(&backing, None);
     blk::add_partition(dev.as_fd(), number, start, size).unwrap();
     let part_node = format!("{node}p{number}");
     let part = common::open_rw(&part_node);
@@ -229,7 +200,7 @@ fn syscalls_blkpg(img: &Path, mnt: &Path, number: u32, start: u64, size: u64) {
 /// The floor with an offset loop device over the partition's bytes.
 fn syscalls_offset(img: &Path, mnt: &Path, start: u64, size: u64) {
     let backing = common::open_rw(img);
-    let (node, dev) = floor_attach(&backing, Some((start, size)));
+    let (node, dev) = common::floor::attach(&backing, Some((start, size)));
     floor_mount(&node, mnt, true);
     floor_detach(&backing, dev, true);
 }

@@ -36,13 +36,17 @@ mod bench;
 #[allow(unused_imports)]
 mod common;
 
+use std::fs::File;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use bench::{Table, stats};
 use common::lvm::{Content, LvDef, fs_uuid};
+use diskmount::sys::{block as blk, loop_dev};
 use diskmount::{Format, Image, Loop, Partition, Unattached, with_mounted};
+use nix::mount::{MntFlags, MsFlags};
 
 const DISKMOUNT: &str = env!("CARGO_BIN_EXE_diskmount");
 
@@ -103,6 +107,54 @@ fn by_hand(
     }
     for l in &loops {
         bench::timed(Command::new("losetup").args(["-d", l]))?;
+    }
+    Ok(bench::ms(t.elapsed()))
+}
+
+/// The floor: a filesystem mounted on `target` by `mount(2)`.
+fn floor_mount(node: &str, target: &Path, fstype: &str) -> Result<(), String> {
+    nix::mount::mount(
+        Some(node),
+        target,
+        Some(fstype),
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+        Some(""),
+    )
+    .map_err(|e| format!("mount {node} on {}: {e}", target.display()))
+}
+
+/// The floor's teardown of one mount: `syncfs`, `umount2`, `BLKFLSBUF`.
+fn floor_unmount(target: &Path, dev: &File) -> Result<(), String> {
+    let d = File::open(target).map_err(|e| e.to_string())?;
+    nix::unistd::syncfs(&d).map_err(|e| format!("syncfs: {e}"))?;
+    drop(d);
+    nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW).map_err(|e| format!("umount: {e}"))?;
+    blk::flsbuf(dev.as_fd()).map_err(|e| format!("BLKFLSBUF: {e}"))
+}
+
+/// The same-work floor by bare syscalls, told the offsets and filesystem
+/// types (the library finds them: table, LVM metadata, probe, inspection):
+/// `mounts` (byte range, where below `mnt`, filesystem type), parents
+/// first, each an offset loop device; `etc/hostname` read; every mount
+/// flushed and unmounted in reverse, the image `fsync`ed, the devices
+/// detached.
+fn floor(img: &Path, mnt: &Path, mounts: &[((u64, u64), &str, &str)]) -> Result<f64, String> {
+    let t = Instant::now();
+    let backing = bench::open_rw(img);
+    let mut done = Vec::new();
+    for (range, below, fstype) in mounts {
+        let (node, dev) = bench::floor::attach(&backing, Some(*range));
+        let target = mnt.join(below);
+        floor_mount(&node, &target, fstype)?;
+        done.push((target, dev));
+    }
+    std::fs::read_to_string(mnt.join("etc/hostname")).map_err(|e| e.to_string())?;
+    for (target, dev) in done.iter().rev() {
+        floor_unmount(target, dev)?;
+    }
+    backing.sync_all().map_err(|e| e.to_string())?;
+    for (_, dev) in done {
+        loop_dev::clr_fd(dev.as_fd()).map_err(|e| format!("LOOP_CLR_FD: {e}"))?;
     }
     Ok(bench::ms(t.elapsed()))
 }
@@ -223,6 +275,19 @@ fn main() {
         .map_err(|e| e.to_string())?;
         Ok(bench::ms(t.elapsed()))
     };
+    let floor_mnt = fx.tree("floor", &[]);
+    let floor_single = || floor(&img.path, &floor_mnt, &[(ranges[1], "", "xfs")]);
+    let floor_tree = || {
+        floor(
+            &img.path,
+            &floor_mnt,
+            &[
+                (ranges[1], "", "xfs"),
+                (ranges[0], "boot", "xfs"),
+                (ranges[2], "home", "ext4"),
+            ],
+        )
+    };
     // Inspection of a copy, attached once (an attached image is locked).
     let copy = fx.path().join("rocky-inspect.img");
     bench::run(
@@ -249,6 +314,8 @@ fn main() {
         &lib_os,
         &lib_lv,
         &inspect,
+        &floor_single,
+        &floor_tree,
     ] {
         f().unwrap();
     }
@@ -282,6 +349,20 @@ fn main() {
         iterations,
     ));
     drop(attached);
+    tables.push(run_table(
+        "guest_os-floor",
+        &format!(
+            "the OS tree and one LV, library and same-work floor (bare syscalls, offsets and \
+             types known), {iterations} runs"
+        ),
+        &[
+            ("with_mounted(LogicalVolume rl/root)", &lib_lv),
+            ("with_mounted(Os): root + /boot + /home", &lib_os),
+            ("floor: rl/root, one offset loop and mount", &floor_single),
+            ("floor: root + /boot + /home, three of each", &floor_tree),
+        ],
+        iterations,
+    ));
     let mut read: Vec<Op> = vec![
         ("diskmount run --partition os -- cat etc/hostname", &dm_run),
         (

@@ -4,6 +4,7 @@
 //! by hand (a few lines of SVG need no plotting crate).
 #![allow(dead_code)]
 
+pub mod floor;
 #[path = "../../tests/common/system.rs"]
 pub mod system;
 
