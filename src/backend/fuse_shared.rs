@@ -15,21 +15,22 @@
 //!   for errors.
 //!
 //! Per image, under one mutex (the daemon's QMP is one conversation):
-//! 1. `blockdev-add` of the file node `f<n>`: the file
+//! 1. `blockdev-add` of the format node `d<n>`, the format named, with its
+//!    file node `f<n>` defined inside it (one command: fewer round trips,
+//!    and the file node goes with the format node): the file
 //!    [`crate::format::check`] read, as `/proc/<our pid>/fd/<fd>` (an image
 //!    with a backing chain by its path: every file of the chain was
 //!    checked by path), `locking=on`;
-//! 2. `blockdev-add` of the format node `d<n>`, the format named;
-//! 3. `block-export-add` of the FUSE export `e<n>` on `<id>.helper/export`,
+//! 2. `block-export-add` of the FUSE export `e<n>` on `<id>.helper/export`,
 //!    the path the per-image daemon exports on (so records and cleanup
 //!    find it the same way).
 //!
 //! Then the loop device over the export, as with a daemon of its own.
 //! Teardown: the loop unbind (flush, `fsync` of the export), then
-//! `block-export-del` (`hard`) with `blockdev-del` of `d<n>` and `f<n>` in
-//! the same batch (the event `BLOCK_EXPORT_DELETED` comes before the
-//! reply when no request is in flight; nodes deleted too early are deleted
-//! again after the event), and the export's directory. A refusal is one
+//! `block-export-del` (`hard`) with `blockdev-del` of `d<n>` (its file
+//! node with it) in the same batch (the event `BLOCK_EXPORT_DELETED` comes
+//! before the reply when no request is in flight; a node deleted too early
+//! is deleted again after the event), and the export's directory. A refusal is one
 //! error naming the step, the node and qemu's `desc`.
 
 use std::collections::VecDeque;
@@ -323,23 +324,21 @@ pub(super) fn add(image: &Image, checked: &QemuImage, options: &AttachOptions) -
     let steps = [
         (
             "blockdev-add",
-            format!("blockdev-add of the file node {file_node}"),
-            json!({
-                "driver": "file",
-                "node-name": file_node,
-                "filename": checked.own_filename(path),
-                "read-only": read_only,
-                "locking": "on",
-            }),
-        ),
-        (
-            "blockdev-add",
-            format!("blockdev-add of the {} node {format_node}", image.format()),
+            format!(
+                "blockdev-add of the {} node {format_node} over the file node {file_node}",
+                image.format()
+            ),
             json!({
                 "driver": image.format().as_str(),
                 "node-name": format_node,
-                "file": file_node,
                 "read-only": read_only,
+                "file": {
+                    "driver": "file",
+                    "node-name": file_node,
+                    "filename": checked.own_filename(path),
+                    "read-only": read_only,
+                    "locking": "on",
+                },
             }),
         ),
         (
@@ -370,7 +369,9 @@ pub(super) fn add(image: &Image, checked: &QemuImage, options: &AttachOptions) -
         // Undo what was added (an export is never left: it is the last
         // step).
         let mut errors = Vec::new();
-        made.remove_nodes(&mut state, done, &mut errors);
+        if done > 0 {
+            made.remove_node(&mut state, &mut errors);
+        }
         drop(state);
         made.live = false;
         super::fuse::remove_export_dir(&made.export, made.dir.take(), &mut errors);
@@ -466,17 +467,16 @@ impl Export {
                 // flushed already; a per-image daemon is stopped the same
                 // way. The export is gone once the event says so, which
                 // qemu sends before the command's reply when no request
-                // is in flight: the nodes' `blockdev-del` go in the same
-                // batch, and again after the event if they came too early
-                // ("Node dN is in use").
-                let (d, f) = (format!("d{}", self.n), format!("f{}", self.n));
+                // is in flight: the node's `blockdev-del` goes in the same
+                // batch, and again after the event if it came too early
+                // ("Node dN is in use"). Its file node goes with it.
+                let d = format!("d{}", self.n);
                 let results = execute_all(
                     &mut state,
                     self.generation,
                     vec![
                         ("block-export-del", json!({"id": id, "mode": "hard"})),
                         ("blockdev-del", json!({"node-name": d})),
-                        ("blockdev-del", json!({"node-name": f})),
                     ],
                 );
                 let deleted = match &results[0] {
@@ -497,13 +497,9 @@ impl Export {
                 };
                 match deleted {
                     Ok(()) => {
-                        let left = results[1..].iter().filter(|r| r.is_err()).count();
-                        if left > 0 {
-                            debug!(
-                                "detach: {left} node(s) of e{} went too early; again",
-                                self.n
-                            );
-                            self.remove_nodes(&mut state, left, errors);
+                        if results[1].is_err() {
+                            debug!("detach: the node of e{} went too early; again", self.n);
+                            self.remove_node(&mut state, errors);
                         }
                     }
                     Err(e) => errors.push(qmp_error(
@@ -520,19 +516,15 @@ impl Export {
         super::fuse::remove_export_dir(&self.export, self.dir.take(), errors);
     }
 
-    /// `blockdev-del` of the format node (if `added` is 2) and the file
-    /// node (if at least 1), in that order.
-    fn remove_nodes(&self, state: &mut State, added: usize, errors: &mut Vec<Error>) {
-        let nodes = [format!("d{}", self.n), format!("f{}", self.n)];
-        let nodes = &nodes[2usize.saturating_sub(added)..];
-        let commands = nodes
-            .iter()
-            .map(|node| ("blockdev-del", json!({"node-name": node})))
-            .collect();
-        let results = execute_all(state, self.generation, commands);
-        // The file node cannot go while the format node stays: the first
-        // refusal is the cause.
-        if let Some((node, Err(e))) = nodes.iter().zip(&results).find(|(_, r)| r.is_err()) {
+    /// `blockdev-del` of the format node (its file node goes with it).
+    fn remove_node(&self, state: &mut State, errors: &mut Vec<Error>) {
+        let node = format!("d{}", self.n);
+        let results = execute_all(
+            state,
+            self.generation,
+            vec![("blockdev-del", json!({"node-name": node}))],
+        );
+        if let Some(Err(e)) = results.first() {
             errors.push(qmp_error(
                 &self.image,
                 Step::Detach,
@@ -569,14 +561,14 @@ mod tests {
             img,
             Step::Attach,
             7,
-            "blockdev-add of the file node f1",
+            "blockdev-add of the qcow2 node d1 over the file node f1",
             &QmpError::Refused("Failed to get \"write\" lock".into()),
         );
         assert_eq!(e.kind(), ErrorKind::InUse);
         assert_eq!(
             e.to_string(),
             "attach: /srv/guest.qcow2: the shared qemu-storage-daemon (pid 7): blockdev-add of \
-             the file node f1: Failed to get \"write\" lock"
+             the qcow2 node d1 over the file node f1: Failed to get \"write\" lock"
         );
         let e = qmp_error(
             img,
