@@ -34,26 +34,12 @@ const THREADS: [usize; 4] = [1, 2, 4, 8];
 /// exclusive `flock` of `/dev/loop-control`, with `LO_FLAGS_PARTSCAN`
 /// (which makes `LOOP_CONFIGURE` rescan the partition table).
 fn syscalls(img: &Path, mnt: &Path, claim_like_library: bool) {
-    use diskmount::sys::flock::{Lock, flock};
     let backing = common::open_rw(img);
-    let control = common::open_rw("/dev/loop-control");
-    let mut info = loop_dev::empty_info();
-    info.lo_flags = loop_dev::LO_FLAGS_AUTOCLEAR;
+    let mut flags = loop_dev::LO_FLAGS_AUTOCLEAR;
     if claim_like_library {
-        info.lo_flags |= loop_dev::LO_FLAGS_PARTSCAN;
-        flock(control.as_fd(), Lock::Exclusive, true).unwrap();
+        flags |= loop_dev::LO_FLAGS_PARTSCAN;
     }
-    let (node, dev) = loop {
-        let nr = loop_dev::ctl_get_free(control.as_fd()).unwrap();
-        let node = format!("/dev/loop{nr}");
-        let dev = common::open_rw(&node);
-        match loop_dev::configure(dev.as_fd(), backing.as_fd(), &info, 0) {
-            Ok(()) => break (node, dev),
-            Err(nix::errno::Errno::EBUSY) => continue,
-            Err(e) => panic!("LOOP_CONFIGURE {node}: {e}"),
-        }
-    };
-    drop(control);
+    let (node, dev) = common::floor::attach_claiming(&backing, None, flags, claim_like_library);
     nix::mount::mount(
         Some(node.as_str()),
         mnt,

@@ -253,6 +253,8 @@ fn logical_image(img: &Path, scratch: &Path) -> (u64, u64) {
 }
 
 fn main() {
+    // RUST_LOG=diskmount=debug gives each step's timeline.
+    let _ = env_logger::builder().format_timestamp_micros().try_init();
     let iterations: usize = common::arg("--iterations").unwrap_or(200);
     let only: Option<String> = common::arg("--only");
     // `--quick`: the library and the syscall floors only (no util-linux

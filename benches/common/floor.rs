@@ -15,7 +15,23 @@ pub fn attach(backing: &File, range: Option<(u64, u64)>) -> (String, File) {
 
 /// [`attach`] with these `lo_flags`.
 pub fn attach_flags(backing: &File, range: Option<(u64, u64)>, flags: u32) -> (String, File) {
+    attach_claiming(backing, range, flags, false)
+}
+
+/// [`attach_flags`], holding an exclusive `flock` on `/dev/loop-control`
+/// from `LOOP_CTL_GET_FREE` to `LOOP_CONFIGURE` if `lock_control` (as the
+/// library claims a device).
+pub fn attach_claiming(
+    backing: &File,
+    range: Option<(u64, u64)>,
+    flags: u32,
+    lock_control: bool,
+) -> (String, File) {
+    use diskmount::sys::flock::{Lock, flock};
     let control = super::open_rw("/dev/loop-control");
+    if lock_control {
+        flock(control.as_fd(), Lock::Exclusive, true).unwrap();
+    }
     let mut info = loop_dev::empty_info();
     info.lo_flags = flags;
     if let Some((start, size)) = range {
