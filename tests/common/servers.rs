@@ -19,6 +19,12 @@ use std::time::{Duration, Instant};
 /// source port of any client connection before the server binds it (seen:
 /// qemu-nbd failing to start while other tests' clients connected). Each
 /// call in a process gets another one, starting from a place of its own.
+///
+/// The check is a connect, refused when nothing listens: a probe that
+/// bound the port itself would leave it bound for a moment after it is
+/// closed, in the child of any other test thread that forked just then
+/// (until it execs), and the server's bind would fail (seen: "Address
+/// already in use" 1 run of `net_nbd` in 15).
 pub fn free_port() -> u16 {
     use std::sync::atomic::AtomicU32;
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -29,8 +35,26 @@ pub fn free_port() -> u16 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         assert!(n < SPAN, "no free port below the ephemeral range");
         let port = (LOW + (base + n * 7) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let at = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        match TcpStream::connect_timeout(&at, Duration::from_millis(200)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return port,
+            _ => continue,
+        }
+    }
+}
+
+/// A listener on 127.0.0.1:`port`. A bind that finds the port in use is
+/// retried for a while: a socket another test had on it can live on for a
+/// moment in a forked child of another thread, until that child execs.
+fn listen_on(port: u16) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => return l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("bind 127.0.0.1:{port} for qemu-nbd: {e}"),
         }
     }
 }
@@ -62,8 +86,7 @@ impl QemuNbd {
         let mut listener = None;
         let (mut cmd, url) = match &listen {
             Listen::Tcp(port) => {
-                let l = TcpListener::bind(("127.0.0.1", *port))
-                    .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port} for qemu-nbd: {e}"));
+                let l = listen_on(*port);
                 let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
                 listener = Some(l);
                 let mut cmd = Command::new("sh");
