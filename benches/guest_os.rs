@@ -142,20 +142,33 @@ fn floor(img: &Path, mnt: &Path, mounts: &[((u64, u64), &str, &str)]) -> Result<
     let t = Instant::now();
     let backing = bench::open_rw(img);
     let mut done = Vec::new();
+    let mut result = Ok(());
     for (range, below, fstype) in mounts {
+        // A device whose mount failed is cleared when `dev` is dropped
+        // (autoclear); the mounted ones come down below either way.
         let (node, dev) = bench::floor::attach(&backing, Some(*range));
         let target = mnt.join(below);
-        floor_mount(&node, &target, fstype)?;
+        result = floor_mount(&node, &target, fstype);
+        if result.is_err() {
+            break;
+        }
         done.push((target, dev));
     }
-    std::fs::read_to_string(mnt.join("etc/hostname")).map_err(|e| e.to_string())?;
+    if result.is_ok() {
+        result = std::fs::read_to_string(mnt.join("etc/hostname"))
+            .map(drop)
+            .map_err(|e| e.to_string());
+    }
     for (target, dev) in done.iter().rev() {
-        floor_unmount(target, dev)?;
+        let unmounted = floor_unmount(target, dev);
+        result = result.and(unmounted);
     }
-    backing.sync_all().map_err(|e| e.to_string())?;
+    result = result.and(backing.sync_all().map_err(|e| e.to_string()));
     for (_, dev) in done {
-        loop_dev::clr_fd(dev.as_fd()).map_err(|e| format!("LOOP_CLR_FD: {e}"))?;
+        let cleared = loop_dev::clr_fd(dev.as_fd()).map_err(|e| format!("LOOP_CLR_FD: {e}"));
+        result = result.and(cleared);
     }
+    result?;
     Ok(bench::ms(t.elapsed()))
 }
 
