@@ -6,6 +6,7 @@
 #![no_main]
 
 use diskmount::fs::{Detected, identify, probe_at};
+use diskmount_fuzz as _; // its allocation cap (`MALLOC_LIMIT`), as in every target
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

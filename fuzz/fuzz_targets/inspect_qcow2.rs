@@ -2,9 +2,9 @@
 //! on untrusted bytes.
 //!
 //! Invariants: no panic, no read or allocation beyond what the parser's
-//! bounds allow (libFuzzer's malloc and RSS limits catch those); an accepted
-//! header says qcow2 with a sane virtual size; refusals are at the probe step
-//! and name the image.
+//! bounds allow (the harness's allocation cap and libFuzzer's RSS limit
+//! catch those); an accepted header says qcow2 with a sane virtual size;
+//! refusals are at the probe step and name the image.
 #![no_main]
 
 diskmount_fuzz::inspect_target!(diskmount::Format::Qcow2);

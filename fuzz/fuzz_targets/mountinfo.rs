@@ -9,6 +9,7 @@
 use std::os::unix::ffi::OsStrExt;
 
 use diskmount::kernel::mountinfo::{Mount, parse, unescape};
+use diskmount_fuzz as _; // its allocation cap (`MALLOC_LIMIT`), as in every target
 use libfuzzer_sys::fuzz_target;
 
 /// The kernel's escaping of a mountinfo field (`show_mountinfo`:

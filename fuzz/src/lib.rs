@@ -11,11 +11,64 @@
 //! cut short by the end of the input keeps what is there. Bytes no record
 //! covers read as zeros; where records overlap, the later one wins.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io;
 use std::path::Path;
 
 use diskmount::format::ReadAt;
 use diskmount::{Error, Step};
+
+/// The largest single allocation a target may make: 256 MiB, libFuzzer's
+/// `-malloc_limit_mb` in `fuzz/run`. libFuzzer enforces its own limit only
+/// through a sanitizer's allocator hooks; the targets fuzz without one, so
+/// this allocator enforces it in every build. A parser that sizes a buffer
+/// from a header field (an image-sized table) aborts here, and libFuzzer
+/// keeps the input.
+pub const MALLOC_LIMIT: usize = 256 << 20;
+
+/// The system allocator, with [`MALLOC_LIMIT`] on every allocation.
+pub struct Capped;
+
+impl Capped {
+    fn check(size: usize) {
+        if size > MALLOC_LIMIT {
+            // No allocation here: print with a fixed message, then abort
+            // (libFuzzer's deadly-signal handler saves the input).
+            eprintln!("==ERROR: diskmount-fuzz: out-of-memory (one allocation over 256 MiB)");
+            std::process::abort();
+        }
+    }
+}
+
+// SAFETY: every call is passed to `System` unchanged after a size check that
+// allocates nothing; `System` upholds the `GlobalAlloc` contract.
+unsafe impl GlobalAlloc for Capped {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::check(layout.size());
+        // SAFETY: the caller's `layout` contract is passed on as it is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Self::check(layout.size());
+        // SAFETY: as in `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` through this allocator, with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::check(new_size);
+        // SAFETY: as in `dealloc`; `new_size` is the caller's, checked above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Capped = Capped;
 
 /// The magic of a sparse input.
 pub const SPARSE: &[u8; 8] = b"DMSPARSE";
