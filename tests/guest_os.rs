@@ -264,6 +264,137 @@ fn mounted_lists_every_mount_and_inspection_reports_the_os() {
     fx.assert_clean();
 }
 
+/// The mount points below `dir` (not `dir`), in the mount table's order
+/// (the order they were mounted in).
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    common::system::mounts()
+        .into_iter()
+        .map(|(_, t)| PathBuf::from(t))
+        .filter(|t| t.starts_with(dir) && t != dir)
+        .collect()
+}
+
+/// An MBR image: 1 ext4 (LABEL=one), 2 ext4 root with `fstab`, 3 ext4
+/// (LABEL=three) holding `log/`; the root has `var/` and `srv/`.
+fn nested(fx: &Fixture, name: &str, fstab: &str) -> (PathBuf, Vec<(u32, u64, u64)>) {
+    let (img, parts) = partitioned(
+        fx,
+        name,
+        160 << 20,
+        "label: dos\nsize=32MiB, type=83\nsize=64MiB, type=83\ntype=83\n",
+    );
+    let mut root = os_root(
+        "debian",
+        "12",
+        "Debian GNU/Linux 12",
+        "nested",
+        fstab,
+        "root",
+    );
+    for d in ["var/.keep", "srv/.keep", "notadir"] {
+        root.push((d.to_string(), String::new()));
+    }
+    make_fs(
+        fx,
+        &img,
+        geometry(&parts, 1),
+        "ext4",
+        "one",
+        &files(&[("id", "one")]),
+    );
+    make_fs(fx, &img, geometry(&parts, 2), "ext4", "root", &root);
+    make_fs(
+        fx,
+        &img,
+        geometry(&parts, 3),
+        "ext4",
+        "three",
+        &files(&[("id", "three"), ("log/.keep", "")]),
+    );
+    (img, parts)
+}
+
+/// The filesystems of a tree mount while the root mounts and come down
+/// together where none holds another: a mount inside another's filesystem
+/// (`/var/log` on `/var`, two other devices) still goes up after and comes
+/// down before it, and each write lands in its own filesystem.
+#[test]
+fn nested_mounts_on_other_devices_go_up_parents_first_and_come_down_children_first() {
+    let _s = serial();
+    let mut fx = Fixture::new();
+    let fstab = "/dev/sda2 / ext4 defaults 0 1\n\
+                 LABEL=one /var/log ext4 defaults 0 2\n\
+                 LABEL=three /var ext4 defaults 0 2\n";
+    let (img, parts) = nested(&fx, "nested.img", fstab);
+    let mounts = with_mounted(&raw(&img), Partition::Os, |dir| {
+        assert_eq!(
+            std::fs::read_to_string(dir.join("var/id")).unwrap(),
+            "three"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("var/log/id")).unwrap(),
+            "one"
+        );
+        std::fs::write(dir.join("var/log/written"), "into one").unwrap();
+        std::fs::write(dir.join("var/written"), "into three").unwrap();
+        mounts_under(dir)
+    })
+    .unwrap();
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    assert!(
+        mounts[0].ends_with("var") && mounts[1].ends_with("var/log"),
+        "{mounts:?}"
+    );
+    independent(&fx, &img, geometry(&parts, 1), None, |d| {
+        assert_eq!(
+            std::fs::read_to_string(d.join("written")).unwrap(),
+            "into one"
+        );
+    });
+    independent(&fx, &img, geometry(&parts, 3), None, |d| {
+        assert_eq!(
+            std::fs::read_to_string(d.join("written")).unwrap(),
+            "into three"
+        );
+        assert!(
+            !d.join("log/written").exists(),
+            "/var took /var/log's write"
+        );
+    });
+    fx.assert_clean();
+}
+
+/// A filesystem mounted ahead whose mount point turns out missing is let
+/// go: with `nofail` the rest of the tree mounts; without it the whole
+/// mount fails naming the entry. Nothing is left either way.
+#[test]
+fn a_filesystem_mounted_ahead_of_a_bad_mount_point_is_let_go() {
+    let _s = serial();
+    let mut fx = Fixture::new();
+    let fstab = "/dev/sda2 / ext4 defaults 0 1\n\
+                 LABEL=one /srv ext4 defaults 0 2\n\
+                 LABEL=three /nowhere ext4 defaults,nofail 0 2\n";
+    let (img, _) = nested(&fx, "ahead-nofail.img", fstab);
+    let got = with_mounted(&raw(&img), Partition::Os, |dir| {
+        assert_eq!(std::fs::read_to_string(dir.join("srv/id")).unwrap(), "one");
+        assert!(!dir.join("nowhere").exists());
+        mounts_under(dir).len()
+    })
+    .unwrap();
+    assert_eq!(got, 1);
+    fx.assert_clean();
+
+    let fstab = "/dev/sda2 / ext4 defaults 0 1\n\
+                 LABEL=one /srv ext4 defaults 0 2\n\
+                 LABEL=three /notadir ext4 defaults 0 2\n";
+    let (img, _) = nested(&fx, "ahead-refused.img", fstab);
+    let err = with_mounted(&raw(&img), Partition::Os, |_| ()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("fstab line 3"), "{msg}");
+    assert!(msg.contains("not a directory"), "{msg}");
+    fx.assert_clean();
+}
+
 #[test]
 fn a_missing_source_without_nofail_fails_the_whole_mount_and_leaves_nothing() {
     let _s = serial();

@@ -52,22 +52,31 @@ impl<B: Backend> Attached<B> {
         debug!("map: {} of {}", partition, self.device().display());
         self.device.get_mut().check(Step::Map)?;
         let device = self.device.core();
-        let (chosen, os) = match partition {
-            Partition::Whole | Partition::LogicalVolume { .. } => (None, None),
+        let (chosen, os, kept) = match partition {
+            Partition::Whole | Partition::LogicalVolume { .. } => (None, None, None),
             ref wanted => {
                 let table = partition::read_table(device.file(), device.path(), device.size)?;
                 match crate::os::choose(device, table.as_ref(), wanted)? {
-                    Some(os) => (os.roots[0].location.part.clone(), Some(os)),
+                    Some(c) => (
+                        c.choice.roots[0].location.part.clone(),
+                        Some(c.choice),
+                        c.mapped,
+                    ),
                     None => (
                         partition::select(device.file(), device.path(), table.as_ref(), wanted)?,
+                        None,
                         None,
                     ),
                 }
             }
         };
+        // The root's device as the inspection mapped it, if it was mapped
+        // the way asked for.
+        let kept = kept.filter(|_| options.strategy == mapping::MapStrategy::Auto);
         // An OS root on a logical volume maps as Partition::LogicalVolume.
         let os_lv = os.as_ref().and_then(|o| o.roots[0].location.lv.clone());
         let part = match (&partition, &chosen) {
+            _ if kept.is_some() => kept.expect("checked"),
             (Partition::LogicalVolume { vg, lv }, _) => {
                 mapping::logical_volume(device, vg, lv, options.strategy)?
             }

@@ -298,7 +298,27 @@ impl<B: Backend> Mapped<B> {
             .file()
             .try_clone()
             .map_err(|e| Error::os(Step::Mount, &device, "dup device", e))?;
-        let root = by_fd::mount(&device, &plan, at.as_fd(), &target)?;
+        // Partition::Os: the fstab's filesystems are planned (their devices
+        // mapped) first and mount, detached, while the root mounts; they
+        // are moved into place once the root is there.
+        let mut planned = match (&os, &found) {
+            (Some(choice), Some(found)) if choice.tree => Some(super::mount_os::plan_tree(
+                self.attached.device.core(),
+                &self.part,
+                choice.table.as_ref(),
+                found,
+                plan.read_only,
+                options,
+                &target,
+                &mut self.attached.record,
+            )?),
+            _ => None,
+        };
+        let mount_root = || by_fd::mount(&device, &plan, at.as_fd(), &target);
+        let root = match planned.as_mut() {
+            Some(p) => p.mount_ahead(mount_root),
+            None => mount_root(),
+        }?;
         drop(at);
         let (driver, read_only) = (plan.driver, plan.read_only);
         let root_dev = match root.metadata() {
@@ -321,7 +341,6 @@ impl<B: Backend> Mapped<B> {
         );
         let mut mapped = self;
         mapped.attached.record.set(Field::Mountpoint(&target));
-        let tree_wanted = os.as_ref().is_some_and(|c| c.tree);
         mapped.os = os;
         let mut mounted = Mounted::from_parts(Parts {
             tree: Default::default(),
@@ -339,12 +358,12 @@ impl<B: Backend> Mapped<B> {
             },
             mapped,
         });
-        if tree_wanted && let Some(found) = &found {
+        if let Some(planned) = planned {
             // On an error the partial tree, then the root, come down.
             // The record is lent to the tree's mount for its entries.
             let parts = mounted.inner.as_mut().expect("just made");
             let mut record = std::mem::replace(&mut parts.mapped.attached.record, Keeper::none());
-            let tree = super::mount_os::mount_tree(&mounted, found, options, &mut record);
+            let tree = super::mount_os::mount_tree(&mounted, planned, options, &mut record);
             let parts = mounted.inner.as_mut().expect("just made");
             parts.mapped.attached.record = record;
             parts.tree = tree?;
@@ -431,11 +450,6 @@ impl<B: Backend> Mounted<B> {
         }];
         out.extend(self.parts().tree.infos());
         out
-    }
-
-    /// The partition number of the root mount (`None`: the whole device).
-    pub(crate) fn partition_number(&self) -> Option<u32> {
-        self.mapped().partition()
     }
 
     /// The mount point.

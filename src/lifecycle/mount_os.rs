@@ -50,13 +50,68 @@ impl Tree {
     /// Unmounts every mount (children first), then removes the partition
     /// devices, pushing every error. `false` if a mount is still there
     /// (its devices are then left for it).
+    ///
+    /// Mounts with no other mount of the tree inside them (or stacked
+    /// over them) come down together, each on a thread of its own: their
+    /// flushes and unmounts overlap instead of adding up. Then those that
+    /// held them, and so on up.
     pub(crate) fn release(&mut self, errors: &mut Vec<Error>) -> bool {
         let mut clean = true;
-        for (_, m) in self.mounts.iter_mut().rev() {
-            if let Err(e) = m.release() {
-                errors.push(e);
+        let mut left: Vec<usize> = (0..self.mounts.len()).collect();
+        while !left.is_empty() {
+            let targets: Vec<&Path> = left
+                .iter()
+                .map(|&i| self.mounts[i].1.target.as_path())
+                .collect();
+            // A mount is free when no other one left is inside it or was
+            // mounted over it later.
+            let free: Vec<usize> = left
+                .iter()
+                .enumerate()
+                .filter(|&(a, &i)| {
+                    !left.iter().enumerate().any(|(b, &j)| {
+                        a != b
+                            && targets[b].starts_with(targets[a])
+                            && (targets[b] != targets[a] || j > i)
+                    })
+                })
+                .map(|(_, &i)| i)
+                .collect();
+            // Never empty (the last mount made is free); if it were, the
+            // last one left goes alone.
+            let free = if free.is_empty() {
+                vec![*left.last().expect("not empty")]
+            } else {
+                free
+            };
+            left.retain(|i| !free.contains(i));
+            let mut batch: Vec<&mut MountGuard> = self
+                .mounts
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| free.contains(i))
+                .map(|(_, (_, m))| m)
+                .rev()
+                .collect();
+            let results: Vec<Result<()>> = match batch.as_mut_slice() {
+                [one] => vec![one.release()],
+                many => std::thread::scope(|s| {
+                    let handles: Vec<_> = many
+                        .iter_mut()
+                        .map(|m| s.spawn(move || m.release()))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                        .collect()
+                }),
+            };
+            for (m, r) in batch.iter().zip(results) {
+                if let Err(e) = r {
+                    errors.push(e);
+                }
+                clean &= !m.is_mounted();
             }
-            clean &= !m.is_mounted();
         }
         if !clean {
             self.disarm();
@@ -106,36 +161,77 @@ impl Drop for Tree {
     }
 }
 
-/// Mounts the fstab entries of `os` over `mounted` (its root).
-/// Each device it maps and each mount goes into `record` as it is made.
-pub(crate) fn mount_tree<B: Backend>(
-    mounted: &Mounted<B>,
-    os: &Found,
+/// One fstab entry of the tree, planned before the root is mounted: its
+/// device mapped, its filesystem type and options chosen.
+pub(crate) struct Child<'a> {
+    guest: PathBuf,
+    entry: &'a fstab::Entry,
+    what: String,
+    excluded: bool,
+    /// What to mount: `None` for an excluded mount point (an empty
+    /// tmpfs goes there) and for a `nofail` entry whose device or
+    /// filesystem was not found.
+    mount: Option<ChildMount>,
+}
+
+/// How a child is mounted.
+struct ChildMount {
+    device: PathBuf,
+    driver: String,
+    plan: plan::MountPlan,
+    /// Mounted ahead, detached, while the root mounts: the first entry on
+    /// each device other than the root's (a second mount of one device,
+    /// another subvolume of its btrfs, waits for the first).
+    ahead: bool,
+    /// The mount made ahead (`None`: not made, it is made when attached).
+    detached: Option<Result<by_fd::Detached>>,
+}
+
+/// The tree planned: the devices mapped for it, and its entries, parents
+/// first.
+pub(crate) struct Planned<'a> {
+    tree: Tree,
+    children: Vec<Child<'a>>,
+}
+
+/// Plans the fstab entries of `os` over the root `root_part` (of `core`,
+/// whose table is `table`), to be mounted on `target`: the mapping of
+/// each entry's device (into `record` as it is made), its filesystem type
+/// and its options. Entries to skip (swap, `noauto`, a `nofail` entry
+/// whose device is missing) are left out, as `mount -a` would.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan_tree<'a>(
+    core: &crate::backend::Core,
+    root_part: &MappedPart,
+    table: Option<&crate::partition::PartitionTable>,
+    os: &'a Found,
+    read_only: bool,
     options: &MountOptions,
+    target: &Path,
     record: &mut Keeper,
-) -> Result<Tree> {
+) -> Result<Planned<'a>> {
     let mut tree = Tree::default();
-    let root = mounted.root()?;
-    let fstab_path = mounted.path().join("etc/fstab");
-    let core = mounted.mapped().attached.device.core();
-    let table = mounted.mapped().os.as_ref().and_then(|c| c.table.clone());
+    let fstab_path = target.join("etc/fstab");
     let root_key = match &os.location.lv {
         Some((vg, lv)) => format!("{vg}/{lv}"),
-        None => format!("{:?}", mounted.partition_number()),
+        None => format!("{:?}", root_part.number),
     };
-    let read_only = mounted.is_read_only();
-    let mut entries: Vec<(PathBuf, &fstab::Entry)> = Vec::new();
-    for e in &os.fstab {
+    let sources = crate::os::source::Sources::new(core, table);
+    let mut entries: Vec<(PathBuf, &fstab::Entry, usize)> = Vec::new();
+    for (i, e) in os.fstab.iter().enumerate() {
         let what = format!("fstab line {} ({} on {})", e.line, e.spec, e.mount_point);
         match (e.skip(), e.target()) {
             (Some(Skip::Root), _) => {}
             (Some(why), _) => info!("mount: skipping {what}: {}", why.as_str()),
             (None, None) => warn!("mount: skipping {what}: the mount point is not absolute"),
-            (None, Some(t)) => entries.push((t, e)),
+            (None, Some(t)) => entries.push((t, e, i)),
         }
     }
-    entries.sort_by_key(|(t, _)| t.components().count());
-    for (guest, e) in entries {
+    entries.sort_by_key(|(t, ..)| t.components().count());
+    let mut children = Vec::new();
+    // Devices with a mount already planned ahead (the root's never is).
+    let mut ahead_of: Vec<String> = vec![root_key.clone()];
+    for (guest, e, i) in entries {
         let what = format!("fstab line {} ({} on {})", e.line, e.spec, e.mount_point);
         let fail = |kind: ErrorKind, why: String| {
             Error::refused(kind, Step::Mount, &fstab_path, format!("{what}: {why}"))
@@ -144,6 +240,162 @@ pub(crate) fn mount_tree<B: Backend>(
             .exclude
             .iter()
             .any(|x| fstab::normalize(&x.to_string_lossy()).as_deref() == Some(guest.as_path()));
+        let mut child = Child {
+            guest,
+            entry: e,
+            what: what.clone(),
+            excluded,
+            mount: None,
+        };
+        if excluded {
+            children.push(child);
+            continue;
+        }
+        // As the inspection resolved it, if it did (the image has not
+        // changed since: nothing of it is mounted read-write yet).
+        let resolved = match os.sources.get(i) {
+            Some(Some(r)) => r.clone(),
+            _ => sources.resolve(&e.source),
+        };
+        let part = match resolved {
+            Ok(p) => p,
+            Err(why) if e.nofail() => {
+                warn!("mount: skipping {what} (nofail): {why}");
+                continue;
+            }
+            Err(why) => {
+                return Err(fail(
+                    ErrorKind::NotFound,
+                    format!(
+                        "{why}; the entry has no nofail (exclude it with MountOptions::exclude)"
+                    ),
+                ));
+            }
+        };
+        let key = match &part {
+            Target::Lv(vg, lv) => format!("{vg}/{lv}"),
+            Target::Part(p) => format!("{:?}", p.as_ref().map(|p| p.number)),
+        };
+        let (device, file) = if key == root_key {
+            (root_part.path.clone(), root_part.file().try_clone())
+        } else if let Some((_, p)) = tree.parts.iter().find(|(k, _)| *k == key) {
+            (p.path.clone(), p.file().try_clone())
+        } else {
+            let m = match &part {
+                Target::Lv(vg, lv) => mapping::logical_volume(core, vg, lv, MapStrategy::Auto)?,
+                Target::Part(p) => {
+                    let p = p.as_ref().expect("only the whole disk has no number");
+                    mapping::map(core, p, MapStrategy::Auto)?
+                }
+            };
+            let r = (m.path.clone(), m.file().try_clone());
+            record.set(Field::TreeMapped {
+                path: &m.path,
+                mapping: m.mapping.as_str(),
+            });
+            tree.parts.push((key.clone(), m));
+            r
+        };
+        let file = file.map_err(|err| Error::os(Step::Mount, &device, "dup device", err))?;
+        let (driver, fst) = match fstype::choose(&device, &file, &MountOptions::default()) {
+            Ok(x) => x,
+            Err(err) if e.nofail() => {
+                warn!("mount: skipping {what} (nofail): {err}");
+                continue;
+            }
+            Err(err) => return Err(fail(err.kind(), err.to_string())),
+        };
+        let mut mo = MountOptions::default()
+            .read_only(read_only || e.read_only())
+            .noexec(options.noexec);
+        if let Some(sv) = e.option("subvol") {
+            mo = mo.subvolume(sv);
+            mo.subvolume_option(&device)?;
+        }
+        if let Some(id) = e.option("subvolid") {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(fail(
+                    ErrorKind::InvalidImage,
+                    format!("bad subvolid={id:?}"),
+                ));
+            }
+            mo = mo.options(format!("subvolid={id}"));
+        }
+        let ahead = !ahead_of.contains(&key);
+        if ahead {
+            ahead_of.push(key);
+        }
+        child.mount = Some(ChildMount {
+            plan: plan::plan(&mo, driver.clone(), fst, core.read_only),
+            device,
+            driver,
+            ahead,
+            detached: None,
+        });
+        children.push(child);
+    }
+    Ok(Planned { tree, children })
+}
+
+impl Planned<'_> {
+    /// Runs `root` (the root's mount) on this thread while every child
+    /// planned ahead is mounted, detached (`fsmount` without
+    /// `move_mount`), each on a thread of its own: the filesystems' mount
+    /// work (reading and checking metadata, journal replay) overlaps
+    /// instead of adding up. Nothing is attached anywhere yet.
+    pub(crate) fn mount_ahead<T>(&mut self, root: impl FnOnce() -> T) -> T {
+        let ahead: Vec<&mut ChildMount> = self
+            .children
+            .iter_mut()
+            .filter_map(|c| c.mount.as_mut().filter(|m| m.ahead))
+            .collect();
+        if ahead.is_empty() {
+            return root();
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ahead
+                .into_iter()
+                .map(|m| {
+                    s.spawn(move || {
+                        m.detached = by_fd::mount_ahead(&m.device, &m.plan);
+                    })
+                })
+                .collect();
+            let out = root();
+            for h in handles {
+                if let Err(panic) = h.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            out
+        })
+    }
+}
+
+/// Mounts the planned fstab entries over `mounted` (its root), parents
+/// first: each mount point resolved inside the tree, then the mount made
+/// ahead moved onto it (or made now, onto it). Each mount goes into
+/// `record` as it is made.
+pub(crate) fn mount_tree<B: Backend>(
+    mounted: &Mounted<B>,
+    planned: Planned<'_>,
+    options: &MountOptions,
+    record: &mut Keeper,
+) -> Result<Tree> {
+    let Planned { mut tree, children } = planned;
+    let root = mounted.root()?;
+    let fstab_path = mounted.path().join("etc/fstab");
+    for child in children {
+        let Child {
+            guest,
+            entry: e,
+            what,
+            excluded,
+            mount,
+        } = child;
+        let fail = |kind: ErrorKind, why: String| {
+            Error::refused(kind, Step::Mount, &fstab_path, format!("{what}: {why}"))
+        };
         // The directory it goes on, inside the tree.
         let at = match root.resolve(&guest, true) {
             Ok(fd) => fd,
@@ -197,75 +449,22 @@ pub(crate) fn mount_tree<B: Backend>(
             ));
             continue;
         }
-        let part = match crate::os::source::resolve(core, table.as_ref(), &e.source) {
-            Ok(p) => p,
-            Err(why) if e.nofail() => {
-                warn!("mount: skipping {what} (nofail): {why}");
-                continue;
-            }
-            Err(why) => {
-                return Err(fail(
-                    ErrorKind::NotFound,
-                    format!(
-                        "{why}; the entry has no nofail (exclude it with MountOptions::exclude)"
-                    ),
-                ));
-            }
+        let Some(ChildMount {
+            device,
+            driver,
+            plan,
+            detached,
+            ..
+        }) = mount
+        else {
+            continue;
         };
-        let key = match &part {
-            Target::Lv(vg, lv) => format!("{vg}/{lv}"),
-            Target::Part(p) => format!("{:?}", p.as_ref().map(|p| p.number)),
+        let made = match detached {
+            Some(Ok(d)) => d.attach(&device, &plan, at.as_fd(), &host),
+            Some(Err(err)) => Err(err),
+            None => by_fd::mount(&device, &plan, at.as_fd(), &host),
         };
-        let (device, file) = if key == root_key {
-            (
-                mounted.device().to_path_buf(),
-                mounted.mapped().part.file().try_clone(),
-            )
-        } else if let Some((_, p)) = tree.parts.iter().find(|(k, _)| *k == key) {
-            (p.path.clone(), p.file().try_clone())
-        } else {
-            let m = match &part {
-                Target::Lv(vg, lv) => mapping::logical_volume(core, vg, lv, MapStrategy::Auto)?,
-                Target::Part(p) => {
-                    let p = p.as_ref().expect("only the whole disk has no number");
-                    mapping::map(core, p, MapStrategy::Auto)?
-                }
-            };
-            let r = (m.path.clone(), m.file().try_clone());
-            record.set(Field::TreeMapped {
-                path: &m.path,
-                mapping: m.mapping.as_str(),
-            });
-            tree.parts.push((key, m));
-            r
-        };
-        let file = file.map_err(|err| Error::os(Step::Mount, &device, "dup device", err))?;
-        let (driver, fst) = match fstype::choose(&device, &file, &MountOptions::default()) {
-            Ok(x) => x,
-            Err(err) if e.nofail() => {
-                warn!("mount: skipping {what} (nofail): {err}");
-                continue;
-            }
-            Err(err) => return Err(fail(err.kind(), err.to_string())),
-        };
-        let mut mo = MountOptions::default()
-            .read_only(read_only || e.read_only())
-            .noexec(options.noexec);
-        if let Some(sv) = e.option("subvol") {
-            mo = mo.subvolume(sv);
-            mo.subvolume_option(&device)?;
-        }
-        if let Some(id) = e.option("subvolid") {
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(fail(
-                    ErrorKind::InvalidImage,
-                    format!("bad subvolid={id:?}"),
-                ));
-            }
-            mo = mo.options(format!("subvolid={id}"));
-        }
-        let plan = plan::plan(&mo, driver.clone(), fst, core.read_only);
-        let dir = match by_fd::mount(&device, &plan, at.as_fd(), &host) {
+        let dir = match made {
             Ok(d) => d,
             Err(err) if e.nofail() => {
                 warn!("mount: skipping {what} (nofail): {err}");

@@ -113,16 +113,110 @@ pub(crate) fn mount(
             debug!("mount: no fsopen on this kernel; mount(2) on /proc/self/fd");
             legacy(device, plan, target, path)
         }
-        Err(Failed::At(op, e, kernel)) => Err(Error::os(
-            Step::Mount,
-            device,
-            format!(
-                "{describe}: {op}{}{}",
-                kernel.map(|k| format!(" ({k})")).unwrap_or_default(),
-                hint(e)
+        Err(Failed::At(op, e, kernel)) => Err(at_error(device, &describe, op, e, kernel)),
+    }
+}
+
+/// The error of `op` failing with `e` (the kernel saying `kernel`) in the
+/// mount `describe` of `device`.
+fn at_error(device: &Path, describe: &str, op: &str, e: Errno, kernel: Option<String>) -> Error {
+    Error::os(
+        Step::Mount,
+        device,
+        format!(
+            "{describe}: {op}{}{}",
+            kernel.map(|k| format!(" ({k})")).unwrap_or_default(),
+            hint(e)
+        ),
+        e,
+    )
+}
+
+/// A mount made ahead of its mount point ([`mount_ahead`]): attached
+/// nowhere until [`Detached::attach`] moves it into place. Dropped
+/// unattached, it is flushed (`syncfs`, for a read-write one) and let go:
+/// the kernel unmounts a detached mount when its last descriptor closes.
+pub(crate) struct Detached {
+    mnt: Option<OwnedFd>,
+    device: std::path::PathBuf,
+    read_only: bool,
+}
+
+/// Mounts `device` as `plan` says, detached, to be moved onto its mount
+/// point later ([`Detached::attach`]): for a tree whose filesystems mount
+/// at once while the parent mounts. `None` on a kernel without the new
+/// mount API: the mount is then made when attached, by [`mount`].
+pub(crate) fn mount_ahead(device: &Path, plan: &MountPlan) -> Option<Result<Detached>> {
+    let describe = plan.describe(Path::new("(ahead, detached)"));
+    debug!("mount: {}: {describe}", device.display());
+    match busy_retry(device, || detached_mount(device, plan)) {
+        Ok(mnt) => Some(Ok(Detached {
+            mnt: Some(mnt),
+            device: device.to_path_buf(),
+            read_only: plan.read_only,
+        })),
+        Err(Failed::NoNewApi) => None,
+        Err(Failed::At(op, e, kernel)) => Some(Err(at_error(device, &describe, op, e, kernel))),
+    }
+}
+
+impl Detached {
+    /// Moves the mount onto the directory `target` (from
+    /// [`open_mount_point`] or a tree's own resolution; `path` names it in
+    /// messages). Returns a descriptor of its root directory, as [`mount`].
+    pub(crate) fn attach(
+        mut self,
+        device: &Path,
+        plan: &MountPlan,
+        target: BorrowedFd<'_>,
+        path: &Path,
+    ) -> Result<File> {
+        let describe = plan.describe(path);
+        debug!("mount: {}: {describe} (moved into place)", device.display());
+        let mnt = self.mnt.take().expect("attached once");
+        let moved = move_mount(
+            &mnt,
+            "",
+            target,
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+        .map_err(|e| Failed::At("move_mount", errno(e), None))
+        .and_then(|()| open_mount_root(&mnt));
+        match moved {
+            Ok(root) => Ok(root),
+            Err(Failed::At(op, e, kernel)) => {
+                // Not attached: flushed and let go as when dropped.
+                self.mnt = Some(mnt);
+                Err(at_error(device, &describe, op, e, kernel))
+            }
+            Err(Failed::NoNewApi) => unreachable!("move_mount after fsmount"),
+        }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let Some(mnt) = self.mnt.take() else { return };
+        if self.read_only {
+            return;
+        }
+        // Whatever the mount wrote (a journal replay) reaches the device
+        // before the kernel lets the mount go.
+        match open_mount_root(&mnt) {
+            Ok(root) => {
+                if let Err(e) = nix::unistd::syncfs(&root) {
+                    warn!(
+                        "teardown: {}: syncfs of a mount never attached: {e}",
+                        self.device.display()
+                    );
+                }
+            }
+            Err(_) => warn!(
+                "teardown: {}: could not open a mount never attached to flush it",
+                self.device.display()
             ),
-            e,
-        )),
+        }
     }
 }
 
@@ -174,16 +268,7 @@ pub(crate) fn mount_detached(device: &Path, plan: &MountPlan) -> Result<File> {
             device,
             "this kernel has no fsopen (Linux 5.2+): cannot look inside without a mount point",
         )),
-        Err(Failed::At(op, e, kernel)) => Err(Error::os(
-            Step::Mount,
-            device,
-            format!(
-                "{describe}: {op}{}{}",
-                kernel.map(|k| format!(" ({k})")).unwrap_or_default(),
-                hint(e)
-            ),
-            e,
-        )),
+        Err(Failed::At(op, e, kernel)) => Err(at_error(device, &describe, op, e, kernel)),
     }
 }
 

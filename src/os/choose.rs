@@ -31,6 +31,13 @@ pub(crate) struct Choice {
     pub(crate) table: Option<PartitionTable>,
 }
 
+/// A [`Choice`], and the device of its root as the inspection mapped it
+/// (by [`crate::mapping::MapStrategy::Auto`]), if it kept it.
+pub(crate) struct Chosen {
+    pub(crate) choice: Choice,
+    pub(crate) mapped: Option<crate::mapping::MappedPart>,
+}
+
 /// How to pick one root, for the error messages.
 const HOW: &str = "pick one with --partition N (Partition::Number), --partition lv=VG/LV \
                    (Partition::LogicalVolume) or --subvolume NAME (MountOptions::subvolume)";
@@ -53,7 +60,7 @@ pub(crate) fn choose(
     device: &Core,
     table: Option<&PartitionTable>,
     wanted: &Partition,
-) -> Result<Option<Choice>> {
+) -> Result<Option<Chosen>> {
     let tree = match wanted {
         Partition::Auto => false,
         Partition::Os => true,
@@ -115,10 +122,23 @@ pub(crate) fn choose(
             format!("holds {} OS roots: {}; {HOW}", all.len(), list(&all)),
         ));
     }
-    Ok(Some(Choice {
-        roots: roots.into_iter().cloned().collect(),
-        tree,
-        table: table.cloned(),
+    let at = (&roots[0].location.part, &roots[0].location.lv);
+    let mut mapped = None;
+    for (l, mut m) in report.kept {
+        if mapped.is_none() && (&l.part, &l.lv) == at {
+            mapped = Some(m);
+        } else {
+            // Another root's device, not the one to mount.
+            m.release()?;
+        }
+    }
+    Ok(Some(Chosen {
+        choice: Choice {
+            roots: roots.into_iter().cloned().collect(),
+            tree,
+            table: table.cloned(),
+        },
+        mapped,
     }))
 }
 

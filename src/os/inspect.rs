@@ -8,7 +8,7 @@ use std::path::Path;
 
 use log::{debug, warn};
 
-use super::source::Target;
+use super::source::{Sources, Target};
 use super::{Found, Location, OsInfo, OsMountpoint};
 use crate::backend::Core;
 use crate::error::Result;
@@ -36,6 +36,9 @@ pub(crate) struct Report {
     /// `"partition 3 (xfs): <why>"` for each filesystem that would not
     /// mount.
     pub(crate) failed: Vec<String>,
+    /// [`Scope::ForMount`]: the devices of the filesystems roots were
+    /// found on, kept mapped (not released) for the mount that follows.
+    pub(crate) kept: Vec<(Location, crate::mapping::MappedPart)>,
 }
 
 /// How much of the image to look into.
@@ -61,6 +64,7 @@ pub(crate) fn inspect(
     let mut report = Report {
         found: Vec::new(),
         failed: Vec::new(),
+        kept: Vec::new(),
     };
     // Partitions (or the whole disk), then the logical volumes on them.
     let mut candidates: Vec<(Option<PartitionInfo>, Option<Lv>, Detected)> = match table {
@@ -91,6 +95,7 @@ pub(crate) fn inspect(
     }
     // What the fstabs of the roots found so far mount below `/`.
     let mut claimed: Vec<(Target, String)> = Vec::new();
+    let sources = Sources::new(device, table);
     for (part, lv, detected) in candidates {
         let Detected::Filesystem { fstype, .. } = detected else {
             continue;
@@ -117,10 +122,11 @@ pub(crate) fn inspect(
             continue;
         }
         let before = report.found.len();
-        let looked = inspect_one(device, &place, fstype, &mut report.found);
+        let keep = (scope == Scope::ForMount).then_some(&mut report.kept);
+        let looked = inspect_one(device, &place, fstype, &mut report.found, keep);
         if scope == Scope::ForMount {
-            for f in &report.found[before..] {
-                claimed.extend(claims(device, table, f));
+            for f in &mut report.found[before..] {
+                claimed.extend(claims(&sources, f));
             }
         }
         if let Err(why) = looked {
@@ -155,14 +161,20 @@ fn likely_root(part: Option<&PartitionInfo>, lv: Option<&Lv>) -> bool {
 }
 
 /// What the fstab of the root `found` mounts below `/` (entries it would
-/// skip aside), each with what it is for the log.
-fn claims(device: &Core, table: Option<&PartitionTable>, found: &Found) -> Vec<(Target, String)> {
+/// skip aside), each with what it is for the log; each entry's source, as
+/// resolved, is kept in `found.sources`.
+fn claims(sources: &Sources<'_>, found: &mut Found) -> Vec<(Target, String)> {
+    found.sources = found
+        .fstab
+        .iter()
+        .map(|e| (e.mount_point != "/" && e.skip().is_none()).then(|| sources.resolve(&e.source)))
+        .collect();
     found
         .fstab
         .iter()
-        .filter(|e| e.mount_point != "/" && e.skip().is_none())
-        .filter_map(|e| {
-            let target = super::source::resolve(device, table, &e.source).ok()?;
+        .zip(&found.sources)
+        .filter_map(|(e, resolved)| {
+            let target = resolved.as_ref()?.as_ref().ok()?.clone();
             Some((target, format!("{} of {}", e.mount_point, found.describe())))
         })
         .collect()
@@ -175,14 +187,23 @@ fn inspect_one(
     place: &Location,
     fstype: FsType,
     found: &mut Vec<Found>,
+    keep: Option<&mut Vec<(Location, crate::mapping::MappedPart)>>,
 ) -> Result<()> {
     let mut mapped = match (&place.part, &place.lv) {
         (_, Some((vg, lv))) => mapping::logical_volume(device, vg, lv, MapStrategy::Auto)?,
         (None, None) => mapping::whole(device)?,
         (Some(p), None) => mapping::map(device, p, MapStrategy::Auto)?,
     };
+    let before = found.len();
     let result = look(&mapped.path, fstype, place, found);
     // The detached mount is gone (its descriptors closed in `look`).
+    if let (Ok(()), Some(keep)) = (&result, keep)
+        && found.len() > before
+    {
+        // A root is on it: the mount maps it the same way next.
+        keep.push((place.clone(), mapped));
+        return Ok(());
+    }
     let released = mapped.release();
     result.and(released)
 }
@@ -297,5 +318,6 @@ fn read_os(root: &Root<'_>, location: Location, fstype: FsType, dps_root: bool) 
         info,
         fstab: entries,
         dps_root,
+        sources: Vec::new(),
     })
 }

@@ -124,6 +124,11 @@ pub(crate) struct Found {
     pub(crate) fstab: Vec<fstab::Entry>,
     /// On a GPT partition of this architecture's DPS root type.
     pub(crate) dps_root: bool,
+    /// What each `fstab` entry's source names, in `fstab`'s order, as the
+    /// inspection resolved it (`None`: not resolved, the root's own entry
+    /// or one to skip); empty if not resolved at all. The mount of the
+    /// tree uses these rather than probing the image again.
+    pub(crate) sources: Vec<Option<std::result::Result<source::Target, String>>>,
 }
 
 impl Found {

@@ -23,10 +23,7 @@ pub(crate) enum Target {
 
 /// The filesystems on the mappable logical volumes of `device`, with their
 /// UUIDs.
-fn lv_filesystems(
-    device: &Core,
-    table: Option<&PartitionTable>,
-) -> Vec<(Target, Detected, Option<String>)> {
+fn lv_filesystems(device: &Core, table: Option<&PartitionTable>) -> Filesystems {
     let file = device.file();
     let found = discover(file, device.path(), device.size, table);
     let mut out = Vec::new();
@@ -48,43 +45,77 @@ fn lv_filesystems(
     out
 }
 
-/// The partition or logical volume `source` names, or why it is not in
-/// this image.
-pub(crate) fn resolve(
-    device: &Core,
-    table: Option<&PartitionTable>,
-    source: &Source,
-) -> Result<Target, String> {
-    let file = device.file();
-    // Every filesystem of the image: (where, what it holds, its UUID).
-    let filesystems = || -> Vec<(Target, Detected, Option<String>)> {
-        let mut all: Vec<(Target, Detected, Option<String>)> = match table {
-            None => {
-                let d = crate::fs::probe(file).unwrap_or(Detected::Unknown);
-                let uuid = match &d {
-                    Detected::Filesystem { fstype, .. } => fs_uuid(file, 0, device.size, *fstype),
-                    _ => None,
-                };
-                vec![(Target::Part(None), d, uuid)]
-            }
-            Some(t) => t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let d = probe_at(file, p.start, p.size).unwrap_or(Detected::Unknown);
+/// Every filesystem of an image: where, what it holds, its UUID.
+type Filesystems = Vec<(Target, Detected, Option<String>)>;
+
+/// Resolves fstab sources on one image, probing its filesystems (and
+/// scanning its logical volumes) once for all the sources asked about.
+pub(crate) struct Sources<'a> {
+    device: &'a Core,
+    table: Option<&'a PartitionTable>,
+    all: std::cell::OnceCell<Filesystems>,
+    lvs: std::cell::OnceCell<Filesystems>,
+}
+
+impl<'a> Sources<'a> {
+    /// The sources of `device` (whose table is `table`).
+    pub(crate) fn new(device: &'a Core, table: Option<&'a PartitionTable>) -> Self {
+        Sources {
+            device,
+            table,
+            all: std::cell::OnceCell::new(),
+            lvs: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn lvs(&self) -> &Filesystems {
+        self.lvs
+            .get_or_init(|| lv_filesystems(self.device, self.table))
+    }
+
+    fn all(&self) -> &Filesystems {
+        self.all.get_or_init(|| {
+            let (device, file) = (self.device, self.device.file());
+            let mut all: Filesystems = match self.table {
+                None => {
+                    let d = crate::fs::probe(file).unwrap_or(Detected::Unknown);
                     let uuid = match &d {
                         Detected::Filesystem { fstype, .. } => {
-                            fs_uuid(file, p.start, p.size, *fstype)
+                            fs_uuid(file, 0, device.size, *fstype)
                         }
                         _ => None,
                     };
-                    (Target::Part(Some(p.clone())), d, uuid)
-                })
-                .collect(),
-        };
-        all.extend(lv_filesystems(device, table));
-        all
-    };
+                    vec![(Target::Part(None), d, uuid)]
+                }
+                Some(t) => t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let d = probe_at(file, p.start, p.size).unwrap_or(Detected::Unknown);
+                        let uuid = match &d {
+                            Detected::Filesystem { fstype, .. } => {
+                                fs_uuid(file, p.start, p.size, *fstype)
+                            }
+                            _ => None,
+                        };
+                        (Target::Part(Some(p.clone())), d, uuid)
+                    })
+                    .collect(),
+            };
+            all.extend(self.lvs().iter().cloned());
+            all
+        })
+    }
+
+    /// The partition or logical volume `source` names, or why it is not
+    /// in this image.
+    pub(crate) fn resolve(&self, source: &Source) -> Result<Target, String> {
+        resolve_in(self, source)
+    }
+}
+
+fn resolve_in(sources: &Sources<'_>, source: &Source) -> Result<Target, String> {
+    let (table, file) = (sources.table, sources.device.file());
     let one = |hits: Vec<Target>, what: String| match hits.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(format!(
@@ -97,20 +128,22 @@ pub(crate) fn resolve(
     };
     match source {
         Source::Uuid(want) => {
-            let hits = filesystems()
-                .into_iter()
+            let hits = sources
+                .all()
+                .iter()
                 .filter(|(_, _, uuid)| uuid.as_ref().is_some_and(|u| u.eq_ignore_ascii_case(want)))
-                .map(|(p, ..)| p)
+                .map(|(p, ..)| p.clone())
                 .collect();
             one(hits, format!("UUID {want}"))
         }
         Source::Label(want) => {
-            let hits = filesystems()
-                .into_iter()
+            let hits = sources
+                .all()
+                .iter()
                 .filter(|(_, d, ..)| {
                     matches!(d, Detected::Filesystem { label: Some(l), .. } if l == want)
                 })
-                .map(|(p, ..)| p)
+                .map(|(p, ..)| p.clone())
                 .collect();
             one(hits, format!("label {want:?}"))
         }
@@ -143,9 +176,8 @@ pub(crate) fn resolve(
             Some(_) => Err("names the whole disk, which holds a partition table".into()),
         },
         Source::LogicalVolume { vg, lv } => {
-            let known = lv_filesystems(device, table);
             let want = Target::Lv(vg.clone(), lv.clone());
-            if known.iter().any(|(t, ..)| *t == want) {
+            if sources.lvs().iter().any(|(t, ..)| *t == want) {
                 Ok(want)
             } else {
                 Err(format!(
