@@ -123,6 +123,33 @@ fn floor_mount(node: &str, target: &Path, fstype: &str) -> Result<(), String> {
     .map_err(|e| format!("mount {node} on {}: {e}", target.display()))
 }
 
+/// The floor: a detached mount of `node` (fsopen .. fsmount).
+fn detached(node: &str, fstype: &str) -> Result<std::os::fd::OwnedFd, String> {
+    use rustix::mount::*;
+    let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| format!("fsopen: {e}"))?;
+    fsconfig_set_string(&fs, "source", node).map_err(|e| format!("fsconfig: {e}"))?;
+    fsconfig_create(&fs).map_err(|e| format!("fsconfig create {node}: {e}"))?;
+    fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NODEV | MountAttrFlags::MOUNT_ATTR_NOSUID,
+    )
+    .map_err(|e| format!("fsmount {node}: {e}"))
+}
+
+/// The floor: the detached mount `m` attached on `target`.
+fn attach_at(m: &std::os::fd::OwnedFd, target: &Path) -> Result<(), String> {
+    use rustix::mount::*;
+    move_mount(
+        m,
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| format!("move_mount on {}: {e}", target.display()))
+}
+
 /// The floor's teardown of one mount: `syncfs`, `umount2`, `BLKFLSBUF`.
 fn floor_unmount(target: &Path, dev: &File) -> Result<(), String> {
     let d = File::open(target).map_err(|e| e.to_string())?;
@@ -138,30 +165,107 @@ fn floor_unmount(target: &Path, dev: &File) -> Result<(), String> {
 /// first, each an offset loop device; `etc/hostname` read; every mount
 /// flushed and unmounted in reverse, the image `fsync`ed, the devices
 /// detached.
-fn floor(img: &Path, mnt: &Path, mounts: &[((u64, u64), &str, &str)]) -> Result<f64, String> {
+fn floor(
+    img: &Path,
+    mnt: &Path,
+    mounts: &[((u64, u64), &str, &str)],
+    parallel: bool,
+    all_at_once: bool,
+) -> Result<f64, String> {
     let t = Instant::now();
     let backing = bench::open_rw(img);
     let mut done = Vec::new();
     let mut result = Ok(());
-    for (range, below, fstype) in mounts {
+    let mount_one = |(range, below, fstype): &((u64, u64), &str, &str)| {
         // A device whose mount failed is cleared when `dev` is dropped
         // (autoclear); the mounted ones come down below either way.
         let (node, dev) = bench::floor::attach(&backing, Some(*range));
         let target = mnt.join(below);
-        result = floor_mount(&node, &target, fstype);
-        if result.is_err() {
-            break;
+        floor_mount(&node, &target, fstype).map(|()| (target, dev))
+    };
+    if all_at_once {
+        // Every filesystem mounted at once, detached (fsmount), then
+        // attached parents first (move_mount).
+        let got: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = mounts
+                .iter()
+                .map(|(range, below, fstype)| {
+                    let backing = &backing;
+                    s.spawn(move || {
+                        let (node, dev) = bench::floor::attach(backing, Some(*range));
+                        detached(&node, fstype).map(|m| (mnt.join(below), dev, m))
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for g in got {
+            match g {
+                Ok((target, dev, m)) => {
+                    if result.is_ok() {
+                        result = attach_at(&m, &target);
+                        if result.is_ok() {
+                            done.push((target, dev));
+                        }
+                    }
+                }
+                Err(e) => result = result.and(Err(e)),
+            }
         }
-        done.push((target, dev));
+    } else if parallel && mounts.len() > 1 {
+        // The root first, then its children at once.
+        match mount_one(&mounts[0]) {
+            Ok(d) => done.push(d),
+            Err(e) => result = Err(e),
+        }
+        if result.is_ok() {
+            let got: Vec<_> = std::thread::scope(|s| {
+                let hs: Vec<_> = mounts[1..]
+                    .iter()
+                    .map(|m| s.spawn(move || mount_one(m)))
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for g in got {
+                match g {
+                    Ok(d) => done.push(d),
+                    Err(e) => result = result.and(Err(e)),
+                }
+            }
+        }
+    } else {
+        for m in mounts {
+            match mount_one(m) {
+                Ok(d) => done.push(d),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
     }
     if result.is_ok() {
         result = std::fs::read_to_string(mnt.join("etc/hostname"))
             .map(drop)
             .map_err(|e| e.to_string());
     }
-    for (target, dev) in done.iter().rev() {
-        let unmounted = floor_unmount(target, dev);
-        result = result.and(unmounted);
+    if (parallel || all_at_once) && done.len() > 1 {
+        let children: Vec<Result<(), String>> = std::thread::scope(|s| {
+            let hs: Vec<_> = done[1..]
+                .iter()
+                .map(|(target, dev)| s.spawn(move || floor_unmount(target, dev)))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for c in children {
+            result = result.and(c);
+        }
+        result = result.and(floor_unmount(&done[0].0, &done[0].1));
+    } else {
+        for (target, dev) in done.iter().rev() {
+            let unmounted = floor_unmount(target, dev);
+            result = result.and(unmounted);
+        }
     }
     result = result.and(backing.sync_all().map_err(|e| e.to_string()));
     for (_, dev) in done {
@@ -289,18 +393,23 @@ fn main() {
         Ok(bench::ms(t.elapsed()))
     };
     let floor_mnt = fx.tree("floor", &[]);
-    let floor_single = || floor(&img.path, &floor_mnt, &[(ranges[1], "", "xfs")]);
-    let floor_tree = || {
+    let floor_single = || {
         floor(
             &img.path,
             &floor_mnt,
-            &[
-                (ranges[1], "", "xfs"),
-                (ranges[0], "boot", "xfs"),
-                (ranges[2], "home", "ext4"),
-            ],
+            &[(ranges[1], "", "xfs")],
+            false,
+            false,
         )
     };
+    let tree_mounts = [
+        (ranges[1], "", "xfs"),
+        (ranges[0], "boot", "xfs"),
+        (ranges[2], "home", "ext4"),
+    ];
+    let floor_tree = || floor(&img.path, &floor_mnt, &tree_mounts, false, false);
+    let floor_tree_parallel = || floor(&img.path, &floor_mnt, &tree_mounts, true, false);
+    let floor_tree_all = || floor(&img.path, &floor_mnt, &tree_mounts, false, true);
     // Inspection of a copy, attached once (an attached image is locked).
     let copy = fx.path().join("rocky-inspect.img");
     bench::run(
@@ -329,6 +438,8 @@ fn main() {
         &inspect,
         &floor_single,
         &floor_tree,
+        &floor_tree_parallel,
+        &floor_tree_all,
     ] {
         f().unwrap();
     }
@@ -373,6 +484,14 @@ fn main() {
             ("with_mounted(Os): root + /boot + /home", &lib_os),
             ("floor: rl/root, one offset loop and mount", &floor_single),
             ("floor: root + /boot + /home, three of each", &floor_tree),
+            (
+                "floor: root, then /boot and /home at once (two threads)",
+                &floor_tree_parallel,
+            ),
+            (
+                "floor: all three at once (detached, then attached)",
+                &floor_tree_all,
+            ),
         ],
         iterations,
     ));
