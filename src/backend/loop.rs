@@ -285,6 +285,10 @@ pub(crate) fn lock_briefly(file: &File, lock: Lock) -> std::result::Result<(), E
 }
 
 /// Waits (bounded) until `/dev/loop<nr>` is unbound; true if it is.
+/// How long a detach waits for the kernel to unbind a cleared loop device
+/// whose last opener is not us (a forked child's copy of our descriptor).
+const UNBIND_WAIT: Duration = Duration::from_secs(3);
+
 fn wait_unbound(nr: u32, bound: Duration) -> bool {
     poll_until(bound, || (!sysfs::loop_is_bound(nr)).then_some(())).is_some()
 }
@@ -549,7 +553,19 @@ pub(crate) fn unbind(
     // such a copy a moment to go away. Also after a failed flush: the
     // device goes all the same, and a caller (the crash-recovery record)
     // must not see it still bound for a moment and think it stays.
-    if cleared.is_ok() && !wait_unbound(nr, Duration::from_secs(1)) {
+    // Bounded at 3 s: under load (8 threads cycling on 2 cores, daemons
+    // starting) a forked child was seen to hold its copy for over a
+    // second before it exec'ed (a stress run; 1 s was the bound then).
+    let waiting = std::time::Instant::now();
+    let unbound = cleared.is_ok() && wait_unbound(nr, UNBIND_WAIT);
+    if unbound && waiting.elapsed() > Duration::from_millis(100) {
+        warn!(
+            "{step}: {} took {:?} to unbind after LOOP_CLR_FD (another opener let go late)",
+            node.display(),
+            waiting.elapsed()
+        );
+    }
+    if cleared.is_ok() && !unbound {
         errors.push(Error::refused(
             ErrorKind::Busy,
             step,
