@@ -560,7 +560,8 @@ pub(crate) fn unbind(
     let unbound = cleared.is_ok() && wait_unbound(nr, UNBIND_WAIT);
     if unbound && waiting.elapsed() > Duration::from_millis(100) {
         warn!(
-            "{step}: {} took {:?} to unbind after LOOP_CLR_FD (another opener let go late)",
+            "{step}: {} was still bound after LOOP_CLR_FD (another opener held it); \
+             retrying the check, unbound after {:?}",
             node.display(),
             waiting.elapsed()
         );
