@@ -367,6 +367,65 @@ fn nested_mounts_on_other_devices_go_up_parents_first_and_come_down_children_fir
     fx.assert_clean();
 }
 
+/// A guest link can put an fstab mount point under one the fstab lists
+/// later (`/home` -> `var/home`, then `/var`): the later mount covers the
+/// earlier, and the teardown takes it down first.
+#[test]
+fn a_mount_covered_by_a_later_one_comes_down_after_it() {
+    let _s = serial();
+    let mut fx = Fixture::new();
+    let fstab = "/dev/sda2 / ext4 defaults 0 1\n\
+                 LABEL=one /home ext4 defaults 0 2\n\
+                 LABEL=three /var ext4 defaults 0 2\n";
+    let (img, parts) = nested(&fx, "covered.img", fstab);
+    {
+        let (s2, z2) = geometry(&parts, 2);
+        let dev = LoopDev::attach(&img, s2, z2);
+        let mnt = fx.path().join("edit");
+        std::fs::create_dir_all(&mnt).unwrap();
+        run(Command::new("mount").arg(&dev.dev).arg(&mnt));
+        std::fs::create_dir_all(mnt.join("var/home")).unwrap();
+        std::os::unix::fs::symlink("var/home", mnt.join("home")).unwrap();
+        common::system::umount(&mnt);
+    }
+    with_mounted(&raw(&img), Partition::Os, |dir| {
+        // /var (three) covers the /home mount made on the root's var/home.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("var/id")).unwrap(),
+            "three"
+        );
+        assert_eq!(mounts_under(dir).len(), 2);
+    })
+    .unwrap();
+    fx.assert_clean();
+}
+
+/// The root failing to mount read-write (an option its filesystem refuses)
+/// after the other filesystems were mounted ahead: the error names the
+/// root's mount, and nothing is left, neither those mounts nor their
+/// partition devices.
+#[test]
+fn a_root_that_fails_to_mount_takes_the_filesystems_mounted_ahead_down() {
+    let _s = serial();
+    let mut fx = Fixture::new();
+    let fstab = "/dev/sda2 / ext4 defaults 0 1\n\
+                 LABEL=one /srv ext4 defaults 0 2\n\
+                 LABEL=three /var ext4 defaults 0 2\n";
+    let (img, _) = nested(&fx, "root-fails.img", fstab);
+    let err = with_mounted_opts(
+        &raw(&img),
+        Partition::Os,
+        &MountOptions::default().options("no_such_option_here"),
+        |_| (),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.step(), Some(diskmount::Step::Mount), "{msg}");
+    assert!(msg.contains("no_such_option_here"), "{msg}");
+    assert!(err.errors().len() == 1, "teardown trouble too: {msg}");
+    fx.assert_clean();
+}
+
 /// A filesystem mounted ahead whose mount point turns out missing is let
 /// go: with `nofail` the rest of the tree mounts; without it the whole
 /// mount fails naming the entry. Nothing is left either way.

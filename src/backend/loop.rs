@@ -284,11 +284,11 @@ pub(crate) fn lock_briefly(file: &File, lock: Lock) -> std::result::Result<(), E
     .unwrap_or(Err(Errno::EWOULDBLOCK))
 }
 
-/// Waits (bounded) until `/dev/loop<nr>` is unbound; true if it is.
 /// How long a detach waits for the kernel to unbind a cleared loop device
 /// whose last opener is not us (a forked child's copy of our descriptor).
 const UNBIND_WAIT: Duration = Duration::from_secs(3);
 
+/// Waits (bounded) until `/dev/loop<nr>` is unbound; true if it is.
 fn wait_unbound(nr: u32, bound: Duration) -> bool {
     poll_until(bound, || (!sysfs::loop_is_bound(nr)).then_some(())).is_some()
 }

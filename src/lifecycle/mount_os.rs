@@ -63,16 +63,19 @@ impl Tree {
                 .iter()
                 .map(|&i| self.mounts[i].1.target.as_path())
                 .collect();
-            // A mount is free when no other one left is inside it or was
-            // mounted over it later.
+            // Reverse mount order is always safe; a mount is free when no
+            // mount left that was made after it is related to it: inside
+            // it, on the same path, or on a path above it (a later mount
+            // there covers it: a guest link can put a mount point under
+            // one the fstab lists later).
             let free: Vec<usize> = left
                 .iter()
                 .enumerate()
                 .filter(|&(a, &i)| {
                     !left.iter().enumerate().any(|(b, &j)| {
-                        a != b
-                            && targets[b].starts_with(targets[a])
-                            && (targets[b] != targets[a] || j > i)
+                        j > i
+                            && (targets[b].starts_with(targets[a])
+                                || targets[a].starts_with(targets[b]))
                     })
                 })
                 .map(|(_, &i)| i)
@@ -181,7 +184,9 @@ struct ChildMount {
     plan: plan::MountPlan,
     /// Mounted ahead, detached, while the root mounts: the first entry on
     /// each device other than the root's (a second mount of one device,
-    /// another subvolume of its btrfs, waits for the first).
+    /// another subvolume of its btrfs, waits for the first), unless it is
+    /// `nofail` (such an entry is skipped if its mount point is missing,
+    /// and its filesystem is then never mounted at all, as before).
     ahead: bool,
     /// The mount made ahead (`None`: not made, it is made when attached).
     detached: Option<Result<by_fd::Detached>>,
@@ -190,8 +195,10 @@ struct ChildMount {
 /// The tree planned: the devices mapped for it, and its entries, parents
 /// first.
 pub(crate) struct Planned<'a> {
-    tree: Tree,
+    // Field order is drop order: the mounts made ahead go before the
+    // devices under them.
     children: Vec<Child<'a>>,
+    tree: Tree,
 }
 
 /// Plans the fstab entries of `os` over the root `root_part` (of `core`,
@@ -321,7 +328,7 @@ pub(crate) fn plan_tree<'a>(
             }
             mo = mo.options(format!("subvolid={id}"));
         }
-        let ahead = !ahead_of.contains(&key);
+        let ahead = !e.nofail() && !ahead_of.contains(&key);
         if ahead {
             ahead_of.push(key);
         }
