@@ -426,9 +426,10 @@ fn a_root_that_fails_to_mount_takes_the_filesystems_mounted_ahead_down() {
     fx.assert_clean();
 }
 
-/// A filesystem mounted ahead whose mount point turns out missing is let
-/// go: with `nofail` the rest of the tree mounts; without it the whole
-/// mount fails naming the entry. Nothing is left either way.
+/// An fstab entry whose mount point turns out bad: with `nofail` (never
+/// mounted ahead) it is skipped and the rest of the tree mounts; without
+/// it, the filesystem mounted ahead is let go and the whole mount fails
+/// naming the entry. Nothing is left either way.
 #[test]
 fn a_filesystem_mounted_ahead_of_a_bad_mount_point_is_let_go() {
     let _s = serial();
