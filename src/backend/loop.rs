@@ -556,24 +556,24 @@ pub(crate) fn unbind(
     // Bounded at 3 s: under load (8 threads cycling on 2 cores, daemons
     // starting) a forked child was seen to hold its copy for over a
     // second before it exec'ed (a stress run; 1 s was the bound then).
-    let waiting = std::time::Instant::now();
-    let unbound = cleared.is_ok() && wait_unbound(nr, UNBIND_WAIT);
-    if unbound && waiting.elapsed() > Duration::from_millis(100) {
-        warn!(
-            "{step}: {} was still bound after LOOP_CLR_FD (another opener held it); \
-             retrying the check, unbound after {:?}",
-            node.display(),
-            waiting.elapsed()
-        );
-    }
-    if cleared.is_ok() && !unbound {
-        errors.push(Error::refused(
-            ErrorKind::Busy,
-            step,
-            node,
-            "is still bound after LOOP_CLR_FD: something still has it open (a mount?); \
-             the kernel will unbind it when that user closes it",
-        ));
+    if cleared.is_ok() {
+        let waiting = std::time::Instant::now();
+        if !wait_unbound(nr, UNBIND_WAIT) {
+            errors.push(Error::refused(
+                ErrorKind::Busy,
+                step,
+                node,
+                "is still bound after LOOP_CLR_FD: something still has it open (a mount?); \
+                 the kernel will unbind it when that user closes it",
+            ));
+        } else if waiting.elapsed() > Duration::from_millis(100) {
+            warn!(
+                "{step}: {} was still bound after LOOP_CLR_FD (another opener held it); \
+                 retrying the check, unbound after {:?}",
+                node.display(),
+                waiting.elapsed()
+            );
+        }
     }
     errors
 }

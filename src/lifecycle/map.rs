@@ -71,21 +71,27 @@ impl<B: Backend> Attached<B> {
             }
         };
         // The root's device as the inspection mapped it, if it was mapped
-        // the way asked for.
-        let kept = kept.filter(|_| options.strategy == mapping::MapStrategy::Auto);
+        // the way asked for; otherwise it goes, and is mapped again below.
+        let kept = match kept {
+            Some(mut k) if options.strategy != mapping::MapStrategy::Auto => {
+                k.release()?;
+                None
+            }
+            k => k,
+        };
         // An OS root on a logical volume maps as Partition::LogicalVolume.
         let os_lv = os.as_ref().and_then(|o| o.roots[0].location.lv.clone());
-        let part = match (&partition, &chosen) {
-            _ if kept.is_some() => kept.expect("checked"),
-            (Partition::LogicalVolume { vg, lv }, _) => {
+        let part = match (kept, &partition, &chosen) {
+            (Some(k), ..) => k,
+            (None, Partition::LogicalVolume { vg, lv }, _) => {
                 mapping::logical_volume(device, vg, lv, options.strategy)?
             }
             _ if os_lv.is_some() => {
                 let (vg, lv) = os_lv.as_ref().expect("checked");
                 mapping::logical_volume(device, vg, lv, options.strategy)?
             }
-            (_, None) => mapping::whole(device)?,
-            (_, Some(p)) => mapping::map(device, p, options.strategy)?,
+            (_, _, None) => mapping::whole(device)?,
+            (_, _, Some(p)) => mapping::map(device, p, options.strategy)?,
         };
         debug!(
             "map: {} is {} ({})",

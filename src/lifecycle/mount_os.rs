@@ -51,10 +51,9 @@ impl Tree {
     /// devices, pushing every error. `false` if a mount is still there
     /// (its devices are then left for it).
     ///
-    /// Mounts with no other mount of the tree inside them (or stacked
-    /// over them) come down together, each on a thread of its own: their
-    /// flushes and unmounts overlap instead of adding up. Then those that
-    /// held them, and so on up.
+    /// Reverse mount order, except that the mounts no later mount is
+    /// related to come down together, each on a thread of its own: their
+    /// flushes and unmounts overlap instead of adding up.
     pub(crate) fn release(&mut self, errors: &mut Vec<Error>) -> bool {
         let mut clean = true;
         let mut left: Vec<usize> = (0..self.mounts.len()).collect();
@@ -80,13 +79,7 @@ impl Tree {
                 })
                 .map(|(_, &i)| i)
                 .collect();
-            // Never empty (the last mount made is free); if it were, the
-            // last one left goes alone.
-            let free = if free.is_empty() {
-                vec![*left.last().expect("not empty")]
-            } else {
-                free
-            };
+            // Never empty: the last mount made is free.
             left.retain(|i| !free.contains(i));
             let mut batch: Vec<&mut MountGuard> = self
                 .mounts
@@ -170,10 +163,9 @@ pub(crate) struct Child<'a> {
     guest: PathBuf,
     entry: &'a fstab::Entry,
     what: String,
-    excluded: bool,
-    /// What to mount: `None` for an excluded mount point (an empty
-    /// tmpfs goes there) and for a `nofail` entry whose device or
-    /// filesystem was not found.
+    /// What to mount: `None` for an excluded mount point (an empty tmpfs
+    /// goes there). A `nofail` entry whose device or filesystem was not
+    /// found is not planned at all.
     mount: Option<ChildMount>,
 }
 
@@ -251,7 +243,6 @@ pub(crate) fn plan_tree<'a>(
             guest,
             entry: e,
             what: what.clone(),
-            excluded,
             mount: None,
         };
         if excluded {
@@ -397,9 +388,9 @@ pub(crate) fn mount_tree<B: Backend>(
             guest,
             entry: e,
             what,
-            excluded,
             mount,
         } = child;
+        let excluded = mount.is_none();
         let fail = |kind: ErrorKind, why: String| {
             Error::refused(kind, Step::Mount, &fstab_path, format!("{what}: {why}"))
         };
@@ -431,7 +422,15 @@ pub(crate) fn mount_tree<B: Backend>(
                 ),
             ));
         }
-        if excluded {
+        let Some(ChildMount {
+            device,
+            driver,
+            plan,
+            detached,
+            ..
+        }) = mount
+        else {
+            // Excluded.
             let plan = plan::plan(
                 &MountOptions::default()
                     .read_only(true)
@@ -454,16 +453,6 @@ pub(crate) fn mount_tree<B: Backend>(
                 guest,
                 guard(&host, device, &dir, mounted, "tmpfs", true, options)?,
             ));
-            continue;
-        }
-        let Some(ChildMount {
-            device,
-            driver,
-            plan,
-            detached,
-            ..
-        }) = mount
-        else {
             continue;
         };
         let made = match detached {

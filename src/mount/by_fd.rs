@@ -174,20 +174,13 @@ impl Detached {
         let describe = plan.describe(path);
         debug!("mount: {}: {describe} (moved into place)", device.display());
         let mnt = self.mnt.take().expect("attached once");
-        let moved = move_mount(
-            &mnt,
-            "",
-            target,
-            "",
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-        )
-        .map_err(|e| Failed::At("move_mount", errno(e), None))
-        .and_then(|()| open_mount_root(&mnt));
-        match moved {
+        match move_into(&mnt, target) {
             Ok(root) => Ok(root),
             Err(Failed::At(op, e, kernel)) => {
-                // Not attached: flushed and let go as when dropped.
-                self.mnt = Some(mnt);
+                if op == MOVE_MOUNT {
+                    // Not attached: flushed and let go as when dropped.
+                    self.mnt = Some(mnt);
+                }
                 Err(at_error(device, &describe, op, e, kernel))
             }
             Err(Failed::NoNewApi) => unreachable!("move_mount after fsmount"),
@@ -235,17 +228,27 @@ fn errno(e: rustix::io::Errno) -> Errno {
 fn new_api(device: &Path, plan: &MountPlan, target: BorrowedFd<'_>) -> Result<File, Failed> {
     let mnt = detached_mount(device, plan)?;
     // Until it is moved into place the mount is attached nowhere: a
-    // failure from here on needs no unmount (closing `mnt` drops it).
+    // failure of the move needs no unmount (closing `mnt` drops it).
+    move_into(&mnt, target)
+}
+
+/// Moves the detached mount `mnt` onto the directory `target`
+/// (`move_mount`), then opens the root of the mount.
+fn move_into(mnt: &OwnedFd, target: BorrowedFd<'_>) -> Result<File, Failed> {
     move_mount(
-        &mnt,
+        mnt,
         "",
         target,
         "",
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
-    .map_err(|e| Failed::At("move_mount", errno(e), None))?;
-    open_mount_root(&mnt)
+    .map_err(|e| Failed::At(MOVE_MOUNT, errno(e), None))?;
+    open_mount_root(mnt)
 }
+
+/// The operation [`move_into`] names when the move itself failed (the
+/// mount then is still attached nowhere).
+const MOVE_MOUNT: &str = "move_mount";
 
 /// Mounts `device` as `plan` says without attaching the mount anywhere
 /// (`fsmount` without `move_mount`): for looking inside a filesystem

@@ -8,6 +8,7 @@ use crate::backend::Core;
 use crate::fs::{Detected, probe_at};
 use crate::guest::fstab::Source;
 use crate::partition::{PartitionInfo, PartitionTable};
+use crate::read_at::ReadAt;
 use crate::volume::lvm::{LvReader, discover};
 
 use super::ids::{fs_uuid, part_uuid};
@@ -35,14 +36,19 @@ fn lv_filesystems(device: &Core, table: Option<&PartitionTable>) -> Filesystems 
             let reader = LvReader::new(file, &pieces);
             let size = pieces.iter().map(|p| p.len).sum();
             let d = probe_at(&reader, 0, size).unwrap_or(Detected::Unknown);
-            let uuid = match &d {
-                Detected::Filesystem { fstype, .. } => fs_uuid(&reader, 0, size, *fstype),
-                _ => None,
-            };
+            let uuid = uuid_of(&reader, 0, size, &d);
             out.push((Target::Lv(group.vg.name.clone(), lv.name.clone()), d, uuid));
         }
     }
     out
+}
+
+/// The UUID of the filesystem `d` found at `start..start+size` of `r`.
+fn uuid_of<R: ReadAt + ?Sized>(r: &R, start: u64, size: u64, d: &Detected) -> Option<String> {
+    match d {
+        Detected::Filesystem { fstype, .. } => fs_uuid(r, start, size, *fstype),
+        _ => None,
+    }
 }
 
 /// Every filesystem of an image: where, what it holds, its UUID.
@@ -79,12 +85,7 @@ impl<'a> Sources<'a> {
             let mut all: Filesystems = match self.table {
                 None => {
                     let d = crate::fs::probe(file).unwrap_or(Detected::Unknown);
-                    let uuid = match &d {
-                        Detected::Filesystem { fstype, .. } => {
-                            fs_uuid(file, 0, device.size, *fstype)
-                        }
-                        _ => None,
-                    };
+                    let uuid = uuid_of(file, 0, device.size, &d);
                     vec![(Target::Part(None), d, uuid)]
                 }
                 Some(t) => t
@@ -92,12 +93,7 @@ impl<'a> Sources<'a> {
                     .iter()
                     .map(|p| {
                         let d = probe_at(file, p.start, p.size).unwrap_or(Detected::Unknown);
-                        let uuid = match &d {
-                            Detected::Filesystem { fstype, .. } => {
-                                fs_uuid(file, p.start, p.size, *fstype)
-                            }
-                            _ => None,
-                        };
+                        let uuid = uuid_of(file, p.start, p.size, &d);
                         (Target::Part(Some(p.clone())), d, uuid)
                     })
                     .collect(),
@@ -110,34 +106,31 @@ impl<'a> Sources<'a> {
     /// The partition or logical volume `source` names, or why it is not
     /// in this image.
     pub(crate) fn resolve(&self, source: &Source) -> Result<Target, String> {
-        resolve_in(self, source)
-    }
-}
-
-fn resolve_in(sources: &Sources<'_>, source: &Source) -> Result<Target, String> {
-    let (table, file) = (sources.table, sources.device.file());
-    let one = |hits: Vec<Target>, what: String| match hits.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(format!(
-            "no filesystem or partition of the image has {what}"
-        )),
-        many => Err(format!(
-            "{what} is ambiguous: {} filesystems of the image have it",
-            many.len()
-        )),
-    };
-    match source {
-        Source::Uuid(want) => {
-            let hits = sources
-                .all()
-                .iter()
-                .filter(|(_, _, uuid)| uuid.as_ref().is_some_and(|u| u.eq_ignore_ascii_case(want)))
-                .map(|(p, ..)| p.clone())
-                .collect();
-            one(hits, format!("UUID {want}"))
-        }
-        Source::Label(want) => {
-            let hits = sources
+        let (table, file) = (self.table, self.device.file());
+        let one = |hits: Vec<Target>, what: String| match hits.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(format!(
+                "no filesystem or partition of the image has {what}"
+            )),
+            many => Err(format!(
+                "{what} is ambiguous: {} filesystems of the image have it",
+                many.len()
+            )),
+        };
+        match source {
+            Source::Uuid(want) => {
+                let hits = self
+                    .all()
+                    .iter()
+                    .filter(|(_, _, uuid)| {
+                        uuid.as_ref().is_some_and(|u| u.eq_ignore_ascii_case(want))
+                    })
+                    .map(|(p, ..)| p.clone())
+                    .collect();
+                one(hits, format!("UUID {want}"))
+            }
+            Source::Label(want) => {
+                let hits = self
                 .all()
                 .iter()
                 .filter(|(_, d, ..)| {
@@ -145,46 +138,47 @@ fn resolve_in(sources: &Sources<'_>, source: &Source) -> Result<Target, String> 
                 })
                 .map(|(p, ..)| p.clone())
                 .collect();
-            one(hits, format!("label {want:?}"))
-        }
-        Source::PartUuid(want) => {
-            let t = table.ok_or("the image has no partition table")?;
-            let hits = t
-                .partitions
-                .iter()
-                .filter(|p| part_uuid(file, t, p).is_some_and(|u| u.eq_ignore_ascii_case(want)))
-                .map(|p| Target::Part(Some(p.clone())))
-                .collect();
-            one(hits, format!("partition UUID {want}"))
-        }
-        Source::PartLabel(want) => {
-            let t = table.ok_or("the image has no partition table")?;
-            let hits = t
-                .partitions
-                .iter()
-                .filter(|p| p.name.as_deref() == Some(want.as_str()))
-                .map(|p| Target::Part(Some(p.clone())))
-                .collect();
-            one(hits, format!("partition name {want:?}"))
-        }
-        Source::Partition(n) => match table.and_then(|t| t.get(*n)) {
-            Some(p) => Ok(Target::Part(Some(p.clone()))),
-            None => Err(format!("the image has no partition {n}")),
-        },
-        Source::WholeDisk => match table {
-            None => Ok(Target::Part(None)),
-            Some(_) => Err("names the whole disk, which holds a partition table".into()),
-        },
-        Source::LogicalVolume { vg, lv } => {
-            let want = Target::Lv(vg.clone(), lv.clone());
-            if sources.lvs().iter().any(|(t, ..)| *t == want) {
-                Ok(want)
-            } else {
-                Err(format!(
-                    "logical volume {vg}/{lv} is not on this image (or cannot be mapped)"
-                ))
+                one(hits, format!("label {want:?}"))
             }
+            Source::PartUuid(want) => {
+                let t = table.ok_or("the image has no partition table")?;
+                let hits = t
+                    .partitions
+                    .iter()
+                    .filter(|p| part_uuid(file, t, p).is_some_and(|u| u.eq_ignore_ascii_case(want)))
+                    .map(|p| Target::Part(Some(p.clone())))
+                    .collect();
+                one(hits, format!("partition UUID {want}"))
+            }
+            Source::PartLabel(want) => {
+                let t = table.ok_or("the image has no partition table")?;
+                let hits = t
+                    .partitions
+                    .iter()
+                    .filter(|p| p.name.as_deref() == Some(want.as_str()))
+                    .map(|p| Target::Part(Some(p.clone())))
+                    .collect();
+                one(hits, format!("partition name {want:?}"))
+            }
+            Source::Partition(n) => match table.and_then(|t| t.get(*n)) {
+                Some(p) => Ok(Target::Part(Some(p.clone()))),
+                None => Err(format!("the image has no partition {n}")),
+            },
+            Source::WholeDisk => match table {
+                None => Ok(Target::Part(None)),
+                Some(_) => Err("names the whole disk, which holds a partition table".into()),
+            },
+            Source::LogicalVolume { vg, lv } => {
+                let want = Target::Lv(vg.clone(), lv.clone());
+                if self.lvs().iter().any(|(t, ..)| *t == want) {
+                    Ok(want)
+                } else {
+                    Err(format!(
+                        "logical volume {vg}/{lv} is not on this image (or cannot be mapped)"
+                    ))
+                }
+            }
+            Source::Other(s) => Err(format!("{s:?} names no device of this image")),
         }
-        Source::Other(s) => Err(format!("{s:?} names no device of this image")),
     }
 }
