@@ -1996,6 +1996,17 @@ fn lvm_os_tree_on_two_pvs_via_device_mapper() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "rocky-guest\ndata");
     assert_eq!(diskmount_dm_targets(), "");
+    // with_mounted keeps the inspection's read-only look at the root (its
+    // device-mapper target made read-only for the look) and makes it the
+    // read-write mount: only the look is mounted with nouuid.
+    let image = Image::file(&img.path, Format::Raw).unwrap();
+    let supers = diskmount::with_mounted(&image, Partition::Os, |dir| {
+        std::fs::write(dir.join("kept"), "kept").unwrap();
+        diskmount::kernel::mountinfo::on(dir).unwrap().super_options
+    })
+    .unwrap();
+    assert!(supers.split(',').any(|o| o == "nouuid"), "{supers}");
+    assert_eq!(diskmount_dm_targets(), "");
     // Independent checks.
     let range = |lv: &str| {
         let r = img.ranges(&segs[lv]);
@@ -2006,6 +2017,10 @@ fn lvm_os_tree_on_two_pvs_via_device_mapper() {
     assert_eq!(
         read_at_offset(&fx, &img.path, root, "x").as_deref(),
         Some("in root")
+    );
+    assert_eq!(
+        read_at_offset(&fx, &img.path, root, "kept").as_deref(),
+        Some("kept")
     );
     for wrong in ["boot/x", "home/x", "srv/x", "srv/cli"] {
         assert_eq!(read_at_offset(&fx, &img.path, root, wrong), None, "{wrong}");

@@ -56,7 +56,12 @@ impl<B: Backend> Attached<B> {
             Partition::Whole | Partition::LogicalVolume { .. } => (None, None, None),
             ref wanted => {
                 let table = partition::read_table(device.file(), device.path(), device.size)?;
-                match crate::os::choose(device, table.as_ref(), wanted)? {
+                match crate::os::choose(
+                    device,
+                    table.as_ref(),
+                    wanted,
+                    options.keep_inspection_mount,
+                )? {
                     Some(c) => (
                         c.choice.roots[0].location.part.clone(),
                         Some(c.choice),

@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use nix::mount::MntFlags;
 
 use super::map::Mapped;
@@ -314,7 +314,23 @@ impl<B: Backend> Mapped<B> {
             )?),
             _ => None,
         };
-        let mount_root = || by_fd::mount(&device, &plan, at.as_fd(), &target);
+        // The inspection's read-only look at this filesystem, if it kept
+        // one that can become this mount; any other goes first, before the
+        // filesystem is mounted again.
+        let inspected = match self.part.take_inspected() {
+            Some(look) if plan.takes_over(look.driver()) => Some(look),
+            _ => None,
+        };
+        let mount_root = || match inspected {
+            Some(look) => match look.take_over() {
+                Ok(d) => d.attach(&device, &plan, at.as_fd(), &target),
+                Err(e) => {
+                    debug!("mount: {e}; mounting it again");
+                    by_fd::mount(&device, &plan, at.as_fd(), &target)
+                }
+            },
+            None => by_fd::mount(&device, &plan, at.as_fd(), &target),
+        };
         let root = match planned.as_mut() {
             Some(p) => p.mount_ahead(mount_root),
             None => mount_root(),

@@ -95,7 +95,7 @@ pub(crate) fn run_mounted<B: Backend, R>(
         .unwrap_or(Path::new("."));
     let mounted = Unattached::<B>::with_options(image.clone(), attach.clone())
         .attach()
-        .and_then(|a| a.map_with(partition, map))
+        .and_then(|a| a.map_with(partition, &map.clone().keep_inspection_mount(true)))
         .and_then(|m| m.mount(target, options));
     let mounted = match mounted {
         Ok(m) => m,

@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use log::{debug, warn};
@@ -28,8 +28,9 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::mount::MsFlags;
 use nix::sys::stat::Mode;
 use rustix::mount::{
-    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create, fsconfig_set_flag,
-    fsconfig_set_string, fsmount, fsopen, move_mount,
+    FsMountFlags, FsOpenFlags, FsPickFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+    fsconfig_reconfigure, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, fspick,
+    move_mount,
 };
 
 use super::plan::{MountPlan, hint};
@@ -157,6 +158,152 @@ pub(crate) fn mount_ahead(device: &Path, plan: &MountPlan) -> Option<Result<Deta
         })),
         Err(Failed::NoNewApi) => None,
         Err(Failed::At(op, e, kernel)) => Some(Err(at_error(device, &describe, op, e, kernel))),
+    }
+}
+
+/// Mounts `device` (open as `file`) detached as the read-only `plan`
+/// ([`super::plan::reusable`]: no no-replay option) on the device made
+/// read-only at the block layer (`BLKROSET`), so that the mount can later
+/// become the read-write one ([`ReadOnlyLook::take_over`]) instead of the
+/// filesystem being mounted a second time.
+///
+/// The device being read-only is what keeps this mount from writing: the
+/// kernel refuses to mount a filesystem whose journal needs replay on a
+/// read-only device (`EROFS`) rather than replay it, and xfs writes no
+/// unmount record to a read-only device. So the device stays read-only for
+/// as long as the mount lives read-only ([`ReadOnlyLook`]). A failed mount,
+/// that `EROFS` included, is `Ok(None)`, the device writable again: the
+/// caller then mounts the filesystem as it would have, with its no-replay
+/// option, and that mount reports what is wrong. A device that is already
+/// read-only is left alone (`Ok(None)`).
+///
+/// Returns the look and a directory descriptor of its root.
+///
+/// # Errors
+/// [`Step::Mount`]: the device could not be made read-only, or writable
+/// again after a failed mount.
+pub(crate) fn mount_reusable(
+    device: &Path,
+    file: &File,
+    plan: &MountPlan,
+) -> Result<Option<(ReadOnlyLook, File)>> {
+    let fd = file.as_fd();
+    if crate::sys::block::roget(fd).map_err(|e| Error::os(Step::Mount, device, "BLKROGET", e))? {
+        return Ok(None);
+    }
+    let device_file = file
+        .try_clone()
+        .map_err(|e| Error::os(Step::Mount, device, "dup device", e))?;
+    crate::sys::block::roset(fd, true)
+        .map_err(|e| Error::os(Step::Mount, device, "BLKROSET (read-only)", e))?;
+    let describe = plan.describe(Path::new("(detached, device read-only)"));
+    debug!("mount: {}: {describe}", device.display());
+    let made = busy_retry(device, || {
+        let mnt = detached_mount(device, plan)?;
+        open_mount_root(&mnt).map(|root| (mnt, root))
+    });
+    match made {
+        Ok((mnt, root)) => Ok(Some((
+            ReadOnlyLook {
+                mnt: Some(mnt),
+                device_file,
+                device: device.to_path_buf(),
+                driver: plan.driver.clone(),
+            },
+            root,
+        ))),
+        Err(failed) => {
+            crate::sys::block::roset(fd, false).map_err(|e| {
+                Error::os(
+                    Step::Mount,
+                    device,
+                    "BLKROSET (writable again, after a failed read-only mount)",
+                    e,
+                )
+            })?;
+            if let Failed::At(op, e, kernel) = failed {
+                debug!(
+                    "mount: {}: {describe}: {op}: {e}{}; mounting it with no journal replay \
+                     instead",
+                    device.display(),
+                    kernel.map(|k| format!(" ({k})")).unwrap_or_default()
+                );
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// A read-only detached mount from [`mount_reusable`], on a device kept
+/// read-only while it lives. Dropped, the mount goes first (its descriptor
+/// closed: the kernel unmounts a detached mount before `close` returns),
+/// then the device is made writable again.
+pub(crate) struct ReadOnlyLook {
+    mnt: Option<OwnedFd>,
+    device_file: File,
+    device: std::path::PathBuf,
+    driver: String,
+}
+
+impl ReadOnlyLook {
+    /// The filesystem driver it was mounted with.
+    pub(crate) fn driver(&self) -> &str {
+        &self.driver
+    }
+
+    /// The device made writable again, then the mount's superblock made
+    /// read-write (`fspick`, `rw`, `FSCONFIG_CMD_RECONFIGURE`: what `mount
+    /// -o remount,rw` does): the read-write mount of the device, to be
+    /// attached.
+    ///
+    /// # Errors
+    /// [`Step::Mount`]: the kernel refused; the look is let go as when
+    /// dropped (the device read-only again first, so that it writes
+    /// nothing).
+    pub(crate) fn take_over(mut self) -> Result<Detached> {
+        let describe = "mount -o remount,rw (the read-only look made read-write)";
+        debug!("mount: {}: {describe}", self.device.display());
+        let device = self.device.clone();
+        crate::sys::block::roset(self.device_file.as_fd(), false)
+            .map_err(|e| Error::os(Step::Mount, &device, "BLKROSET (writable again)", e))?;
+        let mnt = self.mnt.as_ref().expect("taken over once");
+        let fs = fspick(
+            mnt,
+            "",
+            FsPickFlags::FSPICK_EMPTY_PATH | FsPickFlags::FSPICK_CLOEXEC,
+        )
+        .map_err(|e| at_error(&device, describe, "fspick", errno(e), None))?;
+        let failed = |op: &'static str, e: rustix::io::Errno| {
+            at_error(&device, describe, op, errno(e), messages(&fs))
+        };
+        fsconfig_set_flag(&fs, "rw").map_err(|e| failed("fsconfig rw", e))?;
+        fsconfig_reconfigure(&fs).map_err(|e| failed("fsconfig reconfigure", e))?;
+        Ok(Detached {
+            mnt: self.mnt.take(),
+            device,
+            read_only: false,
+        })
+    }
+}
+
+impl Drop for ReadOnlyLook {
+    fn drop(&mut self) {
+        let Some(mnt) = self.mnt.take() else { return };
+        let fd = self.device_file.as_fd();
+        // Read-only again if a failed take-over made it writable.
+        if let Err(e) = crate::sys::block::roset(fd, true) {
+            warn!(
+                "teardown: {}: BLKROSET before letting a read-only look go: {e}",
+                self.device.display()
+            );
+        }
+        drop(mnt);
+        if let Err(e) = crate::sys::block::roset(fd, false) {
+            warn!(
+                "teardown: {}: BLKROSET (writable again): {e}",
+                self.device.display()
+            );
+        }
     }
 }
 

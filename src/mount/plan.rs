@@ -67,7 +67,35 @@ pub(crate) fn plan(
     }
 }
 
+/// The read-only mount that OS inspection makes of a likely root so that
+/// the same mount can become the root's read-write mount later
+/// ([`MountPlan::takes_over`]): the superblock read-only, the mount itself
+/// `nodev,nosuid` only (a read-only superblock writes nothing through any
+/// mount), and *no* no-replay option, which would forbid making it
+/// read-write. Only for a device that is read-only while this mount is made
+/// (`by_fd::mount_reusable`): the kernel then refuses a journal that needs
+/// replay instead of replaying it. `nouuid` for xfs, as inspection's other
+/// mounts: another copy of the image may be mounted.
+pub(crate) fn reusable(driver: String, fstype: FsType) -> MountPlan {
+    MountPlan {
+        driver,
+        read_only: true,
+        flags: MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+        data: if fstype == FsType::Xfs { "nouuid" } else { "" }.to_string(),
+    }
+}
+
 impl MountPlan {
+    /// Whether a [`reusable`] mount of a `driver` filesystem, made
+    /// read-write, is this mount: read-write, `nodev,nosuid` only and no
+    /// options of the filesystem's own.
+    pub(crate) fn takes_over(&self, driver: &str) -> bool {
+        !self.read_only
+            && self.driver == driver
+            && self.flags == MsFlags::MS_NODEV | MsFlags::MS_NOSUID
+            && self.data.is_empty()
+    }
+
     /// The mount as a `mount` command line would say it, for logs and
     /// errors: `mount -t ext4 -o ro,noload on /mnt`.
     pub(crate) fn describe(&self, target: &std::path::Path) -> String {
@@ -192,6 +220,42 @@ mod tests {
         );
         assert_eq!(p.data, "");
         assert!(p.read_only);
+    }
+
+    #[test]
+    fn a_reusable_mount_is_read_only_without_the_no_replay_option() {
+        let p = reusable("xfs".into(), FsType::Xfs);
+        assert!(p.read_only);
+        assert_eq!(p.flags, MsFlags::MS_NODEV | MsFlags::MS_NOSUID);
+        assert_eq!(p.data, "nouuid");
+        assert_eq!(reusable("ext4".into(), FsType::Ext4).data, "");
+    }
+
+    #[test]
+    fn only_a_plain_read_write_mount_takes_over_a_reusable_one() {
+        let rw = plan(
+            &MountOptions::default(),
+            "xfs".into(),
+            Some(FsType::Xfs),
+            false,
+        );
+        assert!(rw.takes_over("xfs"));
+        assert!(!rw.takes_over("ext4"));
+        for other in [
+            MountOptions::default().read_only(true),
+            MountOptions::default().noexec(true),
+            MountOptions::default().options("discard"),
+        ] {
+            let p = plan(&other, "xfs".into(), Some(FsType::Xfs), false);
+            assert!(!p.takes_over("xfs"), "{other:?}");
+        }
+        let ro_device = plan(
+            &MountOptions::default(),
+            "xfs".into(),
+            Some(FsType::Xfs),
+            true,
+        );
+        assert!(!ro_device.takes_over("xfs"));
     }
 
     #[test]

@@ -52,6 +52,8 @@ fn list(roots: &[&Found]) -> String {
 
 /// Inspects `device` for [`Partition::Auto`] and [`Partition::Os`];
 /// `None` for other selections, and for `Auto` when no OS root is found.
+/// With `keep_mount` the inspection's look at the root is kept with its
+/// device, to become the mount ([`crate::MapOptions::keep_inspection_mount`]).
 ///
 /// # Errors
 /// [`Step::Map`]: several OS roots on different partitions; `Os` and no
@@ -60,6 +62,7 @@ pub(crate) fn choose(
     device: &Core,
     table: Option<&PartitionTable>,
     wanted: &Partition,
+    keep_mount: bool,
 ) -> Result<Option<Chosen>> {
     let tree = match wanted {
         Partition::Auto => false,
@@ -67,7 +70,7 @@ pub(crate) fn choose(
         _ => return Ok(None),
     };
     let path = device.path();
-    let report = inspect(device, table, Scope::ForMount)?;
+    let report = inspect(device, table, Scope::ForMount { keep_mount })?;
     let all: Vec<&Found> = report.found.iter().collect();
     if all.is_empty() {
         if tree {

@@ -50,8 +50,10 @@ pub(crate) enum Scope {
     /// the likely roots first (the DPS root partition type, an LV named
     /// `root`), and a filesystem that the fstab of a root already found
     /// mounts below `/` (its `/boot`, its `/home`) is that OS's, not a root
-    /// of its own, so it is not mounted to be looked into.
-    ForMount,
+    /// of its own, so it is not mounted to be looked into. `keep_mount`
+    /// ([`crate::MapOptions::keep_inspection_mount`]): the look at a root
+    /// is made so that it can become the mount, and kept with its device.
+    ForMount { keep_mount: bool },
 }
 
 /// Inspects every filesystem of `device` (partitions of `table`, or the
@@ -90,7 +92,9 @@ pub(crate) fn inspect(
             device.path().display()
         ),
     }
-    if scope == Scope::ForMount {
+    let for_mount = matches!(scope, Scope::ForMount { .. });
+    let keep_mount = matches!(scope, Scope::ForMount { keep_mount: true });
+    if for_mount {
         candidates.sort_by_key(|(part, lv, _)| !likely_root(part.as_ref(), lv.as_ref()));
     }
     // What the fstabs of the roots found so far mount below `/`.
@@ -122,9 +126,9 @@ pub(crate) fn inspect(
             continue;
         }
         let before = report.found.len();
-        let keep = (scope == Scope::ForMount).then_some(&mut report.kept);
-        let looked = inspect_one(device, &place, fstype, &mut report.found, keep);
-        if scope == Scope::ForMount {
+        let keep = for_mount.then_some(&mut report.kept);
+        let looked = inspect_one(device, &place, fstype, &mut report.found, keep, keep_mount);
+        if for_mount {
             for f in &mut report.found[before..] {
                 claimed.extend(claims(&sources, f));
             }
@@ -181,13 +185,16 @@ fn claims(sources: &Sources<'_>, found: &mut Found) -> Vec<(Target, String)> {
 }
 
 /// Mounts one filesystem detached and looks for roots in it (and in its
-/// subvolumes).
+/// subvolumes). A device it finds a root on goes into `keep` if given, and
+/// with `keep_mount` the look itself with it, if it can become the mount
+/// ([`by_fd::mount_reusable`]: xfs, on a writable device of ours).
 fn inspect_one(
     device: &Core,
     place: &Location,
     fstype: FsType,
     found: &mut Vec<Found>,
     keep: Option<&mut Vec<(Location, crate::mapping::MappedPart)>>,
+    keep_mount: bool,
 ) -> Result<()> {
     let mut mapped = match (&place.part, &place.lv) {
         (_, Some((vg, lv))) => mapping::logical_volume(device, vg, lv, MapStrategy::Auto)?,
@@ -195,20 +202,46 @@ fn inspect_one(
         (Some(p), None) => mapping::map(device, p, MapStrategy::Auto)?,
     };
     let before = found.len();
-    let result = look(&mapped.path, fstype, place, found);
-    // The detached mount is gone (its descriptors closed in `look`).
-    if let (Ok(()), Some(keep)) = (&result, keep)
-        && found.len() > before
-    {
-        // A root is on it: the mount maps it the same way next.
-        keep.push((place.clone(), mapped));
-        return Ok(());
+    let reusable = keep.is_some()
+        && keep_mount
+        && fstype == FsType::Xfs
+        && !device.read_only
+        && device.kind != crate::BackendKind::Block;
+    let result = look(
+        &mapped.path,
+        reusable.then(|| mapped.file()),
+        fstype,
+        place,
+        found,
+    );
+    // Unless kept, the detached mount is gone (its descriptors closed in
+    // `look`).
+    match (result, keep) {
+        (Ok(kept_mount), Some(keep)) if found.len() > before => {
+            // A root is on it: the mount maps it the same way next.
+            if let Some(look) = kept_mount {
+                mapped.keep_inspected(look);
+            }
+            keep.push((place.clone(), mapped));
+            Ok(())
+        }
+        (result, _) => {
+            let released = mapped.release();
+            result.map(drop).and(released)
+        }
     }
-    let released = mapped.release();
-    result.and(released)
 }
 
-fn look(node: &Path, fstype: FsType, place: &Location, found: &mut Vec<Found>) -> Result<()> {
+/// Looks into the filesystem on `node` for roots. With `reusable` (the
+/// device, open) the mount is tried as [`by_fd::mount_reusable`] first,
+/// and returned if a root was found on it.
+fn look(
+    node: &Path,
+    reusable: Option<&std::fs::File>,
+    fstype: FsType,
+    place: &Location,
+    found: &mut Vec<Found>,
+) -> Result<Option<by_fd::ReadOnlyLook>> {
     let part = place.part.as_ref();
     let mut extra = Vec::new();
     if fstype == FsType::Btrfs {
@@ -224,7 +257,18 @@ fn look(node: &Path, fstype: FsType, place: &Location, found: &mut Vec<Found>) -
         options = options.options(extra.join(","));
     }
     let plan = plan::plan(&options, fstype.driver().to_string(), Some(fstype), true);
-    let top = by_fd::mount_detached(node, &plan)?;
+    let kept = match reusable {
+        Some(file) => {
+            let plan = plan::reusable(fstype.driver().to_string(), fstype);
+            by_fd::mount_reusable(node, file, &plan)?
+        }
+        None => None,
+    };
+    let (look, top) = match kept {
+        Some((look, top)) => (Some(look), top),
+        None => (None, by_fd::mount_detached(node, &plan)?),
+    };
+    let before = found.len();
     let at = format!("/proc/self/fd/{}", top.as_raw_fd());
     let root = Root::open(&at)?;
     let dps_root = part
@@ -258,7 +302,7 @@ fn look(node: &Path, fstype: FsType, place: &Location, found: &mut Vec<Found>) -
     }
     drop(root);
     drop(top);
-    Ok(())
+    Ok(look.filter(|_| found.len() > before))
 }
 
 /// Reads at most `limit` bytes of the regular file `path` inside `root`;

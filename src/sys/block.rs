@@ -18,6 +18,8 @@ nix::ioctl_read_bad!(raw_getsize64, uapi::BLKGETSIZE64 as Request, u64);
 nix::ioctl_read_bad!(raw_sszget, uapi::BLKSSZGET as Request, c_int);
 nix::ioctl_read_bad!(raw_getdiskseq, uapi::BLKGETDISKSEQ as Request, u64);
 nix::ioctl_write_ptr_bad!(raw_blkpg, uapi::BLKPG as Request, BlkpgIoctlArg);
+nix::ioctl_write_ptr_bad!(raw_roset, uapi::BLKROSET as Request, c_int);
+nix::ioctl_read_bad!(raw_roget, uapi::BLKROGET as Request, c_int);
 
 /// Writes the device's dirty buffers and drops its clean cached pages.
 ///
@@ -75,6 +77,32 @@ pub fn getdiskseq(device: BorrowedFd<'_>) -> nix::Result<u64> {
     // SAFETY: BLKGETDISKSEQ writes a u64 into `seq`.
     unsafe { raw_getdiskseq(device.as_raw_fd(), &mut seq)? };
     Ok(seq)
+}
+
+/// Makes the device read-only (`true`) or writable again (`false`) at the
+/// block layer: while it is read-only, the kernel refuses every write to it,
+/// a filesystem's journal replay included.
+///
+/// # References
+/// - [`blockdev(8)`](https://man7.org/linux/man-pages/man8/blockdev.8.html) `--setro`, `--setrw`
+#[doc(alias = "BLKROSET")]
+pub fn roset(device: BorrowedFd<'_>, read_only: bool) -> nix::Result<()> {
+    let flag = c_int::from(read_only);
+    // SAFETY: BLKROSET reads an int from the pointer, which points to `flag`
+    // on this stack frame for the duration of the call.
+    unsafe { raw_roset(device.as_raw_fd(), &flag) }.map(drop)
+}
+
+/// Whether the device is read-only at the block layer.
+///
+/// # References
+/// - [`blockdev(8)`](https://man7.org/linux/man-pages/man8/blockdev.8.html) `--getro`
+#[doc(alias = "BLKROGET")]
+pub fn roget(device: BorrowedFd<'_>) -> nix::Result<bool> {
+    let mut flag: c_int = 0;
+    // SAFETY: BLKROGET writes an int into `flag`.
+    unsafe { raw_roget(device.as_raw_fd(), &mut flag)? };
+    Ok(flag != 0)
 }
 
 /// `struct blkpg_ioctl_arg` from `<linux/blkpg.h>`.

@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use diskmount::{AttachOptions, Auto, Backend, Block, Fuse, Loop, Nbd, Rbd, Unattached};
+use diskmount::{
+    AttachOptions, Auto, Backend, Block, Fuse, Loop, MapOptions, Nbd, Rbd, Unattached,
+};
 use serde::Serialize;
 
 use crate::failure::Context;
@@ -73,7 +75,10 @@ fn mount_with<B: Backend>(args: &MountArgs, as_json: bool) -> Result<(), Error> 
     let options = AttachOptions::default().persistent(true);
     let mounted = Unattached::<B>::with_options(image, options)
         .attach()?
-        .map(args.opts.partition()?)?
+        .map_with(
+            args.opts.partition()?,
+            &MapOptions::default().keep_inspection_mount(true),
+        )?
         .mount(&args.mountpoint, &args.opts.mount_options())?;
     let device = mounted.device().to_path_buf();
     let backend = mounted.backend().as_str();

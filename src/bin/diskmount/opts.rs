@@ -5,8 +5,8 @@ use std::path::Path;
 
 use crate::failure::{Context, Failed, Usage};
 use diskmount::{
-    Auto, Backend, Block, Format, Fuse, Image, Loop, MountOptions, Mounted, Nbd, Partition, Rbd,
-    Unattached,
+    Auto, Backend, Block, Format, Fuse, Image, Loop, MapOptions, MountOptions, Mounted, Nbd,
+    Partition, Rbd, Unattached,
 };
 
 /// `--format auto|raw|qcow2|...`, `--partition auto|none|N|label=NAME`, ...
@@ -184,7 +184,10 @@ fn go<B: Backend, J: WithMounted>(
 ) -> Result<J::Output, Error> {
     let mounted = Unattached::<B>::new(image)
         .attach()?
-        .map(opts.partition()?)?
+        .map_with(
+            opts.partition()?,
+            &MapOptions::default().keep_inspection_mount(true),
+        )?
         .mount(dir, &opts.mount_options())?;
     let out = job.run(&mounted);
     let closed = mounted.close();
