@@ -85,6 +85,7 @@ fn auto_makes_the_inspections_look_the_read_write_mount_and_writes_land() {
 fn a_read_only_or_optioned_mount_does_not_take_the_look_over() {
     let mut fx = Fixture::new();
     let img = os_image(&fx, "os.img");
+    let before = std::fs::read(&img).unwrap();
     for (options, expect) in [
         (MountOptions::default().read_only(true), "norecovery"),
         (MountOptions::default().options("inode64"), "rw"),
@@ -101,6 +102,10 @@ fn a_read_only_or_optioned_mount_does_not_take_the_look_over() {
             !supers.contains(&"nouuid".to_string()),
             "{options:?}: {supers:?}"
         );
+        if options == MountOptions::default().read_only(true) {
+            // The look let go and the read-only mount wrote nothing.
+            assert!(std::fs::read(&img).unwrap() == before, "the image changed");
+        }
     }
     fx.assert_clean();
 }
@@ -165,6 +170,11 @@ fn a_log_that_needs_replay_is_not_replayed_by_the_look_but_by_the_mount() {
     fx.assert_clean();
 }
 
+/// The block layer's read-only flag of `device` (`blockdev --getro`).
+fn read_only_flag(device: &Path) -> bool {
+    run(Command::new("blockdev").arg("--getro").arg(device)).trim() == "1"
+}
+
 /// Opens `device` exclusively (`O_EXCL` on a block device: refused while a
 /// filesystem or another exclusive opener holds it).
 fn open_exclusive(device: &Path) -> std::io::Result<std::fs::File> {
@@ -190,14 +200,80 @@ fn a_plain_map_leaves_the_device_free_and_a_kept_look_holds_it_until_unmapped() 
     let mapped = attached.map_with(Partition::Auto, &keep).unwrap();
     let err = open_exclusive(mapped.device()).expect_err("the kept look holds the device");
     assert_eq!(err.kind(), ErrorKind::ResourceBusy, "{err}");
+    assert!(
+        read_only_flag(mapped.device()),
+        "the look's device is read-only"
+    );
     // Let go with the mapping: the device is free again, and the read-only
     // look wrote nothing.
     let attached = mapped.unmap().unwrap();
     drop(open_exclusive(attached.device()).expect("the look went with the mapping"));
+    assert!(!read_only_flag(attached.device()), "writable again");
     attached.close().unwrap();
     assert!(
         std::fs::read(&img).unwrap() == before,
         "the look wrote to the image"
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn a_read_only_look_writes_nothing_while_other_threads_fork() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut fx = Fixture::new();
+    let img = os_image(&fx, "os.img");
+    let before = std::fs::read(&img).unwrap();
+    let image = raw(&img);
+    let keep = MapOptions::default().keep_inspection_mount(true);
+    let read_only = MountOptions::default().read_only(true);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Each child holds copies of this process's descriptors, the
+        // look's among them, until it execs.
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    Command::new("true").status().unwrap();
+                }
+            });
+        }
+        for _ in 0..20 {
+            // Kept, then let go with the mapping; kept, then let go for a
+            // read-only mount.
+            let attached = Unattached::<Loop>::new(image.clone()).attach().unwrap();
+            attached
+                .map_with(Partition::Auto, &keep)
+                .unwrap()
+                .close()
+                .unwrap();
+            with_mounted_opts(&image, Partition::Auto, &read_only, |dir| {
+                std::fs::read_to_string(dir.join("etc/hostname")).unwrap()
+            })
+            .unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "a read-only look wrote to the image"
+    );
+    fx.assert_clean();
+}
+
+#[test]
+fn unbinding_a_loop_device_clears_a_read_only_flag_left_on_it() {
+    let mut fx = Fixture::new();
+    let img = os_image(&fx, "os.img");
+    let attached = Unattached::<Loop>::new(raw(&img)).attach().unwrap();
+    let device = attached.device().to_path_buf();
+    // As a process killed while a look held it would leave it.
+    run(Command::new("blockdev").arg("--setro").arg(&device));
+    attached.close().unwrap();
+    // The device stays in the system for its next user.
+    assert!(
+        !read_only_flag(&device),
+        "{} left read-only",
+        device.display()
     );
     fx.assert_clean();
 }

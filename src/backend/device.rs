@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use log::warn;
+use log::{debug, warn};
 use nix::libc;
 
 use super::BackendKind;
@@ -280,6 +280,24 @@ impl<D: Ops> Drop for Held<D> {
     fn drop(&mut self) {
         if let Err(e) = self.release() {
             warn!("teardown: {e}");
+        }
+    }
+}
+
+/// Clears the block layer's read-only flag (`BLKROSET 0`) of a loop or nbd
+/// device we configure or unbind: such a device outlives its binding, and
+/// a process killed while an OS inspection's read-only look held it
+/// (`mount/by_fd.rs::mount_reusable`) leaves the flag set for the device's
+/// next user. A device attached read-only stays read-only all the same
+/// (the driver's own flag, not this one). Failing is logged, not fatal: a
+/// read-only device then fails its first write with a clear `EROFS`.
+pub(crate) fn clear_stale_read_only(file: &File, node: &Path) {
+    match blk::roget(file.as_fd()) {
+        Ok(false) => {}
+        _ => {
+            if let Err(e) = blk::roset(file.as_fd(), false) {
+                debug!("{}: BLKROSET 0: {e}", node.display());
+            }
         }
     }
 }

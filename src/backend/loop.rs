@@ -441,6 +441,7 @@ fn try_attach(
         set_fd_and_status(&dev, backing, info, &node)?;
     }
     verify(&dev, info, &node)?;
+    super::device::clear_stale_read_only(&dev, Path::new(&node));
     // Set up: from now on, let udev (and others who follow the protocol)
     // probe the device alongside us.
     flock(dev.as_fd(), Lock::Shared, true).map_err(|e| (format!("flock {node}"), e))?;
@@ -535,6 +536,9 @@ pub(crate) fn unbind(
             errors.push(Error::os(step, image, "fsync image", e));
         }
     }
+    // The device outlives this binding: no read-only flag of ours (a
+    // read-only look's) stays on it for its next user.
+    super::device::clear_stale_read_only(&file, node);
     let cleared = loop_dev::clr_fd(file.as_fd());
     match cleared {
         Ok(()) => {}

@@ -399,6 +399,7 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
             node.display()
         );
     }
+    super::device::clear_stale_read_only(&file, &node);
     let mut core = match Core::new(
         Step::Attach,
         BackendKind::Nbd,

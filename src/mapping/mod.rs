@@ -117,11 +117,15 @@ impl MapOptions {
     /// `norecovery` as otherwise. The mount takes it over only if it is
     /// read-write with no options of the filesystem's own
     /// ([`crate::MountOptions::options`], `noexec`, a subvolume); otherwise
-    /// it is let go and the filesystem mounted as asked. Until the mount
-    /// (or [`crate::Mapped::unmap`]) the filesystem stays mounted, so the
-    /// device is busy for other mounts, `fsck` and exclusive opens: leave
-    /// this off to hand the mapped device to another program.
-    /// [`crate::with_mounted`] turns it on.
+    /// it is let go and the filesystem mounted as asked. The mount taken
+    /// over keeps the look's `nouuid` (xfs then does not refuse a second
+    /// filesystem with the same UUID, such as a copy of the image mounted
+    /// at the same time). Until the mount (or until the [`crate::Mapped`]
+    /// is unmapped, closed or dropped) the filesystem stays mounted and
+    /// the device read-only, so it is busy for other mounts, `fsck` and
+    /// exclusive opens, and refuses writes: leave this off to hand the
+    /// mapped device to another program. [`crate::with_mounted`] (and so
+    /// the builder) always turns it on.
     pub fn keep_inspection_mount(mut self, keep: bool) -> Self {
         self.keep_inspection_mount = keep;
         self

@@ -17,9 +17,10 @@
 //!   [`fsmount(2)`](https://man7.org/linux/man-pages/man2/fsmount.2.html),
 //!   [`move_mount(2)`](https://man7.org/linux/man-pages/man2/move_mount.2.html)
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use log::{debug, warn};
@@ -34,7 +35,7 @@ use rustix::mount::{
 };
 
 use super::plan::{MountPlan, hint};
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::retry::{Backoff, RetryPolicy};
 
 /// The absolute path of the mount point `dir`: its parent directory
@@ -188,14 +189,27 @@ pub(crate) fn mount_reusable(
     plan: &MountPlan,
 ) -> Result<Option<(ReadOnlyLook, File)>> {
     let fd = file.as_fd();
-    if crate::sys::block::roget(fd).map_err(|e| Error::os(Step::Mount, device, "BLKROGET", e))? {
-        return Ok(None);
+    match crate::sys::block::roget(fd) {
+        Ok(false) => {}
+        Ok(true) => return Ok(None),
+        Err(e) => {
+            debug!(
+                "mount: {}: BLKROGET: {e}; no reusable look",
+                device.display()
+            );
+            return Ok(None);
+        }
     }
     let device_file = file
         .try_clone()
         .map_err(|e| Error::os(Step::Mount, device, "dup device", e))?;
-    crate::sys::block::roset(fd, true)
-        .map_err(|e| Error::os(Step::Mount, device, "BLKROSET (read-only)", e))?;
+    if let Err(e) = crate::sys::block::roset(fd, true) {
+        debug!(
+            "mount: {}: BLKROSET (read-only): {e}; no reusable look",
+            device.display()
+        );
+        return Ok(None);
+    }
     let describe = plan.describe(Path::new("(detached, device read-only)"));
     debug!("mount: {}: {describe}", device.display());
     let made = busy_retry(device, || {
@@ -213,14 +227,15 @@ pub(crate) fn mount_reusable(
             root,
         ))),
         Err(failed) => {
-            crate::sys::block::roset(fd, false).map_err(|e| {
-                Error::os(
+            // A superblock the failed mount made may still be going away.
+            if !writable_once_let_go(device, &device_file) {
+                return Err(Error::refused(
+                    ErrorKind::Busy,
                     Step::Mount,
                     device,
-                    "BLKROSET (writable again, after a failed read-only mount)",
-                    e,
-                )
-            })?;
+                    "is still held after a failed read-only mount; left read-only",
+                ));
+            }
             if let Failed::At(op, e, kernel) = failed {
                 debug!(
                     "mount: {}: {describe}: {op}: {e}{}; mounting it with no journal replay \
@@ -289,20 +304,72 @@ impl ReadOnlyLook {
 impl Drop for ReadOnlyLook {
     fn drop(&mut self) {
         let Some(mnt) = self.mnt.take() else { return };
-        let fd = self.device_file.as_fd();
-        // Read-only again if a failed take-over made it writable.
-        if let Err(e) = crate::sys::block::roset(fd, true) {
+        // Read-only again if a failed take-over made it writable; if that
+        // fails, the look is kept open (leaked) rather than let go on a
+        // writable device.
+        if let Err(e) = crate::sys::block::roset(self.device_file.as_fd(), true) {
             warn!(
-                "teardown: {}: BLKROSET before letting a read-only look go: {e}",
+                "teardown: {}: BLKROSET before letting a read-only look go: {e}; keeping it \
+                 mounted, detached, until the process ends",
+                self.device.display()
+            );
+            std::mem::forget(mnt);
+            return;
+        }
+        drop(mnt);
+        if !writable_once_let_go(&self.device, &self.device_file) {
+            warn!(
+                "teardown: {}: still held after its read-only look was let go; left \
+                 read-only (the unmap removes it, a loop device's flag is cleared when it is \
+                 unbound)",
                 self.device.display()
             );
         }
-        drop(mnt);
-        if let Err(e) = crate::sys::block::roset(fd, false) {
+    }
+}
+
+/// Makes `device` (open as `file`) writable again once nothing holds it
+/// exclusively, the superblock of a read-only look included, within
+/// [`RetryPolicy::MOUNT`]; `false` (the device left read-only) if it stays
+/// held, or cannot be made writable. A look's superblock outlives the close
+/// of its descriptor while a thread of this process is forking a child,
+/// which holds a copy of the descriptor until it execs: made writable
+/// before then, the device would let xfs write its unmount record.
+fn writable_once_let_go(device: &Path, file: &File) -> bool {
+    let mut backoff = Backoff::new(RetryPolicy::MOUNT);
+    loop {
+        backoff.attempt();
+        let exclusive = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_EXCL | nix::libc::O_CLOEXEC)
+            .open(device);
+        match exclusive {
+            Ok(free) => {
+                drop(free);
+                break;
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && backoff.wait() => {
+                warn!(
+                    "mount: {}: still held after a read-only look was let go; retrying \
+                     (attempt {})",
+                    device.display(),
+                    backoff.attempts() + 1
+                );
+            }
+            Err(e) => {
+                debug!("mount: {}: exclusive open: {e}", device.display());
+                return false;
+            }
+        }
+    }
+    match crate::sys::block::roset(file.as_fd(), false) {
+        Ok(()) => true,
+        Err(e) => {
             warn!(
                 "teardown: {}: BLKROSET (writable again): {e}",
-                self.device.display()
+                device.display()
             );
+            false
         }
     }
 }

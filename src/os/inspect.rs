@@ -226,8 +226,10 @@ fn inspect_one(
             Ok(())
         }
         (result, _) => {
+            // A look, if any, goes before its device.
+            let result = result.map(drop);
             let released = mapped.release();
-            result.map(drop).and(released)
+            result.and(released)
         }
     }
 }

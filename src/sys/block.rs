@@ -80,8 +80,10 @@ pub fn getdiskseq(device: BorrowedFd<'_>) -> nix::Result<u64> {
 }
 
 /// Makes the device read-only (`true`) or writable again (`false`) at the
-/// block layer: while it is read-only, the kernel refuses every write to it,
-/// a filesystem's journal replay included.
+/// block layer (the flag `blockdev --setro` sets, apart from a driver's own
+/// read-only state): opens for writing are refused, and filesystems check
+/// it (xfs refuses to replay its log on such a device and writes no
+/// unmount record to it).
 ///
 /// # References
 /// - [`blockdev(8)`](https://man7.org/linux/man-pages/man8/blockdev.8.html) `--setro`, `--setrw`
