@@ -480,7 +480,10 @@ pub(crate) fn probe_url(
     daemon.stop_into(&mut errors);
     if let Some(e) = cut {
         // The reads' own errors (ENOTCONN) and the killed daemon's say
-        // less than why they failed.
+        // less than why they failed; the teardown's are still told.
+        for t in errors {
+            warn!("teardown: {t}");
+        }
         return Err(e);
     }
     let (format, size) = probed?;

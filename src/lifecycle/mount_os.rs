@@ -355,15 +355,26 @@ impl Planned<'_> {
                 .into_iter()
                 .map(|m| {
                     s.spawn(move || {
-                        m.detached = by_fd::mount_ahead(&m.device, &m.plan);
+                        // A panic is this mount's error, not an unwind
+                        // past the root's mount (which would be left
+                        // without its guard).
+                        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            by_fd::mount_ahead(&m.device, &m.plan)
+                        }));
+                        m.detached = made.unwrap_or_else(|_| {
+                            Some(Err(Error::invalid(
+                                Step::Mount,
+                                &m.device,
+                                "mounting it ahead panicked (a bug in diskmount)",
+                            )))
+                        });
                     })
                 })
                 .collect();
             let out = root();
             for h in handles {
-                if let Err(panic) = h.join() {
-                    std::panic::resume_unwind(panic);
-                }
+                // Cannot fail: the thread catches its panic.
+                let _ = h.join();
             }
             out
         })

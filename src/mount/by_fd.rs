@@ -457,7 +457,15 @@ fn move_into(mnt: &OwnedFd, target: BorrowedFd<'_>) -> Result<File, Failed> {
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
     .map_err(|e| Failed::At(MOVE_MOUNT, errno(e), None))?;
-    open_mount_root(mnt)
+    open_mount_root(mnt).inspect_err(|_| {
+        // Attached, but with no descriptor of its root nobody guards it:
+        // taken down again (through the mount's own descriptor, so that
+        // nothing mounted since on the path is hit).
+        let at = format!("/proc/self/fd/{}", mnt.as_raw_fd());
+        if let Err(e) = nix::mount::umount2(at.as_str(), nix::mount::MntFlags::empty()) {
+            warn!("mount: umount2 after the new mount's root could not be opened: {e}");
+        }
+    })
 }
 
 /// The operation [`move_into`] names when the move itself failed (the
