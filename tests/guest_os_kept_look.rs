@@ -104,7 +104,7 @@ fn a_read_only_or_optioned_mount_does_not_take_the_look_over() {
         );
         if options == MountOptions::default().read_only(true) {
             // The look let go and the read-only mount wrote nothing.
-            assert!(std::fs::read(&img).unwrap() == before, "the image changed");
+            assert_unchanged(&img, &before, "the image changed");
         }
     }
     fx.assert_clean();
@@ -118,8 +118,7 @@ fn dirty_image(fx: &Fixture, name: &str) -> PathBuf {
     let mnt = fx.path().join(format!("{name}.dirty"));
     std::fs::create_dir_all(&mnt).unwrap();
     run(Command::new("mount")
-        .arg("-o")
-        .arg("loop")
+        .args(["-o", "loop"])
         .arg(&img)
         .arg(&mnt));
     run(Command::new("xfs_io")
@@ -149,10 +148,7 @@ fn a_log_that_needs_replay_is_not_replayed_by_the_look_but_by_the_mount() {
     let keep = MapOptions::default().keep_inspection_mount(true);
     let mapped = attached.map_with(Partition::Auto, &keep).unwrap();
     mapped.close().unwrap();
-    assert!(
-        std::fs::read(&img).unwrap() == before,
-        "the look wrote to the image"
-    );
+    assert_unchanged(&img, &before, "the look wrote to the image");
     // The read-write mount is a mount of its own, and replays the log.
     let (text, supers) = with_mounted(&raw(&img), Partition::Auto, |dir| {
         (
@@ -168,6 +164,11 @@ fn a_log_that_needs_replay_is_not_replayed_by_the_look_but_by_the_mount() {
         Some("aaaaaaaa")
     );
     fx.assert_clean();
+}
+
+/// Fails with `what` unless `img` holds exactly `before`.
+fn assert_unchanged(img: &Path, before: &[u8], what: &str) {
+    assert!(std::fs::read(img).unwrap() == before, "{what}");
 }
 
 /// The block layer's read-only flag of `device` (`blockdev --getro`).
@@ -210,10 +211,7 @@ fn a_plain_map_leaves_the_device_free_and_a_kept_look_holds_it_until_unmapped() 
     drop(open_exclusive(attached.device()).expect("the look went with the mapping"));
     assert!(!read_only_flag(attached.device()), "writable again");
     attached.close().unwrap();
-    assert!(
-        std::fs::read(&img).unwrap() == before,
-        "the look wrote to the image"
-    );
+    assert_unchanged(&img, &before, "the look wrote to the image");
     fx.assert_clean();
 }
 
@@ -253,10 +251,7 @@ fn a_read_only_look_writes_nothing_while_other_threads_fork() {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    assert!(
-        std::fs::read(&img).unwrap() == before,
-        "a read-only look wrote to the image"
-    );
+    assert_unchanged(&img, &before, "a read-only look wrote to the image");
     fx.assert_clean();
 }
 
