@@ -204,6 +204,54 @@ fn nbd_reads_and_writes_a_raw_image() {
     );
 }
 
+/// The inspection's look at an xfs root on an nbd device (made read-only
+/// with BLKROSET for the look) becomes the read-write mount, and the nbd
+/// device, which stays in the system, is writable again afterwards.
+fn nbd_keeps_the_look_at_an_xfs_root_and_leaves_the_device_writable() {
+    let mut fx = Fixture::new();
+    let img = fx.image(
+        "xfs",
+        "os.img",
+        &[("etc/os-release", "ID=kept\n"), ("id", "nbd")],
+    );
+    let mnt = fx.tree("mnt", &[]);
+    let t = Unattached::<Nbd>::new(Image::file(&img, Format::Raw).unwrap())
+        .attach()
+        .unwrap()
+        .map_with(
+            Partition::Auto,
+            &MapOptions::default().keep_inspection_mount(true),
+        )
+        .unwrap()
+        .mount(&mnt, &MountOptions::default())
+        .unwrap();
+    let device = t.device().to_path_buf();
+    assert!(
+        device.to_string_lossy().starts_with("/dev/nbd"),
+        "{device:?}"
+    );
+    let supers = diskmount::kernel::mountinfo::on(t.path())
+        .unwrap()
+        .super_options;
+    assert!(supers.split(',').any(|o| o == "nouuid"), "{supers}");
+    std::fs::write(t.path().join("written"), "kept look").unwrap();
+    t.close().unwrap();
+    assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
+    assert_eq!(
+        run(Command::new("blockdev").arg("--getro").arg(&device)).trim(),
+        "0"
+    );
+    let check = fx.tree("check", &[]);
+    run(Command::new("mount")
+        .args(["-o", "ro,loop"])
+        .arg(&img)
+        .arg(&check));
+    let got = std::fs::read_to_string(check.join("written"));
+    common::system::umount(&check);
+    assert_eq!(got.unwrap(), "kept look");
+    fx.assert_clean();
+}
+
 fn nbd_qcow2_and_vmdk_read_and_write() {
     let mut fx = Fixture::new();
     let raw = fx.ext4("disk.img", &[("id", "converted")]);
@@ -2247,6 +2295,11 @@ fn main() {
             "krbd_io_timeout_bounds_a_frozen_osd",
             &[Needs::Rbd],
             krbd_io_timeout_bounds_a_frozen_osd,
+        ),
+        (
+            "nbd_keeps_the_look_at_an_xfs_root_and_leaves_the_device_writable",
+            &[Needs::Nbd],
+            nbd_keeps_the_look_at_an_xfs_root_and_leaves_the_device_writable,
         ),
         (
             "kernel_nodes_for_every_mbr_partition",
