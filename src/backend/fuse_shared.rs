@@ -16,14 +16,17 @@
 //!
 //! Per image, under one mutex (the daemon's QMP is one conversation):
 //! 1. `blockdev-add` of the format node `d<n>`, the format named, with its
-//!    file node `f<n>` defined inside it (one command: fewer round trips,
-//!    and the file node goes with the format node): the file
+//!    file node defined inside it (one command: fewer round trips, and the
+//!    file node goes with the format node; qemu names it): the file
 //!    [`crate::format::check`] read, as `/proc/<our pid>/fd/<fd>` (an image
 //!    with a backing chain by its path: every file of the chain was
 //!    checked by path), `locking=on`;
 //! 2. `block-export-add` of the FUSE export `e<n>` on `<id>.helper/export`,
 //!    the path the per-image daemon exports on (so records and cleanup
 //!    find it the same way).
+//!
+//! Both carry no key at its default ([`blockdev_add`]): qemu's monitor
+//! reads a command one byte per main-loop turn.
 //!
 //! Then the loop device over the export, as with a daemon of its own.
 //! Teardown: the loop unbind (flush, `fsync` of the export), then
@@ -81,7 +84,7 @@ static STATE: Mutex<State> = Mutex::new(State {
 
 /// Tells daemons apart (a pid can be reused).
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-/// Numbers the node and export names (`f<n>`, `d<n>`, `e<n>`).
+/// Numbers the node and export names (`d<n>`, `e<n>`).
 static NODE: AtomicU64 = AtomicU64::new(0);
 
 fn state() -> MutexGuard<'static, State> {
@@ -308,7 +311,8 @@ pub(super) fn add(image: &Image, checked: &QemuImage, options: &AttachOptions) -
     File::create(&export).map_err(|e| Error::os(Step::Attach, &export, "create export file", e))?;
     let read_only = image.is_read_only();
     let n = NODE.fetch_add(1, Ordering::Relaxed);
-    let (file_node, format_node, export_id) = (format!("f{n}"), format!("d{n}"), format!("e{n}"));
+    let (format_node, export_id) = (format!("d{n}"), format!("e{n}"));
+    let filename = checked.own_filename(path);
     let mut state = state();
     let daemon = state.running(path)?;
     let (generation, pid) = (daemon.generation, daemon.child.id());
@@ -324,34 +328,13 @@ pub(super) fn add(image: &Image, checked: &QemuImage, options: &AttachOptions) -
     let steps = [
         (
             "blockdev-add",
-            format!(
-                "blockdev-add of the {} node {format_node} over the file node {file_node}",
-                image.format()
-            ),
-            json!({
-                "driver": image.format().as_str(),
-                "node-name": format_node,
-                "read-only": read_only,
-                "file": {
-                    "driver": "file",
-                    "node-name": file_node,
-                    "filename": checked.own_filename(path),
-                    "read-only": read_only,
-                    "locking": "on",
-                },
-            }),
+            format!("blockdev-add of the {} node {format_node}", image.format()),
+            blockdev_add(image.format().as_str(), &format_node, &filename, read_only),
         ),
         (
             "block-export-add",
             format!("block-export-add of the FUSE export {export_id}"),
-            json!({
-                "type": "fuse",
-                "id": export_id,
-                "node-name": format_node,
-                "mountpoint": export,
-                "writable": !read_only,
-                "growable": false,
-            }),
+            export_add(&export_id, &format_node, &export, read_only),
         ),
     ];
     let (whats, commands): (Vec<String>, Vec<(&str, Value)>) = steps
@@ -385,6 +368,36 @@ pub(super) fn add(image: &Image, checked: &QemuImage, options: &AttachOptions) -
         path.display()
     );
     Ok(made)
+}
+
+/// The arguments of `blockdev-add` for the `format` node `node` over the
+/// file `filename` (its file node defined inside it, named by qemu).
+///
+/// As short as qemu allows: its monitor reads a command one byte per
+/// main-loop turn (`monitor_can_read` answers 1), measured at 3.7 us a
+/// byte here, so every key left at its default is left out (`read-only`
+/// when false). `locking` stays explicit: its default, `auto`, would
+/// silently lock nothing on a filesystem without OFD locks.
+fn blockdev_add(format: &str, node: &str, filename: &Path, read_only: bool) -> Value {
+    let mut file = json!({"driver": "file", "filename": filename, "locking": "on"});
+    let mut add = json!({"driver": format, "node-name": node});
+    if read_only {
+        file["read-only"] = json!(true);
+        add["read-only"] = json!(true);
+    }
+    add["file"] = file;
+    add
+}
+
+/// The arguments of `block-export-add` of the FUSE export `id` of `node`
+/// on `mountpoint`; as short as [`blockdev_add`] (`writable` and
+/// `growable` default to false).
+fn export_add(id: &str, node: &str, mountpoint: &Path, read_only: bool) -> Value {
+    let mut add = json!({"type": "fuse", "id": id, "node-name": node, "mountpoint": mountpoint});
+    if !read_only {
+        add["writable"] = json!(true);
+    }
+    add
 }
 
 impl Export {
@@ -552,6 +565,28 @@ impl Drop for Export {
 mod tests {
     use super::*;
 
+    /// The commands carry no key at its default: qemu reads them a byte at
+    /// a time.
+    #[test]
+    fn commands_leave_defaults_out() {
+        let f = Path::new("/proc/1/fd/5");
+        assert_eq!(
+            blockdev_add("qcow2", "d1", f, false).to_string(),
+            r#"{"driver":"qcow2","file":{"driver":"file","filename":"/proc/1/fd/5","locking":"on"},"node-name":"d1"}"#
+        );
+        let ro = blockdev_add("qcow2", "d1", f, true);
+        assert_eq!(
+            (&ro["read-only"], &ro["file"]["read-only"]),
+            (&json!(true), &json!(true))
+        );
+        let m = Path::new("/tmp/x/export");
+        assert_eq!(
+            export_add("e1", "d1", m, false).to_string(),
+            r#"{"id":"e1","mountpoint":"/tmp/x/export","node-name":"d1","type":"fuse","writable":true}"#
+        );
+        assert!(export_add("e1", "d1", m, true).get("writable").is_none());
+    }
+
     /// qemu's refusals become one line naming the step, the image, the
     /// node and qemu's words, with the kind the words tell.
     #[test]
@@ -561,14 +596,14 @@ mod tests {
             img,
             Step::Attach,
             7,
-            "blockdev-add of the qcow2 node d1 over the file node f1",
+            "blockdev-add of the qcow2 node d1",
             &QmpError::Refused("Failed to get \"write\" lock".into()),
         );
         assert_eq!(e.kind(), ErrorKind::InUse);
         assert_eq!(
             e.to_string(),
             "attach: /srv/guest.qcow2: the shared qemu-storage-daemon (pid 7): blockdev-add of \
-             the qcow2 node d1 over the file node f1: Failed to get \"write\" lock"
+             the qcow2 node d1: Failed to get \"write\" lock"
         );
         let e = qmp_error(
             img,
