@@ -280,7 +280,9 @@ pub(crate) fn plan_tree<'a>(
             (p.path.clone(), p.file().try_clone())
         } else {
             let m = match &part {
-                Target::Lv(vg, lv) => mapping::logical_volume(core, vg, lv, MapStrategy::Auto)?,
+                Target::Lv(vg, lv) => {
+                    mapping::logical_volume_in(core, table, vg, lv, MapStrategy::Auto)?
+                }
                 Target::Part(p) => {
                     let p = p.as_ref().expect("only the whole disk has no number");
                     mapping::map(core, p, MapStrategy::Auto)?

@@ -93,9 +93,21 @@ pub(crate) fn dm_name(disk: &str, vg: &str, lv: &str) -> String {
 /// linear (striped, raid, thin, cache, snapshot), a missing PV, several
 /// pieces without device-mapper. Nothing is left behind.
 pub(crate) fn map(device: &Core, vg: &str, lv: &str, strategy: MapStrategy) -> Result<MappedPart> {
+    let table = partition::read_table(device.file(), device.path(), device.size)?;
+    map_in(device, table.as_ref(), vg, lv, strategy)
+}
+
+/// [`map`] on a device whose partition table (`None`: it has none) the
+/// caller has already read.
+pub(crate) fn map_in(
+    device: &Core,
+    table: Option<&partition::PartitionTable>,
+    vg: &str,
+    lv: &str,
+    strategy: MapStrategy,
+) -> Result<MappedPart> {
     let path = device.path();
-    let table = partition::read_table(device.file(), path, device.size)?;
-    let found = discover(device.file(), path, device.size, table.as_ref());
+    let found = discover(device.file(), path, device.size, table);
     let group = found.find(vg, path)?;
     let pieces = group.place(lv, path)?;
     let meta = group

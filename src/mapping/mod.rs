@@ -38,7 +38,7 @@ use crate::retry::poll_until;
 pub(crate) use blkpg::delete as delete_partition;
 pub(crate) use device_mapper::remove as remove_dm;
 pub use logical_volume::LogicalVolumeInfo;
-pub(crate) use logical_volume::map as logical_volume;
+pub(crate) use logical_volume::{map as logical_volume, map_in as logical_volume_in};
 
 /// Which way to give a partition its device ([`MapOptions::strategy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

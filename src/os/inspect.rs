@@ -19,7 +19,7 @@ use crate::mapping::{self, MapStrategy};
 use crate::mount::{by_fd, plan};
 use crate::options::MountOptions;
 use crate::partition::gpt::ROOT_NATIVE;
-use crate::partition::{Partition, PartitionInfo, PartitionTable, PartitionType, find_filesystems};
+use crate::partition::{Partition, PartitionInfo, PartitionTable, PartitionType};
 use crate::root::Root;
 
 /// The most bytes of `etc/hostname` read.
@@ -68,30 +68,17 @@ pub(crate) fn inspect(
         failed: Vec::new(),
         kept: Vec::new(),
     };
-    // Partitions (or the whole disk), then the logical volumes on them.
-    let mut candidates: Vec<(Option<PartitionInfo>, Option<Lv>, Detected)> = match table {
-        None => {
-            let d = crate::fs::probe(device.file()).unwrap_or(Detected::Unknown);
-            vec![(None, None, d)]
-        }
-        Some(t) => find_filesystems(device.file(), t)
+    // Partitions (or the whole disk), then the logical volumes on them,
+    // probed once (the table as the map step read it).
+    let mut candidates: Vec<(Option<PartitionInfo>, Option<Lv>, Detected)> =
+        crate::volume::candidates_in(device.file(), device.path(), device.size, table)
             .into_iter()
-            .map(|(p, d)| (Some(p), None, d))
-            .collect(),
-    };
-    match crate::volume::candidates(device.file(), device.path(), device.size) {
-        Ok(all) => {
-            for c in all {
-                if let Partition::LogicalVolume { vg, lv } = c.partition {
-                    candidates.push((None, Some((vg, lv)), c.detected));
-                }
-            }
-        }
-        Err(e) => debug!(
-            "inspect: {}: no logical volumes: {e}",
-            device.path().display()
-        ),
-    }
+            .filter_map(|c| match c.partition {
+                Partition::LogicalVolume { vg, lv } => Some((None, Some((vg, lv)), c.detected)),
+                Partition::Number(_) | Partition::Whole => Some((c.info, None, c.detected)),
+                _ => None,
+            })
+            .collect();
     let for_mount = matches!(scope, Scope::ForMount { .. });
     let keep_mount = matches!(scope, Scope::ForMount { keep_mount: true });
     if for_mount {
@@ -127,7 +114,15 @@ pub(crate) fn inspect(
         }
         let before = report.found.len();
         let keep = for_mount.then_some(&mut report.kept);
-        let looked = inspect_one(device, &place, fstype, &mut report.found, keep, keep_mount);
+        let looked = inspect_one(
+            device,
+            table,
+            &place,
+            fstype,
+            &mut report.found,
+            keep,
+            keep_mount,
+        );
         if for_mount {
             for f in &mut report.found[before..] {
                 claimed.extend(claims(&sources, f));
@@ -190,6 +185,7 @@ fn claims(sources: &Sources<'_>, found: &mut Found) -> Vec<(Target, String)> {
 /// ([`by_fd::mount_reusable`]: xfs, on a writable device of ours).
 fn inspect_one(
     device: &Core,
+    table: Option<&PartitionTable>,
     place: &Location,
     fstype: FsType,
     found: &mut Vec<Found>,
@@ -197,7 +193,9 @@ fn inspect_one(
     keep_mount: bool,
 ) -> Result<()> {
     let mut mapped = match (&place.part, &place.lv) {
-        (_, Some((vg, lv))) => mapping::logical_volume(device, vg, lv, MapStrategy::Auto)?,
+        (_, Some((vg, lv))) => {
+            mapping::logical_volume_in(device, table, vg, lv, MapStrategy::Auto)?
+        }
         (None, None) => mapping::whole(device)?,
         (Some(p), None) => mapping::map(device, p, MapStrategy::Auto)?,
     };

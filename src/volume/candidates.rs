@@ -14,7 +14,7 @@ use super::lvm::{LvReader, discover};
 use crate::error::Result;
 use crate::format::ReadAt;
 use crate::fs::{Detected, FsType, probe_at};
-use crate::partition::{self, Partition, PartitionInfo};
+use crate::partition::{self, Partition, PartitionInfo, PartitionTable};
 
 /// Something on a disk that [`crate::Attached::map`] can give a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,9 +96,20 @@ pub fn candidates<R: ReadAt + ?Sized>(
     size: u64,
 ) -> Result<Vec<Candidate>> {
     let table = partition::read_table_from(device, path, size)?;
-    let found = discover(device, path, size, table.as_ref());
+    Ok(candidates_in(device, path, size, table.as_ref()))
+}
+
+/// [`candidates`] of a device whose partition table (`None`: it has none)
+/// the caller has already read.
+pub(crate) fn candidates_in<R: ReadAt + ?Sized>(
+    device: &R,
+    path: &Path,
+    size: u64,
+    table: Option<&PartitionTable>,
+) -> Vec<Candidate> {
+    let found = discover(device, path, size, table);
     let mut out = Vec::new();
-    match &table {
+    match table {
         Some(t) => {
             for p in &t.partitions {
                 let d = probe_at(device, p.start, p.size).unwrap_or(Detected::Unknown);
@@ -155,7 +166,7 @@ pub fn candidates<R: ReadAt + ?Sized>(
             ));
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

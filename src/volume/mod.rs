@@ -14,5 +14,6 @@ mod candidates;
 pub mod lvm;
 mod region;
 
+pub(crate) use candidates::candidates_in;
 pub use candidates::{Candidate, LvFacts, candidates};
 pub use region::Region;
