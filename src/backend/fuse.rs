@@ -49,7 +49,7 @@ use super::r#loop::{LoopDevice, unbind_core};
 use super::qemu_blockdev::{Blockdev, PROTOCOL_NODE, check_server, explain_open_failure};
 use super::{Backend, BackendKind, Device, sealed};
 use crate::command::{describe_status, wait_timeout};
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
 use crate::image::{Format, Image, Location};
 use crate::kernel::{mountinfo, sysfs};
 use crate::options::AttachOptions;
@@ -479,10 +479,15 @@ pub(crate) fn probe_url(
     let mut errors = Vec::new();
     daemon.stop_into(&mut errors);
     if let Some(e) = cut {
-        // The reads' own errors (ENOTCONN) and the killed daemon's say
-        // less than why they failed; the teardown's are still told.
+        // The reads' own errors (ENOTCONN) and the daemon's exit (the
+        // watchdog killed it) say less than why they failed; anything else
+        // the teardown met (an export directory left) is still told.
         for t in errors {
-            warn!("teardown: {t}");
+            if t.kind() == ErrorKind::HelperFailed {
+                debug!("probe: after the cut: {t}");
+            } else {
+                warn!("teardown: {t}");
+            }
         }
         return Err(e);
     }

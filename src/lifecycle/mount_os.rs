@@ -375,8 +375,12 @@ impl Planned<'_> {
                 .collect();
             let out = root();
             for h in handles {
-                // Cannot fail: the thread catches its panic.
-                let _ = h.join();
+                // The thread catches its panic; only one whose payload
+                // panicked when dropped gets here (its mount is then made
+                // when attached).
+                if h.join().is_err() {
+                    warn!("mount: a thread mounting ahead panicked twice");
+                }
             }
             out
         })

@@ -459,10 +459,12 @@ fn move_into(mnt: &OwnedFd, target: BorrowedFd<'_>) -> Result<File, Failed> {
     .map_err(|e| Failed::At(MOVE_MOUNT, errno(e), None))?;
     open_mount_root(mnt).inspect_err(|_| {
         // Attached, but with no descriptor of its root nobody guards it:
-        // taken down again (through the mount's own descriptor, so that
-        // nothing mounted since on the path is hit).
+        // taken down again, through the mount's own descriptor (so that
+        // nothing mounted since on the path is hit). Detached from the
+        // tree (`MNT_DETACH`: that descriptor itself keeps it busy), it is
+        // gone, flushed, when the descriptor closes.
         let at = format!("/proc/self/fd/{}", mnt.as_raw_fd());
-        if let Err(e) = nix::mount::umount2(at.as_str(), nix::mount::MntFlags::empty()) {
+        if let Err(e) = nix::mount::umount2(at.as_str(), nix::mount::MntFlags::MNT_DETACH) {
             warn!("mount: umount2 after the new mount's root could not be opened: {e}");
         }
     })
@@ -609,5 +611,10 @@ fn legacy(device: &Path, plan: &MountPlan, target: BorrowedFd<'_>, path: &Path) 
             e,
         )
     })?;
-    super::guard::open_root(Step::Mount, path)
+    super::guard::open_root(Step::Mount, path).inspect_err(|_| {
+        // Mounted, but unguarded without its root: taken down again.
+        if let Err(e) = nix::mount::umount2(path, nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
+            warn!("mount: umount2 after the new mount's root could not be opened: {e}");
+        }
+    })
 }
