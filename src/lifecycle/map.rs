@@ -93,7 +93,9 @@ impl<B: Backend> Attached<B> {
             }
             _ if os_lv.is_some() => {
                 let (vg, lv) = os_lv.as_ref().expect("checked");
-                mapping::logical_volume(device, vg, lv, options.strategy)?
+                // The table as this step read it, kept in the choice.
+                let table = os.as_ref().and_then(|o| o.table.as_ref());
+                mapping::logical_volume_in(device, table, vg, lv, options.strategy)?
             }
             (_, _, None) => mapping::whole(device)?,
             (_, _, Some(p)) => mapping::map(device, p, options.strategy)?,

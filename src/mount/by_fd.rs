@@ -168,21 +168,21 @@ pub(crate) fn mount_ahead(device: &Path, plan: &MountPlan) -> Option<Result<Deta
 /// become the read-write one ([`ReadOnlyLook::take_over`]) instead of the
 /// filesystem being mounted a second time.
 ///
-/// The device being read-only is what keeps this mount from writing: the
-/// kernel refuses to mount a filesystem whose journal needs replay on a
-/// read-only device (`EROFS`) rather than replay it, and xfs writes no
-/// unmount record to a read-only device. So the device stays read-only for
-/// as long as the mount lives read-only ([`ReadOnlyLook`]). A failed mount,
-/// that `EROFS` included, is `Ok(None)`, the device writable again: the
-/// caller then mounts the filesystem as it would have, with its no-replay
-/// option, and that mount reports what is wrong. A device that is already
-/// read-only is left alone (`Ok(None)`).
+/// The device being read-only is what keeps this mount from writing: xfs
+/// refuses to mount with a log that needs replay on a read-only device
+/// (`EROFS`) rather than replay it, and writes no unmount record to one.
+/// So the device stays read-only for as long as the mount lives read-only
+/// ([`ReadOnlyLook`]). A failed mount, that `EROFS` included, is
+/// `Ok(None)`, the device writable again: the caller then mounts the
+/// filesystem as it would have, with its no-replay option, and that mount
+/// reports what is wrong. A device that is already read-only, or whose
+/// flag cannot be read or set, is left alone (`Ok(None)`).
 ///
 /// Returns the look and a directory descriptor of its root.
 ///
 /// # Errors
-/// [`Step::Mount`]: the device could not be made read-only, or writable
-/// again after a failed mount.
+/// [`Step::Mount`]: the device's descriptor could not be duplicated, or
+/// the device stays held (so read-only) after a failed mount.
 pub(crate) fn mount_reusable(
     device: &Path,
     file: &File,

@@ -200,8 +200,8 @@ fn inspect_one(
         (Some(p), None) => mapping::map(device, p, MapStrategy::Auto)?,
     };
     let before = found.len();
-    let reusable = keep.is_some()
-        && keep_mount
+    // `keep_mount` comes with `keep` (Scope::ForMount).
+    let reusable = keep_mount
         && fstype == FsType::Xfs
         && !device.read_only
         && device.kind != crate::BackendKind::Block;
