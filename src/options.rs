@@ -182,13 +182,13 @@ impl MountOptions {
     pub(crate) fn subvolume_option(
         &self,
         device: &std::path::Path,
-    ) -> crate::Result<Option<String>> {
+    ) -> crate::error::Result<Option<String>> {
         let Some(name) = &self.subvolume else {
             return Ok(None);
         };
         if name.is_empty() || name.contains([',', '\0']) {
-            return Err(crate::Error::invalid(
-                crate::Step::Mount,
+            return Err(crate::error::Error::invalid(
+                crate::error::Step::Mount,
                 device,
                 format!(
                     "the subvolume name {name:?} cannot be passed to the kernel (empty, or a \

@@ -53,7 +53,6 @@ use crate::error::{Error, ErrorKind, Result, Step};
 use crate::image::{Format, Image, Location};
 use crate::kernel::{mountinfo, sysfs};
 use crate::options::AttachOptions;
-use crate::retry::RetryPolicy;
 use crate::sys::process::{spawn_detached, spawn_tied};
 
 /// Any qemu image format, through qemu-storage-daemon's FUSE export and a
@@ -550,8 +549,8 @@ impl Daemon {
         let persistent = options.persistent;
         let path = image.path();
         let dir = match raw_probe {
-            Some(prefix) => super::private_dir(&AttachOptions::default(), prefix)?,
-            None => super::private_dir(options, "diskmount-fuse-")?,
+            Some(prefix) => super::helper_dir::private_dir(&AttachOptions::default(), prefix)?,
+            None => super::helper_dir::private_dir(options, "diskmount-fuse-")?,
         };
         let export = dir.path().join("export");
         let pidfile = dir.path().join("pid");
@@ -823,7 +822,7 @@ impl Daemon {
             Ok(s) => errors.push(self.died(describe_status(s))),
             Err(e) => errors.push(e),
         }
-        remove_export_dir(&self.export, self.dir.take(), errors);
+        super::helper_dir::remove_export_dir(&self.export, self.dir.take(), errors);
         if let Some(dir) = self.found_dir.take() {
             remove_found_dir(&dir, errors);
         }
@@ -894,39 +893,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Makes sure the FUSE export `export` is no longer mounted (a daemon that
-/// died leaves its mount behind, `ENOTCONN`), then removes its private
-/// directory `dir`. Pushes every error.
-pub(super) fn remove_export_dir(
-    export: &Path,
-    dir: Option<tempfile::TempDir>,
-    errors: &mut Vec<Error>,
-) {
-    if is_mount_point(export) {
-        warn!(
-            "detach: {} is still mounted; unmounting it",
-            export.display()
-        );
-        // The loop device that was over the export lets go of it a
-        // moment after it shows unbound (the kernel drops the backing
-        // file last): until then the mount is busy.
-        if let Err(e) = crate::mount::unmount::unmount(
-            Step::Detach,
-            export,
-            "stale FUSE export",
-            RetryPolicy::UNMOUNT,
-        ) {
-            errors.push(e);
-        }
-    }
-    if let Some(dir) = dir {
-        let path = dir.path().to_path_buf();
-        if let Err(e) = dir.close() {
-            errors.push(Error::os(Step::Detach, path, "remove export directory", e));
-        }
-    }
-}
-
 /// Closes an inotify descriptor on a short-lived thread. Closing one waits
 /// in the kernel for an SRCU grace period (`fsnotify_destroy_group`): 15 to
 /// 40 ms measured on a busy machine, more than the daemon takes to start,
@@ -945,10 +911,6 @@ fn suffix(log: &str) -> String {
     } else {
         format!(": {log}")
     }
-}
-
-fn is_mount_point(path: &Path) -> bool {
-    mountinfo::is_mount_point(path)
 }
 
 /// The qemu-storage-daemon whose FUSE export is `export`: the process

@@ -202,7 +202,7 @@ fn write_control(n: u64, name: &str, value: &str, step: Step) -> Result<()> {
     if here.join(name).exists() {
         return write_file(&here, name, value, step);
     }
-    let dir = super::private_dir(
+    let dir = super::helper_dir::private_dir(
         &crate::options::AttachOptions::default(),
         "diskmount-fusectl-",
     )

@@ -306,7 +306,7 @@ fn execute_all(
 /// it on a fresh private directory; the export is live on return.
 pub(super) fn add(image: &Image, checked: &QemuImage, options: &AttachOptions) -> Result<Export> {
     let path = image.path();
-    let dir = super::private_dir(options, "diskmount-fuse-")?;
+    let dir = super::helper_dir::private_dir(options, "diskmount-fuse-")?;
     let export = dir.path().join("export");
     File::create(&export).map_err(|e| Error::os(Step::Attach, &export, "create export file", e))?;
     let read_only = image.is_read_only();
@@ -357,7 +357,7 @@ pub(super) fn add(image: &Image, checked: &QemuImage, options: &AttachOptions) -
         }
         drop(state);
         made.live = false;
-        super::fuse::remove_export_dir(&made.export, made.dir.take(), &mut errors);
+        super::helper_dir::remove_export_dir(&made.export, made.dir.take(), &mut errors);
         for e in errors {
             warn!("attach: undo: {e}");
         }
@@ -526,7 +526,7 @@ impl Export {
             }
         }
         drop(state);
-        super::fuse::remove_export_dir(&self.export, self.dir.take(), errors);
+        super::helper_dir::remove_export_dir(&self.export, self.dir.take(), errors);
     }
 
     /// `blockdev-del` of the format node (its file node goes with it).

@@ -27,6 +27,7 @@ pub(crate) mod fuse;
 pub(crate) mod fuse_abort;
 mod fuse_shared;
 mod fuse_stall;
+mod helper_dir;
 pub(crate) mod r#loop;
 pub mod nbd;
 mod nbd_export;
@@ -235,39 +236,4 @@ impl QemuImage {
             crate::sys::process::pass_fd(cmd, std::os::fd::AsFd::as_fd(&self.file));
         }
     }
-}
-
-/// A private `0700` directory for a qemu helper (`prefix`: what the
-/// temporary-directory fallback is named): `<id>.helper` in the run
-/// directory when the attach keeps a record (see `record::Keeper::helper_dir`),
-/// else a fresh temporary directory.
-pub(crate) fn private_dir(
-    options: &crate::options::AttachOptions,
-    prefix: &str,
-) -> Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut builder = tempfile::Builder::new();
-    builder.permissions(std::fs::Permissions::from_mode(0o700));
-    let made = match &options.helper_dir {
-        Some(dir) => {
-            let (parent, name) = (
-                dir.parent().unwrap_or(dir),
-                dir.file_name().unwrap_or_default(),
-            );
-            builder.prefix(name).rand_bytes(0).tempdir_in(parent)
-        }
-        None => builder.prefix(prefix).tempdir(),
-    };
-    made.map_err(|e| {
-        let at = options
-            .helper_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
-        crate::error::Error::os(
-            crate::error::Step::Attach,
-            at,
-            "create the qemu helper's private directory",
-            e,
-        )
-    })
 }

@@ -463,7 +463,7 @@ impl Server {
     ) -> Result<Server> {
         let persistent = options.persistent;
         let path = image.path();
-        let dir = super::private_dir(options, "diskmount-nbd-")?;
+        let dir = super::helper_dir::private_dir(options, "diskmount-nbd-")?;
         let log = dir.path().join("qemu-nbd.log");
         let out = File::create(&log).map_err(|e| Error::os(Step::Attach, &log, "create", e))?;
         let err = out

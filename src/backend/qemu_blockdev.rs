@@ -107,7 +107,8 @@ impl Blockdev {
                 o
             }
             Location::Rbd(url) => {
-                let dir = super::private_dir(&AttachOptions::default(), "diskmount-secret-")?;
+                let dir =
+                    super::helper_dir::private_dir(&AttachOptions::default(), "diskmount-secret-")?;
                 let (node, mut objs) = super::rbd::qemu_node(url, dir.path())?;
                 objects.append(&mut objs);
                 secrets = Some(Arc::new(dir));

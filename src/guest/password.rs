@@ -65,7 +65,7 @@ pub fn check(root: &Root, user: &str) -> Result<()> {
     }
 }
 
-fn shadow_error(root: &Root, user: &str, e: ShadowError) -> crate::Error {
+fn shadow_error(root: &Root, user: &str, e: ShadowError) -> crate::error::Error {
     let why = format!("the guest's etc/shadow {e} {user:?}");
     match e {
         ShadowError::NoSuchUser => super::file::not_found(root, Path::new(SHADOW), why),

@@ -199,7 +199,7 @@ mod tests {
     fn unknown_names_and_missing_files_name_the_guest_file() {
         let u = users();
         let e = resolve(&u, "nobody").unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::NotFound);
+        assert_eq!(e.kind(), crate::error::ErrorKind::NotFound);
         let e = e.to_string();
         assert!(e.contains("etc/passwd") && e.contains("\"nobody\""), "{e}");
         let e = resolve(&u, "cloud-user:staff").unwrap_err().to_string();

@@ -379,7 +379,14 @@ impl<B: Backend> Mapped<B> {
             // The record is lent to the tree's mount for its entries.
             let parts = mounted.inner.as_mut().expect("just made");
             let mut record = std::mem::replace(&mut parts.mapped.attached.record, Keeper::none());
-            let tree = super::mount_os::mount_tree(&mounted, planned, options, &mut record);
+            let tree = mounted.root().and_then(|root| {
+                let base = super::mount_os::Base {
+                    root,
+                    path: mounted.path(),
+                    device_file: mounted.mapped().part.file(),
+                };
+                super::mount_os::mount_tree(base, planned, options, &mut record)
+            });
             let parts = mounted.inner.as_mut().expect("just made");
             parts.mapped.attached.record = record;
             parts.tree = tree?;

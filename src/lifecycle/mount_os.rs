@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 
 use log::{debug, info, warn};
 
-use super::mount::Mounted;
-use crate::backend::Backend;
 use crate::error::{Error, ErrorKind, Result, Step};
 use crate::guest::fstab::{self, Skip};
 use crate::mapping::{self, MapStrategy, MappedPart};
@@ -21,7 +19,7 @@ use crate::os::Found;
 use crate::os::source::Target;
 use crate::record::{Field, Keeper};
 
-/// One filesystem of a mounted tree, as [`Mounted::mounts`] lists it.
+/// One filesystem of a mounted tree, as [`crate::Mounted::mounts`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MountInfo {
@@ -387,19 +385,33 @@ impl Planned<'_> {
     }
 }
 
-/// Mounts the planned fstab entries over `mounted` (its root), parents
-/// first: each mount point resolved inside the tree, then the mount made
-/// ahead moved onto it (or made now, onto it). Each mount goes into
-/// `record` as it is made.
-pub(crate) fn mount_tree<B: Backend>(
-    mounted: &Mounted<B>,
+/// The root's mount, which a tree's children go over.
+pub(crate) struct Base<'a> {
+    /// Its mounted root directory, where mount points are resolved.
+    pub(crate) root: crate::root::Root<'a>,
+    /// Where it is mounted on this host.
+    pub(crate) path: &'a Path,
+    /// Its block device, open.
+    pub(crate) device_file: &'a std::fs::File,
+}
+
+/// Mounts the planned fstab entries over `base`, parents first: each
+/// mount point resolved inside the tree, then the mount made ahead moved
+/// onto it (or made now, onto it). Each mount goes into `record` as it is
+/// made.
+pub(crate) fn mount_tree(
+    base: Base<'_>,
     planned: Planned<'_>,
     options: &MountOptions,
     record: &mut Keeper,
 ) -> Result<Tree> {
     let Planned { mut tree, children } = planned;
-    let root = mounted.root()?;
-    let fstab_path = mounted.path().join("etc/fstab");
+    let Base {
+        root,
+        path: base_path,
+        device_file: base_device,
+    } = base;
+    let fstab_path = base_path.join("etc/fstab");
     for child in children {
         let Child {
             guest,
@@ -430,7 +442,7 @@ pub(crate) fn mount_tree<B: Backend>(
         }
         let host = std::fs::read_link(format!("/proc/self/fd/{}", at.as_raw_fd()))
             .map_err(|err| Error::os(Step::Mount, &fstab_path, format!("{what}: readlink"), err))?;
-        if !host.starts_with(mounted.path()) {
+        if !host.starts_with(base_path) {
             return Err(fail(
                 ErrorKind::InvalidImage,
                 format!(
@@ -468,7 +480,7 @@ pub(crate) fn mount_tree<B: Backend>(
             );
             tree.mounts.push((
                 guest,
-                guard(&host, device, &dir, mounted, "tmpfs", true, options)?,
+                guard(&host, device, &dir, base_device, "tmpfs", true, options)?,
             ));
             continue;
         };
@@ -507,7 +519,7 @@ pub(crate) fn mount_tree<B: Backend>(
             &host,
             device,
             &dir,
-            mounted,
+            base_device,
             &driver,
             plan.read_only,
             options,
@@ -519,11 +531,11 @@ pub(crate) fn mount_tree<B: Backend>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn guard<B: Backend>(
+fn guard(
     host: &Path,
     device: PathBuf,
     dir: &std::fs::File,
-    mounted: &Mounted<B>,
+    base_device: &std::fs::File,
     fstype: &str,
     read_only: bool,
     options: &MountOptions,
@@ -532,10 +544,7 @@ fn guard<B: Backend>(
         .metadata()
         .map_err(|e| Error::os(Step::Mount, host, "stat mount point", e))?
         .dev();
-    let device_file = mounted
-        .mapped()
-        .part
-        .file()
+    let device_file = base_device
         .try_clone()
         .map_err(|e| Error::os(Step::Mount, &device, "dup device", e))?;
     let device_file = if read_only {

@@ -490,7 +490,7 @@ pub(crate) fn mount_detached(device: &Path, plan: &MountPlan) -> Result<File> {
     }) {
         Ok(root) => Ok(root),
         Err(Failed::NoNewApi) => Err(Error::refused(
-            crate::ErrorKind::KernelFeatureMissing,
+            crate::error::ErrorKind::KernelFeatureMissing,
             Step::Mount,
             device,
             "this kernel has no fsopen (Linux 5.2+): cannot look inside without a mount point",

@@ -204,7 +204,7 @@ fn inspect_one(
     let reusable = keep_mount
         && fstype == FsType::Xfs
         && !device.read_only
-        && device.kind != crate::BackendKind::Block;
+        && device.kind != crate::backend::BackendKind::Block;
     let result = look(
         &mapped.path,
         reusable.then(|| mapped.file()),

@@ -12,7 +12,8 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 
 use super::Root;
-use super::owner::{EntryKind, NewEntry};
+use super::entry_kind::EntryKind;
+use super::owner::NewEntry;
 use crate::error::Result;
 
 impl Root<'_> {

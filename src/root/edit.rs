@@ -15,8 +15,9 @@ use nix::fcntl::{AtFlags, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fstat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, unlinkat};
 
+use super::entry_kind::EntryKind;
 use super::label::copy_label;
-use super::owner::{EntryKind, NewEntry, Ownership};
+use super::owner::{NewEntry, Ownership};
 use super::{Root, temp_name};
 use crate::error::Result;
 

@@ -19,7 +19,7 @@ use selinux::FileAccessMode;
 use selinux::label::{Labeler, back_end};
 
 use super::Root;
-use super::owner::EntryKind;
+use super::entry_kind::EntryKind;
 use crate::error::{Error, Result, Step};
 
 /// A guest's file-contexts database, opened by libselinux
@@ -67,7 +67,7 @@ impl Labels {
     #[cfg(not(feature = "selinux"))]
     pub fn open(file_contexts: impl AsRef<Path>) -> Result<Labels> {
         Err(Error::refused(
-            crate::ErrorKind::Unsupported,
+            crate::error::ErrorKind::Unsupported,
             Step::Access,
             file_contexts.as_ref(),
             "the guest uses SELinux, and this diskmount was built without the `selinux` \

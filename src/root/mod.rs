@@ -23,6 +23,7 @@ mod copy;
 mod create;
 mod dir;
 mod edit;
+mod entry_kind;
 mod label;
 mod meta;
 mod owner;

@@ -12,6 +12,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
 use super::Root;
+use super::entry_kind::EntryKind;
 use super::label::Labels;
 use crate::error::Result;
 
@@ -47,31 +48,6 @@ pub struct NewEntry<'a> {
     owner: Option<Ownership>,
     labels: Option<&'a Labels>,
     stop: Option<&'a std::sync::atomic::AtomicBool>,
-}
-
-/// The kind of entry being made, for the default mode and the label lookup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EntryKind {
-    File,
-    Dir,
-}
-
-impl EntryKind {
-    fn default_mode(self) -> u32 {
-        match self {
-            EntryKind::File => 0o644,
-            EntryKind::Dir => 0o755,
-        }
-    }
-
-    /// The `S_IFMT` bits, as `selabel_lookup` takes them.
-    #[cfg_attr(not(feature = "selinux"), allow(dead_code))]
-    pub(crate) fn format_bits(self) -> u32 {
-        match self {
-            EntryKind::File => nix::libc::S_IFREG,
-            EntryKind::Dir => nix::libc::S_IFDIR,
-        }
-    }
 }
 
 impl<'a> NewEntry<'a> {

@@ -9,7 +9,8 @@ use std::path::Path;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2, renameat};
 use nix::sys::stat::Mode;
 
-use super::owner::{EntryKind, NewEntry};
+use super::entry_kind::EntryKind;
+use super::owner::NewEntry;
 use super::{Resolver, Root, temp_name};
 use crate::error::Result;
 

@@ -9,6 +9,7 @@ use diskmount::fs::{Detected, probe};
 use diskmount::partition::{PartitionTable, PartitionType, find_filesystems, read_table};
 use diskmount::{Auto, Format, Image, ImageKind, Unattached};
 
+use indicatif::HumanBytes;
 use serde::Serialize;
 
 use crate::failure::{Context, Failed};
@@ -206,28 +207,13 @@ pub fn inspect(args: Args, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-pub(crate) fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
-
 /// A table for people, with a bar showing where each partition lies.
 fn table(path: &Path, r: &Report) -> String {
     let mut out = format!(
         "{}: {} image, {} ({} bytes)\n",
         path.display(),
         r.format,
-        human(r.virtual_size),
+        HumanBytes(r.virtual_size),
         r.virtual_size
     );
     let Some(kind) = r.table else {
@@ -262,7 +248,7 @@ fn table(path: &Path, r: &Report) -> String {
             "{:>3}  {:>12}  {:>10}  {:<22}  {:<14}  {}\n",
             p.number,
             p.start,
-            human(p.size),
+            HumanBytes(p.size).to_string(),
             p.kind_name.as_deref().unwrap_or(&p.kind),
             p.label.as_deref().unwrap_or("-"),
             p.fstype.as_deref().unwrap_or("-")

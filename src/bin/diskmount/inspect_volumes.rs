@@ -110,7 +110,7 @@ pub fn table(volumes: &[Volume]) -> String {
         out.push_str(&format!(
             "{:<24}  {:>10}  {:>4}  {:<10}  {}\n",
             format!("{}/{}", v.vg, v.lv),
-            super::inspect::human(v.size),
+            indicatif::HumanBytes(v.size).to_string(),
             v.segments,
             v.fstype.as_deref().unwrap_or("-"),
             v.reason.as_deref().unwrap_or("")
