@@ -117,19 +117,6 @@ impl Adopted {
     }
 }
 
-/// The device number of the block device a mount is on. Filesystems
-/// like btrfs report an anonymous device number in mountinfo; the source
-/// then names the block device.
-fn block_dev(m: &Mount) -> u64 {
-    if nix::sys::stat::major(m.dev) == 0
-        && let Ok(meta) = std::fs::metadata(&m.source)
-        && meta.file_type().is_block_device()
-    {
-        return meta.rdev();
-    }
-    m.dev
-}
-
 fn invalid(path: &Path, why: impl Into<String>) -> Error {
     Error::invalid(Step::Open, path, why)
 }
@@ -153,9 +140,12 @@ pub fn adopt(path: impl AsRef<Path>) -> Result<Adopted> {
             .rev()
             .find(|m| m.target == path)
             .ok_or_else(|| invalid(&path, "is not a mount point"))?;
-        (block_dev(m), Some(m.clone()))
+        (m.block_device(), Some(m.clone()))
     } else if meta.file_type().is_block_device() {
-        let on: Vec<&Mount> = all.iter().filter(|m| block_dev(m) == meta.rdev()).collect();
+        let on: Vec<&Mount> = all
+            .iter()
+            .filter(|m| m.block_device() == meta.rdev())
+            .collect();
         match on.as_slice() {
             [] => (meta.rdev(), None),
             [m] => (meta.rdev(), Some((*m).clone())),

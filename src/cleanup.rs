@@ -30,7 +30,8 @@ use nix::libc;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::error::{Error, Result, Step};
+use crate::error::{Error, ErrorKind, Result, Step};
+use crate::kernel::{mountinfo, sysfs};
 use crate::record::RunDir;
 use crate::record::format::{self, Data, Helper};
 use crate::record::verify::{Survey, alive, helper_runs, is_mount_point, still_there, survey};
@@ -299,19 +300,31 @@ impl Found {
         out
     }
 
-    /// Carries out the plan (nothing for a [`Status::Live`] or
-    /// [`Status::Unreadable`] record), then removes the record if nothing
-    /// it names is left.
+    /// Carries out the plan in order, up to a step that fails and leaves a
+    /// mount in place (nothing for a [`Status::Live`] or
+    /// [`Status::Unreadable`] record),
+    /// then removes the record if nothing it names is left. A device the
+    /// record names no mount of is not released while it (a partition of
+    /// it, a target over it) is mounted anywhere: that mount is someone
+    /// else's.
     pub fn tear_down(self) -> Outcome {
         let mut out = Outcome::default();
         if matches!(self.status, Status::Live { .. } | Status::Unreadable { .. }) {
             return out;
         }
+        // A helper is stopped only once nothing is mounted through it: a
+        // step that fails and leaves its mount in place ends the plan, and
+        // what is left stays in the record. (An unmount that went through
+        // but reported a failed flush, say, goes on.)
         for action in &self.plan {
-            if let Err(e) = carry_out(action, self.data.as_ref().and_then(|d| d.helper.as_ref())) {
-                out.errors.push(e);
-            }
+            let done = carry_out(action, self.data.as_ref().and_then(|d| d.helper.as_ref()));
             out.done.push(action.clone());
+            if let Err(e) = done {
+                out.errors.push(e);
+                if leaves_a_mount(action) {
+                    break;
+                }
+            }
         }
         if let Some(data) = &self.data {
             out.left = still_there(data, &self.dir);
@@ -595,7 +608,27 @@ fn carry_out(action: &Action, helper: Option<&Helper>) -> Result<()> {
             crate::retry::RetryPolicy::UNMOUNT,
         ),
         Action::Unmap { device } => crate::adopt::release_mapping(device),
-        Action::Release { device } => crate::adopt(device)?.close(),
+        Action::Release { device } => {
+            // The record names no mount of it: one found now (moved, or
+            // made after the crash) is someone's, and stays.
+            let on = mounts_over(device)?;
+            if !on.is_empty() {
+                return Err(Error::refused(
+                    ErrorKind::InUse,
+                    Step::Cleanup,
+                    device,
+                    format!(
+                        "is mounted on {}, which its record does not name; left alone \
+                         (unmount it, then run cleanup again)",
+                        on.iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            crate::adopt(device)?.close()
+        }
         Action::StopHelper { pid, .. } => {
             let Some(h) = helper.filter(|h| h.pid == *pid) else {
                 return Ok(());
@@ -627,6 +660,45 @@ fn carry_out(action: &Action, helper: Option<&Helper>) -> Result<()> {
             std::fs::remove_file(path).map_err(|e| Error::os(Step::Cleanup, path, "remove file", e))
         }
     }
+}
+
+/// Whether something is still mounted where `action` (which failed) was
+/// to take a mount, or a device, down.
+fn leaves_a_mount(action: &Action) -> bool {
+    match action {
+        Action::Unmount { mountpoint } | Action::UnmountGuestMount { mountpoint } => {
+            is_mount_point(mountpoint)
+        }
+        Action::Release { device } | Action::Unmap { device } => {
+            std::fs::metadata(device).is_ok() && !mounts_over(device).is_ok_and(|on| on.is_empty())
+        }
+        _ => false,
+    }
+}
+
+/// Where `device`, a partition of it, or a device-mapper target over
+/// either is mounted, by mountinfo.
+fn mounts_over(device: &Path) -> Result<Vec<PathBuf>> {
+    let meta =
+        std::fs::metadata(device).map_err(|e| Error::os(Step::Cleanup, device, "stat", e))?;
+    let Some(name) = sysfs::name_of(meta.rdev()) else {
+        return Ok(Vec::new());
+    };
+    let mut names = vec![name.clone()];
+    names.extend(sysfs::partitions(&name).into_iter().map(|p| p.name));
+    let holders: Vec<String> = names.iter().flat_map(|n| sysfs::holders(n)).collect();
+    names.extend(holders);
+    let rdevs: Vec<u64> = names
+        .iter()
+        .filter_map(|n| mountinfo::dev_number(sysfs::attr(n, "dev")?.trim()))
+        .collect();
+    let mounts = mountinfo::mounts()
+        .map_err(|e| Error::os(Step::Cleanup, "/proc/self/mountinfo", "read", e))?;
+    Ok(mounts
+        .into_iter()
+        .filter(|m| rdevs.contains(&m.block_device()))
+        .map(|m| m.target)
+        .collect())
 }
 
 /// Stops a verified helper: SIGTERM, again every [`TERM_RESEND`], SIGKILL

@@ -134,3 +134,52 @@ fn every_state_of_loop_and_fuse_killed_then_cleanup() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "p5", "{out:?}");
     fx.assert_clean();
 }
+
+/// A holder killed while mounted, and its mount then moved by someone
+/// (bound elsewhere, the recorded mount point unmounted): the record names
+/// no mount there, so the device's mount is someone's. `cleanup` refuses
+/// to release the device while it is mounted, says where, and leaves the
+/// mount, the device and the record; once that mount is gone, the next
+/// `cleanup` ends the rest.
+#[test]
+fn cleanup_leaves_a_device_whose_mount_was_moved_mounted() {
+    let mut fx = Fixture::new();
+    let records = fx.records();
+    let img = fx.ext4("disk.img", &[("id", "moved")]);
+    let mnt = fx.tree("mnt", &[]);
+    let elsewhere = fx.tree("elsewhere", &[]);
+    hold_and_kill(
+        &records,
+        &["--backend", "loop", "--state", "mounted"],
+        &[&img, &mnt],
+    );
+    run(Command::new("mount")
+        .arg("--bind")
+        .arg(&mnt)
+        .arg(&elsewhere));
+    // The recorded mount point goes; the filesystem stays mounted (the
+    // device with it) at `elsewhere`.
+    run(Command::new("umount").arg(&mnt));
+    let out = dm(&records).arg("cleanup").output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("is mounted on {}", elsewhere.display()))
+            && text.contains("left alone"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(elsewhere.join("id")).unwrap(),
+        "moved",
+        "{text}"
+    );
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 1, "{text}");
+    common::system::umount(&elsewhere);
+    cleanup(&records);
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0);
+    fx.assert_clean();
+}

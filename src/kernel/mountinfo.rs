@@ -42,6 +42,20 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// The block device the mount is on: its `st_dev`, or, for a
+    /// filesystem that reports an anonymous device number (btrfs), the
+    /// block device its source names.
+    pub fn block_device(&self) -> u64 {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if nix::sys::stat::major(self.dev) == 0
+            && let Ok(meta) = std::fs::metadata(&self.source)
+            && meta.file_type().is_block_device()
+        {
+            return meta.rdev();
+        }
+        self.dev
+    }
+
     /// Whether the mount is read-only.
     pub fn read_only(&self) -> bool {
         self.options.split(',').any(|o| o == "ro")

@@ -111,7 +111,17 @@ pub fn parent_disk(name: &str) -> Option<String> {
 
 /// The devices under device-mapper target `name` (`slaves/`).
 pub fn slaves(name: &str) -> Vec<String> {
-    std::fs::read_dir(dir(name).join("slaves"))
+    names_in(name, "slaves")
+}
+
+/// The devices over device `name` (`holders/`: device-mapper targets).
+pub fn holders(name: &str) -> Vec<String> {
+    names_in(name, "holders")
+}
+
+/// The device names listed in the directory `sub` of device `name`.
+fn names_in(name: &str, sub: &str) -> Vec<String> {
+    std::fs::read_dir(dir(name).join(sub))
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -128,18 +128,6 @@ pub(crate) fn serves_export(rdev: u64, dir: &Path, id: &str) -> bool {
         .is_ok_and(|b| b.strip_suffix(b"\n").unwrap_or(&b) == export.as_os_str().as_bytes())
 }
 
-/// Whether process `pid` is a qemu-nbd started with `--connect=DEVICE`
-/// for the recorded device (its command line is the one diskmount gave).
-fn qemu_nbd_connecting(pid: u32, device: &Path) -> bool {
-    let is_qemu_nbd =
-        live_thread_exe(pid).is_some_and(|e| e.file_name().is_some_and(|n| n == "qemu-nbd"));
-    let mut wanted = b"--connect=".to_vec();
-    wanted.extend_from_slice(device.as_os_str().as_encoded_bytes());
-    is_qemu_nbd
-        && std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == wanted.as_slice()))
-}
-
 /// Whether process `pid` runs with start time `start` (not reused).
 pub(crate) fn alive(pid: u32, start: u64) -> bool {
     start_time(pid) == Some(start)
@@ -274,14 +262,21 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
                         .map(thread_group);
                     match (served_by, helper_ok) {
                         (None, _) => {}
-                        // Ours: served by the recorded qemu-nbd, or by the
-                        // qemu-nbd run to connect this device, or (its server
-                        // gone: the kernel keeps a stale pid until the
-                        // disconnect) still the recorded connection by its
-                        // disk sequence number, which changes with each one.
+                        // Ours: served by the recorded qemu-nbd (its pid
+                        // and start time: a qemu-nbd whose leader exited
+                        // while its connection thread still serves shows no
+                        // executable), or (its server gone: the kernel keeps
+                        // a stale pid until the disconnect) still the
+                        // recorded connection by its disk sequence number,
+                        // which changes with each one. Never any other
+                        // qemu-nbd, even one connecting the same node: a
+                        // later attach by someone else looks the same.
                         (Some(p), h)
                             if h.is_some_and(|h| h.pid == p)
-                                || qemu_nbd_connecting(p, path)
+                                || data
+                                    .helper
+                                    .as_ref()
+                                    .is_some_and(|h| h.pid == p && alive(h.pid, h.start))
                                 || (dev.diskseq.is_some()
                                     && same_binding(dev.rdev, dev.diskseq)) =>
                         {
@@ -406,7 +401,7 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
                 && entry.fstype == "tmpfs"
                 && entry.source == Path::new(super::format::EXCLUDED)
         } else {
-            mount_device(entry) == t.rdev && ours_rdev.contains(&t.rdev)
+            entry.block_device() == t.rdev && ours_rdev.contains(&t.rdev)
         };
         if ours {
             s.tree_mounts.push(t.path.0.clone());
@@ -421,7 +416,7 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
     if let Some(mp) = &data.mountpoint
         && let Some(entry) = mounts.iter().rev().find(|e| e.target == mp.0)
     {
-        let ours = [device_rdev, mapped_rdev].contains(&Some(mount_device(entry)));
+        let ours = [device_rdev, mapped_rdev].contains(&Some(entry.block_device()));
         if ours {
             s.mount = Some(mp.0.clone());
         } else if !s.doubtful.is_empty() {
@@ -449,19 +444,6 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
         s.helper_dir = Some(hdir);
     }
     s
-}
-
-/// The block device a mount is on: its `st_dev`, or, for a filesystem
-/// that reports an anonymous device number (btrfs), the block device its
-/// source names.
-fn mount_device(m: &mountinfo::Mount) -> u64 {
-    if nix::sys::stat::major(m.dev) == 0
-        && let Ok(meta) = std::fs::metadata(&m.source)
-        && meta.file_type().is_block_device()
-    {
-        return meta.rdev();
-    }
-    m.dev
 }
 
 /// Whether the device open as `file` (number `rdev`) is a partition,
