@@ -1626,6 +1626,90 @@ fn nbd_url_holder_killed_then_cleanup_and_adopt() {
     laps.print("nbd_url_holder_killed_then_cleanup_and_adopt");
 }
 
+/// Whether nbd device `dev` (`/dev/nbdN`) is connected, polled until it is
+/// `want` or 10 s have passed.
+fn nbd_becomes(dev: &str, want: bool) -> bool {
+    let pid = format!("/sys/block/{}/pid", dev.trim_start_matches("/dev/"));
+    for _ in 0..500 {
+        if Path::new(&pid).exists() == want {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// A holder of an nbd attach killed (its tied qemu-nbd ends with it and
+/// the node is disconnected), then someone else's qemu-nbd connects the
+/// same node with the same `--connect=` form diskmount uses: the record
+/// still names the node, but `cleanup` leaves that connection alone (not
+/// the recorded qemu-nbd, not the recorded connection), and it still
+/// serves its own image; once it is gone, cleanup leaves nothing.
+fn nbd_cleanup_leaves_a_node_someone_else_connected_since() {
+    let mut fx = Fixture::new();
+    let records = fx.records();
+    let ours = fx.ext4("ours.img", &[("id", "ours")]);
+    let theirs = fx.ext4("theirs.img", &[("id", "theirs")]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
+        .env("DISKMOUNT_RUN_DIR", &records)
+        .args(["hold", "--backend", "nbd", "--state", "attached"])
+        .arg(&ours)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let device = line
+        .trim()
+        .strip_prefix("READY ")
+        .unwrap_or_else(|| panic!("holder said {line:?}"))
+        .to_string();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        nbd_becomes(&device, false),
+        "{device} still connected 10 s after its holder was killed"
+    );
+    assert!(
+        !records_text(&records).is_empty(),
+        "the killed holder left no record"
+    );
+    let mut other = Command::new("qemu-nbd")
+        .arg(format!("--connect={device}"))
+        .args(["--format", "raw"])
+        .arg(&theirs)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        nbd_becomes(&device, true),
+        "qemu-nbd did not connect {device}"
+    );
+    let (_, text) = cleanup_cli(&records);
+    assert!(
+        nbd_becomes(&device, true),
+        "cleanup disconnected {device}: {text}"
+    );
+    assert!(text.contains("left alone"), "{text}");
+    assert_eq!(
+        run(Command::new("debugfs").args(["-R", "cat /id"]).arg(&device)),
+        "theirs",
+        "{text}"
+    );
+    run(Command::new("qemu-nbd").arg("--disconnect").arg(&device));
+    other.wait().unwrap();
+    assert!(nbd_becomes(&device, false), "{device} still connected");
+    let (ok, text) = cleanup_cli(&records);
+    assert!(ok && text.contains("0 failed"), "{text}");
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "{text}");
+    nbd_nothing_left(&mut fx);
+}
+
 /// The Nbd backend's faults on nbd:// URLs: a missing export and a closed
 /// port are one-line errors (our handshake: at once, naming the export,
 /// the server and what it has); a server stopped (SIGSTOP) while mounted
@@ -2346,6 +2430,11 @@ fn main() {
             "nbd_url_holder_killed_then_cleanup_and_adopt",
             &[Needs::Nbd],
             nbd_url_holder_killed_then_cleanup_and_adopt,
+        ),
+        (
+            "nbd_cleanup_leaves_a_node_someone_else_connected_since",
+            &[Needs::Nbd],
+            nbd_cleanup_leaves_a_node_someone_else_connected_since,
         ),
         (
             "nbd_backend_url_faults",

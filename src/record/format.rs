@@ -82,7 +82,15 @@ pub(crate) struct DeviceId {
     pub backing: Option<Inode>,
     /// The disk sequence number (Linux 5.15+): new at every bind, never
     /// reused until reboot, so it tells this binding from any later one.
+    /// (Not an nbd device's: Debian 6.1 keeps it across a disconnect and
+    /// a new connection; see `server`.)
     pub diskseq: Option<u64>,
+    /// An nbd device's serving thread, as its `pid` attribute named it at
+    /// attach: the kernel shows it until the disconnect, even once the
+    /// server is gone, so a dead thread of that number is still this
+    /// connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<u32>,
 }
 
 /// A qemu helper process: pid, start time (clock ticks after boot, field
@@ -367,6 +375,7 @@ pub(crate) mod tests {
                 rdev: 1795,
                 backing: Some(Inode { dev: 40, ino: 2 }),
                 diskseq: Some(7),
+                server: None,
             }),
             helper: Some(Helper {
                 pid: 99,

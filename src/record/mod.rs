@@ -404,6 +404,12 @@ impl Keeper {
             rdev: device.rdev,
             backing,
             diskseq: device.diskseq,
+            server: (device.backend == "nbd")
+                .then(|| {
+                    let name = device.path.file_name()?.to_str()?;
+                    crate::kernel::sysfs::nbd_pid(name)
+                })
+                .flatten(),
         });
         d.helper = device.helper_pid.and_then(|pid| {
             Some(Helper {

@@ -256,10 +256,15 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
                     // The kernel shows the thread that serves the device
                     // (qemu-nbd's connection thread): its process is the
                     // thread group it belongs to.
-                    let served_by = std::fs::read_to_string(sys_dir(dev.rdev).join("pid"))
+                    let thread = std::fs::read_to_string(sys_dir(dev.rdev).join("pid"))
                         .ok()
-                        .and_then(|p| p.trim().parse::<u32>().ok())
-                        .map(thread_group);
+                        .and_then(|p| p.trim().parse::<u32>().ok());
+                    let served_by = thread.map(thread_group);
+                    // The recorded connection's thread, gone with its server
+                    // (a live thread of that number is someone's new one).
+                    let stale_ours = thread.is_some_and(|t| {
+                        dev.server == Some(t) && !Path::new(&format!("/proc/{t}")).exists()
+                    });
                     match (served_by, helper_ok) {
                         (None, _) => {}
                         // Ours: served by the recorded qemu-nbd (its pid
@@ -267,18 +272,18 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
                         // while its connection thread still serves shows no
                         // executable), or (its server gone: the kernel keeps
                         // a stale pid until the disconnect) still the
-                        // recorded connection by its disk sequence number,
-                        // which changes with each one. Never any other
-                        // qemu-nbd, even one connecting the same node: a
-                        // later attach by someone else looks the same.
+                        // recorded connection by its dead thread. Never any
+                        // other qemu-nbd, even one connecting the same node
+                        // (a later attach by someone else looks the same),
+                        // and not by the disk sequence number, which nbd
+                        // keeps across connections.
                         (Some(p), h)
                             if h.is_some_and(|h| h.pid == p)
                                 || data
                                     .helper
                                     .as_ref()
                                     .is_some_and(|h| h.pid == p && alive(h.pid, h.start))
-                                || (dev.diskseq.is_some()
-                                    && same_binding(dev.rdev, dev.diskseq)) =>
+                                || stale_ours =>
                         {
                             s.device = Some(path.clone());
                             device_rdev = Some(dev.rdev);
