@@ -50,6 +50,7 @@ use crate::command::run;
 use crate::command::{describe_status, wait_timeout};
 use crate::error::{Error, ErrorKind, Result, Step};
 use crate::image::{Format, Image, Location};
+use crate::kernel::process::thread_group;
 use crate::kernel::sysfs;
 use crate::options::AttachOptions;
 use crate::retry::{Backoff, RetryPolicy, poll_until, random};
@@ -185,6 +186,10 @@ struct Server {
     log: PathBuf,
     device: PathBuf,
     image: PathBuf,
+    /// The thread that serves the device (its `pid` attribute) once it
+    /// showed up connected: the kernel keeps showing it after the server
+    /// is gone, until the disconnect.
+    thread: Option<u32>,
 }
 
 /// Claims a free nbd device: open and exclusively locked, not connected.
@@ -513,6 +518,7 @@ impl Server {
             log,
             device: device.to_path_buf(),
             image: path.to_path_buf(),
+            thread: None,
         })
     }
 
@@ -542,7 +548,19 @@ impl Server {
                 None => sectors.is_some_and(|n| n != 0),
             };
             if pid && sized {
-                return Some(Ok(()));
+                // Ours only if our qemu-nbd serves it (another program
+                // may have connected the node meanwhile: the claim's lock
+                // binds only diskmount).
+                let thread = sysfs::nbd_pid(name);
+                let ours = match (thread, self.child.as_ref()) {
+                    (Some(t), Some(c)) => thread_group(t) == c.id(),
+                    (_, None) => true,
+                    (None, _) => false,
+                };
+                if ours {
+                    self.thread = thread;
+                    return Some(Ok(()));
+                }
             }
             match self.child.as_mut().map(Child::try_wait) {
                 Some(Ok(Some(status))) => Some(Err(status)),
@@ -598,6 +616,25 @@ impl Server {
         }
     }
 
+    /// Whether the device `name` is connected through our qemu-nbd: its
+    /// serving thread is one of our child's, or the one that served it
+    /// when it showed up (the server gone, the kernel still shows it). An
+    /// adopted server's device (no child of ours) was verified when
+    /// adopted.
+    fn connection_is_ours(&self, name: &str) -> bool {
+        let Some(thread) = sysfs::nbd_pid(name) else {
+            return false;
+        };
+        match &self.child {
+            None => true,
+            Some(c) => {
+                thread_group(thread) == c.id()
+                    || (self.thread == Some(thread)
+                        && !Path::new(&format!("/proc/{thread}")).exists())
+            }
+        }
+    }
+
     pub(crate) fn stop_into(&mut self, errors: &mut Vec<Error>) {
         let pid = self.child.as_ref().map_or(0, Child::id);
         let already = self
@@ -616,13 +653,22 @@ impl Server {
                 stderr: self.output(),
             });
         }
-        // Disconnect even if our server died: the kernel side may still be
-        // configured.
-        if let Err(e) = run(
-            Step::Detach,
-            &self.device,
-            Command::new(QEMU_NBD).arg("--disconnect").arg(&self.device),
-        ) {
+        let name = self
+            .device
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Disconnect even if our server died (the kernel side may still be
+        // configured), but only our connection: never one another program
+        // made on the node (ours failed to connect, or ended meanwhile).
+        let ours = self.connection_is_ours(&name);
+        if ours
+            && let Err(e) = run(
+                Step::Detach,
+                &self.device,
+                Command::new(QEMU_NBD).arg("--disconnect").arg(&self.device),
+            )
+        {
             errors.push(e);
         }
         if let (Some(child), None) = (self.child.as_mut(), already) {
@@ -675,15 +721,11 @@ impl Server {
                 )),
             }
         }
-        let name = self
-            .device
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         // The kernel removes the pid attribute once the server is gone; an
         // adopted server is not our child, so give it a moment.
-        let gone = poll_until(EXIT_TIMEOUT, || (!sysfs::has(&name, "pid")).then_some(()));
-        if gone.is_none() {
+        let gone = !ours
+            || poll_until(EXIT_TIMEOUT, || (!sysfs::has(&name, "pid")).then_some(())).is_some();
+        if !gone {
             errors.push(Error::refused(
                 ErrorKind::Busy,
                 Step::Detach,
@@ -743,6 +785,7 @@ fn adopted(device: &Path, image: &Path) -> Server {
         log: PathBuf::new(),
         device: device.to_path_buf(),
         image: image.to_path_buf(),
+        thread: None,
     }
 }
 

@@ -1,4 +1,5 @@
-//! What `/proc/PID/stat` says of a process: its state and start time.
+//! What `/proc/PID/stat` says of a process: its state and start time;
+//! and which process a thread belongs to.
 
 /// The fields of `/proc/PID/stat` after the command name, which may hold
 /// spaces and parentheses: everything past its last `)`.
@@ -31,6 +32,19 @@ pub fn start_time(pid: u32) -> Option<u64> {
     fields(pid)?.split(' ').nth(19)?.parse().ok()
 }
 
+/// The process (thread group) that thread `tid` belongs to; `tid` itself
+/// if that cannot be read.
+pub fn thread_group(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +56,6 @@ mod tests {
         assert!(!exited(me) && !stopped(me));
         assert!(start_time(me).is_some());
         assert!(exited(u32::MAX));
+        assert_eq!(thread_group(me), me);
     }
 }

@@ -158,19 +158,6 @@ fn live_thread_exe(pid: u32) -> Option<PathBuf> {
         })
 }
 
-/// The process (thread group) that thread `tid` belongs to; `tid` itself
-/// if that cannot be read.
-pub(crate) fn thread_group(tid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Tgid:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(tid)
-}
-
 pub(crate) fn is_mount_point(path: &Path) -> bool {
     mountinfo::is_mount_point(path)
 }
@@ -259,7 +246,7 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
                     let thread = std::fs::read_to_string(sys_dir(dev.rdev).join("pid"))
                         .ok()
                         .and_then(|p| p.trim().parse::<u32>().ok());
-                    let served_by = thread.map(thread_group);
+                    let served_by = thread.map(crate::kernel::process::thread_group);
                     // The recorded connection's thread, gone with its server
                     // (a live thread of that number is someone's new one).
                     let stale_ours = thread.is_some_and(|t| {
