@@ -1122,6 +1122,9 @@ fn krbd_maps_mounts_writes_and_snapshots() {
             "refused the key",
         ),
         (c.url("missing", None), "no pool, image or snapshot"),
+        // The driver's fields are separated by spaces: `lane x` would map
+        // snapshot `x` of image `lane`.
+        (c.url("lane%20x", None), "holds white space"),
     ] {
         let e = Unattached::<diskmount::Rbd>::new(Image::url(&url).unwrap())
             .attach()
@@ -1317,17 +1320,6 @@ impl Laps {
     }
 }
 
-/// The private directories of ours that hold a secret file
-/// (`diskmount-secret-*` in the temporary directory).
-fn secret_dirs() -> Vec<String> {
-    std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("diskmount-secret-"))
-        .collect()
-}
-
 /// Mounts `image` whole through the Nbd backend on `mnt`.
 fn mount_nbd_url(image: Image, mnt: &Path) -> diskmount::Result<diskmount::Mounted<Nbd>> {
     Unattached::<Nbd>::new(image)
@@ -1430,7 +1422,7 @@ fn nbd_backend_serves_rbd_through_librbd() {
     for (_, cmdline) in &helpers {
         assert!(!Cluster::leaks_key(cmdline), "{cmdline}");
     }
-    assert!(secret_dirs().is_empty(), "{:?}", secret_dirs());
+    assert!(c.key_copies().is_empty(), "{:?}", c.key_copies());
     assert_eq!(
         std::fs::read_to_string(m.path().join("id")).unwrap(),
         "rbd-nbd"
@@ -1467,7 +1459,7 @@ fn nbd_backend_serves_rbd_through_librbd() {
         "{text}"
     );
     assert!(!Cluster::leaks_key(&text), "{text}");
-    assert!(secret_dirs().is_empty(), "{:?}", secret_dirs());
+    assert!(c.key_copies().is_empty(), "{:?}", c.key_copies());
     assert!(connected_nbds().is_empty(), "{:?}", connected_nbds());
     laps.lap("wrong key");
     // Auto: krbd here; nbd once the rbd driver is gone and cannot load.

@@ -5,7 +5,7 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::Fixture;
@@ -82,26 +82,11 @@ fn rbd_backend_without_krbd_refuses_clearly() {
 // ---- The Fuse backend: librbd in qemu-storage-daemon ----
 
 /// The Fuse cases share the one cluster and check machine-wide things (no
-/// key directory of ours in the temporary directory): one at a time.
+/// file holding a key in the temporary directory, none open): one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The key directories of ours (`diskmount-secret-*`) in the temporary
-/// directory.
-fn secret_dirs() -> Vec<PathBuf> {
-    std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("diskmount-secret-")
-        })
-        .map(|e| e.path())
-        .collect()
 }
 
 /// The qemu helpers that talk to this cluster (its configuration file is
@@ -118,7 +103,7 @@ fn cluster_clients(c: &Cluster) -> Vec<(u32, String)> {
 /// file, no loop device over a FUSE export of ours that went away.
 fn assert_no_rbd_helper(c: &Cluster) {
     assert_eq!(cluster_clients(c), vec![], "qemu helpers left");
-    assert_eq!(secret_dirs(), Vec::<PathBuf>::new(), "key directories left");
+    assert_eq!(c.key_copies(), Vec::<String>::new(), "key files left");
     let stale: Vec<_> = common::bound_loops()
         .into_iter()
         .filter(|(_, b)| b.contains("/diskmount-fuse-") && !Path::new(b).exists())
@@ -127,7 +112,8 @@ fn assert_no_rbd_helper(c: &Cluster) {
 }
 
 /// While mounted: the helper's command line and environment hold no key,
-/// and the key file is already gone (qemu read it at start).
+/// and no file holds the key any more, not even an open unlinked one
+/// (qemu read it at start).
 fn assert_key_only_in_memory(c: &Cluster) {
     let clients = cluster_clients(c);
     assert!(!clients.is_empty(), "no helper for the cluster");
@@ -138,8 +124,8 @@ fn assert_key_only_in_memory(c: &Cluster) {
         assert!(cmd.contains("format=base64"), "{cmd}");
     }
     assert_eq!(
-        secret_dirs(),
-        Vec::<PathBuf>::new(),
+        c.key_copies(),
+        Vec::<String>::new(),
         "the key file outlived the start"
     );
 }

@@ -16,7 +16,6 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorKind, Result};
 use crate::image::{Location, NbdServer};
-use crate::options::AttachOptions;
 
 /// The node name of the protocol node.
 pub(crate) const PROTOCOL_NODE: &str = "proto0";
@@ -39,10 +38,10 @@ pub(crate) struct Blockdev {
     /// Environment variables the helper needs (`CEPH_ARGS` with librados'
     /// timeouts: qemu's rbd options have none). Never a secret.
     pub(crate) env: Vec<(&'static str, String)>,
-    /// The private directory holding a secret file of ours (the Ceph
-    /// key), removed with the last clone of this value: once the daemons
-    /// that read it have started.
-    _secrets: Option<Arc<tempfile::TempDir>>,
+    /// The unlinked file holding a secret of ours (the Ceph key), closed
+    /// with the last clone of this value: once the helpers that read it
+    /// have started.
+    _secrets: Option<Arc<std::fs::File>>,
 }
 
 impl Blockdev {
@@ -107,11 +106,9 @@ impl Blockdev {
                 o
             }
             Location::Rbd(url) => {
-                let dir =
-                    super::helper_dir::private_dir(&AttachOptions::default(), "diskmount-secret-")?;
-                let (node, mut objs) = super::rbd::qemu_node(url, dir.path())?;
+                let (node, mut objs, key) = super::rbd::qemu_node(url)?;
                 objects.append(&mut objs);
-                secrets = Some(Arc::new(dir));
+                secrets = Some(Arc::new(key));
                 env.push(("CEPH_ARGS", ceph_args()));
                 node
             }

@@ -17,6 +17,7 @@
 //! 15 s, from what the kernel took in the VM lane).
 
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +33,7 @@ use crate::image::{Format, Image, ImageKind, Location, RbdUrl};
 use crate::options::AttachOptions;
 use crate::retry::poll_until;
 use crate::sys::block as blk;
+use crate::sys::flock::{Lock, flock};
 
 /// Where the kernel's rbd driver lives in sysfs.
 const BUS: &str = "/sys/bus/rbd";
@@ -247,6 +249,29 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<RbdDevice> {
         ));
     }
     let (user, _, conf, key) = credentials(url)?;
+    // The driver's line separates its fields by spaces: a name holding
+    // one would map something else.
+    for (what, name) in [
+        ("pool", Some(url.pool.as_str())),
+        ("image", Some(url.image.as_str())),
+        ("snapshot", url.snap.as_deref()),
+        ("user", Some(user)),
+    ] {
+        if let Some(name) = name
+            && name.chars().any(char::is_whitespace)
+        {
+            return Err(Error::refused(
+                ErrorKind::InvalidInput,
+                Step::Attach,
+                path,
+                format!(
+                    "the {what} name {name:?} holds white space, which the kernel's rbd driver \
+                     cannot take (its fields are separated by spaces); use the Nbd or Fuse \
+                     backend (librbd)"
+                ),
+            ));
+        }
+    }
     let read_only = image.is_read_only() || url.snap.is_some();
     let (mons, ms_mode) = ceph_conf::kernel_mons(&conf.mons);
     let timeout_s = cluster_timeout(options.io_timeout);
@@ -262,8 +287,41 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<RbdDevice> {
         url.pool, url.image
     );
     drop(key);
+    // Between diskmount processes, one mapping at a time: the new device
+    // is told by the ids before and after the write, which another
+    // process's mapping of the same image would confuse. The lock is the
+    // bus file's own (`flock`), taken through the descriptor written to.
+    let bus = std::fs::OpenOptions::new()
+        .write(true)
+        .open(Path::new(BUS).join("add_single_major"))
+        .map_err(|e| {
+            Error::os(
+                Step::Attach,
+                path,
+                format!("open {BUS}/add_single_major"),
+                e,
+            )
+        })?;
+    flock(bus.as_fd(), Lock::Exclusive, true).map_err(|e| {
+        Error::os(
+            Step::Attach,
+            path,
+            format!("flock {BUS}/add_single_major"),
+            e,
+        )
+    })?;
     let before = ids();
-    let written = std::fs::write(Path::new(BUS).join("add_single_major"), line.as_bytes());
+    // A sysfs store takes the line in one write.
+    let written = (&bus).write(line.as_bytes()).and_then(|n| {
+        if n == line.len() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "the rbd driver took {n} of {} bytes",
+                line.len()
+            )))
+        }
+    });
     drop(line);
     if let Err(e) = written {
         let (kind, reason) = map_error(e.raw_os_error().unwrap_or(libc::EIO), url, timeout_s);
@@ -274,11 +332,12 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<RbdDevice> {
         image: url.image.clone(),
         snap: url.snap.clone(),
     };
-    let Some(id) = ids()
+    let found = ids()
         .into_iter()
         .filter(|id| !before.contains(id) && Spec::of(*id).as_ref() == Some(&spec))
-        .max()
-    else {
+        .max();
+    drop(bus);
+    let Some(id) = found else {
         return Err(Error::invalid(
             Step::Attach,
             path,
@@ -327,6 +386,10 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<RbdDevice> {
     })
 }
 
+/// How long an unmap refused with `EBUSY` (an opener closing) is tried
+/// again.
+const BUSY_RETRY: Duration = Duration::from_secs(5);
+
 /// Writes `id` to `remove_single_major` from a helper thread and waits for
 /// it within a bound ([`unmap_bound`] of `timeout_s`, the device's cluster
 /// timeout): the kernel says goodbye to the cluster, which a hung cluster
@@ -337,20 +400,31 @@ pub(crate) fn unmap(id: u32, path: &Path, timeout_s: u64) -> Result<()> {
     std::thread::Builder::new()
         .name(format!("rbd-unmap-{id}"))
         .spawn(move || {
-            let r = std::fs::write(Path::new(BUS).join("remove_single_major"), id.to_string());
+            let write =
+                || std::fs::write(Path::new(BUS).join("remove_single_major"), id.to_string());
+            // The device may still be held a moment by a closing opener
+            // (EBUSY): tried again for up to BUSY_RETRY, here, so that the
+            // wait below bounds the retries too.
+            let start = std::time::Instant::now();
+            let mut r = write();
+            while matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EBUSY))
+                && start.elapsed() < BUSY_RETRY
+            {
+                std::thread::sleep(Duration::from_millis(20));
+                r = write();
+            }
             let _ = tx.send(r);
         })
         .map_err(|e| Error::os(Step::Detach, path, "start the rbd unmap", e))?;
-    let bound = unmap_bound(timeout_s);
-    // The device may still be held a moment by a closing opener (EBUSY).
+    let bound = unmap_bound(timeout_s) + BUSY_RETRY;
     match rx.recv_timeout(bound) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) if e.raw_os_error() == Some(libc::EBUSY) => {
-            let again = poll_until(Duration::from_secs(5), || {
-                std::fs::write(Path::new(BUS).join("remove_single_major"), id.to_string()).ok()
-            });
-            again.ok_or_else(|| Error::os(Step::Detach, path, "unmap rbd device (in use)", e))
-        }
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::os(
+            Step::Detach,
+            path,
+            "unmap rbd device (in use)",
+            e,
+        )),
         Ok(Err(e)) => Err(Error::os(Step::Detach, path, "unmap rbd device", e)),
         Err(_) => Err(Error::refused(
             ErrorKind::Io,
@@ -471,30 +545,37 @@ pub(crate) fn rbd_id(name: &str) -> Option<u32> {
 pub(crate) const QEMU_SECRET_ID: &str = "rbd-secret0";
 
 /// qemu's `rbd` protocol node (librbd, for the Fuse and Nbd backends) of
-/// `url`, and the `--object` it needs: the key, read by us from the
-/// keyring and written to `secret_dir/rbd.key` (0600, the helper's
-/// private directory) as a base64 qemu secret, so that it never appears on
-/// a command line. The node itself holds no secret and may be logged.
+/// `url`, the `--object` it needs, and the file behind that object: the
+/// key, read by us from the keyring and written as a base64 qemu secret to
+/// an unlinked file (`O_TMPFILE`, 0600) that the helper opens as
+/// `/proc/<our pid>/fd/<fd>`, so that it never appears on a command line
+/// and no name of it is left on disk if this process is killed. Keep the
+/// file open until the helper has started. The node itself holds no
+/// secret and may be logged.
 ///
 /// # Errors
 /// [`Step::Attach`]: the configuration or keyring cannot be read, names no
 /// monitor or holds no key for the user; the key file cannot be written.
-pub(crate) fn qemu_node(
-    url: &RbdUrl,
-    secret_dir: &Path,
-) -> Result<(serde_json::Value, Vec<String>)> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+pub(crate) fn qemu_node(url: &RbdUrl) -> Result<(serde_json::Value, Vec<String>, File)> {
+    use std::os::fd::AsRawFd;
     let (user, conf_path, _, key) = credentials(url)?;
-    let key_file = secret_dir.join("rbd.key");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&key_file)
-        .and_then(|mut f| f.write_all(key.as_bytes()))
-        .map_err(|e| Error::os(Step::Attach, &key_file, "write the Ceph key file", e))?;
+    let mut key_file = tempfile::tempfile().map_err(|e| {
+        Error::os(
+            Step::Attach,
+            std::env::temp_dir(),
+            "create the Ceph key file",
+            e,
+        )
+    })?;
+    key_file.write_all(key.as_bytes()).map_err(|e| {
+        Error::os(
+            Step::Attach,
+            std::env::temp_dir(),
+            "write the Ceph key file",
+            e,
+        )
+    })?;
+    let key_path = format!("/proc/{}/fd/{}", std::process::id(), key_file.as_raw_fd());
     let mut node = serde_json::json!({
         "driver": "rbd",
         "pool": url.pool,
@@ -506,11 +587,8 @@ pub(crate) fn qemu_node(
     if let Some(snap) = &url.snap {
         node["snapshot"] = serde_json::json!(snap);
     }
-    let object = format!(
-        "secret,id={QEMU_SECRET_ID},format=base64,file={}",
-        key_file.to_string_lossy().replace(',', ",,")
-    );
-    Ok((node, vec![object]))
+    let object = format!("secret,id={QEMU_SECRET_ID},format=base64,file={key_path}");
+    Ok((node, vec![object], key_file))
 }
 
 /// Whether rbd device `node` (`/dev/rbdN`) maps the pool, image and
@@ -577,8 +655,6 @@ mod tests {
             format!("[client.bob]\n\tkey = {key}\n"),
         )
         .unwrap();
-        let secrets = dir.path().join("s");
-        std::fs::create_dir(&secrets).unwrap();
         let url = format!(
             "rbd://bob@pool/img@snap?conf={}&keyring={}",
             dir.path().join("ceph.conf").display(),
@@ -588,16 +664,24 @@ mod tests {
         let Some(Location::Rbd(u)) = image.location() else {
             panic!("not rbd")
         };
-        let (node, objects) = qemu_node(u, &secrets).unwrap();
+        let (node, objects, file) = qemu_node(u).unwrap();
         let text = format!("{node} {objects:?}");
         assert!(!text.contains(&key[..20]), "{text}");
         assert_eq!(node["driver"], "rbd");
         assert_eq!(node["snapshot"], "snap");
         assert_eq!(node["user"], "bob");
         assert!(objects[0].contains("format=base64"), "{objects:?}");
+        // The key is in an unlinked file, named through this process's
+        // descriptor only.
+        let path = objects[0].split("file=").nth(1).unwrap();
+        assert!(
+            path.starts_with(&format!("/proc/{}/fd/", std::process::id())),
+            "{path}"
+        );
+        assert_eq!(std::fs::read_to_string(path).unwrap(), key);
         assert_eq!(
-            std::fs::read_to_string(secrets.join("rbd.key")).unwrap(),
-            key
+            std::os::unix::fs::MetadataExt::nlink(&file.metadata().unwrap()),
+            0
         );
     }
 }

@@ -494,6 +494,58 @@ impl Cluster {
             .iter()
             .any(|k| text.contains(k) || text.contains(&k[..20]))
     }
+
+    /// The files that hold a key of ours outside the cluster's own
+    /// directory: any regular file under the temporary directory (four
+    /// levels deep) or the run directory, and any file this process has
+    /// open (diskmount's key file for a qemu helper is unlinked and must
+    /// be closed once the helper started).
+    pub fn key_copies(&self) -> Vec<String> {
+        fn scan(dir: &Path, skip: &Path, depth: u32, out: &mut Vec<String>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if path == skip {
+                    continue;
+                } else if meta.is_dir() && depth > 0 {
+                    scan(&path, skip, depth - 1, out);
+                } else if meta.is_file()
+                    && meta.len() < 1 << 20
+                    && std::fs::read(&path)
+                        .is_ok_and(|b| Cluster::leaks_key(&String::from_utf8_lossy(&b)))
+                {
+                    out.push(path.display().to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        scan(&std::env::temp_dir(), &self.dir, 4, &mut out);
+        scan(Path::new("/run/diskmount"), &self.dir, 2, &mut out);
+        for fd in std::fs::read_dir("/proc/self/fd")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if target.starts_with(&self.dir) {
+                continue;
+            }
+            let held = std::fs::metadata(fd.path()).is_ok_and(|m| m.is_file() && m.len() < 1 << 20)
+                && std::fs::read(fd.path())
+                    .is_ok_and(|b| Cluster::leaks_key(&String::from_utf8_lossy(&b)));
+            if held {
+                out.push(format!("{} ({})", fd.path().display(), target.display()));
+            }
+        }
+        out
+    }
 }
 
 /// An OSD stopped with SIGSTOP; continued on drop.
