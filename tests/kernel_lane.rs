@@ -1702,6 +1702,55 @@ fn nbd_cleanup_leaves_a_node_someone_else_connected_since() {
     nbd_nothing_left(&mut fx);
 }
 
+/// The nbd devices' nodes moved out of `/dev` (as in a container that
+/// shows the devices in sysfs but has no nodes for them): the attach says
+/// it could open none of them and why, at once, instead of that all are
+/// busy after the retry bound; nothing is left. The nodes come back on
+/// drop, so a failing check cannot leave the lane without them.
+fn nbd_without_device_nodes_names_the_open_error() {
+    struct Hidden(Vec<(std::path::PathBuf, std::path::PathBuf)>);
+    impl Drop for Hidden {
+        fn drop(&mut self) {
+            for (from, to) in &self.0 {
+                let _ = std::fs::rename(to, from);
+            }
+            let _ = std::fs::remove_dir("/dev/.diskmount-hidden");
+        }
+    }
+    let mut fx = Fixture::new();
+    let img = fx.ext4("disk.img", &[("id", "x")]);
+    std::fs::create_dir("/dev/.diskmount-hidden").unwrap();
+    let mut hidden = Hidden(Vec::new());
+    for e in std::fs::read_dir("/dev").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_nbd = name
+            .strip_prefix("nbd")
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+        if is_nbd {
+            let to = Path::new("/dev/.diskmount-hidden").join(&name);
+            std::fs::rename(e.path(), &to).unwrap();
+            hidden.0.push((e.path(), to));
+        }
+    }
+    assert!(!hidden.0.is_empty(), "no nbd nodes in /dev");
+    let e = Unattached::<Nbd>::new(Image::file(&img, Format::Raw).unwrap())
+        .attach()
+        .unwrap_err();
+    let text = e.to_string();
+    assert_eq!(e.step(), Some(diskmount::Step::Attach), "{text}");
+    assert!(
+        text.contains("open nbd device (none of the")
+            && text.contains("No such file or directory")
+            && !text.contains('\n'),
+        "{text}"
+    );
+    // Said at once: not the busy devices' retries running out.
+    assert!(!text.contains("gave up after"), "{text}");
+    drop(hidden);
+    assert!(Path::new("/dev/nbd0").exists());
+    nbd_nothing_left(&mut fx);
+}
+
 /// The Nbd backend's faults on nbd:// URLs: a missing export and a closed
 /// port are one-line errors (our handshake: at once, naming the export,
 /// the server and what it has); a server stopped (SIGSTOP) while mounted
@@ -2427,6 +2476,11 @@ fn main() {
             "nbd_cleanup_leaves_a_node_someone_else_connected_since",
             &[Needs::Nbd],
             nbd_cleanup_leaves_a_node_someone_else_connected_since,
+        ),
+        (
+            "nbd_without_device_nodes_names_the_open_error",
+            &[Needs::Nbd],
+            nbd_without_device_nodes_names_the_open_error,
         ),
         (
             "nbd_backend_url_faults",

@@ -515,13 +515,22 @@ impl Export {
                             self.remove_node(&mut state, errors);
                         }
                     }
-                    Err(e) => errors.push(qmp_error(
-                        &self.image,
-                        Step::Detach,
-                        self.pid,
-                        &format!("block-export-del of the FUSE export {id}"),
-                        &QmpError::Refused(e),
-                    )),
+                    Err(e) => {
+                        errors.push(qmp_error(
+                            &self.image,
+                            Step::Detach,
+                            self.pid,
+                            &format!("block-export-del of the FUSE export {id}"),
+                            &QmpError::Refused(e),
+                        ));
+                        // The node's deletion in the batch may have come
+                        // too early: tried again, so that the image's
+                        // locks go if qemu lets them (its refusal is
+                        // said too).
+                        if results[1].is_err() {
+                            self.remove_node(&mut state, errors);
+                        }
+                    }
                 }
             }
         }

@@ -193,7 +193,9 @@ struct Server {
 }
 
 /// Claims a free nbd device: open and exclusively locked, not connected.
-/// `Ok(Err(n))`: all `n` devices are connected or claimed.
+/// `Ok(Err(n))`: all `n` devices are connected or claimed. A device that
+/// cannot be opened is passed over; if no device was busy and one could
+/// not be opened, that is the error.
 fn claim(image: &Path) -> Result<std::result::Result<(String, File), usize>> {
     let mut names: Vec<String> = std::fs::read_dir("/sys/block")
         .map_err(|e| Error::os(Step::Attach, "/sys/block", "read", e))?
@@ -216,32 +218,52 @@ fn claim(image: &Path) -> Result<std::result::Result<(String, File), usize>> {
     let start = (random() % names.len() as u64) as usize;
     names.rotate_left(start);
     let count = names.len();
+    let mut busy = 0;
+    let mut unopened = None;
     for name in names {
         if sysfs::has(&name, "pid") || sysfs::number(&name, "size").is_some_and(|n| n != 0) {
+            busy += 1;
             continue;
         }
         let node = PathBuf::from("/dev").join(&name);
-        let Ok(file) = OpenOptions::new()
+        let file = match OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_CLOEXEC)
             .open(&node)
-        else {
-            continue;
+        {
+            Ok(file) => file,
+            Err(e) => {
+                debug!("attach: {}: {e}; passed over", node.display());
+                unopened = Some((node, e));
+                continue;
+            }
         };
         match flock(file.as_fd(), Lock::Exclusive, false) {
             Ok(()) => {}
-            Err(Errno::EWOULDBLOCK) => continue,
+            Err(Errno::EWOULDBLOCK) => {
+                busy += 1;
+                continue;
+            }
             Err(e) => return Err(Error::os(Step::Attach, &node, "flock", e)),
         }
         // Check again under the lock: someone may have connected it between.
         if sysfs::has(&name, "pid") {
+            busy += 1;
             continue;
         }
         debug!("attach: claimed {}", node.display());
         return Ok(Ok((name, file)));
     }
-    Ok(Err(count))
+    match unopened {
+        Some((node, e)) if busy == 0 => Err(Error::os(
+            Step::Attach,
+            node,
+            format!("open nbd device (none of the {count} could be opened)"),
+            e,
+        )),
+        _ => Ok(Err(count)),
+    }
 }
 
 /// Claims a free nbd device, waiting within `policy` while all are busy.

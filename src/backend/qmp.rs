@@ -47,6 +47,9 @@ pub(crate) struct Qmp {
     reader: BufReader<UnixStream>,
     /// Events read while waiting for something else.
     events: Vec<Value>,
+    /// The start of a message a wait ran out in the middle of: the rest
+    /// follows it on the stream.
+    partial: Vec<u8>,
     next_id: u64,
     /// The bound on each exchange.
     timeout: Duration,
@@ -63,6 +66,7 @@ impl Qmp {
             writer: stream,
             reader: BufReader::new(reader),
             events: Vec::new(),
+            partial: Vec::new(),
             next_id: 0,
             timeout,
         };
@@ -195,10 +199,13 @@ impl Qmp {
         if self.events.len() > 64 {
             self.events.drain(..32);
         }
-        let mut line = Vec::new();
+        let mut line = std::mem::take(&mut self.partial);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                // Kept, so that the next read starts where this one
+                // stopped instead of in the middle of a message.
+                self.partial = line;
                 return Err(QmpError::Broken(format!(
                     "no answer within {:?}",
                     self.timeout
@@ -330,6 +337,42 @@ mod tests {
         assert_eq!(out[2].as_ref().unwrap()["n"], 4);
         q.wait_event("X", |_| true, Duration::from_millis(10))
             .unwrap();
+    }
+
+    /// A wait that runs out in the middle of a message keeps what it read:
+    /// the next one reads the message whole, not its tail as garbage.
+    #[test]
+    fn a_wait_cut_mid_message_keeps_its_start() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (half_sent, go_on) = std::sync::mpsc::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let mut r = BufReader::new(theirs.try_clone().unwrap());
+            let mut w = theirs;
+            writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).unwrap();
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            writeln!(w, r#"{{"return": {{}}, "id": 1}}"#).unwrap();
+            write!(w, r#"{{"event": "BLOCK_EXPORT_DEL"#).unwrap();
+            half_sent.send(()).unwrap();
+            rx.recv().unwrap();
+            writeln!(w, r#"ETED", "data": {{"id": "e1"}}}}"#).unwrap();
+        });
+        let mut q = Qmp::handshake(ours, Duration::from_secs(5)).unwrap();
+        go_on.recv().unwrap();
+        let first = q.wait_event("BLOCK_EXPORT_DELETED", |_| true, Duration::from_millis(100));
+        assert!(
+            matches!(&first, Err(QmpError::Broken(w)) if w.contains("no answer")),
+            "{first:?}"
+        );
+        tx.send(()).unwrap();
+        q.wait_event(
+            "BLOCK_EXPORT_DELETED",
+            |d| d["id"] == "e1",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        server.join().unwrap();
     }
 
     #[test]
