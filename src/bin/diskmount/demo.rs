@@ -77,6 +77,7 @@ pub fn run() -> Result<(), Error> {
         .prefix("diskmount-demo-")
         .tempdir()?;
     step("building a 128 MiB GPT image with an EFI partition and an ext4 root partition");
+    let temps_before = temp_dirs();
     let path = build(dir.path())?;
     let image = Image::file(&path, Format::Raw)?;
 
@@ -122,7 +123,13 @@ pub fn run() -> Result<(), Error> {
     print!("    /etc/motd: {motd}");
 
     step("checking that nothing is left behind");
-    let left = leftovers(&path);
+    let mut left = leftovers(&path);
+    left.extend(
+        temp_dirs()
+            .into_iter()
+            .filter(|d| !temps_before.contains(d) && d.as_path() != dir.path())
+            .map(|d| format!("temporary directory {}", d.display())),
+    );
     if !left.is_empty() {
         return Err(format!("left behind: {}", left.join(", ")).into());
     }
@@ -130,6 +137,24 @@ pub fn run() -> Result<(), Error> {
     dir.close()?;
     step("done");
     Ok(())
+}
+
+/// diskmount's temporary directories (`.diskmount-*` mount points,
+/// `diskmount-*` helper directories) in the temporary directory.
+fn temp_dirs() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.as_encoded_bytes();
+                    name.starts_with(b".diskmount-") || name.starts_with(b"diskmount-")
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Loop devices still bound to `image`, their partition nodes, and mounts
@@ -142,8 +167,19 @@ fn leftovers(image: &Path) -> Vec<String> {
             if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file"))
                 && Path::new(b.trim_end()) == image
             {
-                let dev = format!("/dev/{}", e.file_name().to_string_lossy());
+                let name = e.file_name().to_string_lossy().into_owned();
+                let dev = format!("/dev/{name}");
                 found.push(dev.clone());
+                // Its partition nodes (`loop0p1`, ...) go with it.
+                if let Ok(parts) = std::fs::read_dir(e.path()) {
+                    found.extend(
+                        parts
+                            .flatten()
+                            .map(|p| p.file_name().to_string_lossy().into_owned())
+                            .filter(|p| p.starts_with(&format!("{name}p")))
+                            .map(|p| format!("/dev/{p}")),
+                    );
+                }
                 loops.push(dev);
             }
         }
