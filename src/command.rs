@@ -99,7 +99,7 @@ pub(crate) fn describe_status(s: std::process::ExitStatus) -> String {
 /// Waits for `child` to exit, up to `bound`; `None` if it is still running
 /// then. The exit is signalled through a process descriptor (`pidfd_open`)
 /// where the kernel has one (5.3); elsewhere it is polled with a growing
-/// back-off (1 ms to 50 ms).
+/// back-off ([`crate::retry::poll_until`]).
 pub(crate) fn wait_timeout(
     child: &mut std::process::Child,
     bound: std::time::Duration,
