@@ -47,6 +47,20 @@ fn hostile() -> Hostile {
         .arg(src.join("nullish"))
         .args(["c", "1", "3"]));
     run(Command::new("mkfifo").arg(src.join("fifo")));
+    // Set-id modes, and a sticky world-writable directory.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |at: &str, mode: u32| {
+            std::fs::set_permissions(src.join(at), std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        std::fs::write(src.join("suid"), "a set-uid program\n").unwrap();
+        chmod("suid", 0o4755);
+        std::fs::create_dir(src.join("sgid")).unwrap();
+        std::fs::write(src.join("sgid/file"), "in a set-gid directory\n").unwrap();
+        chmod("sgid", 0o2775);
+        std::fs::create_dir(src.join("tmp")).unwrap();
+        chmod("tmp", 0o1777);
+    }
     let img = fx.path().join("hostile.img");
     std::fs::File::create(&img)
         .unwrap()
@@ -231,6 +245,40 @@ fn copy_out_copies_links_as_links_and_never_follows_the_host_side() {
         refused(root.copy_out("etc/hostname", &trap));
         std::fs::remove_file(&out).unwrap();
         std::fs::remove_file(&trap).unwrap();
+    });
+    h.host_untouched();
+    h.fx.assert_clean();
+}
+
+/// A guest's set-uid file and set-gid directory come out with their
+/// permission bits but never as set-id ones on the host; a host directory
+/// copied onto a directory the guest has (`/tmp`, 1777) leaves the
+/// guest's mode alone.
+#[test]
+fn set_id_bits_stay_in_the_image_and_guest_directories_keep_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    let mut h = hostile();
+    let host = h.fx.tree("host-side", &[("tmp/new", "copied in\n")]);
+    assert_eq!(mode(&host.join("tmp")), 0o755);
+    with_root(&h, Resolver::Auto, |root, mnt| {
+        assert_eq!(mode(&mnt.join("suid")), 0o4755, "the image's own mode");
+        let out = h.fx.path().join("out-suid");
+        root.copy_out("suid", &out).unwrap();
+        assert_eq!(mode(&out), 0o755);
+        let out = h.fx.path().join("out-sgid");
+        root.copy_out("sgid", &out).unwrap();
+        assert_eq!(mode(&out), 0o775);
+        assert_eq!(mode(&out.join("file")), 0o644);
+        let out = h.fx.path().join("out-tmp");
+        root.copy_out("tmp", &out).unwrap();
+        assert_eq!(mode(&out), 0o1777, "the sticky bit is kept");
+        root.copy_in(host.join("tmp"), "/").unwrap();
+        assert_eq!(mode(&mnt.join("tmp")), 0o1777);
+        assert_eq!(
+            std::fs::read_to_string(mnt.join("tmp/new")).unwrap(),
+            "copied in\n"
+        );
     });
     h.host_untouched();
     h.fx.assert_clean();

@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -16,6 +16,10 @@ use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
 use super::Root;
 use super::owner::NewEntry;
 use crate::error::{Error, Result, Step};
+
+/// The mode bits [`Root::copy_out`] keeps: permissions and the sticky
+/// bit, not setuid or setgid.
+pub const COPY_OUT_MODE: u32 = 0o1777;
 
 impl Root<'_> {
     /// Copies the host file or directory tree `host` into the directory
@@ -42,9 +46,10 @@ impl Root<'_> {
     /// [`Root::copy_in`], with what `how` says for everything it creates:
     /// its owner and SELinux label on every file, directory (`image_dir`
     /// and its missing parents included) and link (links get the owner,
-    /// not a label), and its mode on every regular file (directories keep
-    /// the host's modes, or `0o755` for the missing parents of
-    /// `image_dir`). Entries that already exist keep their owner and label.
+    /// not a label), and its mode on every regular file (directories made
+    /// get the host's modes, or `0o755` for the missing parents of
+    /// `image_dir`). Directories that already exist keep their mode, owner
+    /// and label.
     pub fn copy_in_with(
         &self,
         host: impl AsRef<Path>,
@@ -104,7 +109,9 @@ impl Root<'_> {
             }
             Ok(0)
         } else if ft.is_dir() {
-            let sub = match mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700)) {
+            let made = mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700));
+            let made_now = made.is_ok();
+            let sub = match made {
                 // Made just now: open it by its name, never through a link.
                 Ok(()) => {
                     let sub = openat(
@@ -139,15 +146,19 @@ impl Root<'_> {
                 let child = entry.file_name();
                 total += self.copy_in_at(&entry.path(), &sub, &child, &dest.join(&child), how)?;
             }
-            // The descriptor is a directory inside the image (not a link):
+            // Only a directory made here gets the host's mode: one the
+            // guest had keeps its own (a guest's 1777 /tmp stays so). The
+            // descriptor is a directory inside the image (not a link):
             // chmod through its /proc entry touches exactly that inode.
-            fchmodat(
-                nix::fcntl::AT_FDCWD,
-                format!("/proc/self/fd/{}", sub.as_raw_fd()).as_str(),
-                Mode::from_bits_truncate(mode),
-                FchmodatFlags::FollowSymlink,
-            )
-            .map_err(|e| self.err(dest, "chmod", e))?;
+            if made_now {
+                fchmodat(
+                    nix::fcntl::AT_FDCWD,
+                    format!("/proc/self/fd/{}", sub.as_raw_fd()).as_str(),
+                    Mode::from_bits_truncate(mode),
+                    FchmodatFlags::FollowSymlink,
+                )
+                .map_err(|e| self.err(dest, "chmod", e))?;
+            }
             Ok(total)
         } else if ft.is_file() {
             let mut src = OpenOptions::new()
@@ -168,7 +179,9 @@ impl Root<'_> {
     /// Copies the file, link or directory tree at `image_path` out of the
     /// image to `host` (which must not exist; a link there is never
     /// followed). Links inside the image are copied as links; device nodes,
-    /// fifos and sockets are refused. Returns the bytes copied.
+    /// fifos and sockets are refused. Modes are kept but for the setuid
+    /// and setgid bits ([`COPY_OUT_MODE`]): a guest file never becomes a
+    /// set-id program on the host. Returns the bytes copied.
     pub fn copy_out(&self, image_path: impl AsRef<Path>, host: impl AsRef<Path>) -> Result<u64> {
         self.copy_out_until(image_path, host, None)
     }
@@ -202,8 +215,11 @@ impl Root<'_> {
             for name in names {
                 total += self.copy_out_until(image_path.join(&name), host.join(&name), stop)?;
             }
-            std::fs::set_permissions(host, std::fs::Permissions::from_mode(meta.mode()))
-                .map_err(|e| Error::os(Step::Access, host, "chmod", e))?;
+            std::fs::set_permissions(
+                host,
+                std::fs::Permissions::from_mode(meta.mode() & COPY_OUT_MODE),
+            )
+            .map_err(|e| Error::os(Step::Access, host, "chmod", e))?;
             Ok(total)
         } else if meta.is_file() {
             let mut src = self.open_file(image_path)?;
@@ -227,9 +243,8 @@ impl Root<'_> {
                     });
                 }
             };
-            dst.set_permissions(std::fs::Permissions::from_mode(meta.mode()))
+            dst.set_permissions(std::fs::Permissions::from_mode(meta.mode() & COPY_OUT_MODE))
                 .map_err(|e| Error::os(Step::Access, host, "chmod", e))?;
-            let _ = dst.metadata().map(|m| m.ino());
             Ok(n)
         } else {
             Err(self.refuse(

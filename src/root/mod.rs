@@ -42,6 +42,7 @@ use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result, Step};
 
+pub use copy::COPY_OUT_MODE;
 pub use edit::EDIT_LIMIT;
 pub use label::Labels;
 pub use meta::{FileKind, Metadata};
