@@ -157,6 +157,17 @@ fn cleanup_leaves_a_device_whose_mount_was_moved_mounted() {
         .arg("--bind")
         .arg(&mnt)
         .arg(&elsewhere));
+    // Unmounted on the way out even if a check fails, so that a failure
+    // leaves nothing mounted either.
+    struct Bound<'a>(&'a Path);
+    impl Drop for Bound<'_> {
+        fn drop(&mut self) {
+            if common::is_mount_point(self.0) {
+                let _ = Command::new("umount").arg(self.0).status();
+            }
+        }
+    }
+    let bound = Bound(&elsewhere);
     // The recorded mount point goes; the filesystem stays mounted (the
     // device with it) at `elsewhere`.
     run(Command::new("umount").arg(&mnt));
@@ -179,6 +190,7 @@ fn cleanup_leaves_a_device_whose_mount_was_moved_mounted() {
     );
     assert_eq!(std::fs::read_dir(&records).unwrap().count(), 1, "{text}");
     common::system::umount(&elsewhere);
+    drop(bound);
     cleanup(&records);
     assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0);
     fx.assert_clean();

@@ -400,6 +400,38 @@ fn a_mount_covered_by_a_later_one_comes_down_after_it() {
     fx.assert_clean();
 }
 
+/// A guest link that sends an fstab mount point to the root itself
+/// (`/srv -> /`): mounting there would bury the guest's root under another
+/// filesystem and strand the mounts made before it. Refused, naming the
+/// entry; nothing is left.
+#[test]
+fn a_mount_point_linked_to_the_root_is_refused() {
+    let _s = serial();
+    let mut fx = Fixture::new();
+    let fstab = "/dev/sda2 / ext4 defaults 0 1\n\
+                 LABEL=three /var ext4 defaults 0 2\n\
+                 LABEL=one /srv ext4 defaults 0 2\n";
+    let (img, parts) = nested(&fx, "srv-root.img", fstab);
+    {
+        let (s2, z2) = geometry(&parts, 2);
+        let dev = LoopDev::attach(&img, s2, z2);
+        let mnt = fx.path().join("edit");
+        std::fs::create_dir_all(&mnt).unwrap();
+        run(Command::new("mount").arg(&dev.dev).arg(&mnt));
+        std::fs::remove_dir_all(mnt.join("srv")).unwrap();
+        std::os::unix::fs::symlink("/", mnt.join("srv")).unwrap();
+        common::system::umount(&mnt);
+    }
+    let err = with_mounted(&raw(&img), Partition::Os, |_| ()).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.step(), Some(diskmount::Step::Mount), "{msg}");
+    assert!(
+        msg.contains("/srv") && msg.contains("resolves to the root of the tree"),
+        "{msg}"
+    );
+    fx.assert_clean();
+}
+
 /// The root failing to mount read-write (an option its filesystem refuses)
 /// after the other filesystems were mounted ahead: the error names the
 /// root's mount, and nothing is left, neither those mounts nor their

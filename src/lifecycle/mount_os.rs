@@ -451,6 +451,21 @@ pub(crate) fn mount_tree(
                 ),
             ));
         }
+        // Through a guest link (`/srv -> /`), a mount point can also land
+        // on the root itself, which it would bury: the tree would show
+        // another filesystem as the guest's root, and the mounts made
+        // before it could no longer be reached for their teardown. (One
+        // that covers an earlier child is allowed: the teardown takes the
+        // later first; a_mount_covered_by_a_later_one_comes_down_after_it.)
+        if host == base_path {
+            return Err(fail(
+                ErrorKind::InvalidImage,
+                format!(
+                    "the mount point resolves to the root of the tree ({}), which it would cover; refused",
+                    host.display()
+                ),
+            ));
+        }
         let Some(ChildMount {
             device,
             driver,
