@@ -20,10 +20,11 @@ pub enum Source {
     PartUuid(String),
     /// `PARTLABEL=` or `/dev/disk/by-partlabel/`: a GPT partition name.
     PartLabel(String),
-    /// `/dev/sdXN`, `/dev/vdXN`, `/dev/xvdXN`, `/dev/hdXN`,
-    /// `/dev/nvme0n1pN`, `/dev/mmcblk0pN`: partition N of the (one) disk.
+    /// `/dev/sdaN`, `/dev/vdaN`, `/dev/xvdaN`, `/dev/hdaN`,
+    /// `/dev/nvme0n1pN`, `/dev/mmcblk0pN`: partition N of the first disk,
+    /// which the image is (another disk's, `/dev/vdb1`, is [`Source::Other`]).
     Partition(u32),
-    /// `/dev/sdX` and the like: the whole disk.
+    /// `/dev/sda` and the like: the whole (first) disk.
     WholeDisk,
     /// `/dev/mapper/VG-LV` (LVM's `--` escaping undone) or `/dev/VG/LV`.
     LogicalVolume {
@@ -301,7 +302,9 @@ fn disk_partition(name: &str) -> Option<Option<u32>> {
     for prefix in ["xvd", "sd", "vd", "hd"] {
         if let Some(rest) = name.strip_prefix(prefix) {
             let letters = rest.bytes().take_while(u8::is_ascii_lowercase).count();
-            if letters == 0 {
+            // The first disk only: the image is one disk, and `sdb1` is
+            // partition 1 of another one, not of this.
+            if &rest[..letters] != "a" {
                 return None;
             }
             return digits_at(&rest[letters..]);
@@ -384,12 +387,33 @@ pub struct BadLine {
     pub reason: String,
 }
 
+/// Cuts `text` to its whole lines within its first `limit` bytes, if it is
+/// longer: never the start of a line cut at the bound. Whether it cut.
+pub(crate) fn whole_lines_within(text: &mut String, limit: usize) -> bool {
+    if text.len() <= limit {
+        return false;
+    }
+    let whole = text.as_bytes()[..limit]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |at| at + 1);
+    text.truncate(whole);
+    true
+}
+
 /// Parses an fstab: entries, and the lines that are not (fewer than three
 /// fields). Comments and blank lines are skipped; at most
-/// [`MAX_LINES`] lines are read.
+/// [`MAX_LINES`] lines are read, and a longer fstab gets a bad line saying
+/// so.
 pub fn parse(text: &str) -> (Vec<Entry>, Vec<BadLine>) {
     let mut entries = Vec::new();
     let mut bad = Vec::new();
+    if text.lines().nth(MAX_LINES).is_some() {
+        bad.push(BadLine {
+            line: MAX_LINES + 1,
+            reason: format!("the fstab has more than {MAX_LINES} lines; the rest is not read"),
+        });
+    }
     for (i, raw) in text.lines().take(MAX_LINES).enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -447,7 +471,10 @@ mod tests {
             Source::Uuid("ab".into())
         );
         assert_eq!(parse_source("/dev/sda6"), Source::Partition(6));
-        assert_eq!(parse_source("/dev/vdb1"), Source::Partition(1));
+        assert_eq!(parse_source("/dev/vda1"), Source::Partition(1));
+        // Another disk's partition is not this image's partition 1.
+        assert_eq!(parse_source("/dev/vdb1"), Source::Other("/dev/vdb1".into()));
+        assert_eq!(parse_source("/dev/sdc"), Source::Other("/dev/sdc".into()));
         assert_eq!(parse_source("/dev/xvda2"), Source::Partition(2));
         assert_eq!(parse_source("/dev/nvme0n1p3"), Source::Partition(3));
         assert_eq!(parse_source("/dev/mmcblk0p1"), Source::Partition(1));
@@ -552,9 +579,26 @@ mod tests {
         assert_eq!(e[0].skip(), Some(Skip::Root), "`/..` is the root");
     }
 
+    /// An fstab over the byte bound loses its cut line whole: `/boot/efi`
+    /// cut at the bound never becomes `/boot`.
+    #[test]
+    fn a_line_cut_at_the_bound_is_dropped_whole() {
+        let head = "UUID=a / ext4 defaults\n";
+        let mut text = format!("{head}UUID=b /boot/efi vfat defaults\n");
+        let limit = head.len() + "UUID=b /boot".len();
+        assert!(whole_lines_within(&mut text, limit));
+        assert_eq!(text, head);
+        let mut short = head.to_string();
+        assert!(!whole_lines_within(&mut short, 1 << 20));
+        assert_eq!(short, head);
+    }
+
     #[test]
     fn bounded_on_huge_input() {
         let text = "UUID=x /a ext4 defaults\n".repeat(MAX_LINES * 2);
-        assert_eq!(parse(&text).0.len(), MAX_LINES);
+        let (entries, bad) = parse(&text);
+        assert_eq!(entries.len(), MAX_LINES);
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].reason.contains("more than"), "{}", bad[0].reason);
     }
 }

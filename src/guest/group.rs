@@ -29,7 +29,7 @@ fn parse_line(line: &str) -> Option<GroupEntry> {
     }
     Some(GroupEntry {
         name: f[0].to_string(),
-        gid: f[2].parse().ok()?,
+        gid: super::passwd::parse_id(f[2])?,
     })
 }
 

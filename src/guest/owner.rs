@@ -24,10 +24,9 @@ impl Owner {
             return Err("empty user or group name".into());
         }
         if s.bytes().all(|b| b.is_ascii_digit()) {
-            return s
-                .parse()
+            return super::passwd::parse_id(s)
                 .map(Owner::Id)
-                .map_err(|_| format!("{s:?}: id out of range"));
+                .ok_or_else(|| format!("{s:?}: id out of range (at most 4294967294)"));
         }
         if s.contains(|c: char| c == ':' || c == '\0' || c.is_whitespace()) || s.len() > 256 {
             return Err(format!("{s:?}: not a user or group name"));

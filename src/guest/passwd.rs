@@ -25,6 +25,16 @@ pub fn parse(text: &str) -> Vec<PasswdEntry> {
     text.lines().filter_map(parse_line).collect()
 }
 
+/// A numeric user or group id: decimal digits, below `u32::MAX`, which
+/// `chown` takes as "leave it unchanged" (`(uid_t) -1`): an entry with it
+/// would leave what diskmount makes owned by root instead.
+pub(crate) fn parse_id(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok().filter(|id| *id != u32::MAX)
+}
+
 fn parse_line(line: &str) -> Option<PasswdEntry> {
     if line.len() > MAX_LINE || line.starts_with(['#', '+', '-']) {
         return None;
@@ -35,8 +45,8 @@ fn parse_line(line: &str) -> Option<PasswdEntry> {
     }
     Some(PasswdEntry {
         name: f[0].to_string(),
-        uid: f[2].parse().ok()?,
-        gid: f[3].parse().ok()?,
+        uid: parse_id(f[2])?,
+        gid: parse_id(f[3])?,
         home: f[5].to_string(),
         shell: f[6].to_string(),
     })
@@ -45,6 +55,18 @@ fn parse_line(line: &str) -> Option<PasswdEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_digits_below_the_no_change_value() {
+        assert_eq!(parse_id("1000"), Some(1000));
+        assert_eq!(parse_id("0"), Some(0));
+        assert_eq!(parse_id("4294967294"), Some(u32::MAX - 1));
+        for bad in ["4294967295", "4294967296", "-1", "+5", "", "1e3", " 1"] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
+        let users = parse("evil:x:4294967295:0::/root:/bin/sh\nok:x:1:1::/:/bin/sh\n");
+        assert_eq!(users.len(), 1);
+    }
 
     #[test]
     fn users_and_the_lines_skipped() {

@@ -328,8 +328,18 @@ fn read_os(root: &Root<'_>, location: Location, fstype: FsType, dps_root: bool) 
     let release = OsRelease::parse(&release);
     let hostname =
         read_small(root, "etc/hostname", MAX_HOSTNAME).and_then(|t| os_release::hostname(&t));
-    let (entries, bad) = read_small(root, "etc/fstab", MAX_FSTAB)
-        .map(|t| fstab::parse(&t))
+    let (entries, bad) = read_small(root, "etc/fstab", MAX_FSTAB + 1)
+        .map(|mut t| {
+            // Over the bound: only its whole lines are read, never the
+            // start of one cut at the bound (`/boot/efi` cut to `/boot`).
+            if fstab::whole_lines_within(&mut t, MAX_FSTAB as usize) {
+                warn!(
+                    "inspect: {}: etc/fstab is over {MAX_FSTAB} bytes; only its whole lines within them are read",
+                    location.describe()
+                );
+            }
+            fstab::parse(&t)
+        })
         .unwrap_or_default();
     for b in &bad {
         warn!(
