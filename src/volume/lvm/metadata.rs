@@ -308,6 +308,7 @@ fn from_entries(top: &[Entry<'_>]) -> R<VolumeGroup> {
             lvs.push(parse_lv(lv_name, lv, &pvs, name)?);
         }
     }
+    check_no_shared_extents(&lvs, &what)?;
     Ok(VolumeGroup {
         id: string(vg, "id", &what)?,
         seqno: number(vg, "seqno", &what)?,
@@ -316,6 +317,41 @@ fn from_entries(top: &[Entry<'_>]) -> R<VolumeGroup> {
         pvs,
         lvs,
     })
+}
+
+/// No two pieces of the LVs' striped segments on one PV share an extent:
+/// LVM2 never allocates one twice, and two LVs on the same bytes would be
+/// two filesystems written at once over each other (a mount of both, by
+/// an fstab naming both, corrupts the image).
+fn check_no_shared_extents(lvs: &[Lv], what: What<'_>) -> R<()> {
+    let mut pieces: Vec<(&str, u64, u64, &str)> = Vec::new();
+    for lv in lvs {
+        for seg in &lv.segments {
+            if let SegmentKind::Striped {
+                stripe_count,
+                stripes,
+            } = &seg.kind
+            {
+                let each = seg.extent_count / u64::from((*stripe_count).max(1));
+                for (pv, at) in stripes {
+                    let end = at
+                        .checked_add(each)
+                        .ok_or_else(|| format!("{what}: {}: a stripe is too long", lv.name))?;
+                    pieces.push((pv.as_str(), *at, end, lv.name.as_str()));
+                }
+            }
+        }
+    }
+    pieces.sort_unstable();
+    for w in pieces.windows(2) {
+        let ((pv, _, end, a), (pv2, start, _, b)) = (w[0], w[1]);
+        if pv == pv2 && start < end {
+            return Err(format!(
+                "{what}: logical volumes {a} and {b} share extent {start} of physical volume {pv}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_lv(name: String, lv: &[Entry<'_>], pvs: &[Pv], vg: &str) -> R<Lv> {
@@ -649,6 +685,12 @@ creation_time = 1796195509	# Wed Dec  2 07:11:49 2026
                 "extent_count = 10",
                 "extent_count = 0",
                 "segment 1 has no extents",
+            ),
+            // Two LVs on the same bytes.
+            (
+                "\"pv0\", 10",
+                "\"pv0\", 5",
+                "logical volumes root and data share extent 5 of physical volume pv0",
             ),
         ] {
             assert!(SAMPLE.contains(from), "{from}");

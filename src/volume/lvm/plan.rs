@@ -399,8 +399,8 @@ mod tests {
 
         for (from, to, lv, why) in [
             (
-                "extent_count = 10",
-                "extent_count = 40",
+                "\"pv0\", 0\n]",
+                "\"pv0\", 29\n]",
                 "root",
                 "lie beyond the 31 extents of pv0",
             ),
@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_pv_marked_missing_is_missing_whatever_the_caller_has() {
-        let text = SAMPLE.replacen("\"pv0\", 20", "\"pv1\", 0", 1);
+        let text = SAMPLE.replacen("\"pv0\", 20", "\"pv1\", 5", 1);
         let vg = VolumeGroup::parse(text.as_bytes(), Path::new("/img")).unwrap();
         let e = vg
             .plan("data", Path::new("/img"), all)
