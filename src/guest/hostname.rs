@@ -43,6 +43,13 @@ pub fn validate(name: &str) -> Result<(), String> {
 /// name, its first label as an alias, as Debian's installer writes it);
 /// `None` if there is no such line or it says that already.
 pub fn hosts_with(hosts: &str, name: &str) -> Option<String> {
+    hosts_bytes_with(hosts.as_bytes(), name)
+        .map(|b| String::from_utf8(b).expect("UTF-8 in, ASCII put in"))
+}
+
+/// [`hosts_with`] on the file's bytes: every other line is kept byte for
+/// byte, whatever its encoding (a Latin-1 comment stays Latin-1).
+fn hosts_bytes_with(hosts: &[u8], name: &str) -> Option<Vec<u8>> {
     let short = name.split('.').next().unwrap_or(name);
     let line = if short == name {
         format!("127.0.1.1\t{name}")
@@ -50,16 +57,17 @@ pub fn hosts_with(hosts: &str, name: &str) -> Option<String> {
         format!("127.0.1.1\t{name}\t{short}")
     };
     let mut found = false;
-    let mut out = String::with_capacity(hosts.len() + line.len());
-    for l in hosts.split_inclusive('\n') {
-        if l.split_whitespace().next() == Some("127.0.1.1") {
+    let mut out = Vec::with_capacity(hosts.len() + line.len());
+    for l in hosts.split_inclusive(|b| *b == b'\n') {
+        let first = l.split(|b| b.is_ascii_whitespace()).find(|w| !w.is_empty());
+        if first == Some(b"127.0.1.1".as_slice()) {
             found = true;
-            out.push_str(&line);
-            if l.ends_with('\n') {
-                out.push('\n');
+            out.extend_from_slice(line.as_bytes());
+            if l.ends_with(b"\n") {
+                out.push(b'\n');
             }
         } else {
-            out.push_str(l);
+            out.extend_from_slice(l);
         }
     }
     (found && out != hosts).then_some(out)
@@ -80,9 +88,7 @@ pub fn set(root: &Root, labels: Option<&Labels>, name: &str) -> Result<bool> {
         Ok((old != Some(content.as_bytes())).then(|| content.clone().into_bytes()))
     })?;
     if root.exists(HOSTS)? {
-        changed |= root.edit(HOSTS, |old| {
-            Ok(hosts_with(&String::from_utf8_lossy(old), name).map(String::into_bytes))
-        })?;
+        changed |= root.edit(HOSTS, |old| Ok(hosts_bytes_with(old, name)))?;
     }
     log::info!("host name set to {name}");
     Ok(changed)
@@ -129,5 +135,11 @@ mod tests {
         assert_eq!(hosts_with(&done, "web01"), None);
         // No 127.0.1.1 line (Fedora, RHEL): left alone.
         assert_eq!(hosts_with("127.0.0.1 localhost\n", "web01"), None);
+        // Bytes that are not UTF-8 elsewhere in the file are kept as they are.
+        let latin1 = b"# caf\xe9\n127.0.1.1\told\n";
+        assert_eq!(
+            hosts_bytes_with(latin1, "web01").unwrap(),
+            b"# caf\xe9\n127.0.1.1\tweb01\n"
+        );
     }
 }

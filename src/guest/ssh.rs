@@ -93,6 +93,18 @@ pub fn merge_keys(existing: &str, keys: &[String]) -> Option<String> {
     changed.then_some(out)
 }
 
+/// [`merge_keys`] on the file's bytes: what is there is kept byte for
+/// byte, whatever its encoding (a Latin-1 comment stays Latin-1), and the
+/// missing keys are appended.
+fn merged_bytes(old: &[u8], keys: &[String]) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(old);
+    let merged = merge_keys(&text, keys)?;
+    // merge_keys only appends to what it was given.
+    let mut out = old.to_vec();
+    out.extend_from_slice(&merged.as_bytes()[text.len()..]);
+    Some(out)
+}
+
 /// Where a user's keys go, checked before anything is written.
 #[derive(Debug)]
 pub struct KeyTarget {
@@ -213,10 +225,7 @@ impl KeyTarget {
             OsStr::new("authorized_keys"),
             &path,
             Some(&file_how),
-            |old| {
-                let old = old.map(String::from_utf8_lossy).unwrap_or_default();
-                Ok(merge_keys(&old, keys).map(String::into_bytes))
-            },
+            |old| Ok(merged_bytes(old.unwrap_or_default(), keys)),
         )?;
         if changed {
             log::info!("ssh key added for {} in {}", self.user, path.display());
@@ -242,6 +251,16 @@ mod tests {
     use super::*;
 
     const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl admin@example";
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_kept() {
+        let keys = parse_public_keys(&format!("{KEY}\n")).unwrap();
+        let old = b"ssh-rsa AAAAB3Nza jos\xe9@host";
+        let out = merged_bytes(old, &keys).unwrap();
+        assert_eq!(&out[..old.len()], old);
+        assert_eq!(&out[old.len()..], format!("\n{KEY}\n").as_bytes());
+        assert_eq!(merged_bytes(&out, &keys), None);
+    }
 
     #[test]
     fn the_same_key_is_added_once() {
