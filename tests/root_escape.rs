@@ -284,6 +284,40 @@ fn set_id_bits_stay_in_the_image_and_guest_directories_keep_their_mode() {
     h.fx.assert_clean();
 }
 
+/// An edit by rename keeps every extended attribute of the file it
+/// replaces, not only its SELinux label: a user attribute and a file
+/// capability (set after the owner: a chown drops capabilities).
+#[test]
+fn an_edit_keeps_the_files_extended_attributes() {
+    let mut h = hostile();
+    with_root(&h, Resolver::Auto, |root, mnt| {
+        let file = mnt.join("etc/hostname");
+        run(Command::new("setfattr")
+            .args(["-n", "user.note", "-v", "kept"])
+            .arg(&file));
+        run(Command::new("setcap").arg("cap_net_raw+ep").arg(&file));
+        let before = std::fs::metadata(&file).unwrap();
+        assert!(
+            root.edit("etc/hostname", |_| Ok(Some(b"edited\n".to_vec())))
+                .unwrap()
+        );
+        let after = std::fs::metadata(&file).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(before.ino(), after.ino(), "not replaced by rename");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "edited\n");
+        assert_eq!(
+            run(Command::new("getfattr")
+                .args(["--only-values", "-n", "user.note"])
+                .arg(&file)),
+            "kept"
+        );
+        let caps = run(Command::new("getcap").arg(&file));
+        assert!(caps.contains("cap_net_raw"), "{caps:?}");
+    });
+    h.host_untouched();
+    h.fx.assert_clean();
+}
+
 #[test]
 fn a_file_swapped_for_a_link_while_in_use_never_leaks() {
     let mut h = hostile();

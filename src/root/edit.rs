@@ -16,7 +16,6 @@ use nix::sys::stat::{Mode, fstat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, unlinkat};
 
 use super::entry_kind::EntryKind;
-use super::label::copy_label;
 use super::owner::{NewEntry, Ownership};
 use super::{Root, temp_name};
 use crate::error::Result;
@@ -28,7 +27,8 @@ pub const EDIT_LIMIT: u64 = 64 << 20;
 impl Root<'_> {
     /// Edits the regular file at `path` by rename: `f` gets its content and
     /// returns the new one, or `None` to leave the file as it is. The new
-    /// file keeps the original's owner, group, mode and SELinux label.
+    /// file keeps the original's owner, group, mode and every extended
+    /// attribute (SELinux label, ACLs, capabilities, IMA signature).
     /// A symbolic link at `path` is followed inside the image and the file
     /// it leads to is edited. Returns whether the file was changed.
     pub fn edit(
@@ -211,8 +211,9 @@ impl Root<'_> {
         Ok(out)
     }
 
-    /// Writes `data` to a temporary file next to `name`, gives it the label
-    /// of `old` and the mode and owner `attrs`, syncs it and renames it
+    /// Writes `data` to a temporary file next to `name`, gives it the
+    /// owner and mode `attrs` and every extended attribute of `old` (its
+    /// label, ACLs, capabilities, IMA signature), syncs it and renames it
     /// over `name`.
     #[allow(clippy::too_many_arguments)]
     fn replace_at(
@@ -237,14 +238,6 @@ impl Root<'_> {
         let done = (|| {
             file.write_all(data)
                 .map_err(|e| self.err(path, "write", e))?;
-            let had_label = super::label::read_label(self, old.as_fd(), path)?.is_some();
-            if had_label {
-                copy_label(self, old.as_fd(), file.as_fd(), path)?;
-            } else if let Some(how) = how {
-                // The original was never labelled: label it as new.
-                let policy = NewEntry::new().labels(how.labeller());
-                self.set_new_label_owner(file.as_fd(), dir, name, path, EntryKind::File, &policy)?;
-            }
             nix::unistd::fchownat(
                 file.as_fd(),
                 "",
@@ -253,6 +246,14 @@ impl Root<'_> {
                 AtFlags::AT_EMPTY_PATH,
             )
             .map_err(|e| self.err(path, "chown", e))?;
+            // Every attribute of the original, its label among them, once
+            // the owner is set (a chown drops file capabilities).
+            let had_label = super::xattr::copy_all(self, old.as_fd(), file.as_fd(), path)?;
+            if !had_label && let Some(how) = how {
+                // The original was never labelled: label it as new.
+                let policy = NewEntry::new().labels(how.labeller());
+                self.set_new_label_owner(file.as_fd(), dir, name, path, EntryKind::File, &policy)?;
+            }
             nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(attrs.0))
                 .map_err(|e| self.err(path, "fchmod", e))?;
             file.sync_all().map_err(|e| self.err(path, "fsync", e))?;

@@ -174,34 +174,6 @@ fn set_label(root: &Root, fd: BorrowedFd<'_>, label: &CStr, path: &Path) -> Resu
     .map_err(|e| root.err(path, "fsetxattr security.selinux", std::io::Error::from(e)))
 }
 
-/// The `security.selinux` label of the entry open as `fd`, if it has one
-/// (`None` also where the filesystem keeps no such attributes).
-pub(crate) fn read_label(root: &Root, fd: BorrowedFd<'_>, path: &Path) -> Result<Option<CString>> {
-    let mut buf = vec![0u8; 4096];
-    match rustix::fs::fgetxattr(fd, XATTR, &mut buf) {
-        Ok(n) => {
-            let bytes = &buf[..n];
-            let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-            Ok(CString::new(bytes).ok().filter(|c| !c.is_empty()))
-        }
-        Err(e) if e == rustix::io::Errno::NODATA || e == rustix::io::Errno::NOTSUP => Ok(None),
-        Err(e) => Err(root.err(path, "fgetxattr security.selinux", std::io::Error::from(e))),
-    }
-}
-
-/// Gives `to` the label `from` has (nothing if it has none).
-pub(crate) fn copy_label(
-    root: &Root,
-    from: BorrowedFd<'_>,
-    to: BorrowedFd<'_>,
-    path: &Path,
-) -> Result<()> {
-    match read_label(root, from, path)? {
-        Some(label) => set_label(root, to, &label, path),
-        None => Ok(()),
-    }
-}
-
 impl Root<'_> {
     /// The guest path (absolute, as the booted guest sees it) of the entry
     /// `name` in the image directory `dir`: the directory's real place in

@@ -30,6 +30,7 @@ mod owner;
 mod read;
 mod stop;
 mod write;
+mod xattr;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
