@@ -367,6 +367,18 @@ fn nested_mounts_on_other_devices_go_up_parents_first_and_come_down_children_fir
     fx.assert_clean();
 }
 
+/// Mounts partition 2 (the root) of `img` by hand on `<fx>/edit`, lets
+/// `f` change its tree, and unmounts it.
+fn edit_root(fx: &Fixture, img: &Path, parts: &[(u32, u64, u64)], f: impl FnOnce(&Path)) {
+    let (s2, z2) = geometry(parts, 2);
+    let dev = LoopDev::attach(img, s2, z2);
+    let mnt = fx.path().join("edit");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run(Command::new("mount").arg(&dev.dev).arg(&mnt));
+    f(&mnt);
+    common::system::umount(&mnt);
+}
+
 /// A guest link can put an fstab mount point under one the fstab lists
 /// later (`/home` -> `var/home`, then `/var`): the later mount covers the
 /// earlier, and the teardown takes it down first.
@@ -378,16 +390,10 @@ fn a_mount_covered_by_a_later_one_comes_down_after_it() {
                  LABEL=one /home ext4 defaults 0 2\n\
                  LABEL=three /var ext4 defaults 0 2\n";
     let (img, parts) = nested(&fx, "covered.img", fstab);
-    {
-        let (s2, z2) = geometry(&parts, 2);
-        let dev = LoopDev::attach(&img, s2, z2);
-        let mnt = fx.path().join("edit");
-        std::fs::create_dir_all(&mnt).unwrap();
-        run(Command::new("mount").arg(&dev.dev).arg(&mnt));
+    edit_root(&fx, &img, &parts, |mnt| {
         std::fs::create_dir_all(mnt.join("var/home")).unwrap();
         std::os::unix::fs::symlink("var/home", mnt.join("home")).unwrap();
-        common::system::umount(&mnt);
-    }
+    });
     with_mounted(&raw(&img), Partition::Os, |dir| {
         // /var (three) covers the /home mount made on the root's var/home.
         assert_eq!(
@@ -412,16 +418,10 @@ fn a_mount_point_linked_to_the_root_is_refused() {
                  LABEL=three /var ext4 defaults 0 2\n\
                  LABEL=one /srv ext4 defaults 0 2\n";
     let (img, parts) = nested(&fx, "srv-root.img", fstab);
-    {
-        let (s2, z2) = geometry(&parts, 2);
-        let dev = LoopDev::attach(&img, s2, z2);
-        let mnt = fx.path().join("edit");
-        std::fs::create_dir_all(&mnt).unwrap();
-        run(Command::new("mount").arg(&dev.dev).arg(&mnt));
+    edit_root(&fx, &img, &parts, |mnt| {
         std::fs::remove_dir_all(mnt.join("srv")).unwrap();
         std::os::unix::fs::symlink("/", mnt.join("srv")).unwrap();
-        common::system::umount(&mnt);
-    }
+    });
     let err = with_mounted(&raw(&img), Partition::Os, |_| ()).unwrap_err();
     let msg = err.to_string();
     assert_eq!(err.step(), Some(diskmount::Step::Mount), "{msg}");

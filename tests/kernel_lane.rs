@@ -1483,10 +1483,26 @@ fn nbd_backend_serves_rbd_through_librbd() {
 /// `diskmount hold --backend nbd --state mounted URL MNT` with records in
 /// `records`, once it says READY (the device it printed).
 fn hold_nbd_url(url: &str, mnt: &Path, records: &Path) -> (std::process::Child, String) {
+    hold(
+        records,
+        &[
+            "--backend".as_ref(),
+            "nbd".as_ref(),
+            "--state".as_ref(),
+            "mounted".as_ref(),
+            url.as_ref(),
+            mnt.as_os_str(),
+        ],
+    )
+}
+
+/// `diskmount hold ARGS` with its records in `records`, once it says
+/// READY: the process and the nbd device it holds.
+fn hold(records: &Path, args: &[&std::ffi::OsStr]) -> (std::process::Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
         .env("DISKMOUNT_RUN_DIR", records)
-        .args(["hold", "--backend", "nbd", "--state", "mounted", url])
-        .arg(mnt)
+        .arg("hold")
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1496,8 +1512,12 @@ fn hold_nbd_url(url: &str, mnt: &Path, records: &Path) -> (std::process::Child, 
         &mut line,
     )
     .unwrap();
-    assert!(line.starts_with("READY /dev/nbd"), "{line:?}");
-    let device = line.trim().trim_start_matches("READY ").to_string();
+    let device = line
+        .trim()
+        .strip_prefix("READY ")
+        .unwrap_or_else(|| panic!("holder said {line:?}"))
+        .to_string();
+    assert!(device.starts_with("/dev/nbd"), "{line:?}");
     (child, device)
 }
 
@@ -1642,24 +1662,16 @@ fn nbd_cleanup_leaves_a_node_someone_else_connected_since() {
     let records = fx.records();
     let ours = fx.ext4("ours.img", &[("id", "ours")]);
     let theirs = fx.ext4("theirs.img", &[("id", "theirs")]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_diskmount"))
-        .env("DISKMOUNT_RUN_DIR", &records)
-        .args(["hold", "--backend", "nbd", "--state", "attached"])
-        .arg(&ours)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let device = line
-        .trim()
-        .strip_prefix("READY ")
-        .unwrap_or_else(|| panic!("holder said {line:?}"))
-        .to_string();
+    let (mut child, device) = hold(
+        &records,
+        &[
+            "--backend".as_ref(),
+            "nbd".as_ref(),
+            "--state".as_ref(),
+            "attached".as_ref(),
+            ours.as_os_str(),
+        ],
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
