@@ -508,29 +508,22 @@ impl Export {
                                 .map_err(|e| e.to_string())
                         }),
                 };
-                match deleted {
-                    Ok(()) => {
-                        if results[1].is_err() {
-                            debug!("detach: the node of e{} went too early; again", self.n);
-                            self.remove_node(&mut state, errors);
-                        }
-                    }
-                    Err(e) => {
-                        errors.push(qmp_error(
-                            &self.image,
-                            Step::Detach,
-                            self.pid,
-                            &format!("block-export-del of the FUSE export {id}"),
-                            &QmpError::Refused(e),
-                        ));
-                        // The node's deletion in the batch may have come
-                        // too early: tried again, so that the image's
-                        // locks go if qemu lets them (its refusal is
-                        // said too).
-                        if results[1].is_err() {
-                            self.remove_node(&mut state, errors);
-                        }
-                    }
+                if let Err(e) = deleted {
+                    errors.push(qmp_error(
+                        &self.image,
+                        Step::Detach,
+                        self.pid,
+                        &format!("block-export-del of the FUSE export {id}"),
+                        &QmpError::Refused(e),
+                    ));
+                }
+                // The node's deletion in the batch came too early (or the
+                // export's deletion failed): tried again, so that the
+                // image's locks go if qemu lets them (its refusal is said
+                // too).
+                if results[1].is_err() {
+                    debug!("detach: the node of e{} is still there; again", self.n);
+                    self.remove_node(&mut state, errors);
                 }
             }
         }

@@ -1,6 +1,6 @@
-//! The private directory of a qemu helper (a FUSE export's file, an nbd
-//! helper's socket, a secret): made per attach, and removed at teardown
-//! once nothing is mounted on what it holds.
+//! The private directory of a qemu helper (a FUSE export's file,
+//! qemu-nbd's log): made per attach, and removed at teardown once nothing
+//! is mounted on what it holds.
 
 use std::path::Path;
 

@@ -192,6 +192,20 @@ struct Server {
     thread: Option<u32>,
 }
 
+/// Whether the connection on nbd device `name` is the one process `pid`
+/// serves (its serving thread, the `pid` attribute, belongs to it), or,
+/// its server gone, the one whose serving thread was `thread`: the kernel
+/// shows a dead server's thread until the disconnect, and a live thread
+/// of that number is someone's new connection. What the teardown and
+/// `cleanup` both ask before they disconnect.
+pub(crate) fn serves(name: &str, pid: Option<u32>, thread: Option<u32>) -> bool {
+    let Some(t) = sysfs::nbd_pid(name) else {
+        return false;
+    };
+    pid.is_some_and(|p| thread_group(t) == p)
+        || (thread == Some(t) && !Path::new(&format!("/proc/{t}")).exists())
+}
+
 /// Claims a free nbd device: open and exclusively locked, not connected.
 /// `Ok(Err(n))`: all `n` devices are connected or claimed. A device that
 /// cannot be opened is passed over; if no device was busy and one could
@@ -455,13 +469,16 @@ fn attach(image: &Image, options: &AttachOptions) -> Result<NbdDevice> {
 }
 
 impl Server {
-    /// qemu-nbd's pid, for the cleanup record.
+    /// qemu-nbd's pid and its serving thread, for the cleanup record.
     pub(crate) fn record_fields(&self) -> Vec<(&'static str, String)> {
         let mut f: Vec<(&'static str, String)> = self
             .child
             .as_ref()
             .map(|c| vec![("daemon_pid", c.id().to_string())])
             .unwrap_or_default();
+        if let Some(t) = self.thread {
+            f.push(("server_thread", t.to_string()));
+        }
         if let Some(dir) = &self.tmp {
             f.push(("helper_dir", dir.path().display().to_string()));
         }
@@ -644,16 +661,9 @@ impl Server {
     /// adopted server's device (no child of ours) was verified when
     /// adopted.
     fn connection_is_ours(&self, name: &str) -> bool {
-        let Some(thread) = sysfs::nbd_pid(name) else {
-            return false;
-        };
         match &self.child {
-            None => true,
-            Some(c) => {
-                thread_group(thread) == c.id()
-                    || (self.thread == Some(thread)
-                        && !Path::new(&format!("/proc/{thread}")).exists())
-            }
+            None => sysfs::has(name, "pid"),
+            Some(c) => serves(name, Some(c.id()), self.thread),
         }
     }
 

@@ -405,14 +405,12 @@ pub(crate) fn unmap(id: u32, path: &Path, timeout_s: u64) -> Result<()> {
             // The device may still be held a moment by a closing opener
             // (EBUSY): tried again for up to BUSY_RETRY, here, so that the
             // wait below bounds the retries too.
-            let start = std::time::Instant::now();
-            let mut r = write();
-            while matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EBUSY))
-                && start.elapsed() < BUSY_RETRY
-            {
-                std::thread::sleep(Duration::from_millis(20));
-                r = write();
-            }
+            let r = match write() {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    poll_until(BUSY_RETRY, || write().ok()).ok_or(e)
+                }
+                r => r,
+            };
             let _ = tx.send(r);
         })
         .map_err(|e| Error::os(Step::Detach, path, "start the rbd unmap", e))?;

@@ -76,6 +76,10 @@ impl<B: Backend> Unattached<B> {
                 .find(|(k, _)| *k == "daemon_pid")
                 .and_then(|(_, pid)| pid.parse().ok()),
             helper_shared: fields.iter().any(|(k, v)| *k == "shared" && v == "true"),
+            server_thread: fields
+                .iter()
+                .find(|(k, _)| *k == "server_thread")
+                .and_then(|(_, t)| t.parse().ok()),
         });
         let device = Held::new(device);
         Ok(Attached {

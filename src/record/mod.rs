@@ -294,6 +294,8 @@ pub(crate) struct Attachment<'a> {
     pub(crate) helper_pid: Option<u32>,
     /// Whether that helper is the process's shared daemon.
     pub(crate) helper_shared: bool,
+    /// An nbd device's serving thread when it came up.
+    pub(crate) server_thread: Option<u32>,
 }
 
 impl Keeper {
@@ -404,12 +406,7 @@ impl Keeper {
             rdev: device.rdev,
             backing,
             diskseq: device.diskseq,
-            server: (device.backend == "nbd")
-                .then(|| {
-                    let name = device.path.file_name()?.to_str()?;
-                    crate::kernel::sysfs::nbd_pid(name)
-                })
-                .flatten(),
+            server: device.server_thread,
         });
         d.helper = device.helper_pid.and_then(|pid| {
             Some(Helper {
@@ -616,6 +613,7 @@ mod tests {
             backing: None,
             helper_pid: None,
             helper_shared: false,
+            server_thread: None,
         });
         let live = keeper.live.as_ref().unwrap();
         let (dir, id) = (live.dir.clone(), live.data.id.clone());

@@ -247,11 +247,13 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
                         .ok()
                         .and_then(|p| p.trim().parse::<u32>().ok());
                     let served_by = thread.map(crate::kernel::process::thread_group);
-                    // The recorded connection's thread, gone with its server
-                    // (a live thread of that number is someone's new one).
-                    let stale_ours = thread.is_some_and(|t| {
-                        dev.server == Some(t) && !Path::new(&format!("/proc/{t}")).exists()
-                    });
+                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    let recorded = data
+                        .helper
+                        .as_ref()
+                        .filter(|h| alive(h.pid, h.start))
+                        .map(|h| h.pid);
+                    let ours = crate::backend::nbd::serves(name, recorded, dev.server);
                     match (served_by, helper_ok) {
                         (None, _) => {}
                         // Ours: served by the recorded qemu-nbd (its pid
@@ -264,14 +266,7 @@ pub(crate) fn survey(data: &Data, dir: &Path) -> Survey {
                         // (a later attach by someone else looks the same),
                         // and not by the disk sequence number, which nbd
                         // keeps across connections.
-                        (Some(p), h)
-                            if h.is_some_and(|h| h.pid == p)
-                                || data
-                                    .helper
-                                    .as_ref()
-                                    .is_some_and(|h| h.pid == p && alive(h.pid, h.start))
-                                || stale_ours =>
-                        {
+                        (Some(_), _) if ours => {
                             s.device = Some(path.clone());
                             device_rdev = Some(dev.rdev);
                         }
